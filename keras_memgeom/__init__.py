@@ -1,0 +1,9 @@
+"""keras_memgeom: memory is geometry, for Keras 3.
+
+What a model learned is kept as a memory (the trained weights and their
+Fisher information). The package turns memories into Keras regularizers,
+merges them in closed form, breaks permutation symmetry with fixed masks,
+and consolidates a frontal lobe of working space into long-term memory.
+"""
+
+from keras_memgeom.version import __version__

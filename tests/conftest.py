@@ -1,0 +1,30 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+
+def pytest_report_header(config):
+    return f"keras backend: {keras.backend.backend()}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    # Auto-numbered layer names depend on what ran before; tests must not.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def other_backends():
+    return [b for b in ("jax", "tensorflow", "torch") if b != keras.backend.backend()]
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
