@@ -1,8 +1,8 @@
 import os
 
-import keras
-import numpy as np
-import pytest
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_report_header(config):
@@ -25,6 +25,3 @@ def rng():
 @pytest.fixture
 def other_backends():
     return [b for b in ("jax", "tensorflow", "torch") if b != keras.backend.backend()]
-
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
