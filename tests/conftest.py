@@ -1,5 +1,8 @@
 import os
 
+# Set before TensorFlow is imported, or it prints its start-up log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
