@@ -1,0 +1,34 @@
+"""The few things `keras.ops` cannot say, one module per backend.
+
+Every backend module provides the same three functions:
+
+- `compile_function(fn)`: trace `fn` once for speed (`jax.jit`,
+  `tf.function`, or `fn` itself on torch).
+- `linearize(fn, primals)`: evaluate `outputs, aux = fn(primals)` and return
+  `(outputs, aux, pullback)`, where `pullback(cotangents)` maps a stack of
+  `K` output cotangents (shape `(K,) + outputs.shape`) to the stacked
+  vector-Jacobian products with respect to `primals` (a list of tensors;
+  each result has a leading axis of size `K`).
+- `vectorize(fn)`: map `fn` over the leading axis of all its arguments
+  (`jax.vmap`, `tf.vectorized_map`, `torch.func.vmap`).
+
+This is the only place in the package that branches on the backend.
+"""
+
+import keras
+
+_BACKEND = keras.backend.backend()
+
+if _BACKEND == "jax":
+    from keras_memgeom.backend.jax import compile_function, linearize, vectorize
+elif _BACKEND == "tensorflow":
+    from keras_memgeom.backend.tensorflow import compile_function, linearize, vectorize
+elif _BACKEND == "torch":
+    from keras_memgeom.backend.torch import compile_function, linearize, vectorize
+else:
+    raise ImportError(
+        f"keras_memgeom supports the jax, tensorflow and torch backends; "
+        f"KERAS_BACKEND is {_BACKEND!r}."
+    )
+
+__all__ = ["compile_function", "linearize", "vectorize"]
