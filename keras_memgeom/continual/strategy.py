@@ -1,0 +1,149 @@
+"""The base class of continual-learning methods, and their registry."""
+
+import dataclasses
+
+
+_STRATEGIES = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """What a strategy hook knows about the task at hand.
+
+    Args:
+        stream: the `TaskStream` being learned.
+        index: index of the current task.
+        strength: penalty strength to use for this task: the strategy's own
+            number, or the one `Harness` is trying for `strength="auto"`;
+            `None` for strategies without a strength.
+    """
+
+    stream: object
+    index: int
+    strength: object = None
+
+    @property
+    def task(self):
+        """The current `Task`."""
+        return self.stream.tasks[self.index]
+
+
+def register_strategy(cls):
+    """Class decorator: makes a `Strategy` subclass available by its `name`.
+
+    Raises:
+        ValueError: if the class has no `name` or the name is taken.
+    """
+    if not cls.name or cls.name in _STRATEGIES:
+        raise ValueError(f"Strategy name {cls.name!r} is empty or already taken.")
+    _STRATEGIES[cls.name] = cls
+    return cls
+
+
+def available_strategies():
+    """Names of the registered strategies, sorted."""
+    return sorted(_STRATEGIES)
+
+
+def get_strategy_class(name):
+    """The registered `Strategy` subclass of that name.
+
+    Raises:
+        ValueError: if no strategy has that name.
+    """
+    if name not in _STRATEGIES:
+        raise ValueError(
+            f"Unknown method {name!r}. Choose from: "
+            f"{', '.join(available_strategies())}."
+        )
+    return _STRATEGIES[name]
+
+
+def get_strategy(name, **kwargs):
+    """Makes a registered strategy by name.
+
+    Args:
+        name: a name from `available_strategies()`, e.g. `"online"`.
+        **kwargs: passed to the strategy's constructor.
+
+    Returns:
+        A `Strategy`.
+
+    Raises:
+        ValueError: if no strategy has that name.
+    """
+    return get_strategy_class(name)(**kwargs)
+
+
+class Strategy:
+    """Base class of continual-learning methods.
+
+    `Harness` trains one model on a `TaskStream`, one task after another.
+    For each task it compiles the model with a fresh optimizer, then calls
+    `before_task`, fits on `training_data` and calls `after_task`. A method
+    overrides the hooks it needs and is registered with
+    `@register_strategy`. The default is plain fine-tuning.
+
+    Class attributes:
+        name: the name the method is registered and reported under.
+        strength: penalty strength (a number or `"auto"`), or `None` for
+            methods without one.
+
+    Example:
+
+    ```python
+    @register_strategy
+    class Replay(Strategy):
+        name = "replay"
+
+        def training_data(self, context):
+            # Current task plus the first 100 examples of every earlier one.
+            tasks = context.stream.tasks[: context.index + 1]
+            x = np.concatenate([t.x_train[:100] for t in tasks[:-1]] + [tasks[-1].x_train])
+            y = np.concatenate([t.y_train[:100] for t in tasks[:-1]] + [tasks[-1].y_train])
+            return x, y
+    ```
+    """
+
+    name = None
+    strength = None
+
+    def build_model(self, stream, *, width):
+        """Builds the uncompiled model for `stream`.
+
+        Args:
+            stream: the `TaskStream`.
+            width: width of the hidden layers.
+
+        Returns:
+            The default `classifier(stream, width=width)`.
+        """
+        from keras_memgeom.continual.classifier import classifier
+
+        return classifier(stream, width=width)
+
+    def training_data(self, context):
+        """Returns the `(x, y)` arrays to fit on for the current task."""
+        return context.task.x_train, context.task.y_train
+
+    def before_task(self, model, context):
+        """Called after the model is compiled for a task, before fitting."""
+
+    def after_task(self, model, context):
+        """Called after fitting a task, before the model is evaluated."""
+
+    @property
+    def memory(self):
+        """The memory the method holds now, or `None`.
+
+        The harness reports its effective dimension after every task.
+        """
+        return None
+
+    def get_config(self):
+        """The method's settings, as saved in the results."""
+        return {"name": self.name}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
