@@ -1,0 +1,91 @@
+"""Conv2D layer with a fixed, permutation-breaking channel mask."""
+
+import keras
+
+from keras_memgeom.layers.connectivity_mask import add_connectivity_mask
+from keras_memgeom.layers.connectivity_mask import widened_units
+from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_memgeom")
+class PrePrunedConv2D(keras.layers.Conv2D):
+    """Conv2D layer whose input-channel x filter connectivity is masked.
+
+    The mask `B` is `(input_channels, filters)` with pairwise-distinct
+    columns and multiplies every spatial tap of the kernel: filter `j` sees
+    input channel `i` only where `B[i, j] = 1`. As in `PrePrunedDense`, the
+    masked kernel entries stay exactly zero and the mask is a saved,
+    non-trainable weight.
+
+    Args:
+        filters: int, the number of filters (before widening).
+        kernel_size: int or tuple of 2 ints.
+        zero_rate: float in (0, 1), the fraction of masked channel pairs.
+        widen: bool. If `True`, use `ceil(filters / (1 - zero_rate))`
+            filters.
+        seed: int or `None`, the seed of the mask.
+        **kwargs: any `keras.layers.Conv2D` argument except `groups`.
+
+    Raises:
+        ValueError: if `zero_rate` is outside (0, 1), if `groups != 1`, or at
+            build time if there are too few input channels for that many
+            distinct columns.
+
+    Example:
+
+    >>> layer = PrePrunedConv2D(8, 3, zero_rate=0.5, padding="same")
+    >>> layer(np.zeros((1, 6, 6, 4))).shape
+    (1, 6, 6, 8)
+    """
+
+    def __init__(
+        self, filters, kernel_size, zero_rate=0.5, widen=False, seed=None,
+        **kwargs,
+    ):
+        validate_zero_rate(zero_rate)
+        if kwargs.get("groups", 1) != 1:
+            raise ValueError(
+                "PrePrunedConv2D masks the full channel connectivity; "
+                f"`groups` must be 1, got {kwargs['groups']}."
+            )
+        self.requested_filters = filters
+        self.zero_rate = zero_rate
+        self.widen = widen
+        self.seed = seed
+        if widen:
+            filters = widened_units(filters, zero_rate)
+        super().__init__(filters, kernel_size, **kwargs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.mask = add_connectivity_mask(
+            self, self.kernel, self.zero_rate, self.seed
+        )
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, kernel * self.mask)
+
+    # Conv2D saves a fixed list of variables (kernel, bias); the generic
+    # Layer scheme saves all of them, the mask included.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def quantize(self, mode=None, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized; fold "
+            "its mask first (keras_memgeom.pruning.fold_mask) and quantize "
+            "the plain model."
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.requested_filters,
+            zero_rate=self.zero_rate,
+            widen=self.widen,
+            seed=self.seed,
+        )
+        return config

@@ -1,0 +1,88 @@
+"""Dense layer with a fixed, permutation-breaking connectivity mask."""
+
+import keras
+from keras import ops
+
+from keras_memgeom.layers.connectivity_mask import add_connectivity_mask
+from keras_memgeom.layers.connectivity_mask import widened_units
+from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_memgeom")
+class PrePrunedDense(keras.layers.Dense):
+    """Dense layer whose kernel is used as `W * B` with a fixed binary mask.
+
+    `B` has pairwise-distinct columns (`distinct_column_mask`), so no two
+    units are interchangeable and the `units!` permutation-equivalent optima
+    of a plain Dense layer are gone (seed 004, section 6.2.1). Masked entries
+    are zero from initialization on and receive exactly zero gradient. The
+    mask is a non-trainable weight: it is saved and restored with the model.
+
+    Args:
+        units: int, the number of units (before widening).
+        zero_rate: float in (0, 1), the fraction of masked connections.
+        widen: bool. If `True`, use `ceil(units / (1 - zero_rate))` units so
+            that the number of live connections matches a Dense of `units`.
+        seed: int or `None`, the seed of the mask.
+        **kwargs: any `keras.layers.Dense` argument (activation, use_bias,
+            initializers, ...).
+
+    Raises:
+        ValueError: if `zero_rate` is outside (0, 1), or at build time if
+            the layer has too few inputs for that many distinct columns.
+
+    Example:
+
+    >>> layer = PrePrunedDense(32, zero_rate=0.5, widen=True, activation="relu")
+    >>> layer(np.zeros((2, 16))).shape
+    (2, 64)
+    """
+
+    def __init__(self, units, zero_rate=0.5, widen=False, seed=None, **kwargs):
+        validate_zero_rate(zero_rate)
+        self.requested_units = units
+        self.zero_rate = zero_rate
+        self.widen = widen
+        self.seed = seed
+        if widen:
+            units = widened_units(units, zero_rate)
+        super().__init__(units, **kwargs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.mask = add_connectivity_mask(
+            self, self.kernel, self.zero_rate, self.seed
+        )
+
+    def call(self, inputs, training=None):
+        x = ops.matmul(inputs, self.kernel * self.mask)
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    # Dense saves a fixed list of variables (kernel, bias); the generic
+    # Layer scheme saves all of them, the mask included.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def quantize(self, mode=None, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized; fold "
+            "its mask first (keras_memgeom.pruning.fold_mask) and quantize "
+            "the plain model."
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.requested_units,
+            zero_rate=self.zero_rate,
+            widen=self.widen,
+            seed=self.seed,
+        )
+        return config
