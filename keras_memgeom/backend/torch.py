@@ -1,4 +1,7 @@
+import contextlib
+
 import torch
+from keras.src.backend.torch import nn as keras_torch_nn
 
 
 def compile_function(fn):
@@ -16,5 +19,21 @@ def linearize(fn, primals):
     return outputs, aux, pullback
 
 
+@contextlib.contextmanager
+def _without_memory_format_hints():
+    # Keras makes conv inputs channels-last contiguous, a layout hint that
+    # vmap cannot clone; the values are the same without it.
+    original = keras_torch_nn._maybe_convert_to_channels_last
+    keras_torch_nn._maybe_convert_to_channels_last = lambda tensor: tensor
+    try:
+        yield
+    finally:
+        keras_torch_nn._maybe_convert_to_channels_last = original
+
+
 def vectorize(fn):
-    return torch.func.vmap(fn)
+    def mapped(*args):
+        with _without_memory_format_hints():
+            return torch.func.vmap(fn)(*args)
+
+    return mapped

@@ -1,0 +1,208 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_memgeom import FisherMemory
+from keras_memgeom.memory.fisher import estimate_fisher
+from tests.memory.helpers import classification_data, softmax_probabilities, softmax_regression
+
+
+def _kernel_bias(fisher, model):
+    layer = model.layers[-1]
+    return fisher[layer.kernel.path], fisher[layer.bias.path]
+
+
+def _closed_form_exact(x, p):
+    variance = p * (1 - p)
+    return np.mean(x[:, :, None] ** 2 * variance[:, None, :], axis=0), variance.mean(axis=0)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_exact_fisher_of_softmax_regression_matches_closed_form(rng, from_logits):
+    x, y = classification_data(rng)
+    model = softmax_regression(from_logits=from_logits)
+    kernel, bias = _closed_form_exact(x, softmax_probabilities(model, x))
+    fisher, n = estimate_fisher(model, (x, y), estimator="exact", batch_size=128)
+    assert n == len(x)
+    got_kernel, got_bias = _kernel_bias(fisher, model)
+    np.testing.assert_allclose(got_kernel, kernel, rtol=1e-5)
+    np.testing.assert_allclose(got_bias, bias, rtol=1e-5)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_empirical_fisher_of_softmax_regression_matches_closed_form(rng, from_logits):
+    x, y = classification_data(rng)
+    model = softmax_regression(from_logits=from_logits)
+    score = np.eye(3)[y] - softmax_probabilities(model, x)
+    kernel = np.mean(x[:, :, None] ** 2 * score[:, None, :] ** 2, axis=0)
+    fisher, _ = estimate_fisher(model, (x, y), estimator="empirical")
+    got_kernel, got_bias = _kernel_bias(fisher, model)
+    np.testing.assert_allclose(got_kernel, kernel, rtol=1e-5)
+    np.testing.assert_allclose(got_bias, np.mean(score**2, axis=0), rtol=1e-5)
+
+
+def test_sampled_fisher_converges_to_exact(rng):
+    x, y = classification_data(rng)
+    model = softmax_regression()
+    exact, _ = estimate_fisher(model, (x, y), estimator="exact")
+    errors = []
+    for num_samples in (1, 100):
+        sampled, _ = estimate_fisher(model, (x, y), estimator="sampled", num_samples=num_samples)
+        path = model.layers[-1].kernel.path
+        errors.append(np.mean(np.abs(sampled[path] - exact[path]) / exact[path]))
+    assert errors[1] < 0.05
+    assert errors[1] < errors[0] / 3
+
+
+def test_batched_fisher_of_single_examples_is_empirical(rng):
+    x, y = classification_data(rng, num_examples=40)
+    model = softmax_regression()
+    empirical, _ = estimate_fisher(model, (x, y), estimator="empirical")
+    batched, _ = estimate_fisher(model, (x, y), estimator="batched", batch_size=1)
+    for path in empirical:
+        np.testing.assert_allclose(batched[path], empirical[path], rtol=1e-4, atol=1e-7)
+
+
+def test_binary_cross_entropy_fisher_is_logistic_regression_closed_form(rng):
+    x = rng.normal(size=(200, 4)).astype("float32")
+    y = rng.integers(0, 2, (200, 1)).astype("float32")
+    for from_logits in (True, False):
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(1, activation=None if from_logits else "sigmoid")]
+        )
+        model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=from_logits))
+        kernel, bias = model.get_weights()
+        p = 1 / (1 + np.exp(-(x.astype("float64") @ kernel + bias)))
+        fisher, _ = estimate_fisher(model, (x, y))
+        got_kernel, _ = _kernel_bias(fisher, model)
+        np.testing.assert_allclose(got_kernel, np.mean(x[:, :, None] ** 2 * (p * (1 - p))[:, None, :], 0), rtol=1e-5)
+
+
+def test_mean_squared_error_fisher_is_gaussian_closed_form(rng):
+    x = rng.normal(size=(100, 3)).astype("float32")
+    y = rng.normal(size=(100, 2)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(loss="mse")
+    fisher, _ = estimate_fisher(model, (x, y))
+    got_kernel, got_bias = _kernel_bias(fisher, model)
+    np.testing.assert_allclose(got_kernel, np.repeat(np.mean(x**2, 0)[:, None], 2, 1), rtol=1e-5)
+    np.testing.assert_allclose(got_bias, np.ones(2), rtol=1e-6)
+
+
+class _DenseSubclass(keras.layers.Dense):
+    """Not a plain Dense: its Fisher takes the generic vectorized path."""
+
+
+def test_generic_path_matches_closed_form(rng):
+    x, y = classification_data(rng, num_examples=64)
+    model = keras.Sequential([keras.Input((5,)), _DenseSubclass(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    kernel, bias = _closed_form_exact(x, softmax_probabilities(model, x))
+    fisher, _ = estimate_fisher(model, (x, y), batch_size=32)
+    got_kernel, got_bias = _kernel_bias(fisher, model)
+    np.testing.assert_allclose(got_kernel, kernel, rtol=1e-5)
+    np.testing.assert_allclose(got_bias, bias, rtol=1e-5)
+
+
+def test_generic_and_fast_paths_agree_on_a_convolutional_model(rng):
+    x = rng.normal(size=(8, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(3, 3, activation="tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fisher, _ = estimate_fisher(model, (x, y), estimator="empirical", batch_size=4)
+    # Reference: per-example squared gradients, one example at a time.
+    reference = {v.path: 0.0 for v in model.trainable_variables}
+    for i in range(len(x)):
+        one, _ = estimate_fisher(model, (x[i : i + 1], y[i : i + 1]), estimator="batched")
+        for path in reference:
+            reference[path] = reference[path] + one[path] / len(x)
+    for path, value in reference.items():
+        np.testing.assert_allclose(fisher[path], value, rtol=1e-4, atol=1e-8, err_msg=path)
+
+
+def test_data_forms_give_the_same_fisher(rng):
+    import tensorflow as tf
+
+    x, y = classification_data(rng, num_examples=100)
+    model = softmax_regression()
+    reference, _ = estimate_fisher(model, (x, y))
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return x[i * 25 : (i + 1) * 25], y[i * 25 : (i + 1) * 25]
+
+    forms = [
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(30),
+        Batches(),
+        [(x[:50], y[:50]), (x[50:], y[50:])],
+    ]
+    for data in forms:
+        fisher, n = estimate_fisher(model, data)
+        assert n == 100
+        for path in reference:
+            np.testing.assert_allclose(fisher[path], reference[path], rtol=1e-5)
+
+
+def test_max_examples_limits_the_data(rng):
+    x, y = classification_data(rng, num_examples=100)
+    model = softmax_regression()
+    memory = FisherMemory.estimate(model, (x, y), max_examples=30, batch_size=16)
+    assert memory.num_examples == 30
+    expected, _ = estimate_fisher(model, (x[:30], y[:30]))
+    np.testing.assert_allclose(memory.fisher[model.layers[0].kernel.path], expected[model.layers[0].kernel.path], rtol=1e-5)
+
+
+def test_memory_estimate_keeps_current_weights_as_anchor(rng):
+    x, y = classification_data(rng, num_examples=20)
+    model = softmax_regression()
+    memory = FisherMemory.estimate(model, (x, y), estimator="empirical")
+    np.testing.assert_array_equal(memory.anchor[model.layers[0].kernel.path], model.get_weights()[0])
+    assert memory.estimator == "empirical"
+
+
+@pytest.mark.parametrize(
+    "loss, message",
+    [("hinge", "Unsupported loss"), (None, "no compiled loss")],
+)
+def test_unsupported_or_missing_loss_is_refused(rng, loss, message):
+    x, y = classification_data(rng, num_examples=10)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    if loss is not None:
+        model.compile(loss=loss)
+    with pytest.raises(ValueError, match=message):
+        estimate_fisher(model, (x, y))
+
+
+def test_bad_inputs_are_refused(rng):
+    x, y = classification_data(rng, num_examples=10)
+    model = softmax_regression()
+    with pytest.raises(ValueError, match="Unknown estimator"):
+        estimate_fisher(model, (x, y), estimator="diagonal")
+    with pytest.raises(ValueError, match="empty"):
+        estimate_fisher(model, (x[:0], y[:0]))
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        estimate_fisher(model, (bad, y))
+    with pytest.raises(ValueError, match="examples but `y` has"):
+        estimate_fisher(model, (x, y[:5]))
+    unbuilt = keras.Sequential([keras.layers.Dense(3)])
+    unbuilt.compile(loss="mse")
+    with pytest.raises(ValueError, match="no trainable variables"):
+        estimate_fisher(unbuilt, (x, y))
+    sequence = keras.Sequential([keras.Input((4, 5)), keras.layers.Dense(3)])
+    sequence.compile(loss="mse")
+    with pytest.raises(ValueError, match=r"\(batch, d\)"):
+        estimate_fisher(sequence, (rng.normal(size=(6, 4, 5)), rng.normal(size=(6, 4, 3))))
