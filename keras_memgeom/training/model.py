@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_memgeom.memory.attach import attach, attached_regularizers
 from keras_memgeom.memory.fisher_memory import FisherMemory
+from keras_memgeom.training.frontal_lobe import FrontalLobe
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
@@ -18,6 +19,13 @@ class Model(keras.Model):
     penalty (one term per memory) to the training loss, and `fit` reports it
     as the metric `memory_penalty` beside the loss. The memories are saved
     with the model by `model.save` and restored by `keras.saving.load_model`.
+
+    `compile(..., frontal_lobe=FrontalLobe(...))` adds the frontal lobe's
+    information penalty `lambda * trace(F_FL)` to the training loss (phase 2
+    of the frontal-lobe procedure), reported as `information_penalty`;
+    `set_information_penalty(False)` turns it off (phase 1), and the
+    `keras_memgeom.callbacks.Consolidate` callback schedules both phases and
+    the consolidation inside `fit`.
 
     Example:
     >>> inputs = keras.Input((64,))
@@ -34,8 +42,19 @@ class Model(keras.Model):
         self.memory_strength = 1.0
         self.num_train_examples = None
         self.memory_penalty_tracker = keras.metrics.Mean(name="memory_penalty")
+        self.frontal_lobe = None
+        self.information_penalty_active = False
+        self.information_penalty_tracker = None
 
-    def compile(self, *args, regularizers=None, strength=1.0, num_train_examples=None, **kwargs):
+    def compile(
+        self,
+        *args,
+        regularizers=None,
+        strength=1.0,
+        num_train_examples=None,
+        frontal_lobe=None,
+        **kwargs,
+    ):
         """Configures the model for training, as `keras.Model.compile`.
 
         Args:
@@ -45,11 +64,18 @@ class Model(keras.Model):
             strength: the memories' strength (`1` is the Laplace scaling).
             num_train_examples: the number of examples the loss averages
                 over; by default the size of the arrays given to `fit`.
+            frontal_lobe: a `FrontalLobe` whose information penalty is added
+                to the training loss (on until `set_information_penalty(False)`).
             **kwargs: as `keras.Model.compile`.
 
         Raises:
-            ValueError: if a regularizer is not a `FisherMemory`.
+            ValueError: if a regularizer is not a `FisherMemory` or
+                `frontal_lobe` is not a `FrontalLobe`.
         """
+        if frontal_lobe is not None and not isinstance(frontal_lobe, FrontalLobe):
+            raise ValueError(
+                f"`frontal_lobe` takes a FrontalLobe; got {type(frontal_lobe).__name__}."
+            )
         regularizers = list(regularizers or [])
         for memory in regularizers:
             if not isinstance(memory, FisherMemory):
@@ -62,12 +88,42 @@ class Model(keras.Model):
         self.memories = regularizers
         self.memory_strength = float(strength)
         self.num_train_examples = num_train_examples
+        self.frontal_lobe = frontal_lobe
+        self.information_penalty_active = frontal_lobe is not None
+        if frontal_lobe is not None and self.information_penalty_tracker is None:
+            self.information_penalty_tracker = keras.metrics.Mean(name="information_penalty")
+
+    def set_information_penalty(self, active):
+        """Turns the frontal lobe's information penalty on or off.
+
+        Off is phase 1 of the frontal-lobe procedure (the task with the
+        memory penalty only), on is phase 2. The traced train function is
+        rebuilt, so the change takes effect at the next step, also inside
+        `fit`.
+
+        Args:
+            active: bool.
+
+        Raises:
+            ValueError: if turned on for a model compiled without a frontal
+                lobe.
+        """
+        if active and self.frontal_lobe is None:
+            raise ValueError(
+                "The model has no frontal lobe: compile it with "
+                "`frontal_lobe=keras_memgeom.FrontalLobe(...)` first."
+            )
+        if bool(active) != self.information_penalty_active:
+            self.information_penalty_active = bool(active)
+            self.make_train_function(force=True)
 
     def get_compile_config(self):
         config = super().get_compile_config()
         if config:
             config["strength"] = self.memory_strength
             config["num_train_examples"] = self.num_train_examples
+            if self.frontal_lobe is not None:
+                config["frontal_lobe"] = keras.saving.serialize_keras_object(self.frontal_lobe)
         return config
 
     def compile_from_config(self, config):
@@ -89,6 +145,12 @@ class Model(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        if training and self.information_penalty_active:
+            information = self.frontal_lobe.strength * self.frontal_lobe.fisher_trace(
+                self, x, y, sample_weight
+            )
+            self.information_penalty_tracker.update_state(information)
+            loss = ops.add(loss, ops.cast(information, loss.dtype))
         # Evaluated again for the metric; traced steps dedupe the arithmetic.
         terms = [reg(variable.value) for variable, reg in attached_regularizers(self)]
         if terms:
