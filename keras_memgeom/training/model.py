@@ -4,6 +4,8 @@ import os
 
 import keras
 from keras import ops
+from keras.src.models.functional import Functional
+from keras.src.models.model import functional_init_arguments
 
 from keras_memgeom.memory.attach import attach, attached_regularizers
 from keras_memgeom.memory.fisher_memory import FisherMemory
@@ -35,6 +37,13 @@ class Model(keras.Model):
     ...               regularizers=[memory_a], strength=100)
     >>> model.fit(x_b, y_b, epochs=5)   # logs loss and memory_penalty
     """
+
+    def __new__(cls, *args, **kwargs):
+        # Like `keras.Model`: the functional form gets a functional class,
+        # so that subclasses of `Model` stay subclassed models.
+        if cls is Model and functional_init_arguments(args, kwargs):
+            return keras.Model.__new__(FunctionalModel)
+        return super().__new__(cls, *args, **kwargs)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -167,6 +176,11 @@ class Model(keras.Model):
             key=lambda n: int(n.split("_")[1].split(".")[0]),
         )
         self.memories = [FisherMemory.load(os.path.join(dir_path, n)) for n in names]
+
+
+@keras.saving.register_keras_serializable(package="keras_memgeom")
+class FunctionalModel(Model, Functional):
+    """The functional form of `Model`, built by `Model(inputs, outputs)`."""
 
 
 def _num_examples(x):
