@@ -85,6 +85,7 @@ def polynomial_basis(x, degree, basis):
     """
     validate_basis(basis, degree)
     recurrence = _RECURRENCES[basis]
+    x = ops.convert_to_tensor(x)
     previous, current = None, ops.ones_like(x)
     terms = [current]
     for k in range(degree):
