@@ -6,6 +6,7 @@ merges them in closed form, breaks permutation symmetry with fixed masks,
 and consolidates a frontal lobe of working space into long-term memory.
 """
 
+from keras_memgeom import callbacks
 from keras_memgeom import continual
 from keras_memgeom.memory import FisherMemory, FisherRegularizer, attach, detach, merge
 from keras_memgeom.training.frontal_lobe import FrontalLobe

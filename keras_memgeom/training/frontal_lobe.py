@@ -167,11 +167,12 @@ class FrontalLobe:
         per_example = 0.0
         for (kernel_mask, bias_mask), layer_input, grads in zip(masks, inputs, pullback(cotangents)):
             squares = ops.sum(ops.square(grads), axis=0)
+            # Masks become tensors here, in the caller's trace, never cached across traces.
             if kernel_mask is not None:
-                reach = ops.matmul(ops.square(layer_input), kernel_mask)
+                reach = ops.matmul(ops.square(layer_input), ops.convert_to_tensor(kernel_mask, dtype))
                 per_example = per_example + ops.sum(reach * squares, axis=-1)
             if bias_mask is not None:
-                per_example = per_example + ops.matmul(squares, bias_mask)
+                per_example = per_example + ops.matmul(squares, ops.convert_to_tensor(bias_mask, dtype))
         if sample_weight is not None:
             per_example = per_example * ops.reshape(ops.cast(sample_weight, dtype), (-1,))
         return ops.mean(per_example)
@@ -197,7 +198,7 @@ class FrontalLobe:
         return inside, outside
 
     def _prepare(self, model, x):
-        """The taps, per-tapped-layer masks and likelihood for `model` (cached)."""
+        """The taps, numpy masks per tapped layer and likelihood for `model` (cached)."""
         if self._cache is not None and self._cache[0] is model:
             return self._cache[1:]
         masks = self.masks(model)
@@ -210,16 +211,10 @@ class FrontalLobe:
                     "called exactly once on 2-D inputs, so its per-example gradients "
                     "cannot be formed from the tapped backward pass."
                 )
-        layer_masks = []
-        for layer in taps.layers:
-            kernel = masks.get(layer.kernel.path)
-            bias = masks.get(layer.bias.path) if layer.use_bias else None
-            layer_masks.append(
-                (
-                    None if kernel is None else ops.convert_to_tensor(kernel),
-                    None if bias is None else ops.convert_to_tensor(bias),
-                )
-            )
+        layer_masks = [
+            (masks.get(layer.kernel.path), masks.get(layer.bias.path) if layer.use_bias else None)
+            for layer in taps.layers
+        ]
         likelihood = likelihood_from_loss(getattr(model, "loss", None))
         self._cache = (model, taps, layer_masks, likelihood)
         return self._cache[1:]

@@ -1,0 +1,3 @@
+"""Keras callbacks of keras_memgeom."""
+
+from keras_memgeom.callbacks.consolidate import Consolidate

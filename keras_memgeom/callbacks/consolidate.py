@@ -1,0 +1,163 @@
+"""The frontal-lobe schedule: task, information penalty, consolidation."""
+
+import keras
+
+from keras_memgeom.memory.attach import attach
+from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.memory.fisher_memory import FisherMemory
+from keras_memgeom.memory.merge import merge
+
+
+class Consolidate(keras.callbacks.Callback):
+    """Runs the frontal-lobe procedure inside an ordinary `model.fit`.
+
+    Training is cut into cycles: the whole `fit` (a task boundary at its
+    end) or every `period` epochs. In each cycle
+    1. the first epochs train with the long-term memory's penalty only
+       (phase 1: the information penalty is off);
+    2. the last `information_epochs` add the frontal lobe's information
+       penalty `lambda * trace(F_FL)` (phase 2), so its information moves
+       into the rest of the network;
+    3. at the cycle's end the Fisher on `data` is estimated and merged into
+       the model's long-term memory (`model.memories`, attached again with
+       the compiled `strength`).
+
+    At the end of each phase the exact Fisher trace on `data` of the frontal
+    lobe and of the rest is added to the epoch's logs
+    (`frontal_lobe_fisher_trace`, `rest_fisher_trace`), and after each
+    consolidation the effective dimension `sum P / (P + alpha)` of the
+    long-term memory (`frontal_lobe_effective_dimension`,
+    `rest_effective_dimension`). The same numbers are kept in `records`.
+
+    Args:
+        data: `(x, y)` arrays of the task, for the Fisher.
+        information_epochs: epochs of phase 2 at the end of each cycle.
+        period: `None` for one cycle per `fit`, or the cycle length in
+            epochs.
+        estimator: the Fisher estimator of the consolidated memory.
+        max_examples: estimate the Fisher on at most this many examples.
+        decay: factor in `(0, 1]` on the older precision at each merge.
+        forget_frontal_lobe: drop the frontal lobe's Fisher from the memory
+            before merging, so long-term memory never pins it.
+        prior_precision: `alpha > 0` of the effective dimension.
+
+    Raises:
+        ValueError: for bad arguments here; at the start of `fit`, if the
+            model is not a `keras_memgeom.Model` compiled with a frontal
+            lobe, or a cycle is shorter than `information_epochs`.
+
+    Example:
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...               frontal_lobe=keras_memgeom.FrontalLobe(["hidden_0"], fraction=0.5),
+    ...               strength=100)
+    >>> for x, y in tasks:
+    ...     model.fit(x, y, epochs=15, callbacks=[Consolidate((x, y), information_epochs=5)])
+    """
+
+    def __init__(
+        self,
+        data,
+        *,
+        information_epochs=5,
+        period=None,
+        estimator="exact",
+        max_examples=None,
+        decay=1.0,
+        forget_frontal_lobe=False,
+        prior_precision=1.0,
+    ):
+        super().__init__()
+        if not isinstance(data, tuple) or len(data) != 2:
+            raise ValueError("`data` must be an `(x, y)` tuple of the task's arrays.")
+        if not isinstance(information_epochs, int) or information_epochs < 0:
+            raise ValueError(
+                f"`information_epochs` must be a non-negative int; got {information_epochs!r}."
+            )
+        if period is not None and (not isinstance(period, int) or period < 1):
+            raise ValueError(f"`period` must be a positive int or None; got {period!r}.")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"`decay` must be in (0, 1]; got {decay!r}.")
+        if prior_precision <= 0:
+            raise ValueError(f"`prior_precision` must be positive; got {prior_precision!r}.")
+        self.data = data
+        self.information_epochs = information_epochs
+        self.period = period
+        self.estimator = estimator
+        self.max_examples = max_examples
+        self.decay = float(decay)
+        self.forget_frontal_lobe = bool(forget_frontal_lobe)
+        self.prior_precision = float(prior_precision)
+        self.records = []
+
+    def on_train_begin(self, logs=None):
+        frontal_lobe = getattr(self.model, "frontal_lobe", None)
+        if frontal_lobe is None:
+            raise ValueError(
+                "Consolidate needs a keras_memgeom.Model compiled with "
+                "`frontal_lobe=keras_memgeom.FrontalLobe(...)`."
+            )
+        self._cycle = self.period or self.params["epochs"]
+        if self.information_epochs > self._cycle:
+            raise ValueError(
+                f"`information_epochs` ({self.information_epochs}) is longer than a "
+                f"cycle ({self._cycle} epochs)."
+            )
+        frontal_lobe.masks(self.model)  # Names the bad layer now, not mid-fit.
+
+    def on_epoch_begin(self, epoch, logs=None):
+        position = epoch % self._cycle
+        self.model.set_information_penalty(position >= self._cycle - self.information_epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {} if logs is None else logs
+        position = epoch % self._cycle
+        if position == self._cycle - self.information_epochs - 1:
+            fisher, _ = self._fisher("exact")
+            self._record(epoch, "task", logs, traces=self.model.frontal_lobe.split(self.model, fisher))
+        if position == self._cycle - 1:
+            self._consolidate(epoch, logs)
+
+    def _fisher(self, estimator):
+        memory = FisherMemory.estimate(
+            self.model, self.data, estimator=estimator, max_examples=self.max_examples
+        )
+        return memory.fisher, memory
+
+    def _consolidate(self, epoch, logs):
+        model, frontal_lobe = self.model, self.model.frontal_lobe
+        fisher, memory = self._fisher(self.estimator)
+        exact = fisher if self.estimator == "exact" else self._fisher("exact")[0]
+        self._record(epoch, "information", logs, traces=frontal_lobe.split(model, exact))
+        if self.forget_frontal_lobe:
+            masks = frontal_lobe.masks(model)
+            fisher = {
+                path: value * (1.0 - masks.get(path, 0.0)) for path, value in fisher.items()
+            }
+            memory = FisherMemory(memory.anchor, fisher, memory.num_examples, memory.estimator)
+        model.memories = [merge(list(model.memories) + [memory], decay=self.decay)]
+        attach(
+            model,
+            model.memories,
+            num_train_examples=model.num_train_examples or len(self.data[1]),
+            strength=model.memory_strength,
+        )
+        model.make_train_function(force=True)
+        precision = model.memories[0].precision
+        occupied = {
+            variable.path: precision[path] / (precision[path] + self.prior_precision)
+            for path, variable in model.memories[0].match(model)
+        }
+        self._record(epoch, "consolidated", logs, dimensions=frontal_lobe.split(model, occupied))
+
+    def _record(self, epoch, phase, logs, traces=None, dimensions=None):
+        record = {"epoch": epoch, "phase": phase}
+        if traces is not None:
+            record["frontal_lobe_fisher_trace"], record["rest_fisher_trace"] = traces
+        if dimensions is not None:
+            record["frontal_lobe_effective_dimension"], record["rest_effective_dimension"] = (
+                dimensions
+            )
+        self.records.append(record)
+        logs.update({k: float(v) for k, v in record.items() if k not in ("epoch", "phase")})
