@@ -127,10 +127,11 @@ class Harness:
         strengths, dimensions, wall_times = [], [], []
         for index in range(len(tasks)):
             start = time.perf_counter()
+            remembers = strategy.memory is not None
             context = self._train_task(model, strategy, index)
             strategy.after_task(model, context)
             wall_times.append(time.perf_counter() - start)
-            strengths.append(context.strength)
+            strengths.append(context.strength if remembers else None)
             matrix[index] = [self._accuracy(model, t.x_test, t.y_test) for t in tasks]
             memory = strategy.memory
             dimensions.append(

@@ -1,0 +1,7 @@
+"""`python -m keras_memgeom` runs the `memgeom` command."""
+
+import sys
+
+from keras_memgeom.cli import main
+
+sys.exit(main())

