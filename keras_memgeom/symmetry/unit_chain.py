@@ -107,12 +107,14 @@ def unit_chain(model):
     for layer in model.layers:
         if isinstance(layer, _WEIGHT_LAYERS):
             _check_weight_layer(layer)
+            # PolynomialDense has no bias (phi_0 = 1 plays its part).
+            bias = getattr(layer, "bias", None)
             mask = getattr(layer, "mask", None)
             chain.append(
                 UnitLayer(
                     layer=layer,
                     kernel=_numpy(layer.kernel),
-                    bias=None if layer.bias is None else _numpy(layer.bias),
+                    bias=None if bias is None else _numpy(bias),
                     mask=None if mask is None else _numpy(mask),
                 )
             )
