@@ -1,6 +1,7 @@
 """Diagonal Fisher information of a Keras model, estimated per example."""
 
 import math
+import weakref
 
 import keras
 import numpy as np
@@ -12,6 +13,10 @@ from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.utils.batches import iterate_batches
 
 ESTIMATORS = ("exact", "sampled", "empirical", "batched")
+
+# Compiled per-batch steps, reused across calls on the same model: weights
+# are arguments, so only the architecture and the estimator key a step.
+_STEPS = weakref.WeakKeyDictionary()
 
 
 def estimate_fisher(
@@ -85,7 +90,7 @@ def estimate_fisher(
             if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
                 raise ValueError("The data holds NaN or infinite inputs.")
         if step is None:
-            step = _BatchStep(model, variables, likelihood, estimator, x)
+            step = _cached_step(model, variables, likelihood, estimator, x)
         batch = len(y)
         noise = None
         if estimator == "sampled":
@@ -203,3 +208,15 @@ class _BatchStep:
         # extra factor `batch` makes the sums average correctly over examples.
         return [batch * batch * ops.square(g[0]) for g in grads]
 
+
+def _cached_step(model, variables, likelihood, estimator, example_x):
+    key = (
+        estimator,
+        type(likelihood),
+        tuple(sorted(vars(likelihood).items())),
+        tuple((v.path, tuple(v.shape)) for v in variables),
+    )
+    steps = _STEPS.setdefault(model, {})
+    if key not in steps:
+        steps[key] = _BatchStep(model, variables, likelihood, estimator, example_x)
+    return steps[key]
