@@ -41,15 +41,15 @@ def test_same_seed_same_results(tiny_stream, tiny_document):
 
 
 def test_memory_protects_the_first_task():
-    # Large enough that the first task is learned well, small enough for CI.
+    # Large enough that the first task is learned, small enough for CI.
     stream = continual.TaskStream.make("permuted", "digits", num_tasks=2, max_train_examples=600)
-    harness = continual.Harness(stream, width=64, epochs=8)
+    harness = continual.Harness(stream, width=64, epochs=5, batch_size=64)
     finetune = harness.run(continual.Finetune())
     online = harness.run(continual.Online(strength=1000))
     joint = harness.run(continual.Joint())
     kept = lambda run: run["accuracy_matrix"][1][0]  # noqa: E731
-    assert finetune["accuracy_matrix"][0][0] > 0.85
-    assert kept(online) > kept(finetune) + 0.05
+    assert finetune["accuracy_matrix"][0][0] > 0.7
+    assert kept(online) > kept(finetune) + 0.1
     assert joint["average_accuracy"] > finetune["average_accuracy"]
 
 
@@ -66,9 +66,13 @@ def test_memory_penalty_is_attached_for_the_second_task(tiny_stream):
     strategy.before_task(model, second)
     assert all(_penalized(model))
     # The penalty is zero at the anchor and grows away from it.
-    assert float(sum(model.losses)) == pytest.approx(0.0, abs=1e-6)
+    assert _total(model.losses) == pytest.approx(0.0, abs=1e-6)
     model.trainable_variables[0].assign(model.trainable_variables[0] + 0.1)
-    assert float(sum(model.losses)) > 0
+    assert _total(model.losses) > 0
+
+
+def _total(losses):
+    return float(sum(keras.ops.convert_to_numpy(loss) for loss in losses))
 
 
 def _penalized(model):
