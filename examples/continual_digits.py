@@ -41,7 +41,7 @@ def accuracy(model, task):
     return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=-1) == y_test))
 
 
-def run(epochs=10, strength=100.0, seed=0):
+def run(epochs=10, strength=100.0, seed=0, batch_size=32):
     """Trains A, then B with and without the memory of A.
 
     Returns:
@@ -54,14 +54,14 @@ def run(epochs=10, strength=100.0, seed=0):
         keras.utils.set_random_seed(seed)
         model = make_model()
         model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-        model.fit(task_a[0], task_a[1], epochs=epochs, batch_size=32, verbose=0)
+        model.fit(task_a[0], task_a[1], epochs=epochs, batch_size=batch_size, verbose=0)
         memory = keras_memgeom.FisherMemory.estimate(model, task_a[:2])
         regularizers = [memory] if method == "memory" else []
         model.compile(
             keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"],
             regularizers=regularizers, strength=strength,
         )
-        model.fit(task_b[0], task_b[1], epochs=epochs, batch_size=32, verbose=0)
+        model.fit(task_b[0], task_b[1], epochs=epochs, batch_size=batch_size, verbose=0)
         results[method] = (accuracy(model, task_a), accuracy(model, task_b))
     return results
 
