@@ -1,6 +1,6 @@
 """The few things `keras.ops` cannot say, one module per backend.
 
-Every backend module provides the same three functions:
+Every backend module provides the same functions:
 
 - `compile_function(fn)`: trace `fn` once for speed (`jax.jit`,
   `tf.function`, or `fn` itself on torch).
@@ -12,6 +12,14 @@ Every backend module provides the same three functions:
 - `vectorize(fn)`: map `fn` over the leading axis of all its arguments
   (`jax.vmap`, `tf.vectorized_map`, `torch.func.vmap`).
 
+and, for second-order autodiff inside a training step:
+
+- `differentiable_linearize(fn, primals)`: as `linearize`, but the
+  pullback's results stay differentiable by the autodiff that encloses the
+  call (a `jax.grad` around a `jax.vjp`, nested `tf.GradientTape`s, torch
+  `autograd.grad(create_graph=True)` under `torch.enable_grad()`), so a
+  loss built from gradients (e.g. a Fisher trace) can be trained on.
+
 This is the only place in the package that branches on the backend.
 """
 
@@ -20,15 +28,30 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "jax":
-    from keras_memgeom.backend.jax import compile_function, linearize, vectorize
+    from keras_memgeom.backend.jax import (
+        compile_function,
+        differentiable_linearize,
+        linearize,
+        vectorize,
+    )
 elif _BACKEND == "tensorflow":
-    from keras_memgeom.backend.tensorflow import compile_function, linearize, vectorize
+    from keras_memgeom.backend.tensorflow import (
+        compile_function,
+        differentiable_linearize,
+        linearize,
+        vectorize,
+    )
 elif _BACKEND == "torch":
-    from keras_memgeom.backend.torch import compile_function, linearize, vectorize
+    from keras_memgeom.backend.torch import (
+        compile_function,
+        differentiable_linearize,
+        linearize,
+        vectorize,
+    )
 else:
     raise ImportError(
         f"keras_memgeom supports the jax, tensorflow and torch backends; "
         f"KERAS_BACKEND is {_BACKEND!r}."
     )
 
-__all__ = ["compile_function", "linearize", "vectorize"]
+__all__ = ["compile_function", "differentiable_linearize", "linearize", "vectorize"]

@@ -16,3 +16,9 @@ def linearize(fn, primals):
 
 def vectorize(fn):
     return jax.vmap(fn)
+
+
+def differentiable_linearize(fn, primals):
+    # jax.vjp composes with an enclosing jax.grad: the pullback is traced
+    # like any other function of the parameters.
+    return linearize(fn, primals)

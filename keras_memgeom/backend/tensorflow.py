@@ -31,3 +31,9 @@ def vectorize(fn):
         return tf.vectorized_map(lambda a: fn(*a), args)
 
     return mapped
+
+
+def differentiable_linearize(fn, primals):
+    # Called under the training step's tape, the inner tape's gradients are
+    # themselves recorded (nested tapes), so they can be differentiated.
+    return linearize(fn, primals)

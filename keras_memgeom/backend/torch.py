@@ -37,3 +37,27 @@ def vectorize(fn):
             return torch.func.vmap(fn)(*args)
 
     return mapped
+
+
+def differentiable_linearize(fn, primals):
+    # Plain autograd with `create_graph=True`: one backward pass per
+    # cotangent, each recorded for the enclosing backward pass. Cheaper than
+    # `torch.func.vjp` + `vmap` for the few cotangents of a training step.
+    with torch.enable_grad():
+        primals = [p.detach().requires_grad_() for p in primals]
+        outputs, aux = fn(primals)
+
+    def pullback(cotangents):
+        with torch.enable_grad():
+            grads = [
+                torch.autograd.grad(
+                    outputs, primals, grad_outputs=c, create_graph=True, allow_unused=True
+                )
+                for c in cotangents
+            ]
+        return [
+            torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in grads])
+            for i, p in enumerate(primals)
+        ]
+
+    return outputs, aux, pullback

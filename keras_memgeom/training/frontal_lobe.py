@@ -158,7 +158,9 @@ class FrontalLobe:
             return outputs, list(inputs)
 
         dtype = taps.layers[0].kernel.dtype
-        outputs, inputs, pullback = backend.linearize(forward, taps.zeros(batch, dtype))
+        outputs, inputs, pullback = backend.differentiable_linearize(
+            forward, taps.zeros(batch, dtype)
+        )
         if self.estimator == "exact":
             cotangents = likelihood.fisher_factors(outputs)
         else:
