@@ -152,31 +152,41 @@ def test_a_failed_save_leaves_the_old_file_intact(tmp_path, rng, monkeypatch):
     assert os.listdir(tmp_path) == ["a.memory"]
 
 
-def test_memory_saved_here_gives_the_same_penalty_on_other_backends(tmp_path, rng, other_backends):
+def test_memory_and_fisher_agree_across_backends(tmp_path, rng, other_backends):
+    """A memory saved here gives the same penalty elsewhere, and every
+    backend estimates the same Fisher from the same weights and data."""
+    x, y = classification_data(rng, num_examples=50)
     model = softmax_regression()
-    memory = _memory_of(model, rng)
+    memory = FisherMemory.estimate(model, (x, y))
     weights = [w + 0.1 for w in model.get_weights()]
     model.set_weights(weights)
     expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=30, strength=2.0)))
     memory.save(tmp_path / "a.memory")
-    np.savez(tmp_path / "weights.npz", *weights)
+    np.savez(tmp_path / "data.npz", x=x, y=y, kernel=weights[0], bias=weights[1])
     script = textwrap.dedent(
         f"""
+        import warnings
         import numpy as np, keras
         from keras_memgeom import FisherMemory
         from tests.memory.helpers import softmax_regression
+        warnings.simplefilter("ignore")
         memory = FisherMemory.load({str(tmp_path / "a.memory")!r})
+        data = np.load({str(tmp_path / "data.npz")!r})
         model = softmax_regression()
-        weights = np.load({str(tmp_path / "weights.npz")!r})
-        model.set_weights([weights["arr_0"], weights["arr_1"]])
-        import warnings; warnings.simplefilter("ignore")
+        model.set_weights([data["kernel"], data["bias"]])
         print(float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=30, strength=2.0))))
+        model.set_weights([data["kernel"] - 0.1, data["bias"] - 0.1])
+        fisher = FisherMemory.estimate(model, (data["x"], data["y"])).fisher
+        print(" ".join(str(v) for v in np.concatenate([a.ravel() for a in fisher.values()])))
         """
     )
+    here = np.concatenate([a.ravel() for a in memory.fisher.values()])
     for backend in other_backends:
         env = dict(os.environ, KERAS_BACKEND=backend)
         out = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
         )
-        np.testing.assert_allclose(float(out.stdout.strip().splitlines()[-1]), expected, rtol=1e-5)
+        penalty, fisher = out.stdout.strip().splitlines()[-2:]
+        np.testing.assert_allclose(float(penalty), expected, rtol=1e-5)
+        np.testing.assert_allclose(np.array(fisher.split(), dtype="float64"), here, rtol=1e-5)
