@@ -28,6 +28,7 @@ from keras_memgeom.continual.results import (
     RESULTS_SCHEMA,
     format_table,
     load_results,
+    make_document,
     save_results,
     validate_results,
 )

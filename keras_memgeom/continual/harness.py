@@ -16,11 +16,11 @@ class Harness:
     """Trains methods on a `TaskStream` and measures how they remember.
 
     Every method starts from the same initial weights (the seed is reset
-    before each run). For each task the model is compiled with a fresh
-    Adam optimizer and sparse cross-entropy on logits, the strategy's
-    `before_task` hook runs, the model is fit on `strategy.training_data`,
-    `after_task` runs, and the model is tested on the test split of every
-    task. A strategy with `strength="auto"` is trained once per strength
+    before each run). For each task the strategy compiles the model with
+    a fresh Adam optimizer and sparse cross-entropy on logits, its
+    `before_task` hook runs, the model is fit on `strategy.training_data`
+    with `strategy.callbacks`, `after_task` runs, and the model is tested
+    on the test split of every task. A strategy with `strength="auto"` is trained once per strength
     of `strength_grid` for each task after the first; the weights with the
     best mean accuracy on the validation splits of the tasks seen so far
     are kept.
@@ -177,12 +177,16 @@ class Harness:
         return best[1]
 
     def _fit(self, model, strategy, context):
-        model.compile(
+        strategy.compile(
+            model,
             optimizer=keras.optimizers.Adam(self.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
         strategy.before_task(model, context)
         x, y = strategy.training_data(context)
+        callbacks = list(strategy.callbacks(context))
+        if self.progress:
+            callbacks.append(_Progress(self.progress, strategy, context, self.epochs))
         model.fit(
             x,
             y,
@@ -190,9 +194,7 @@ class Harness:
             epochs=self.epochs,
             shuffle=True,
             verbose=0,
-            callbacks=[_Progress(self.progress, strategy, context, self.epochs)]
-            if self.progress
-            else None,
+            callbacks=callbacks,
         )
 
     def _accuracy(self, model, x, y):

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from keras_memgeom.continual.classifier import classifier
 
 _STRATEGIES = {}
 
@@ -79,9 +80,10 @@ class Strategy:
     """Base class of continual-learning methods.
 
     `Harness` trains one model on a `TaskStream`, one task after another.
-    For each task it compiles the model with a fresh optimizer, then calls
-    `before_task`, fits on `training_data` and calls `after_task`. A method
-    overrides the hooks it needs and is registered with
+    For each task it calls `compile` with a fresh optimizer, then
+    `before_task`, fits on `training_data` with `callbacks`, and calls
+    `after_task`. A method overrides the hooks it needs (and `build_model`
+    if it needs another model) and is registered with
     `@register_strategy`. The default is plain fine-tuning.
 
     Class attributes:
@@ -118,9 +120,21 @@ class Strategy:
         Returns:
             The default `classifier(stream, width=width)`.
         """
-        from keras_memgeom.continual.classifier import classifier
-
         return classifier(stream, width=width)
+
+    def compile(self, model, *, optimizer, loss):
+        """Compiles the model for a task; called before every task.
+
+        Args:
+            model: the model.
+            optimizer: a fresh optimizer for this task.
+            loss: the loss (sparse cross-entropy on logits).
+        """
+        model.compile(optimizer=optimizer, loss=loss)
+
+    def callbacks(self, context):
+        """Returns extra Keras callbacks for fitting the current task."""
+        return []
 
     def training_data(self, context):
         """Returns the `(x, y)` arrays to fit on for the current task."""

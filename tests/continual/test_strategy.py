@@ -1,3 +1,5 @@
+import keras
+import numpy as np
 import pytest
 
 from keras_memgeom import continual
@@ -18,23 +20,32 @@ def test_a_new_method_is_one_small_class(tiny_stream):
     @continual.register_strategy
     class FirstTaskReplay(continual.Strategy):
         name = "test-first-task-replay"
+        epochs_seen = 0
 
         def training_data(self, context):
             first, task = context.stream.tasks[0], context.task
             if context.index == 0:
                 return task.x_train, task.y_train
-            import numpy as np
-
             return (
                 np.concatenate([first.x_train[:50], task.x_train]),
                 np.concatenate([first.y_train[:50], task.y_train]),
             )
+
+        def callbacks(self, context):
+            strategy = self
+
+            class CountEpochs(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    strategy.epochs_seen += 1
+
+            return [CountEpochs()]
 
     try:
         strategy = continual.get_strategy("test-first-task-replay")
         run = continual.Harness(tiny_stream, width=8, epochs=1).run(strategy)
         assert run["method"] == "test-first-task-replay"
         assert len(run["accuracy_matrix"]) == 2
+        assert strategy.epochs_seen == 2
     finally:
         continual.strategy._STRATEGIES.pop("test-first-task-replay")
 
