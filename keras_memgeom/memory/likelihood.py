@@ -23,7 +23,6 @@ class Likelihood:
             probabilities / means (`False`).
     """
 
-    name = None
 
     def __init__(self, from_logits=True):
         self.from_logits = from_logits
@@ -38,7 +37,7 @@ class Likelihood:
 
     def noise_shape(self, batch_size, output_dim, num_samples):
         """Shape of the noise `sample` takes for `num_samples` draws."""
-        raise NotImplementedError
+        return (num_samples, batch_size, output_dim)
 
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
         """Noise from a numpy generator, identical on every backend."""
@@ -49,14 +48,13 @@ class Likelihood:
         raise NotImplementedError
 
     def prepare_labels(self, labels, outputs):
-        """Labels as the score expects them, or a clear error."""
+        """Labels in the output's layout (one-hot for sparse classes)."""
         return ops.cast(labels, outputs.dtype)
 
 
 class Categorical(Likelihood):
     """Softmax classification: `y` one of `d` classes."""
 
-    name = "categorical"
 
     def __init__(self, from_logits=True, sparse=True):
         super().__init__(from_logits)
@@ -81,9 +79,6 @@ class Categorical(Likelihood):
             return labels - probs * ops.sum(labels, axis=-1, keepdims=True)
         return labels / probs
 
-    def noise_shape(self, batch_size, output_dim, num_samples):
-        return (num_samples, batch_size, output_dim)
-
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
         return rng.gumbel(size=self.noise_shape(batch_size, output_dim, num_samples))
 
@@ -107,7 +102,6 @@ class Categorical(Likelihood):
 class Bernoulli(Likelihood):
     """Independent binary outputs (sigmoid / binary cross-entropy)."""
 
-    name = "bernoulli"
 
     def _probabilities(self, outputs):
         if self.from_logits:
@@ -119,9 +113,6 @@ class Bernoulli(Likelihood):
         if self.from_logits:
             return labels - probs
         return labels / probs - (1.0 - labels) / (1.0 - probs)
-
-    def noise_shape(self, batch_size, output_dim, num_samples):
-        return (num_samples, batch_size, output_dim)
 
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
         return rng.uniform(size=self.noise_shape(batch_size, output_dim, num_samples))
@@ -141,16 +132,12 @@ class Bernoulli(Likelihood):
 class Gaussian(Likelihood):
     """Unit-variance Gaussian around the output (mean squared error)."""
 
-    name = "gaussian"
 
     def __init__(self, from_logits=False):
         super().__init__(from_logits=False)
 
     def score(self, outputs, labels):
         return labels - outputs
-
-    def noise_shape(self, batch_size, output_dim, num_samples):
-        return (num_samples, batch_size, output_dim)
 
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
         return rng.standard_normal(self.noise_shape(batch_size, output_dim, num_samples))

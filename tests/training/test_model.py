@@ -42,6 +42,20 @@ def test_compile_with_memories_reports_the_penalty(rng, make):
     np.testing.assert_allclose(total, expected, rtol=1e-5)
 
 
+def test_compile_without_memories_removes_the_previous_ones(rng):
+    x, y = classification_data(rng, num_examples=32)
+    model = _functional()
+    model.compile("adam", LOSS)
+    memory = FisherMemory.estimate(model, (x, y))
+    model.compile("adam", LOSS, regularizers=[memory])
+    model.fit(x, y, epochs=1, verbose=0)
+    assert model.losses
+    model.compile("adam", LOSS)
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert not model.losses
+    assert history.history.get("memory_penalty", [0.0])[-1] == 0.0
+
+
 def test_model_with_memories_survives_save_and_load(tmp_path, rng):
     x, y = classification_data(rng, num_examples=64)
     model = _functional()
