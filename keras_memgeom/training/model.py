@@ -7,7 +7,7 @@ from keras import ops
 from keras.src.models.functional import Functional
 from keras.src.models.model import functional_init_arguments
 
-from keras_memgeom.memory.attach import attach, attached_regularizers
+from keras_memgeom.memory.attach import attach, attached_regularizers, detach
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.training.frontal_lobe import FrontalLobe
 
@@ -94,6 +94,8 @@ class Model(keras.Model):
                     "regularizers to the layers instead."
                 )
         super().compile(*args, **kwargs)
+        if self.memories:
+            detach(self)  # the memories of the previous compile no longer apply
         self.memories = regularizers
         self.memory_strength = float(strength)
         self.num_train_examples = num_train_examples
