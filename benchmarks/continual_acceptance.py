@@ -25,8 +25,19 @@ def main():
     args = parser.parse_args()
     start = time.perf_counter()
     code = cli.main(
-        ["bench", "--scenario", "permuted", "--tasks", "10", "--dataset", "mnist5k",
-         "--methods", "finetune,online,joint", "--out", args.out]
+        [
+            "bench",
+            "--scenario",
+            "permuted",
+            "--tasks",
+            "10",
+            "--dataset",
+            "mnist5k",
+            "--methods",
+            "finetune,online,joint",
+            "--out",
+            args.out,
+        ]
     )
     if code:
         return code

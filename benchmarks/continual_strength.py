@@ -25,9 +25,7 @@ SETTINGS = {
 
 def sweep(name, out, *, tasks, epochs, seed):
     setting = SETTINGS[name]
-    stream = continual.TaskStream.make(
-        "permuted", setting["dataset"], num_tasks=tasks, seed=seed
-    )
+    stream = continual.TaskStream.make("permuted", setting["dataset"], num_tasks=tasks, seed=seed)
     harness = continual.Harness(stream, width=setting["width"], epochs=epochs, seed=seed)
     runs = {}
     for strategy in [continual.Finetune(), continual.Joint()] + [

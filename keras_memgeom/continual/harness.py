@@ -5,8 +5,7 @@ import time
 import keras
 import numpy as np
 
-from keras_memgeom.continual import metrics
-from keras_memgeom.continual import results
+from keras_memgeom.continual import metrics, results
 from keras_memgeom.continual.strategy import TaskContext
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -100,13 +99,28 @@ class Harness:
             A dict following `results.RESULTS_SCHEMA`.
 
         Raises:
-            ValueError: if two strategies share a name.
+            ValueError: see `check`.
+        """
+        self.check(strategies)
+        runs = {s.name: self.run(s) for s in strategies}
+        return results.make_document(self.get_config(), self.seed, runs)
+
+    def check(self, strategies):
+        """Checks that the strategies can run here, before any training.
+
+        Raises:
+            ValueError: if two strategies share a name, or one has
+                `strength="auto"` and the stream has no validation splits.
         """
         names = [s.name for s in strategies]
         if len(set(names)) != len(names):
             raise ValueError(f"Each method may appear once, got {names}.")
-        runs = {s.name: self.run(s) for s in strategies}
-        return results.make_document(self.get_config(), self.seed, runs)
+        for strategy in strategies:
+            if strategy.strength == "auto" and not all(len(t.y_val) for t in self.stream.tasks):
+                raise ValueError(
+                    f"{strategy.name}: strength 'auto' needs validation splits; "
+                    "make the stream with validation_split > 0."
+                )
 
     def run(self, strategy):
         """Trains one method on the whole stream.
@@ -118,7 +132,12 @@ class Harness:
             A dict: the method's entry of the results document (its
             config, accuracy matrix, metrics, chosen strength, effective
             dimension and wall time per task).
+
+        Raises:
+            ValueError: for `strength="auto"` on a stream without
+                validation splits.
         """
+        self.check([strategy])
         tasks = self.stream.tasks
         keras.utils.set_random_seed(self.seed)
         model = strategy.build_model(self.stream, width=self.width)
@@ -170,7 +189,9 @@ class Harness:
             self._fit(model, strategy, context)
             seen = self.stream.tasks[: index + 1]
             score = np.mean([self._accuracy(model, t.x_val, t.y_val) for t in seen])
-            self._report(f"{strategy.name}: strength {candidate:g}: validation accuracy {score:.3f}")
+            self._report(
+                f"{strategy.name}: strength {candidate:g}: validation accuracy {score:.3f}"
+            )
             if best is None or score > best[0]:
                 best = (score, context, model.get_weights())
         model.set_weights(best[2])

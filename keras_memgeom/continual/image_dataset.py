@@ -80,9 +80,7 @@ class ImageDataset:
             return _split(name, x.reshape(-1, 28, 28) / 255.0, y, 1000, seed)
         if name.startswith("tfds:") and len(name) > len("tfds:"):
             return _load_tfds(name)
-        raise ValueError(
-            f"Unknown data set {name!r}. Choose one of: {', '.join(DATASETS)}."
-        )
+        raise ValueError(f"Unknown data set {name!r}. Choose one of: {', '.join(DATASETS)}.")
 
 
 def _split(name, images, labels, num_test, seed):
@@ -105,8 +103,7 @@ def _load_tfds(name):
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise ImportError(
-            f"Data set {name!r} needs `tensorflow-datasets`: "
-            "pip install 'keras-memgeom[data]'"
+            f"Data set {name!r} needs `tensorflow-datasets`: pip install 'keras-memgeom[data]'"
         ) from error
     tfds_name = name[len("tfds:") :]
     try:
@@ -118,8 +115,7 @@ def _load_tfds(name):
         )
     except tfds.core.registered.DatasetNotFoundError as error:
         raise ValueError(
-            f"Unknown data set {name!r}: tensorflow-datasets has no "
-            f"{tfds_name!r}."
+            f"Unknown data set {name!r}: tensorflow-datasets has no {tfds_name!r}."
         ) from error
     except Exception as error:  # Download and preparation errors vary.
         raise RuntimeError(

@@ -40,8 +40,7 @@ class MemoryStrategy(Strategy):
             raise ValueError(f"strength must be a positive number or 'auto', got {strength!r}.")
         if estimator not in ESTIMATORS:
             raise ValueError(
-                f"Unknown Fisher estimator {estimator!r}. Choose one of: "
-                f"{', '.join(ESTIMATORS)}."
+                f"Unknown Fisher estimator {estimator!r}. Choose one of: {', '.join(ESTIMATORS)}."
             )
         if fisher_examples is not None and not (
             isinstance(fisher_examples, int) and fisher_examples > 0

@@ -23,8 +23,7 @@ def _matrix(accuracy_matrix):
     matrix = np.asarray(accuracy_matrix, dtype="float64")
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or not matrix.size:
         raise ValueError(
-            f"The accuracy matrix must be square and non-empty, got shape "
-            f"{matrix.shape}."
+            f"The accuracy matrix must be square and non-empty, got shape {matrix.shape}."
         )
     return matrix
 

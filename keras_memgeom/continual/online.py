@@ -29,7 +29,9 @@ class Online(MemoryStrategy):
 
     name = "online"
 
-    def __init__(self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, decay=1.0):
+    def __init__(
+        self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, decay=1.0
+    ):
         super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}.")

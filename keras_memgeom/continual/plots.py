@@ -40,11 +40,18 @@ def plot_results(document, directory):
             "average_accuracy.png",
         )
     )
-    with_memory = {n: r for n, r in runs.items() if any(d is not None for d in r["effective_dimension"])}
+    with_memory = {
+        n: r for n, r in runs.items() if any(d is not None for d in r["effective_dimension"])
+    }
     if with_memory:
         paths.append(
             _save(
-                _curves(with_memory, "effective_dimension", "effective dimension of the memory", document),
+                _curves(
+                    with_memory,
+                    "effective_dimension",
+                    "effective dimension of the memory",
+                    document,
+                ),
                 directory,
                 "effective_dimension.png",
             )
@@ -60,8 +67,15 @@ def _heat_map(name, run):
     image = axes.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     if num_tasks <= 12:
         for (i, j), value in np.ndenumerate(matrix):
-            axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                      color="white" if value < 0.6 else "black")
+            axes.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value < 0.6 else "black",
+            )
     ticks = np.arange(num_tasks)
     axes.set_xticks(ticks, [str(t + 1) for t in ticks])
     axes.set_yticks(ticks, [str(t + 1) for t in ticks])
@@ -91,7 +105,9 @@ def _curves(runs, key, label, document):
 def _save(figure, directory, name):
     path = os.path.join(directory, name)
     FigureCanvasAgg(figure)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{name}-", suffix=".tmp", delete=False) as handle:
+    with tempfile.NamedTemporaryFile(
+        dir=directory, prefix=f".{name}-", suffix=".tmp", delete=False
+    ) as handle:
         figure.savefig(handle, format="png", dpi=120)
     os.replace(handle.name, path)
     return path

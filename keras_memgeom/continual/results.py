@@ -148,7 +148,9 @@ def schema_errors(instance, schema, path="$"):
         if "maximum" in schema and instance > schema["maximum"]:
             errors.append(f"{path}: {instance} is above the maximum {schema['maximum']}")
     if isinstance(instance, dict):
-        errors += [f"{path}: missing {key!r}" for key in schema.get("required", []) if key not in instance]
+        errors += [
+            f"{path}: missing {key!r}" for key in schema.get("required", []) if key not in instance
+        ]
         if len(instance) < schema.get("minProperties", 0):
             errors.append(f"{path}: needs at least {schema['minProperties']} entries")
         properties = schema.get("properties", {})
@@ -199,7 +201,7 @@ def make_document(config, seed, runs):
         versions[module] = str(getattr(importlib.import_module(module), "__version__", "unknown"))
     document = {
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "backend": backend,
         "versions": versions,
         "seed": seed,
@@ -245,7 +247,17 @@ def format_table(document):
         forward transfer, forgetting, learning accuracy, effective
         dimension after the last task, strength and wall time.
     """
-    header = ("method", "avg acc", "BWT", "FWT", "forget", "learn acc", "eff dim", "strength", "time s")
+    header = (
+        "method",
+        "avg acc",
+        "BWT",
+        "FWT",
+        "forget",
+        "learn acc",
+        "eff dim",
+        "strength",
+        "time s",
+    )
     rows = [header]
     for name, run in document["methods"].items():
         rows.append(
@@ -262,7 +274,10 @@ def format_table(document):
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

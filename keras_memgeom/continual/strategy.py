@@ -54,8 +54,7 @@ def get_strategy_class(name):
     """
     if name not in _STRATEGIES:
         raise ValueError(
-            f"Unknown method {name!r}. Choose from: "
-            f"{', '.join(available_strategies())}."
+            f"Unknown method {name!r}. Choose from: {', '.join(available_strategies())}."
         )
     return _STRATEGIES[name]
 

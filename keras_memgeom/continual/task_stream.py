@@ -110,8 +110,7 @@ class TaskStream:
         """
         if scenario not in SCENARIOS:
             raise ValueError(
-                f"Unknown scenario {scenario!r}. Choose one of: "
-                f"{', '.join(SCENARIOS)}."
+                f"Unknown scenario {scenario!r}. Choose one of: {', '.join(SCENARIOS)}."
             )
         if split_scenario not in SPLIT_SCENARIOS:
             raise ValueError(
@@ -121,9 +120,7 @@ class TaskStream:
         if not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}.")
         if not 0 <= validation_split < 1:
-            raise ValueError(
-                f"validation_split must be in [0, 1), got {validation_split!r}."
-            )
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}.")
         if not isinstance(dataset, ImageDataset):
             dataset = ImageDataset.load(dataset, seed=seed)
         rng = np.random.default_rng(seed)
@@ -187,7 +184,7 @@ class TaskStream:
 
 
 def _flat(images):
-    return images.reshape(len(images), -1)
+    return images.reshape(len(images), int(np.prod(images.shape[1:])))
 
 
 def _rotate(images, angle):

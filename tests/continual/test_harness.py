@@ -9,7 +9,7 @@ from keras_memgeom import continual
 def test_every_method_runs_end_to_end(tiny_document):
     methods = tiny_document["methods"]
     assert list(methods) == ["finetune", "joint", "ewc", "online"]
-    for name, run in methods.items():
+    for run in methods.values():
         matrix = np.array(run["accuracy_matrix"])
         assert matrix.shape == (2, 2)
         assert np.all((0 <= matrix) & (matrix <= 1))
@@ -87,6 +87,11 @@ def test_harness_rejects_bad_settings(tiny_stream):
         continual.Harness(tiny_stream, width=0)
     with pytest.raises(ValueError, match="strength_grid"):
         continual.Harness(tiny_stream, strength_grid=(0, 1))
+    no_validation = continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2, max_train_examples=100, validation_split=0
+    )
+    with pytest.raises(ValueError, match="needs validation splits"):
+        continual.Harness(no_validation).run(continual.Online(strength="auto"))
     harness = continual.Harness(tiny_stream)
     with pytest.raises(ValueError, match="once"):
         harness.compare([continual.Finetune(), continual.Finetune()])

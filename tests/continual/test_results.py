@@ -14,7 +14,7 @@ def test_document_follows_the_schema(tiny_document):
     assert tiny_document["backend"] == keras.backend.backend()
     assert tiny_document["versions"]["keras"] == keras.__version__
     assert tiny_document["config"]["scenario"] == "permuted"
-    for name, run in tiny_document["methods"].items():
+    for run in tiny_document["methods"].values():
         assert isinstance(run["average_accuracy"], float)
 
 
@@ -23,7 +23,10 @@ def test_document_follows_the_schema(tiny_document):
     [
         (lambda d: d.pop("seed"), "$: missing 'seed'"),
         (lambda d: d["methods"]["ewc"].update(average_accuracy=1.5), "above the maximum"),
-        (lambda d: d["methods"]["ewc"].update(strength="x"), "$.methods.ewc.strength: expected array"),
+        (
+            lambda d: d["methods"]["ewc"].update(strength="x"),
+            "$.methods.ewc.strength: expected array",
+        ),
         (lambda d: d.update(seed=True), "$.seed: expected integer"),
         (lambda d: d["methods"]["ewc"]["accuracy_matrix"].pop(), "shape (1, 2)"),
         (lambda d: d.update(methods={}), "at least 1"),

@@ -45,7 +45,9 @@ def test_permuted(digits):
 
 def test_rotated(digits):
     stream = TaskStream.make("rotated", digits, num_tasks=2)
-    np.testing.assert_allclose(stream.tasks[0].x_train, digits.x_train[144:].reshape(-1, 64), atol=1e-6)
+    np.testing.assert_allclose(
+        stream.tasks[0].x_train, digits.x_train[144:].reshape(-1, 64), atol=1e-6
+    )
     assert not np.allclose(stream.tasks[1].x_train, stream.tasks[0].x_train)
 
 
