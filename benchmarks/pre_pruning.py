@@ -1,0 +1,179 @@
+"""Pre-pruning on digits: accuracy and structural stability, dense vs pruned.
+
+Seed 004 (6.1, 6.2.1): a fixed mask with distinct columns removes the
+permutation symmetry of hidden units. Three measurements, side by side in
+one run, for a dense MLP (2 x 64, ReLU) and its pre-pruned version
+(`pre_prune`, zero rate 0.5, widened to 2 x 128, one fixed mask):
+
+1. test accuracy over five initial seeds;
+2. Phi between two trainings from different initial seeds (five pairs):
+   raw, after `reorder` (lexicographic and maximin) and after `align`
+   (weight matching, a lower bound on what any reordering can reach);
+3. seed 004's stability desideratum (eq. 34): warm-start from theta*(D),
+   re-train on a perturbed D' (a fraction of the training set resampled
+   with replacement), and measure Phi(theta*(D), theta*(D')), five
+   perturbations.
+
+Run:
+    KERAS_BACKEND=jax python benchmarks/pre_pruning.py [--epochs 40]
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from keras_memgeom.pruning import pre_prune
+from keras_memgeom.symmetry import align
+from keras_memgeom.symmetry import count_equivalent_optima
+from keras_memgeom.symmetry import distance
+from keras_memgeom.symmetry import reorder
+
+KINDS = ("dense", "pre-pruned")
+
+
+def load_data():
+    digits = load_digits()
+    x = (digits.data / 16.0).astype("float32")
+    return train_test_split(
+        x, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+
+
+def build(kind, init_seed, width, zero_rate, mask_seed=0):
+    keras.utils.set_random_seed(init_seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    if kind == "pre-pruned":
+        # The mask seed is fixed: one mask is one architecture.
+        model = pre_prune(model, zero_rate=zero_rate, seed=mask_seed)
+    return model
+
+
+def train(model, x, y, epochs, seed, learning_rate):
+    keras.utils.set_random_seed(seed)
+    model.compile(
+        keras.optimizers.Adam(learning_rate),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
+def copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def summary(values):
+    values = np.asarray(values)
+    return f"{values.mean():.4f} +- {values.std():.4f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--retrain-epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--zero-rate", type=float, default=0.5)
+    parser.add_argument("--resample", type=float, default=0.2)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    args = parser.parse_args()
+    x_train, x_test, y_train, y_test = load_data()
+    start = time.time()
+    print(
+        f"backend {keras.backend.backend()}, digits {len(x_train)} train / "
+        f"{len(x_test)} test, width {args.width}, zero rate {args.zero_rate}, "
+        f"{args.epochs} epochs, {args.seeds} seeds"
+    )
+
+    results = {kind: {} for kind in KINDS}
+    for kind in KINDS:
+        template = build(kind, 0, args.width, args.zero_rate)
+        widths = [layer.units for layer in template.layers]
+        print(
+            f"{kind:>10}: widths {widths}, log10 equivalent optima "
+            f"{count_equivalent_optima(template):.1f}"
+        )
+        r = results[kind]
+        for name in ("accuracy", "raw", "lexicographic", "maximin", "aligned",
+                     "retrain", "retrain_reordered", "retrain_accuracy"):
+            r[name] = []
+        for seed in range(args.seeds):
+            pair = []
+            for init_seed in (2 * seed + 1, 2 * seed + 2):
+                model = build(kind, init_seed, args.width, args.zero_rate)
+                train(model, x_train, y_train, args.epochs, init_seed,
+                      args.learning_rate)
+                r["accuracy"].append(model.evaluate(x_test, y_test, verbose=0)[1])
+                pair.append(model)
+            a, b = pair
+            r["raw"].append(distance(a, b).overall)
+            for method in ("lexicographic", "maximin"):
+                r[method].append(
+                    distance(reorder(a, method), reorder(b, method)).overall
+                )
+            r["aligned"].append(distance(align(b, a), a).overall)
+
+            # Warm-started re-training on a perturbed data set.
+            rng = np.random.default_rng(100 + seed)
+            resampled = x_train.shape[0] * args.resample
+            index = np.arange(len(x_train))
+            chosen = rng.choice(len(x_train), int(resampled), replace=False)
+            index[chosen] = rng.integers(0, len(x_train), len(chosen))
+            retrained = train(copy(a), x_train[index], y_train[index],
+                              args.retrain_epochs, 100 + seed, args.learning_rate)
+            r["retrain"].append(distance(a, retrained).overall)
+            r["retrain_reordered"].append(
+                distance(reorder(a), reorder(retrained)).overall
+            )
+            r["retrain_accuracy"].append(
+                retrained.evaluate(x_test, y_test, verbose=0)[1]
+            )
+
+    rows = [
+        ("test accuracy (10 trainings)", "accuracy"),
+        ("Phi between 2 trainings, raw", "raw"),
+        ("  after reorder lexicographic", "lexicographic"),
+        ("  after reorder maximin", "maximin"),
+        ("  after align (weight matching)", "aligned"),
+        ("Phi(theta*(D), theta*(D')) warm re-train", "retrain"),
+        ("  after reorder lexicographic", "retrain_reordered"),
+        ("test accuracy after re-train", "retrain_accuracy"),
+    ]
+    print(f"\n{'':42} {'dense':>17} {'pre-pruned':>17}  pruned/dense")
+    for label, key in rows:
+        dense, pruned = (np.mean(results[kind][key]) for kind in KINDS)
+        print(
+            f"{label:42} {summary(results['dense'][key]):>17} "
+            f"{summary(results['pre-pruned'][key]):>17}  {pruned / dense:.3f}"
+        )
+    print("\nper seed, Phi after reorder (lexicographic), dense vs pre-pruned:")
+    for seed in range(args.seeds):
+        print(
+            f"  seed {seed}: {results['dense']['lexicographic'][seed]:.4f} vs "
+            f"{results['pre-pruned']['lexicographic'][seed]:.4f}; warm re-train "
+            f"{results['dense']['retrain'][seed]:.4f} vs "
+            f"{results['pre-pruned']['retrain'][seed]:.4f}"
+        )
+    gap = np.mean(results["dense"]["accuracy"]) - np.mean(
+        results["pre-pruned"]["accuracy"]
+    )
+    print(f"\naccuracy gap dense - pre-pruned: {100 * gap:+.2f} points")
+    print(f"total time {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
