@@ -14,6 +14,10 @@ one run, for a dense MLP (2 x 64, ReLU) and its pre-pruned version
    with replacement), and measure Phi(theta*(D), theta*(D')), five
    perturbations.
 
+`--width` and `--label-noise` (a fraction of the training labels replaced
+by random ones, a noisier objective) are the knobs of seed 004's argument,
+which is about large, noisy networks.
+
 Run:
     KERAS_BACKEND=jax python benchmarks/pre_pruning.py [--epochs 40]
 """
@@ -90,13 +94,18 @@ def main():
     parser.add_argument("--zero-rate", type=float, default=0.5)
     parser.add_argument("--resample", type=float, default=0.2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--label-noise", type=float, default=0.0)
     args = parser.parse_args()
     x_train, x_test, y_train, y_test = load_data()
+    rng = np.random.default_rng(0)
+    noisy = rng.random(len(y_train)) < args.label_noise
+    y_train = np.where(noisy, rng.integers(0, 10, len(y_train)), y_train)
     start = time.time()
     print(
         f"backend {keras.backend.backend()}, digits {len(x_train)} train / "
         f"{len(x_test)} test, width {args.width}, zero rate {args.zero_rate}, "
-        f"{args.epochs} epochs, {args.seeds} seeds"
+        f"{args.epochs} epochs, {args.seeds} seeds, label noise "
+        f"{args.label_noise}"
     )
 
     results = {kind: {} for kind in KINDS}
