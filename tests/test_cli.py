@@ -55,6 +55,27 @@ def test_bench_writes_results_and_plots(tmp_path, capsys):
     assert "online: task 2/2 epoch 1/1" in err
 
 
+def test_bench_on_tfds_under_mock_data(tmp_path, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        code, out, _ = run_cli(
+            [
+                "bench",
+                *TINY,
+                "--dataset",
+                "tfds:mnist",
+                "--methods",
+                "finetune",
+                "--out",
+                str(tmp_path),
+            ],
+            capsys,
+        )
+    assert code == 0
+    document = continual.load_results(str(tmp_path / "results.json"))
+    assert document["config"]["dataset"] == "tfds:mnist"
+
+
 def test_demo_settings(monkeypatch, tmp_path, capsys):
     # The real demo takes a minute; check it asks the harness for the right run.
     seen = {}

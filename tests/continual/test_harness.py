@@ -102,3 +102,15 @@ def test_progress_names_task_method_and_epoch(tiny_document, tiny_progress):
     assert "online: task 2/2 (strength 1000) epoch 1/1 loss" in "\n".join(tiny_progress)
     assert any("online: strength 1: validation accuracy" in line for line in tiny_progress)
     assert any("ewc: task 2/2 done" in line for line in tiny_progress)
+
+
+@pytest.mark.parametrize(
+    "scenario, split_scenario", [("split", "task"), ("split", "class"), ("rotated", "task")]
+)
+def test_other_scenarios_run_with_a_memory(scenario, split_scenario):
+    stream = continual.TaskStream.make(
+        scenario, "digits", num_tasks=2, split_scenario=split_scenario, max_train_examples=200
+    )
+    run = continual.Harness(stream, width=8, epochs=1).run(continual.Online())
+    assert np.shape(run["accuracy_matrix"]) == (2, 2)
+    assert all(d > 0 for d in run["effective_dimension"])
