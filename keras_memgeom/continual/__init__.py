@@ -18,6 +18,7 @@ from keras_memgeom.continual import metrics
 from keras_memgeom.continual.classifier import classifier
 from keras_memgeom.continual.ewc import EWC
 from keras_memgeom.continual.finetune import Finetune
+from keras_memgeom.continual.frontal_lobe import FrontalLobe
 from keras_memgeom.continual.harness import Harness
 from keras_memgeom.continual.image_dataset import ImageDataset
 from keras_memgeom.continual.joint import Joint
