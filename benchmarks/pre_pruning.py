@@ -3,7 +3,8 @@
 Seed 004 (6.1, 6.2.1): a fixed mask with distinct columns removes the
 permutation symmetry of hidden units. Three measurements, side by side in
 one run, for a dense MLP (2 x 64, ReLU) and its pre-pruned version
-(`pre_prune`, zero rate 0.5, widened to 2 x 128, one fixed mask):
+(`pre_prune`, zero rate 0.5, widened to 2 x 128, one fixed mask), with a
+dense 2 x 128 MLP as a control for the width:
 
 1. test accuracy over five initial seeds;
 2. Phi between two trainings from different initial seeds (five pairs):
@@ -30,13 +31,16 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from keras_memgeom.layers.connectivity_mask import widened_units
 from keras_memgeom.pruning import pre_prune
 from keras_memgeom.symmetry import align
 from keras_memgeom.symmetry import count_equivalent_optima
 from keras_memgeom.symmetry import distance
 from keras_memgeom.symmetry import reorder
 
-KINDS = ("dense", "pre-pruned")
+# "dense-wide" has the pre-pruned widths without a mask: a control that
+# separates the effect of the mask from the effect of the width.
+KINDS = ("dense", "dense-wide", "pre-pruned")
 
 
 def load_data():
@@ -49,6 +53,8 @@ def load_data():
 
 def build(kind, init_seed, width, zero_rate, mask_seed=0):
     keras.utils.set_random_seed(init_seed)
+    if kind == "dense-wide":
+        width = widened_units(width, zero_rate)
     model = keras.Sequential(
         [
             keras.Input((64,)),
@@ -162,13 +168,11 @@ def main():
         ("  after reorder lexicographic", "retrain_reordered"),
         ("test accuracy after re-train", "retrain_accuracy"),
     ]
-    print(f"\n{'':42} {'dense':>17} {'pre-pruned':>17}  pruned/dense")
+    print(f"\n{'':42}" + "".join(f" {kind:>17}" for kind in KINDS) + "  pruned/dense")
     for label, key in rows:
-        dense, pruned = (np.mean(results[kind][key]) for kind in KINDS)
-        print(
-            f"{label:42} {summary(results['dense'][key]):>17} "
-            f"{summary(results['pre-pruned'][key]):>17}  {pruned / dense:.3f}"
-        )
+        ratio = np.mean(results["pre-pruned"][key]) / np.mean(results["dense"][key])
+        cells = "".join(f" {summary(results[kind][key]):>17}" for kind in KINDS)
+        print(f"{label:42}{cells}  {ratio:.3f}")
     print("\nper seed, Phi after reorder (lexicographic), dense vs pre-pruned:")
     for seed in range(args.seeds):
         print(
