@@ -8,7 +8,8 @@ penalty off (a plain step with the memory penalty, phase 1) and on (phase
 2), for the `empirical` proxy and the `exact` Fisher trace. Epochs are timed
 by a callback inside one `fit` (no per-`fit` set-up), after a first epoch
 that traces and warms up; the two models alternate `--repeats` times and
-the medians are compared, so load on a shared machine hits both alike.
+the fastest epochs are compared (the least disturbed by other load on a
+shared machine, which hits both alike).
 
 Goal (issue 3): a phase-2 step costs at most 3x a plain training step.
 
@@ -16,7 +17,6 @@ Run: `KERAS_BACKEND=jax python benchmarks/frontal_lobe_step_cost.py [--width 32]
 """
 
 import argparse
-import statistics
 import time
 
 import keras
@@ -54,14 +54,14 @@ class EpochTimes(keras.callbacks.Callback):
 
 
 def epoch_times(models, x, y, batch_size, repeats):
-    """Median epoch time of each model, alternating between them."""
+    """Fastest epoch time of each model, alternating between them."""
     timers = [EpochTimes() for _ in models]
     for model in models:
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # trace, warm up
     for _ in range(repeats):
         for model, timer in zip(models, timers):
             model.fit(x, y, batch_size=batch_size, epochs=2, verbose=0, callbacks=[timer])
-    return [statistics.median(timer.times) for timer in timers]
+    return [min(timer.times) for timer in timers]
 
 
 def main():

@@ -149,7 +149,8 @@ class FrontalLobe:
             ValueError: see `masks`, or if a frontal-lobe layer is not called
                 exactly once on 2-D inputs.
         """
-        taps, masks, likelihood = self._prepare(model, x)
+        taps, masks = self._prepare(model, x)
+        likelihood = likelihood_from_loss(getattr(model, "loss", None))
         batch = ops.shape(x)[0]
 
         def forward(tap_values):
@@ -167,14 +168,17 @@ class FrontalLobe:
             labels = likelihood.prepare_labels(y, outputs)
             cotangents = likelihood.score(outputs, labels)[None]
         per_example = 0.0
-        for (kernel_mask, bias_mask), layer_input, grads in zip(masks, inputs, pullback(cotangents)):
-            squares = ops.sum(ops.square(grads), axis=0)
-            # Masks become tensors here, in the caller's trace, never cached across traces.
+        grads = pullback(cotangents)
+        for (kernel_mask, bias_mask), layer_input, grad in zip(masks, inputs, grads):
+            squares = ops.sum(ops.square(grad), axis=0)
+            # Masks become tensors here, in the caller's trace: never cached across traces.
             if kernel_mask is not None:
-                reach = ops.matmul(ops.square(layer_input), ops.convert_to_tensor(kernel_mask, dtype))
+                kernel_mask = ops.convert_to_tensor(kernel_mask, dtype)
+                reach = ops.matmul(ops.square(layer_input), kernel_mask)
                 per_example = per_example + ops.sum(reach * squares, axis=-1)
             if bias_mask is not None:
-                per_example = per_example + ops.matmul(squares, ops.convert_to_tensor(bias_mask, dtype))
+                bias_mask = ops.convert_to_tensor(bias_mask, dtype)
+                per_example = per_example + ops.matmul(squares, bias_mask)
         if sample_weight is not None:
             per_example = per_example * ops.reshape(ops.cast(sample_weight, dtype), (-1,))
         return ops.mean(per_example)
@@ -200,7 +204,7 @@ class FrontalLobe:
         return inside, outside
 
     def _prepare(self, model, x):
-        """The taps, numpy masks per tapped layer and likelihood for `model` (cached)."""
+        """The taps and the numpy masks per tapped layer of `model` (cached)."""
         if self._cache is not None and self._cache[0] is model:
             return self._cache[1:]
         masks = self.masks(model)
@@ -217,8 +221,7 @@ class FrontalLobe:
             (masks.get(layer.kernel.path), masks.get(layer.bias.path) if layer.use_bias else None)
             for layer in taps.layers
         ]
-        likelihood = likelihood_from_loss(getattr(model, "loss", None))
-        self._cache = (model, taps, layer_masks, likelihood)
+        self._cache = (model, taps, layer_masks)
         return self._cache[1:]
 
     def __repr__(self):
