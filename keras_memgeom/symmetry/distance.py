@@ -19,10 +19,11 @@ def distance(model_a, model_b):
     """Seed 004's `Phi(W, W') = sum (W - W')^2 / sum (W + W')^2` per layer.
 
     Phi is 0 for identical kernels, about 1 for unrelated ones (and for a
-    randomly permuted copy), below 1 when they are positively correlated. It is computed on the kernels as the layers use
-    them (`kernel * mask` for pre-pruned layers). The overall figure pools
-    all kernels: the Phi of the concatenated kernel vectors. Permutations are
-    not undone: compare `reorder`ed or `align`ed models for that.
+    randomly permuted copy), below 1 when they are positively correlated.
+    It is computed on the kernels as the layers use them (`kernel * mask`
+    for pre-pruned layers). The overall figure pools all kernels: the Phi of
+    the concatenated kernel vectors. Permutations are not undone: compare
+    `reorder`ed or `align`ed models for that.
 
     Args:
         model_a: a model supported by `keras_memgeom.symmetry`.

@@ -25,7 +25,10 @@ def test_matches_numpy_per_unit(basis):
     layer.set_weights([coefficients])
     domain_map, evaluate = REFERENCE[basis]
     expected = np.stack(
-        [evaluate(domain_map(x[:, j].astype("float64")), coefficients[j]) for j in range(3)],
+        [
+            evaluate(domain_map(x[:, j].astype("float64")), coefficients[j])
+            for j in range(3)
+        ],
         axis=1,
     )
     np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
@@ -60,7 +63,10 @@ def test_trains_on_small_regression_and_round_trips(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), keras.ops.convert_to_numpy(model(x, training=False)))
+    np.testing.assert_allclose(
+        to_numpy(loaded(x, training=False)),
+        to_numpy(model(x, training=False)),
+    )
 
 
 def test_bad_arguments():

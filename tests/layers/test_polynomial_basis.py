@@ -32,7 +32,8 @@ def test_shape_and_degree_zero():
     x = np.zeros((2, 3), dtype="float32")
     assert tuple(polynomial_basis(x, 4, "legendre").shape) == (2, 3, 5)
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(polynomial_basis(x, 0, "hermite")), np.ones((2, 3, 1))
+        keras.ops.convert_to_numpy(polynomial_basis(x, 0, "hermite")),
+        np.ones((2, 3, 1)),
     )
 
 

@@ -62,7 +62,10 @@ def test_trains_on_small_regression_and_round_trips(basis, tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), keras.ops.convert_to_numpy(model(x, training=False)))
+    np.testing.assert_allclose(
+        to_numpy(loaded(x, training=False)),
+        to_numpy(model(x, training=False)),
+    )
 
 
 def test_bad_arguments():

@@ -71,7 +71,10 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(
         to_numpy(loaded.layers[0].mask), to_numpy(model.layers[0].mask)
     )
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), keras.ops.convert_to_numpy(model(x, training=False)))
+    np.testing.assert_allclose(
+        to_numpy(loaded(x, training=False)),
+        to_numpy(model(x, training=False)),
+    )
 
 
 def test_errors():

@@ -4,6 +4,8 @@ import numpy as np
 from keras_memgeom.pruning import fold_mask
 from keras_memgeom.pruning import pre_prune
 
+to_numpy = keras.ops.convert_to_numpy
+
 
 def test_fold_mask_gives_plain_layers_and_same_outputs(tmp_path):
     inputs = keras.Input((6, 6, 5))
@@ -28,11 +30,13 @@ def test_fold_mask_gives_plain_layers_and_same_outputs(tmp_path):
     ]
     for source, target in zip(pruned.layers, folded.layers):
         if hasattr(source, "mask"):
-            expected = keras.ops.convert_to_numpy(source.kernel) * keras.ops.convert_to_numpy(source.mask)
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(target.kernel), expected)
+            expected = to_numpy(source.kernel) * to_numpy(source.mask)
+            np.testing.assert_array_equal(to_numpy(target.kernel), expected)
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 5)).astype("float32")
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(folded(x, training=False)), keras.ops.convert_to_numpy(pruned(x, training=False)), atol=1e-5
+        to_numpy(folded(x, training=False)),
+        to_numpy(pruned(x, training=False)),
+        atol=1e-5,
     )
     path = tmp_path / "folded.keras"
     folded.save(path)

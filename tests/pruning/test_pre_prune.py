@@ -5,6 +5,8 @@ import pytest
 from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.pruning import pre_prune
 
+to_numpy = keras.ops.convert_to_numpy
+
 
 def _mlp():
     return keras.Sequential(
@@ -72,8 +74,8 @@ def test_no_widen_and_pruned_output():
 def test_seed_gives_reproducible_per_layer_masks():
     a = pre_prune(_mlp(), zero_rate=0.5, seed=5)
     b = pre_prune(_mlp(), zero_rate=0.5, seed=5)
-    masks_a = [keras.ops.convert_to_numpy(layer.mask) for layer in a.layers if hasattr(layer, "mask")]
-    masks_b = [keras.ops.convert_to_numpy(layer.mask) for layer in b.layers if hasattr(layer, "mask")]
+    masks_a = [to_numpy(layer.mask) for layer in a.layers if hasattr(layer, "mask")]
+    masks_b = [to_numpy(layer.mask) for layer in b.layers if hasattr(layer, "mask")]
     for mask_a, mask_b in zip(masks_a, masks_b):
         np.testing.assert_array_equal(mask_a, mask_b)
 
@@ -88,7 +90,10 @@ def test_pre_pruned_model_trains_and_round_trips(tmp_path):
     path = tmp_path / "pruned.keras"
     pruned.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x, training=False)), keras.ops.convert_to_numpy(pruned(x, training=False)))
+    np.testing.assert_allclose(
+        to_numpy(loaded(x, training=False)),
+        to_numpy(pruned(x, training=False)),
+    )
 
 
 @pytest.mark.parametrize("zero_rate", [0.0, 1.0])

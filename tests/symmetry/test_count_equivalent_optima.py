@@ -59,7 +59,9 @@ def test_matches_brute_force_with_repeated_mask_columns():
         for p in itertools.permutations(range(units)):
             own_same = np.array_equal(masks[index][:, list(p)], masks[index])
             following = masks[index + 1]
-            next_same = following is None or np.array_equal(following[list(p)], following)
+            next_same = following is None or np.array_equal(
+                following[list(p)], following
+            )
             keeps += own_same and next_same
         count *= keeps
     # Layer 1: columns 0=1 and 2=3, and layer 2's mask rows pair the same

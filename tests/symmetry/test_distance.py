@@ -30,7 +30,9 @@ def test_matches_formula_per_layer_and_pooled():
     result = distance(a, b)
     assert list(result.per_layer) == [name for name, _, _ in kernels]
     for name, kernel_a, kernel_b in kernels:
-        np.testing.assert_allclose(result.per_layer[name], _phi(kernel_a, kernel_b), rtol=1e-6)
+        np.testing.assert_allclose(
+            result.per_layer[name], _phi(kernel_a, kernel_b), rtol=1e-6
+        )
     pooled_a = np.concatenate([k.ravel() for _, k, _ in kernels])
     pooled_b = np.concatenate([k.ravel() for _, _, k in kernels])
     np.testing.assert_allclose(result.overall, _phi(pooled_a, pooled_b), rtol=1e-6)
@@ -46,7 +48,11 @@ def test_reference_values():
 
 
 def test_mismatched_architectures():
-    a = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="wide"), keras.layers.Dense(1)])
-    b = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, name="wider"), keras.layers.Dense(1)])
+    a = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, name="wide"), keras.layers.Dense(1)]
+    )
+    b = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(5, name="wider"), keras.layers.Dense(1)]
+    )
     with pytest.raises(ValueError, match="'wide'"):
         distance(a, b)
