@@ -1,8 +1,9 @@
 """Cost of a pre-pruned Dense against a plain Dense, and of folding its mask.
 
-Three models of the same widths, timed side by side in one run (rounds
-interleaved so that machine load hits all of them alike; the best round
-of each, as `timeit` advises, since load only ever adds time):
+Three models of the same widths, timed side by side in one run: single
+calls interleaved model by model, so that machine load hits all of them
+alike, and the fastest call of each kept, as `timeit` advises, since load
+only ever adds time:
 
 - dense: Dense -> Dense -> Dense;
 - pre-pruned: PrePrunedDense hidden layers (zero rate 0.5, not widened, so
@@ -37,11 +38,10 @@ def build(layer_class, inputs, width, **kwargs):
     )
 
 
-def time_per_call(function, calls):
+def time_call(function):
     start = time.perf_counter()
-    for _ in range(calls):
-        function()  # returns NumPy values: the device is synchronized
-    return (time.perf_counter() - start) / calls
+    function()  # returns NumPy values: the device is synchronized
+    return time.perf_counter() - start
 
 
 def main():
@@ -49,8 +49,7 @@ def main():
     parser.add_argument("--inputs", type=int, default=256)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.batch, args.inputs)).astype("float32")
@@ -72,19 +71,15 @@ def main():
 
     train = {name: [] for name in models}
     infer = {name: [] for name in models}
-    for _ in range(args.rounds):
+    for _ in range(args.calls):
         for name, model in models.items():
-            train[name].append(
-                time_per_call(lambda: model.train_on_batch(x, y), args.calls)
-            )
-            infer[name].append(
-                time_per_call(lambda: model.predict_on_batch(x), args.calls)
-            )
+            train[name].append(time_call(lambda: model.train_on_batch(x, y)))
+            infer[name].append(time_call(lambda: model.predict_on_batch(x)))
 
     print(
         f"backend {keras.backend.backend()}, {args.inputs} -> {args.width} -> "
-        f"{args.width} -> 10, batch {args.batch}, best of {args.rounds} "
-        f"rounds x {args.calls} calls"
+        f"{args.width} -> 10, batch {args.batch}, fastest of {args.calls} "
+        "interleaved calls"
     )
     print(f"{'':12} {'train ms':>9} {'ratio':>6} {'infer ms':>9} {'ratio':>6}")
     base_train, base_infer = min(train["dense"]), min(infer["dense"])
