@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from symmetry_models import BUILDERS
-from symmetry_models import randomize
+from tests.symmetry.symmetry_models import BUILDERS
+from tests.symmetry.symmetry_models import randomize
 
 
 @pytest.fixture(params=sorted(BUILDERS))

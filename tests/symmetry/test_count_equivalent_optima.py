@@ -3,8 +3,8 @@ import math
 
 import keras
 import numpy as np
-from symmetry_models import BUILDERS
-from symmetry_models import to_numpy
+from tests.symmetry.symmetry_models import BUILDERS
+from tests.symmetry.symmetry_models import to_numpy
 
 from keras_memgeom.layers import PrePrunedDense
 from keras_memgeom.symmetry import count_equivalent_optima

@@ -1,10 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from symmetry_models import BUILDERS
-from symmetry_models import permuted_copy
-from symmetry_models import randomize
-from symmetry_models import to_numpy
+from tests.symmetry.symmetry_models import BUILDERS
+from tests.symmetry.symmetry_models import permuted_copy
+from tests.symmetry.symmetry_models import randomize
+from tests.symmetry.symmetry_models import to_numpy
 
 from keras_memgeom.symmetry import distance
 

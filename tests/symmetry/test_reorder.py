@@ -1,8 +1,8 @@
 import keras
 import numpy as np
 import pytest
-from symmetry_models import permuted_copy
-from symmetry_models import to_numpy
+from tests.symmetry.symmetry_models import permuted_copy
+from tests.symmetry.symmetry_models import to_numpy
 
 from keras_memgeom.symmetry import distance
 from keras_memgeom.symmetry import reorder
