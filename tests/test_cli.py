@@ -157,3 +157,31 @@ def test_demo_end_to_end(tmp_path, capsys):
     methods = json.loads((tmp_path / "results.json").read_text())["methods"]
     assert methods["online"]["average_accuracy"] > methods["finetune"]["average_accuracy"] + 0.1
     assert methods["joint"]["average_accuracy"] > methods["online"]["average_accuracy"]
+
+
+@pytest.mark.slow
+def test_acceptance_permuted_mnist5k(tmp_path, capsys):
+    # About 3 minutes on 2 CPU cores with JAX; benchmarks/continual_acceptance.py.
+    code, _, _ = run_cli(
+        [
+            "bench",
+            "--scenario",
+            "permuted",
+            "--tasks",
+            "10",
+            "--dataset",
+            "mnist5k",
+            "--methods",
+            "finetune,online,joint",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 0
+    methods = continual.load_results(str(tmp_path / "results.json"))["methods"]
+    accuracy = {name: run["average_accuracy"] for name, run in methods.items()}
+    assert accuracy["online"] >= 0.85
+    assert accuracy["finetune"] < 0.70
+    assert accuracy["joint"] == max(accuracy.values())
