@@ -19,6 +19,7 @@ from keras_memgeom import continual
 from keras_memgeom.continual.harness import DEFAULT_STRENGTH_GRID
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.continual.task_stream import SCENARIOS, SPLIT_SCENARIOS
+from keras_memgeom.memory.fisher import ESTIMATORS
 
 DEMO = {
     "scenario": "permuted",
@@ -39,10 +40,6 @@ Measure how well a model keeps old tasks while it learns new ones.
 
 The Keras backend comes from KERAS_BACKEND (jax, tensorflow or torch).
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """Error messages name the command, exit code 2, as argparse's."""
 
 
 def _positive_int(text):
@@ -86,8 +83,6 @@ def _per_method(convert):
 
 
 def _estimator(text):
-    from keras_memgeom.memory.fisher import ESTIMATORS
-
     if text not in ESTIMATORS:
         raise argparse.ArgumentTypeError(
             f"unknown Fisher estimator {text!r}; choose one of {', '.join(ESTIMATORS)}"
@@ -107,7 +102,7 @@ def _fraction(text):
 
 def build_parser():
     """The argument parser of `memgeom` (see `memgeom --help`)."""
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="memgeom",
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
