@@ -1,6 +1,5 @@
 """Diagonal Fisher information of a Keras model, estimated per example."""
 
-import math
 import weakref
 
 import keras
@@ -90,7 +89,7 @@ def estimate_fisher(
             if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
                 raise ValueError("The data holds NaN or infinite inputs.")
         if step is None:
-            step = _cached_step(model, variables, likelihood, estimator, x)
+            step = _cached_step(model, variables, likelihood, estimator, num_samples, x)
         batch = len(y)
         noise = None
         if estimator == "sampled":
@@ -147,7 +146,8 @@ class _BatchStep:
             return self.likelihood.fisher_factors(outputs)
         if self.estimator == "sampled":
             labels = self.likelihood.sample(outputs, noise)
-            return self.likelihood.score(outputs, labels) / math.sqrt(noise.shape[0])
+            num_samples = ops.cast(ops.shape(noise)[0], outputs.dtype)
+            return self.likelihood.score(outputs, labels) / ops.sqrt(num_samples)
         labels = self.likelihood.prepare_labels(y, outputs)
         return self.likelihood.score(outputs, labels)[None]
 
@@ -209,9 +209,11 @@ class _BatchStep:
         return [batch * batch * ops.square(g[0]) for g in grads]
 
 
-def _cached_step(model, variables, likelihood, estimator, example_x):
+def _cached_step(model, variables, likelihood, estimator, num_samples, example_x):
+    # The number of cotangents is static in a traced step: one step per count.
     key = (
         estimator,
+        num_samples if estimator == "sampled" else None,
         type(likelihood),
         tuple(sorted(vars(likelihood).items())),
         tuple((v.path, tuple(v.shape)) for v in variables),
