@@ -8,6 +8,8 @@ front) alike.
 
 import math
 
+import keras
+
 from keras_memgeom.pruning.distinct_column_mask import distinct_column_mask
 
 
@@ -62,3 +64,24 @@ def add_connectivity_mask(layer, kernel, zero_rate, seed):
     kernel.assign(kernel * mask)
     return mask
 
+
+class MaskedKernelMixin:
+    """What Dense and Conv2D subclasses with a mask weight have in common.
+
+    Dense and Conv2D save a fixed list of variables (kernel, bias); the
+    generic Layer scheme saves all of them, the mask included. Quantizing
+    would drop the mask, so it is refused.
+    """
+
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    def quantize(self, mode=None, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized; fold "
+            "its mask first (keras_memgeom.pruning.fold_mask) and quantize "
+            "the plain model."
+        )

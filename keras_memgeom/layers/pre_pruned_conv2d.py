@@ -2,13 +2,14 @@
 
 import keras
 
+from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.layers.connectivity_mask import add_connectivity_mask
 from keras_memgeom.layers.connectivity_mask import widened_units
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
-class PrePrunedConv2D(keras.layers.Conv2D):
+class PrePrunedConv2D(MaskedKernelMixin, keras.layers.Conv2D):
     """Conv2D layer whose input-channel x filter connectivity is masked.
 
     The mask `B` is `(input_channels, filters)` with pairwise-distinct
@@ -64,21 +65,6 @@ class PrePrunedConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         return super().convolution_op(inputs, kernel * self.mask)
-
-    # Conv2D saves a fixed list of variables (kernel, bias); the generic
-    # Layer scheme saves all of them, the mask included.
-    def save_own_variables(self, store):
-        keras.layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        keras.layers.Layer.load_own_variables(self, store)
-
-    def quantize(self, mode=None, **kwargs):
-        raise NotImplementedError(
-            f"{type(self).__name__} {self.name!r} cannot be quantized; fold "
-            "its mask first (keras_memgeom.pruning.fold_mask) and quantize "
-            "the plain model."
-        )
 
     def get_config(self):
         config = super().get_config()

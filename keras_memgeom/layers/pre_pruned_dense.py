@@ -3,13 +3,14 @@
 import keras
 from keras import ops
 
+from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.layers.connectivity_mask import add_connectivity_mask
 from keras_memgeom.layers.connectivity_mask import widened_units
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
-class PrePrunedDense(keras.layers.Dense):
+class PrePrunedDense(MaskedKernelMixin, keras.layers.Dense):
     """Dense layer whose kernel is used as `W * B` with a fixed binary mask.
 
     `B` has pairwise-distinct columns (`distinct_column_mask`), so no two
@@ -61,21 +62,6 @@ class PrePrunedDense(keras.layers.Dense):
         if self.activation is not None:
             x = self.activation(x)
         return x
-
-    # Dense saves a fixed list of variables (kernel, bias); the generic
-    # Layer scheme saves all of them, the mask included.
-    def save_own_variables(self, store):
-        keras.layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        keras.layers.Layer.load_own_variables(self, store)
-
-    def quantize(self, mode=None, **kwargs):
-        raise NotImplementedError(
-            f"{type(self).__name__} {self.name!r} cannot be quantized; fold "
-            "its mask first (keras_memgeom.pruning.fold_mask) and quantize "
-            "the plain model."
-        )
 
     def get_config(self):
         config = super().get_config()
