@@ -83,7 +83,7 @@ class FrontalLobe(MemoryStrategy):
 
     def build_model(self, stream, *, width):
         base = classifier(stream, width=width)
-        return keras_memgeom.Model(base.inputs, base.outputs, name=base.name)
+        return keras_memgeom.Model(base.input, base.output, name=base.name)
 
     def compile(self, model, *, optimizer, loss):
         hidden = [layer.name for layer in model.layers if layer.name.startswith("hidden_")]
