@@ -1,0 +1,62 @@
+"""Argument checks shared by the package: one wording for each kind of error."""
+
+import math
+import numbers
+
+
+def check_number(name, value, *, minimum=None, maximum=None, inclusive_minimum=True):
+    """Returns `value` as a float after checking it is a finite real number.
+
+    Args:
+        name: the argument's name, quoted in the error.
+        value: what the caller passed.
+        minimum: the smallest value allowed, or `None`.
+        maximum: the largest value allowed (inclusive), or `None`.
+        inclusive_minimum: whether `minimum` itself is allowed.
+
+    Returns:
+        A float.
+
+    Raises:
+        ValueError: if `value` is not a real number (a string, `None`, a
+            bool), is NaN or infinite, or is out of range. The message names
+            the argument and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number; got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite; got {value!r}.")
+    if minimum is not None:
+        if value < minimum or (value == minimum and not inclusive_minimum):
+            bound = ">=" if inclusive_minimum else ">"
+            raise ValueError(f"`{name}` must be {bound} {minimum}; got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}; got {value!r}.")
+    return value
+
+
+def check_positive_int(name, value, *, allow_none=False):
+    """Returns `value` as an int after checking it is a whole number >= 1.
+
+    Args:
+        name: the argument's name, quoted in the error.
+        value: what the caller passed; integral floats (`3.0`) are accepted.
+        allow_none: whether `None` passes through.
+
+    Returns:
+        An int, or `None` where allowed.
+
+    Raises:
+        ValueError: if `value` is not a whole number, or is below 1.
+    """
+    if value is None and allow_none:
+        return None
+    integral = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+    )
+    if isinstance(value, bool) or not integral:
+        raise ValueError(f"`{name}` must be a whole number; got {value!r}.")
+    if int(value) < 1:
+        raise ValueError(f"`{name}` must be at least 1; got {value!r}.")
+    return int(value)
