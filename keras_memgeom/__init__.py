@@ -6,15 +6,21 @@ merges them in closed form, breaks permutation symmetry with fixed masks,
 and consolidates a frontal lobe of working space into long-term memory.
 """
 
-from keras_memgeom import callbacks
-from keras_memgeom import continual
-from keras_memgeom import layers
-from keras_memgeom import merging
-from keras_memgeom import pruning
-from keras_memgeom import symmetry
-from keras_memgeom.memory import FisherMemory, FisherRegularizer, attach, detach, merge
-from keras_memgeom.merging import merge_models
-from keras_memgeom.pruning.pre_prune import pre_prune
-from keras_memgeom.training.frontal_lobe import FrontalLobe
-from keras_memgeom.training.model import Model
-from keras_memgeom.version import __version__
+from keras_memgeom.utils.keras_backend import configure_backend
+
+# Before anything imports Keras, which would fall back to TensorFlow.
+configure_backend()
+
+from keras_memgeom import callbacks  # noqa: E402
+from keras_memgeom import continual  # noqa: E402
+from keras_memgeom import layers  # noqa: E402
+from keras_memgeom import merging  # noqa: E402
+from keras_memgeom import pruning  # noqa: E402
+from keras_memgeom import symmetry  # noqa: E402
+from keras_memgeom.memory import FisherMemory, FisherRegularizer, attach, detach, merge  # noqa: E402
+from keras_memgeom.merging import merge_models  # noqa: E402
+from keras_memgeom.pruning.pre_prune import pre_prune  # noqa: E402
+from keras_memgeom.training.frontal_lobe import FrontalLobe  # noqa: E402
+from keras_memgeom.training.model import Model  # noqa: E402
+from keras_memgeom.training.sequential import Sequential  # noqa: E402
+from keras_memgeom.version import __version__  # noqa: E402
