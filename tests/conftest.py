@@ -7,6 +7,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from keras_memgeom import backend  # noqa: E402
+
 
 def pytest_report_header(config):
     return f"keras backend: {keras.backend.backend()}"
@@ -18,6 +20,13 @@ def _fresh_keras_state():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
+
+
+@pytest.fixture
+def full_precision():
+    """Full float32 matmuls: GPUs default to TF32, too coarse for closed forms."""
+    with backend.full_precision_matmul():
+        yield
 
 
 @pytest.fixture

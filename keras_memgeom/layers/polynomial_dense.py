@@ -8,6 +8,7 @@ from keras_memgeom.layers.polynomial_basis import map_to_domain
 from keras_memgeom.layers.polynomial_basis import polynomial_basis
 from keras_memgeom.layers.polynomial_basis import validate_basis
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
+from keras_memgeom.utils.checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
@@ -38,8 +39,9 @@ class PolynomialDense(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Raises:
-        ValueError: for an unknown basis, a degree below 1 or a `zero_rate`
-            outside (0, 1).
+        ValueError: for `units` that is not a positive integer, an unknown
+            basis, a degree below 1 or a `zero_rate` that is not a number
+            in (0, 1).
 
     Example:
 
@@ -60,6 +62,7 @@ class PolynomialDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        units = check_positive_int("units", units)
         validate_basis(basis, degree)
         if degree < 1:
             raise ValueError(f"`degree` must be at least 1; got {degree}.")

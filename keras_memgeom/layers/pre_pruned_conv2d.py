@@ -6,6 +6,7 @@ from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.layers.connectivity_mask import add_connectivity_mask
 from keras_memgeom.layers.connectivity_mask import widened_units
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
+from keras_memgeom.utils.checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
@@ -28,7 +29,8 @@ class PrePrunedConv2D(MaskedKernelMixin, keras.layers.Conv2D):
         **kwargs: any `keras.layers.Conv2D` argument except `groups`.
 
     Raises:
-        ValueError: if `zero_rate` is outside (0, 1), if `groups != 1`, or at
+        ValueError: if `zero_rate` is not a number in (0, 1), if `filters`
+            is not a positive integer, if `groups != 1`, or at
             build time if there are too few input channels for that many
             distinct columns.
 
@@ -44,6 +46,7 @@ class PrePrunedConv2D(MaskedKernelMixin, keras.layers.Conv2D):
         **kwargs,
     ):
         validate_zero_rate(zero_rate)
+        filters = check_positive_int("filters", filters)
         if kwargs.get("groups", 1) != 1:
             raise ValueError(
                 "PrePrunedConv2D masks the full channel connectivity; "

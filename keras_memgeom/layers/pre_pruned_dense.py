@@ -7,6 +7,7 @@ from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.layers.connectivity_mask import add_connectivity_mask
 from keras_memgeom.layers.connectivity_mask import widened_units
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
+from keras_memgeom.utils.checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
@@ -29,7 +30,8 @@ class PrePrunedDense(MaskedKernelMixin, keras.layers.Dense):
             initializers, ...).
 
     Raises:
-        ValueError: if `zero_rate` is outside (0, 1), or at build time if
+        ValueError: if `zero_rate` is not a number in (0, 1) or `units` is
+            not a positive integer, or at build time if
             the layer has too few inputs for that many distinct columns.
 
     Example:
@@ -41,6 +43,7 @@ class PrePrunedDense(MaskedKernelMixin, keras.layers.Dense):
 
     def __init__(self, units, zero_rate=0.5, widen=False, seed=None, **kwargs):
         validate_zero_rate(zero_rate)
+        units = check_positive_int("units", units)
         self.requested_units = units
         self.zero_rate = zero_rate
         self.widen = widen

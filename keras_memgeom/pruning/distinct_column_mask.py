@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from keras_memgeom.utils.checks import check_number
+
 # Rounds of redrawing at the requested zero rate before falling back to
 # uniform draws, which always finish (coupon collector) even near capacity.
 _MAX_REDRAW_ROUNDS = 100
@@ -31,7 +33,7 @@ def distinct_column_mask(shape, zero_rate, seed=None):
 
     Raises:
         ValueError: if `shape` is not two positive integers, if `zero_rate`
-            is outside (0, 1), or if `columns > 2**rows - 1` (too few rows
+            is not a number in (0, 1), or if `columns > 2**rows - 1` (too few rows
             for that many distinct non-empty columns).
 
     Example:
@@ -71,11 +73,16 @@ def distinct_column_mask(shape, zero_rate, seed=None):
 
 
 def validate_zero_rate(zero_rate):
-    """Raise a clear error unless `0 < zero_rate < 1`."""
-    if zero_rate is None or not 0.0 < float(zero_rate) < 1.0:
-        raise ValueError(
-            f"`zero_rate` must be strictly between 0 and 1; got {zero_rate}."
-        )
+    """Returns `zero_rate` as a float after checking `0 < zero_rate < 1`.
+
+    Raises:
+        ValueError: naming `zero_rate`, if it is not a finite number (e.g.
+            the string `"0.5"`) or is outside (0, 1).
+    """
+    value = check_number("zero_rate", zero_rate, minimum=0.0, inclusive_minimum=False)
+    if value >= 1.0:
+        raise ValueError(f"`zero_rate` must be strictly between 0 and 1; got {zero_rate!r}.")
+    return value
 
 
 def _repeated_or_empty_columns(mask):

@@ -38,7 +38,7 @@ def pre_prune(
         A new, uncompiled `keras.Model`.
 
     Raises:
-        ValueError: if `zero_rate` is outside (0, 1); Keras raises one too
+        ValueError: if `zero_rate` is not a number in (0, 1); Keras raises one too
             for a subclassed model, which cannot be cloned layer by layer.
 
     Example:

@@ -171,13 +171,10 @@ class FrontalLobe:
         grads = pullback(cotangents)
         for (kernel_mask, bias_mask), layer_input, grad in zip(masks, inputs, grads):
             squares = ops.sum(ops.square(grad), axis=0)
-            # Masks become tensors here, in the caller's trace: never cached across traces.
             if kernel_mask is not None:
-                kernel_mask = ops.convert_to_tensor(kernel_mask, dtype)
                 reach = ops.matmul(ops.square(layer_input), kernel_mask)
                 per_example = per_example + ops.sum(reach * squares, axis=-1)
             if bias_mask is not None:
-                bias_mask = ops.convert_to_tensor(bias_mask, dtype)
                 per_example = per_example + ops.matmul(squares, bias_mask)
         if sample_weight is not None:
             per_example = per_example * ops.reshape(ops.cast(sample_weight, dtype), (-1,))
@@ -204,7 +201,11 @@ class FrontalLobe:
         return inside, outside
 
     def _prepare(self, model, x):
-        """The taps and the numpy masks per tapped layer of `model` (cached)."""
+        """The taps and the mask tensors per tapped layer of `model` (cached).
+
+        The masks are copied to the device once, not at every step, and are
+        made outside any trace, so every traced step can reuse them.
+        """
         if self._cache is not None and self._cache[0] is model:
             return self._cache[1:]
         masks = self.masks(model)
@@ -217,8 +218,13 @@ class FrontalLobe:
                     "called exactly once on 2-D inputs, so its per-example gradients "
                     "cannot be formed from the tapped backward pass."
                 )
+        dtype = taps.layers[0].kernel.dtype
+
+        def on_device(path):
+            return None if path not in masks else backend.device_constant(masks[path], dtype)
+
         layer_masks = [
-            (masks.get(layer.kernel.path), masks.get(layer.bias.path) if layer.use_bias else None)
+            (on_device(layer.kernel.path), on_device(layer.bias.path) if layer.use_bias else None)
             for layer in taps.layers
         ]
         self._cache = (model, taps, layer_masks)

@@ -4,6 +4,8 @@ import pytest
 
 from keras_memgeom.layers import OrthoPolynomial
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 to_numpy = keras.ops.convert_to_numpy
 
 # The documented domain maps and numpy's evaluation of each basis.

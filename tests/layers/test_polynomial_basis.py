@@ -4,6 +4,8 @@ import pytest
 
 from keras_memgeom.layers import polynomial_basis
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 DEGREE = 7
 # Each basis on (a sample of) its domain, with its numpy.polynomial
 # Vandermonde matrix: column k is phi_k(x).

@@ -4,6 +4,8 @@ import pytest
 
 from keras_memgeom.layers import PolynomialDense
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 to_numpy = keras.ops.convert_to_numpy
 
 
@@ -73,3 +75,8 @@ def test_bad_arguments():
         PolynomialDense(2, 3, zero_rate=0.0)
     with pytest.raises(ValueError, match="basis"):
         PolynomialDense(2, 3, basis="spline")
+    with pytest.raises(ValueError, match="`zero_rate` must be a number; got '0.5'"):
+        PolynomialDense(2, 3, zero_rate="0.5")
+    for units in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="`units` must be"):
+            PolynomialDense(units, 3)

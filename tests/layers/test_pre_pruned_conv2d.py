@@ -4,6 +4,8 @@ import pytest
 
 from keras_memgeom.layers import PrePrunedConv2D
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 to_numpy = keras.ops.convert_to_numpy
 
 
@@ -65,3 +67,10 @@ def test_widen_and_save_load_round_trip(tmp_path):
 def test_groups_rejected():
     with pytest.raises(ValueError, match="groups"):
         PrePrunedConv2D(4, 3, groups=2)
+
+
+def test_bad_sizes_and_rates_are_named():
+    with pytest.raises(ValueError, match="`filters` must be at least 1; got 0"):
+        PrePrunedConv2D(0, 3)
+    with pytest.raises(ValueError, match="`zero_rate` must be a number"):
+        PrePrunedConv2D(4, 3, zero_rate="0.5")

@@ -4,6 +4,8 @@ import pytest
 
 from keras_memgeom.layers import PrePrunedDense
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 to_numpy = keras.ops.convert_to_numpy
 
 
@@ -80,6 +82,11 @@ def test_save_load_round_trip(tmp_path):
 def test_errors():
     with pytest.raises(ValueError, match="zero_rate"):
         PrePrunedDense(4, zero_rate=1.0)
+    with pytest.raises(ValueError, match="`zero_rate` must be a number; got '0.5'"):
+        PrePrunedDense(4, zero_rate="0.5")
+    for units in (0, -2):
+        with pytest.raises(ValueError, match="`units` must be at least 1"):
+            PrePrunedDense(units, widen=True)
     with pytest.raises(ValueError, match="pre_pruned_dense.*distinct"):
         PrePrunedDense(8, zero_rate=0.5, name="pre_pruned_dense").build((None, 2))
     layer = PrePrunedDense(4)

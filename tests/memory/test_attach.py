@@ -6,6 +6,8 @@ import keras_memgeom
 from keras_memgeom import FisherMemory, FisherRegularizer, attach, detach
 from tests.memory.helpers import classification_data
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _mlp():
     model = keras.Sequential(

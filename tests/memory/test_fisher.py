@@ -6,6 +6,8 @@ from keras_memgeom import FisherMemory
 from keras_memgeom.memory.fisher import estimate_fisher
 from tests.memory.helpers import classification_data, softmax_probabilities, softmax_regression
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _kernel_bias(fisher, model):
     layer = model.layers[-1]
@@ -130,7 +132,7 @@ def test_generic_and_fast_paths_agree_on_a_convolutional_model(rng):
 
 
 def test_data_forms_give_the_same_fisher(rng):
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow")
 
     x, y = classification_data(rng, num_examples=100)
     model = softmax_regression()

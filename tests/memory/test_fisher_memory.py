@@ -12,6 +12,8 @@ from keras_memgeom import FisherMemory
 from keras_memgeom.memory import memory_file
 from tests.memory.helpers import classification_data, softmax_regression
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _memory_of(model, rng, n=50):
     x, y = classification_data(rng, num_examples=n)

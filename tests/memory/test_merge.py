@@ -3,6 +3,8 @@ import pytest
 
 from keras_memgeom import FisherMemory, merge
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _memory(rng, n, shape=(4, 3), zero_fraction=0.0):
     fisher = rng.uniform(0.1, 2.0, shape)

@@ -7,6 +7,8 @@ from keras_memgeom.merging import interpolate, loss_barrier
 from keras_memgeom.symmetry import align
 from tests.memory.helpers import classification_data, softmax_regression
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def test_interpolation_is_linear_in_the_weights(rng):
     a, b = softmax_regression(), softmax_regression()

@@ -5,6 +5,8 @@ import pytest
 from keras_memgeom.merging import merge_models
 from tests.memory.helpers import classification_data, softmax_probabilities, softmax_regression
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _mlp(seed, width=6):
     keras.utils.set_random_seed(seed)

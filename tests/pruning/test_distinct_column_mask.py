@@ -54,6 +54,15 @@ def test_zero_rate_outside_open_interval_raises(zero_rate):
         distinct_column_mask((8, 8), zero_rate)
 
 
+@pytest.mark.parametrize(
+    "zero_rate, message",
+    [("0.5", "must be a number; got '0.5'"), (None, "must be a number"), (float("nan"), "must be finite")],
+)
+def test_zero_rate_that_is_not_a_number_is_named(zero_rate, message):
+    with pytest.raises(ValueError, match=f"`zero_rate` {message}"):
+        distinct_column_mask((8, 8), zero_rate)
+
+
 def test_too_few_rows_raises():
     with pytest.raises(ValueError, match="8 distinct non-empty columns from 3"):
         distinct_column_mask((3, 8), 0.5)

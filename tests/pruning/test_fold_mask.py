@@ -1,8 +1,11 @@
 import keras
 import numpy as np
+import pytest
 
 from keras_memgeom.pruning import fold_mask
 from keras_memgeom.pruning import pre_prune
+
+pytestmark = pytest.mark.usefixtures("full_precision")
 
 to_numpy = keras.ops.convert_to_numpy
 

@@ -96,7 +96,7 @@ def test_pre_pruned_model_trains_and_round_trips(tmp_path):
     )
 
 
-@pytest.mark.parametrize("zero_rate", [0.0, 1.0])
+@pytest.mark.parametrize("zero_rate", [0.0, 1.0, "0.5"])
 def test_bad_zero_rate_raises(zero_rate):
     with pytest.raises(ValueError, match="zero_rate"):
         pre_prune(_mlp(), zero_rate=zero_rate)

@@ -9,6 +9,8 @@ from tests.symmetry.symmetry_models import to_numpy
 from keras_memgeom.symmetry import align
 from keras_memgeom.symmetry import distance
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def test_recovers_a_random_permutation_exactly(model_and_inputs):
     model, x = model_and_inputs

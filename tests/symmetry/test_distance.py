@@ -8,6 +8,8 @@ from tests.symmetry.symmetry_models import to_numpy
 
 from keras_memgeom.symmetry import distance
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _phi(a, b):
     return np.sum((a - b) ** 2) / np.sum((a + b) ** 2)

@@ -7,6 +7,8 @@ from tests.symmetry.symmetry_models import to_numpy
 from keras_memgeom.symmetry import distance
 from keras_memgeom.symmetry import reorder
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 METHODS = ["lexicographic", "maximin"]
 
 

@@ -8,6 +8,8 @@ import keras_memgeom
 from keras_memgeom import FrontalLobe
 from keras_memgeom.memory.fisher import estimate_fisher
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 

@@ -6,6 +6,8 @@ import keras_memgeom
 from keras_memgeom import FisherMemory
 from tests.memory.helpers import classification_data
 
+pytestmark = pytest.mark.usefixtures("full_precision")
+
 
 def _functional():
     inputs = keras.Input((5,))
@@ -73,7 +75,7 @@ def test_model_with_memories_survives_save_and_load(tmp_path, rng):
 
 
 def test_bad_compile_and_fit_arguments_are_refused(rng):
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow")
 
     x, y = classification_data(rng, num_examples=16)
     model = _functional()
