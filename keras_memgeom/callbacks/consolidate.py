@@ -6,6 +6,7 @@ from keras_memgeom.memory.attach import attach
 from keras_memgeom.memory.fisher import ESTIMATORS
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.merge import merge
+from keras_memgeom.utils.checks import check_number, check_positive_int
 
 
 class Consolidate(keras.callbacks.Callback):
@@ -21,6 +22,13 @@ class Consolidate(keras.callbacks.Callback):
     3. at the cycle's end the Fisher on `data` is estimated and merged into
        the model's long-term memory (`model.memories`, attached again with
        the compiled `strength`).
+
+    The end of `fit` is a task boundary: when `fit` ends inside a cycle
+    (`keras.callbacks.EarlyStopping`, `stop_training`, or a number of epochs
+    that `period` does not divide), the epochs trained so far are
+    consolidated at the end of training all the same, so what they learned
+    is remembered; the information phase of that cycle is then shorter or
+    skipped.
 
     At the end of each phase the exact Fisher trace on `data` of the frontal
     lobe and of the rest is added to the epoch's logs
@@ -77,18 +85,18 @@ class Consolidate(keras.callbacks.Callback):
             raise ValueError(f"`period` must be a positive int or None; got {period!r}.")
         if estimator not in ESTIMATORS:
             raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
-        if not 0.0 < decay <= 1.0:
-            raise ValueError(f"`decay` must be in (0, 1]; got {decay!r}.")
-        if prior_precision <= 0:
-            raise ValueError(f"`prior_precision` must be positive; got {prior_precision!r}.")
+        decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
+        prior_precision = check_number(
+            "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+        )
         self.data = data
         self.information_epochs = information_epochs
         self.period = period
         self.estimator = estimator
-        self.max_examples = max_examples
-        self.decay = float(decay)
+        self.max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
+        self.decay = decay
         self.forget_frontal_lobe = bool(forget_frontal_lobe)
-        self.prior_precision = float(prior_precision)
+        self.prior_precision = prior_precision
         self.records = []
 
     def on_train_begin(self, logs=None):
@@ -105,6 +113,7 @@ class Consolidate(keras.callbacks.Callback):
                 f"cycle ({self._cycle} epochs)."
             )
         frontal_lobe.masks(self.model)  # Names the bad layer now, not mid-fit.
+        self._last_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
         position = epoch % self._cycle
@@ -112,12 +121,20 @@ class Consolidate(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
+        self._last_epoch = epoch
         position = epoch % self._cycle
         if position == self._cycle - self.information_epochs - 1:
             fisher, _ = self._fisher("exact")
             self._record(epoch, "task", logs, traces=self.model.frontal_lobe.split(self.model, fisher))
         if position == self._cycle - 1:
             self._consolidate(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        # Stopped inside a cycle: without this the task would never be
+        # remembered, and nothing would say so.
+        epoch = self._last_epoch
+        if epoch is not None and epoch % self._cycle != self._cycle - 1:
+            self._consolidate(epoch, {})
 
     def _fisher(self, estimator):
         memory = FisherMemory.estimate(

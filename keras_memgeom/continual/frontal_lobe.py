@@ -6,6 +6,7 @@ from keras_memgeom.continual.classifier import classifier
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH, MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
 from keras_memgeom.training.frontal_lobe import ESTIMATORS
+from keras_memgeom.utils.checks import check_number
 
 
 @register_strategy
@@ -63,19 +64,20 @@ class FrontalLobe(MemoryStrategy):
                 "frontal-lobe consolidates inside `fit`, so it takes a numeric strength, not 'auto'."
             )
         super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay!r}.")
+        decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
         if information_estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown information_estimator {information_estimator!r}; expected one of {ESTIMATORS}."
             )
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
-        if information_strength < 0:
-            raise ValueError(f"information_strength must be non-negative, got {information_strength!r}.")
-        self.decay = float(decay)
-        self.fraction = float(fraction)
-        self.information_strength = float(information_strength)
+        fraction = check_number(
+            "fraction", fraction, minimum=0.0, inclusive_minimum=False, maximum=1.0
+        )
+        information_strength = check_number(
+            "information_strength", information_strength, minimum=0.0
+        )
+        self.decay = decay
+        self.fraction = fraction
+        self.information_strength = information_strength
         self.information_epochs = int(information_epochs)
         self.information_estimator = information_estimator
         self.forget_frontal_lobe = bool(forget_frontal_lobe)

@@ -3,6 +3,7 @@
 import keras_memgeom
 from keras_memgeom.continual.strategy import Strategy
 from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.utils.checks import check_number, check_positive_int
 
 DEFAULT_STRENGTH = 100.0
 
@@ -20,7 +21,7 @@ class MemoryStrategy(Strategy):
     Subclasses implement `consolidate`.
 
     Args:
-        strength: penalty strength, a positive number, or `"auto"` to let
+        strength: penalty strength, a finite positive number, or `"auto"` to let
             `Harness` pick it on the validation split for every task. 1 is
             the Bayesian weight of the old data; it is too weak in practice
             (see docs/harness.md), hence the default of 100.
@@ -30,27 +31,23 @@ class MemoryStrategy(Strategy):
             examples of the task (default: all of them).
 
     Raises:
-        ValueError: for a bad strength, estimator or `fisher_examples`.
+        ValueError: naming the argument, for a strength that is not `"auto"`
+            or a finite positive number, an unknown estimator or a bad
+            `fisher_examples`.
     """
 
     def __init__(self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None):
-        if strength != "auto" and not (
-            isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength > 0
-        ):
-            raise ValueError(f"strength must be a positive number or 'auto', got {strength!r}.")
+        if not (isinstance(strength, str) and strength == "auto"):
+            strength = check_number("strength", strength, minimum=0.0, inclusive_minimum=False)
         if estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown Fisher estimator {estimator!r}. Choose one of: {', '.join(ESTIMATORS)}."
             )
-        if fisher_examples is not None and not (
-            isinstance(fisher_examples, int) and fisher_examples > 0
-        ):
-            raise ValueError(
-                f"fisher_examples must be a positive int or None, got {fisher_examples!r}."
-            )
-        self.strength = strength if strength == "auto" else float(strength)
+        self.strength = strength
         self.estimator = estimator
-        self.fisher_examples = fisher_examples
+        self.fisher_examples = check_positive_int(
+            "fisher_examples", fisher_examples, allow_none=True
+        )
         self.memories = []
 
     def consolidate(self, memories, memory):

@@ -3,6 +3,7 @@
 import keras_memgeom
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH, MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
+from keras_memgeom.utils.checks import check_number
 
 
 @register_strategy
@@ -33,9 +34,7 @@ class Online(MemoryStrategy):
         self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, decay=1.0
     ):
         super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay!r}.")
-        self.decay = float(decay)
+        self.decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
 
     def consolidate(self, memories, memory):
         if not memories:

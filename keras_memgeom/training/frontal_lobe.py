@@ -7,6 +7,7 @@ from keras import ops
 from keras_memgeom import backend
 from keras_memgeom.memory.dense_taps import DenseTaps
 from keras_memgeom.memory.likelihood import likelihood_from_loss
+from keras_memgeom.utils.checks import check_number
 
 ESTIMATORS = ("empirical", "exact")
 
@@ -48,7 +49,7 @@ class FrontalLobe:
 
     Raises:
         ValueError: for an empty `layers`, a `fraction` outside `(0, 1]`, a
-            negative `strength` or an unknown `estimator`.
+            negative or non-finite `strength` or an unknown `estimator`.
 
     Example:
     >>> frontal_lobe = keras_memgeom.FrontalLobe(["hidden_0", "hidden_1"], fraction=0.5, strength=1.0)
@@ -62,15 +63,16 @@ class FrontalLobe:
         layers = list(layers)
         if not layers or not all(isinstance(name, str) for name in layers):
             raise ValueError(f"`layers` must be a non-empty list of layer names; got {layers!r}.")
-        if fraction is not None and not 0.0 < fraction <= 1.0:
-            raise ValueError(f"`fraction` must be in (0, 1] or None; got {fraction!r}.")
-        if strength < 0:
-            raise ValueError(f"`strength` must be non-negative; got {strength!r}.")
+        if fraction is not None:
+            fraction = check_number(
+                "fraction", fraction, minimum=0.0, inclusive_minimum=False, maximum=1.0
+            )
+        strength = check_number("strength", strength, minimum=0.0)
         if estimator not in ESTIMATORS:
             raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
         self.layers = layers
-        self.fraction = None if fraction is None else float(fraction)
-        self.strength = float(strength)
+        self.fraction = fraction
+        self.strength = strength
         self.estimator = estimator
         self._cache = None
 

@@ -68,8 +68,38 @@ def test_bad_arguments_and_models_are_named(rng):
         ({"estimator": "magic"}, "estimator"),
         ({"decay": 0.0}, "decay"),
         ({"prior_precision": 0.0}, "prior_precision"),
+        ({"prior_precision": float("inf")}, "`prior_precision` must be finite"),
+        ({"decay": float("nan")}, "`decay` must be finite"),
+        ({"max_examples": 0}, "`max_examples` must be at least 1"),
     ]:
         with pytest.raises(ValueError, match=message):
             Consolidate((x, y), **kwargs)
     with pytest.raises(ValueError, match="tuple"):
         Consolidate(x)
+
+
+def test_early_stopping_inside_the_cycle_still_consolidates(rng):
+    model, x, y = model_and_data(rng)
+    callback = Consolidate((x, y), information_epochs=2)
+    # The information penalty is 0 in phase 1, so this stops after 2 of 6 epochs.
+    stop = keras.callbacks.EarlyStopping(
+        monitor="information_penalty", mode="min", patience=0
+    )
+    history = model.fit(x, y, epochs=6, batch_size=20, verbose=0, callbacks=[callback, stop])
+    assert len(history.history["loss"]) == 2
+    assert [r["phase"] for r in callback.records] == ["information", "consolidated"]
+    assert callback.records[-1]["epoch"] == 1
+    assert len(model.memories) == 1 and model.memories[0].num_examples == 40
+
+    # The next task trains against the memory the stopped one left.
+    history = model.fit(x, y, epochs=1, batch_size=20, verbose=0)
+    assert history.history["memory_penalty"][0] > 0
+
+
+def test_epochs_left_over_after_the_last_period_are_consolidated(rng):
+    model, x, y = model_and_data(rng)
+    callback = Consolidate((x, y), information_epochs=1, period=2)
+    model.fit(x, y, epochs=3, batch_size=20, verbose=0, callbacks=[callback])
+    consolidated = [r["epoch"] for r in callback.records if r["phase"] == "consolidated"]
+    assert consolidated == [1, 2]
+    assert model.memories[0].num_examples == 80

@@ -1,5 +1,6 @@
 import pytest
 
+import keras_memgeom
 from keras_memgeom import continual
 
 
@@ -20,3 +21,35 @@ def test_frontal_lobe_refuses_auto_strength():
         continual.FrontalLobe(strength="auto")
     with pytest.raises(ValueError, match="fraction"):
         continual.FrontalLobe(fraction=2.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strength": float("inf")}, "`strength` must be finite"),
+        ({"strength": float("nan")}, "`strength` must be finite"),
+        ({"information_strength": -1.0}, "`information_strength` must be >= 0"),
+        ({"information_strength": float("inf")}, "`information_strength` must be finite"),
+        ({"decay": float("nan")}, "`decay` must be finite"),
+        ({"fraction": "0.5"}, "`fraction` must be a number"),
+    ],
+)
+def test_bad_numbers_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        continual.FrontalLobe(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strength": float("inf")}, "`strength` must be finite"),
+        ({"strength": float("nan")}, "`strength` must be finite"),
+        ({"strength": -1.0}, "`strength` must be >= 0"),
+        ({"fraction": float("nan")}, "`fraction` must be finite"),
+        ({"fraction": 0.0}, "`fraction` must be > 0"),
+        ({"fraction": 1.5}, "`fraction` must be <= 1"),
+    ],
+)
+def test_the_frontal_lobe_constructor_names_bad_numbers(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_memgeom.FrontalLobe(["hidden_0"], **kwargs)

@@ -63,6 +63,10 @@ def test_names_are_unique():
         ({"estimator": "kfac"}, "Unknown Fisher estimator 'kfac'"),
         ({"fisher_examples": 0}, "fisher_examples"),
         ({"decay": 1.5}, "decay"),
+        ({"strength": float("inf")}, "`strength` must be finite"),
+        ({"strength": float("nan")}, "`strength` must be finite"),
+        ({"decay": float("nan")}, "`decay` must be finite"),
+        ({"decay": "0.5"}, "`decay` must be a number"),
     ],
 )
 def test_bad_settings(kwargs, match):
