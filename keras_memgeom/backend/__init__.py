@@ -20,6 +20,17 @@ and, for second-order autodiff inside a training step:
   `autograd.grad(create_graph=True)` under `torch.enable_grad()`), so a
   loss built from gradients (e.g. a Fisher trace) can be trained on.
 
+and, for exact numbers and for saying where a run ran:
+
+- `device_constant(value, dtype)`: a tensor holding the array `value` on
+  the device Keras computes on, made outside any trace even when called
+  inside one, so it can be kept and reused by every traced step.
+- `full_precision_matmul()`: a context manager under which float32 matmuls
+  and convolutions run in full float32 (no TF32 or lower-precision passes,
+  which GPUs use by default); the previous settings come back on exit.
+- `device_description()`: the backend's version and the devices it
+  computes on, one line (e.g. `"jax 0.4.30 on gpu: NVIDIA H100 (cuda:0)"`).
+
 This is the only place in the package that branches on the backend.
 """
 
@@ -30,21 +41,30 @@ _BACKEND = keras.backend.backend()
 if _BACKEND == "jax":
     from keras_memgeom.backend.jax import (
         compile_function,
+        device_constant,
+        device_description,
         differentiable_linearize,
+        full_precision_matmul,
         linearize,
         vectorize,
     )
 elif _BACKEND == "tensorflow":
     from keras_memgeom.backend.tensorflow import (
         compile_function,
+        device_constant,
+        device_description,
         differentiable_linearize,
+        full_precision_matmul,
         linearize,
         vectorize,
     )
 elif _BACKEND == "torch":
     from keras_memgeom.backend.torch import (
         compile_function,
+        device_constant,
+        device_description,
         differentiable_linearize,
+        full_precision_matmul,
         linearize,
         vectorize,
     )
@@ -54,4 +74,12 @@ else:
         f"KERAS_BACKEND is {_BACKEND!r}."
     )
 
-__all__ = ["compile_function", "differentiable_linearize", "linearize", "vectorize"]
+__all__ = [
+    "compile_function",
+    "device_constant",
+    "device_description",
+    "differentiable_linearize",
+    "full_precision_matmul",
+    "linearize",
+    "vectorize",
+]

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 
 
 def compile_function(fn):
@@ -22,3 +23,21 @@ def differentiable_linearize(fn, primals):
     # jax.vjp composes with an enclosing jax.grad: the pullback is traced
     # like any other function of the parameters.
     return linearize(fn, primals)
+
+
+def full_precision_matmul():
+    # GPUs default to TF32 (10-bit mantissa) float32 matmuls.
+    return jax.default_matmul_precision("highest")
+
+
+def device_description():
+    devices = jax.devices()
+    names = ", ".join(str(d) if d.device_kind == d.platform else f"{d.device_kind} ({d})" for d in devices)
+    return f"jax {jax.__version__} on {devices[0].platform}: {names}"
+
+
+def device_constant(value, dtype):
+    # Concrete even when called while a `jax.jit` traces: a tracer kept
+    # across traces would leak.
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value, dtype=dtype)

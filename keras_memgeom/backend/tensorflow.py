@@ -1,3 +1,5 @@
+import contextlib
+
 import tensorflow as tf
 
 
@@ -37,3 +39,33 @@ def differentiable_linearize(fn, primals):
     # Called under the training step's tape, the inner tape's gradients are
     # themselves recorded (nested tapes), so they can be differentiated.
     return linearize(fn, primals)
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    # GPUs default to TF32 (10-bit mantissa) float32 matmuls and convolutions.
+    enabled = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(enabled)
+
+
+def device_description():
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"tensorflow {tf.__version__} on cpu: " + ", ".join(
+            d.name for d in tf.config.list_physical_devices("CPU")
+        )
+    names = ", ".join(
+        f"{tf.config.experimental.get_device_details(d).get('device_name', 'GPU')} ({d.name})"
+        for d in gpus
+    )
+    return f"tensorflow {tf.__version__} on gpu: {names}"
+
+
+def device_constant(value, dtype):
+    # Made eagerly even inside a `tf.function`, which captures it.
+    with tf.init_scope():
+        return tf.constant(value, dtype=dtype)

@@ -1,6 +1,7 @@
 import contextlib
 
 import torch
+from keras.src.backend.torch import core as keras_torch_core
 from keras.src.backend.torch import nn as keras_torch_nn
 
 
@@ -61,3 +62,45 @@ def differentiable_linearize(fn, primals):
         ]
 
     return outputs, aux, pullback
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    # GPUs default to TF32 (10-bit mantissa) convolutions, and
+    # `set_float32_matmul_precision("high")` to TF32 matmuls.
+    matmul = torch.get_float32_matmul_precision()
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
+        # torch >= 2.9: reading the legacy `allow_tf32` flags after the new
+        # per-operator ones were set is an error, so use only the new ones.
+        saved = (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+        torch.set_float32_matmul_precision("highest")
+        cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(matmul)
+            cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+def device_description():
+    device = torch.device(keras_torch_core.get_device())
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{torch.get_num_threads()} threads"
+    return f"torch {torch.__version__} on {device.type}: {name} ({device})"
+
+
+def device_constant(value, dtype):
+    # On the device Keras computes on, copied there once.
+    return keras_torch_core.convert_to_tensor(value, dtype=dtype)
