@@ -3,7 +3,9 @@
 `memgeom demo` runs the package's main job offline in about a minute;
 `memgeom bench` runs any benchmark the harness supports. Both print
 progress and a table, and write `results.json` and PNG plots into a folder.
-The Keras backend comes from `KERAS_BACKEND`.
+`memgeom info` says which backend, versions and devices a run would use.
+Every command first prints the Keras backend and how it was chosen
+(`KERAS_BACKEND`, `keras.json`, or the first installed backend).
 """
 
 import argparse
@@ -15,11 +17,14 @@ import time
 
 import keras
 
+from keras_memgeom import backend
 from keras_memgeom import continual
 from keras_memgeom.continual.harness import DEFAULT_STRENGTH_GRID
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.continual.task_stream import SCENARIOS, SPLIT_SCENARIOS
 from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.utils.keras_backend import backend_choice
+from keras_memgeom.version import __version__
 
 DEMO = {
     "scenario": "permuted",
@@ -37,8 +42,11 @@ Measure how well a model keeps old tasks while it learns new ones.
   memgeom demo                  permuted digits, 5 tasks: finetune vs online
                                 memory vs joint, offline, about a minute
   memgeom bench --help          every benchmark setting
+  memgeom info                  the Keras backend, versions and devices
 
-The Keras backend comes from KERAS_BACKEND (jax, tensorflow or torch).
+The Keras backend comes from KERAS_BACKEND (jax, tensorflow or torch), else
+from keras.json, else it is the first installed of jax, torch, tensorflow.
+Every command prints it first.
 """
 
 
@@ -107,7 +115,7 @@ def build_parser():
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,bench}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,info}")
     demo = commands.add_parser(
         "demo",
         help="the main job: finetune vs online memory vs joint on permuted digits",
@@ -228,6 +236,12 @@ def build_parser():
         help="use at most this many training examples per task (default: all)",
     )
     _add_common(bench)
+    commands.add_parser(
+        "info",
+        help="the Keras backend, how it was chosen, versions and devices",
+        description="Prints the Keras backend and how it was chosen, the versions "
+        "of keras_memgeom, Keras and the backend, and the devices it computes on.",
+    )
     return parser
 
 
@@ -244,7 +258,9 @@ def _add_common(parser):
         default=None,
         help="folder for results.json and the plots (default: memgeom_runs/<command>-<time>)",
     )
-    parser.add_argument("--quiet", action="store_true", help="print no progress, only the table")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print no progress, only the backend and the table"
+    )
 
 
 def make_strategies(names, *, strength=(None, {}), estimator=(None, {}), **options):
@@ -300,6 +316,12 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "info":
+        print(f"memgeom: {backend_choice()}")
+        print(f"keras_memgeom {__version__}, keras {keras.__version__}")
+        print(backend.device_description())
+        return 0
+    print(f"memgeom: {backend_choice()}", file=sys.stderr, flush=True)
     if args.command == "demo":
         settings = dict(DEMO)
         args = parser.parse_args(

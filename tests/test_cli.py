@@ -1,11 +1,14 @@
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from keras_memgeom import cli, continual
+from keras_memgeom.utils.keras_backend import PREFERENCE
 
 TINY = ["--tasks", "2", "--width", "8", "--epochs", "1", "--train-examples", "150", "--quiet"]
 
@@ -136,6 +139,39 @@ def test_help_explains_every_flag(capsys):
             assert flag in out
     code, out, _ = run_cli([], capsys)
     assert code == 2 and "memgeom demo" in out
+
+
+def test_info_says_backend_versions_and_devices(capsys):
+    code, out, err = run_cli(["info"], capsys)
+    assert code == 0 and not err
+    backend, version, devices = out.splitlines()
+    assert backend.startswith(f"memgeom: Keras backend {keras.backend.backend()} (")
+    assert version.endswith(f"keras {keras.__version__}")
+    assert devices.startswith(f"{keras.backend.backend()} ") and " on " in devices
+
+
+def test_every_command_prints_the_backend_first(capsys):
+    code, _, err = run_cli(["bench", "--methods", "finetune,si", "--quiet"], capsys)
+    assert code == 2
+    assert err.splitlines()[0].startswith(f"memgeom: Keras backend {keras.backend.backend()} (")
+
+
+def test_a_fresh_machine_says_which_backend_it_chose(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")}
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_memgeom", "info"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**env, "HOME": str(tmp_path)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    first = next(b for b in PREFERENCE if importlib.util.find_spec(b))
+    assert result.stdout.splitlines()[0] == (
+        f"memgeom: Keras backend {first} (chosen: first installed of jax, torch, tensorflow; "
+        f"saved in {tmp_path / '.keras' / 'keras.json'})"
+    )
 
 
 def test_python_dash_m_runs_the_command():

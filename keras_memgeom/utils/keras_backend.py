@@ -109,7 +109,9 @@ def configure_backend(environ=None, find_spec=importlib.util.find_spec, modules=
     environ = os.environ if environ is None else environ
     modules = sys.modules if modules is None else modules
     if "keras" in modules:
-        _chosen = BackendChoice(_imported_backend(modules), "Keras was imported first")
+        backend = _imported_backend(modules)
+        imported = "from KERAS_BACKEND" if environ.get("KERAS_BACKEND") == backend else None
+        _chosen = BackendChoice(backend, imported or "Keras was imported first")
         return _chosen
     path = keras_config_path(environ)
     configured = _configured_backend(path)
