@@ -17,9 +17,11 @@ import sys
 import time
 
 from keras_memgeom import cli, continual
+from _environment import print_environment
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="memgeom_runs/acceptance")
     args = parser.parse_args()

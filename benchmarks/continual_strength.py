@@ -15,6 +15,7 @@ import os
 import time
 
 from keras_memgeom import continual
+from _environment import print_environment
 
 SETTINGS = {
     "mnist5k": dict(dataset="mnist5k", width=400, strengths=(1, 100, 300, 1000)),
@@ -40,6 +41,7 @@ def sweep(name, out, *, tasks, epochs, seed):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=[*SETTINGS, "all"], default="mnist5k")
     parser.add_argument("--tasks", type=int, default=10)

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from keras_memgeom import FisherMemory
+from _environment import print_environment
 
 
 def _timed(fn, repeats=1):
@@ -32,6 +33,7 @@ def _timed(fn, repeats=1):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description="Fisher cost / fit epoch.")
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--loop-examples", type=int, default=128)

@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 
 import keras_memgeom
 from keras_memgeom.memory.fisher import estimate_fisher
+from _environment import print_environment
 
 SETTINGS = [("exact", 1e-3, 20, 3), ("empirical", 3e-3, 15, 10)]
 
@@ -62,7 +63,7 @@ def run(estimator, learning_rate, task_epochs, information_epochs):
 
 
 def main():
-    print(f"backend {keras.backend.backend()}")
+    print_environment()
     for setting in SETTINGS:
         run(*setting)
 

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 import keras_memgeom
+from _environment import print_environment
 
 
 def build(width, estimator, x, y):
@@ -65,6 +66,7 @@ def epoch_times(models, x, y, batch_size, repeats):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description="Phase-2 step cost / plain step.")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--examples", type=int, default=8192)

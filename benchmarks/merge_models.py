@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from keras_memgeom.merging import loss_barrier, merge_models
 from keras_memgeom.symmetry import align
+from _environment import print_environment
 
 
 def _data(name):
@@ -53,6 +54,7 @@ def _accuracy(model, x, y):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description="Midpoint accuracy of merged models.")
     parser.add_argument("--dataset", default="digits", choices=["digits", "mnist5k"])
     parser.add_argument("--widths", default="16,32,128")

@@ -26,6 +26,7 @@ from sklearn.model_selection import train_test_split
 
 from keras_memgeom.layers import OrthoPolynomial
 from keras_memgeom.layers import PolynomialDense
+from _environment import print_environment
 
 
 def build(kind, basis):
@@ -50,6 +51,7 @@ def build(kind, basis):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--basis", default="chebyshev")
     parser.add_argument("--epochs", type=int, default=40)

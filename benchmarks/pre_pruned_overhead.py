@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_memgeom.layers import PrePrunedDense
 from keras_memgeom.pruning import fold_mask
+from _environment import print_environment
 
 
 def build(layer_class, inputs, width, **kwargs):
@@ -45,6 +46,7 @@ def time_call(function):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=256)
     parser.add_argument("--width", type=int, default=1024)

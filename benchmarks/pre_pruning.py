@@ -37,6 +37,7 @@ from keras_memgeom.symmetry import align
 from keras_memgeom.symmetry import count_equivalent_optima
 from keras_memgeom.symmetry import distance
 from keras_memgeom.symmetry import reorder
+from _environment import print_environment
 
 # "dense-wide" has the pre-pruned widths without a mask: a control that
 # separates the effect of the mask from the effect of the width.
@@ -92,6 +93,7 @@ def summary(values):
 
 
 def main():
+    print_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--retrain-epochs", type=int, default=30)
