@@ -1,24 +1,77 @@
 """Attach memories to any Keras model as weight regularizers, and detach them."""
 
+import keras
 import numpy as np
 
+from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.memory.merge import merge
 from keras_memgeom.memory.penalty import penalty_scale
+from keras_memgeom.utils.checks import check_number
+
+# The attachment of a model, kept outside Keras's attribute tracking so it is
+# neither a layer nor saved weights.
+_ATTACHMENT = "_keras_memgeom_attachment"
+
+
+class Attachment:
+    """The memories attached to one model, and the penalty state on the device.
+
+    The merged memory's anchor and Fisher are non-trainable `keras.Variable`s
+    (one pair per remembered variable) and the penalty's scale is one shared
+    scalar variable, so a traced training step reads them as state: changing
+    the number of training examples assigns the scale and never retraces.
+
+    Args:
+        memories: the list of `FisherMemory` attached (oldest first).
+        strength: the memories' strength.
+        regularizers: `(variable, FisherRegularizer)` pairs.
+        scale: the shared scale variable.
+        num_examples: `n` of the merged memory.
+    """
+
+    def __init__(self, memories, strength, regularizers, scale, num_examples):
+        self.memories = memories
+        self.strength = strength
+        self.regularizers = regularizers
+        self.scale = scale
+        self.num_examples = num_examples
+
+    @property
+    def variables(self):
+        """The state the penalty reads: anchors, Fishers and the scale."""
+        out = [self.scale]
+        for _, regularizer in self.regularizers:
+            out.extend([regularizer.anchor, regularizer.fisher])
+        return out
+
+    def set_num_train_examples(self, num_train_examples):
+        """Rescales the penalty for a loss averaged over `num_train_examples`."""
+        self.scale.assign(penalty_scale(self.num_examples, num_train_examples, self.strength))
 
 
 def attach(model, memory, *, num_train_examples, strength=1.0):
     """Adds a memory's penalty to `model`'s loss, as Keras regularizers.
 
     Each remembered variable gets a `FisherRegularizer` (kept beside any
-    regularizer it already had), so `model.fit` minimizes
-    `loss + strength/2 * n/num_train_examples * sum F (theta - anchor)^2`.
-    A list of memories adds one such term per memory (EWC); their sum is one
-    quadratic, so it is attached as the merged memory plus the constant that
-    keeps its value exact. Keras caches traced train functions, so they are
-    reset here: the penalty takes effect in the next `fit` even if the model
-    was compiled and trained before. The layers' `*_regularizer` attributes
-    are set too, so `model.save` keeps the penalty.
+    regularizer it already had), so training minimizes
+    `loss + strength/2 * n/num_train_examples * sum F (theta - anchor)^2` on
+    every path: `fit`, `train_on_batch` and custom loops that call
+    `compute_loss`; `evaluate` includes it in the loss. A list of memories
+    adds one such term per memory (EWC); their sum is one quadratic, so it is
+    attached as the merged memory plus the constant that keeps its value
+    exact. Keras caches traced train functions, so they are reset here: the
+    penalty takes effect at the next step even if the model was compiled and
+    trained before.
+
+    On a `keras_memgeom.Model` or `keras_memgeom.Sequential` this is the same
+    as compiling with `regularizers=`: the model tracks the memory as state
+    (so a traced step reads it as device state), saves it as assets and keeps
+    it across `fit` calls. On any other Keras model the layers'
+    `*_regularizer` attributes are set, so `model.save` keeps the penalty in
+    the layers' configs; on JAX its arrays are then constants of the traced
+    step, which is fine for small models (use the package's models for large
+    ones).
 
     Args:
         model: a built Keras model.
@@ -32,33 +85,44 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
 
     Raises:
         ValueError: if a memory does not fit the model (the variable is
-            named) or the arguments are invalid.
+            named), is not a `FisherMemory`, or the arguments are invalid
+            (a non-finite or negative strength, a non-integer number of
+            examples).
 
     Example:
     >>> keras_memgeom.attach(model, memory, num_train_examples=len(x_b), strength=100)
     >>> model.fit(x_b, y_b, epochs=5)
     """
-    memories = list(memory) if isinstance(memory, (list, tuple)) else [memory]
-    for m in memories:
-        m.match(model)
+    memories = memory_list(memory, "memory")
+    strength = check_number("strength", strength, minimum=0.0)
+    if not memories:
+        detach(model)
+        return model
     combined = merge(memories)
-    scale = penalty_scale(combined.num_examples, num_train_examples, strength)
+    scale_value = penalty_scale(combined.num_examples, num_train_examples, strength)
+    pairs = combined.match(model)
+    for m in memories[:-1]:
+        m.match(model)
+    offsets = _ewc_offsets(memories, combined) if len(memories) > 1 else {}
+    owners = None if _tracks_memories(model) else _regularizer_attributes(model)
+    _remove_regularizers(model)
+    scale = keras.Variable(scale_value, trainable=False, dtype="float32", name="memory_scale")
     anchors, fishers = combined.anchor, combined.fisher
-    owners = _regularizer_attributes(model)
-    detach(model)
-    for path, variable in combined.match(model):
-        offset = 0.0
-        if len(memories) > 1:
-            per_memory = sum(
-                m.num_examples * np.sum(m.fisher[path] * m.anchor[path].astype("float64") ** 2)
-                for m in memories
-            )
-            merged = combined.num_examples * np.sum(fishers[path] * anchors[path].astype("float64") ** 2)
-            offset = scale / combined.num_examples * (per_memory - merged)
+    regularizers = []
+    for path, variable in pairs:
         regularizer = FisherRegularizer(
-            anchors[path], fishers[path], scale=scale, offset=offset, base=variable.regularizer
+            anchors[path],
+            fishers[path],
+            scale=scale,
+            offset=offsets.get(path, 0.0),
+            base=variable.regularizer,
         )
         _set_regularizer(variable, regularizer, owners)
+        regularizers.append((variable, regularizer))
+    attachment = Attachment(memories, strength, regularizers, scale, combined.num_examples)
+    object.__setattr__(model, _ATTACHMENT, attachment)
+    if _tracks_memories(model):
+        model._on_memories_attached(attachment, num_train_examples)
     _reset_traced_functions(model)
     return model
 
@@ -66,27 +130,85 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
 def detach(model):
     """Removes every memory penalty from `model`, keeping other regularizers.
 
+    On a `keras_memgeom.Model` or `Sequential` the compiled memories are
+    forgotten too, so a later `fit` does not attach them again.
+
     Args:
         model: a Keras model.
 
     Returns:
         The model.
     """
-    owners = _regularizer_attributes(model)
-    for variable in model.trainable_variables:
-        if isinstance(variable.regularizer, FisherRegularizer):
-            _set_regularizer(variable, variable.regularizer.base, owners)
+    _remove_regularizers(model)
+    if _tracks_memories(model):
+        model._on_memories_detached()
     _reset_traced_functions(model)
     return model
 
 
+def attachment_of(model):
+    """The model's `Attachment`, or `None` when no memory is attached."""
+    return getattr(model, _ATTACHMENT, None)
+
+
 def attached_regularizers(model):
-    """The `(variable, FisherRegularizer)` pairs currently on `model`."""
+    """The `(variable, FisherRegularizer)` pairs currently on `model`.
+
+    These include regularizers restored from a saved plain Keras model,
+    which has no `Attachment`.
+    """
     return [
         (v, v.regularizer)
         for v in model.trainable_variables
         if isinstance(v.regularizer, FisherRegularizer)
     ]
+
+
+def memory_list(memories, name):
+    """`memories` as a list of `FisherMemory`, or a `ValueError` naming `name`."""
+    if isinstance(memories, FisherMemory):
+        memories = [memories]
+    if not isinstance(memories, (list, tuple)):
+        raise ValueError(
+            f"`{name}` takes a FisherMemory or a list of them; got {type(memories).__name__}."
+        )
+    for m in memories:
+        if not isinstance(m, FisherMemory):
+            raise ValueError(
+                f"`{name}` takes FisherMemory objects; got {type(m).__name__}. "
+                "Attach per-variable Keras regularizers to the layers instead."
+            )
+    return list(memories)
+
+
+def _ewc_offsets(memories, combined):
+    """Per path, the constant (per unit scale) that makes the merged quadratic
+    equal to the sum of the memories' quadratics."""
+    offsets = {}
+    merged_anchor, merged_fisher = combined.anchor, combined.fisher
+    views = [(m.num_examples, m.anchor, m.fisher) for m in memories]
+    for path in combined.paths:
+        per_memory = sum(
+            n * np.sum(fisher[path] * anchor[path].astype("float64") ** 2)
+            for n, anchor, fisher in views
+        )
+        merged = combined.num_examples * np.sum(
+            merged_fisher[path] * merged_anchor[path].astype("float64") ** 2
+        )
+        offsets[path] = float((per_memory - merged) / combined.num_examples)
+    return offsets
+
+
+def _tracks_memories(model):
+    return hasattr(model, "_on_memories_attached")
+
+
+def _remove_regularizers(model):
+    owners = None if _tracks_memories(model) else _regularizer_attributes(model)
+    for variable, regularizer in attached_regularizers(model):
+        _set_regularizer(variable, regularizer.base, owners)
+    if attachment_of(model) is not None:
+        object.__delattr__(model, _ATTACHMENT)
 
 
 def _regularizer_attributes(model):
@@ -102,12 +224,12 @@ def _regularizer_attributes(model):
 
 def _set_regularizer(variable, regularizer, owners):
     variable.regularizer = regularizer
-    if id(variable) in owners:
+    if owners is not None and id(variable) in owners:
         layer, attribute = owners[id(variable)]
         setattr(layer, attribute, regularizer)
 
 
 def _reset_traced_functions(model):
-    # Traced steps read the regularizers once, at trace time.
+    # Traced steps read which variables carry a regularizer once, at trace time.
     model.train_function = None
     model.test_function = None

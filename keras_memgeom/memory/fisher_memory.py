@@ -8,6 +8,7 @@ from keras import ops
 from keras_memgeom.memory.fisher import estimate_fisher
 from keras_memgeom.memory.memory_file import read_memory_file, write_memory_file
 from keras_memgeom.memory.penalty import penalty_scale, quadratic_penalty
+from keras_memgeom.utils.checks import check_number, check_positive_int
 
 
 class FisherMemory:
@@ -40,12 +41,11 @@ class FisherMemory:
                 "`anchor` and `fisher` must name the same variables; they differ "
                 f"in {sorted(set(anchor) ^ set(fisher))}."
             )
-        if int(num_examples) <= 0:
-            raise ValueError(f"`num_examples` must be positive; got {num_examples}.")
+        num_examples = check_positive_int("num_examples", num_examples)
         self._anchor, self._fisher = {}, {}
         for path in anchor:
-            a = np.asarray(anchor[path], dtype="float32")
-            f = np.asarray(fisher[path], dtype="float32")
+            a = np.array(anchor[path], dtype="float32")
+            f = np.array(fisher[path], dtype="float32")
             if a.shape != f.shape:
                 raise ValueError(
                     f"The anchor of {path} has shape {a.shape} but its Fisher has shape {f.shape}."
@@ -54,6 +54,8 @@ class FisherMemory:
                 raise ValueError(f"The memory of {path} holds NaN or infinite values.")
             if np.any(f < 0):
                 raise ValueError(f"The Fisher of {path} has negative entries.")
+            # Shared read-only: a memory is a value, and reading it stays O(1).
+            a.flags.writeable = f.flags.writeable = False
             self._anchor[path], self._fisher[path] = a, f
         self.num_examples = int(num_examples)
         self.estimator = estimator
@@ -116,13 +118,13 @@ class FisherMemory:
 
     @property
     def anchor(self):
-        """Dict from path to the remembered value (numpy copies)."""
-        return {k: v.copy() for k, v in self._anchor.items()}
+        """Dict from path to the remembered value (read-only numpy arrays)."""
+        return dict(self._anchor)
 
     @property
     def fisher(self):
-        """Dict from path to the per-example diagonal Fisher (numpy copies)."""
-        return {k: v.copy() for k, v in self._fisher.items()}
+        """Dict from path to the per-example diagonal Fisher (read-only arrays)."""
+        return dict(self._fisher)
 
     @property
     def precision(self):
@@ -206,10 +208,11 @@ class FisherMemory:
             `(total, per_variable)`: a float and a dict from path to float.
 
         Raises:
-            ValueError: if `prior_precision` is not positive.
+            ValueError: if `prior_precision` is not a finite positive number.
         """
-        if prior_precision <= 0:
-            raise ValueError(f"`prior_precision` must be positive; got {prior_precision}.")
+        prior_precision = check_number(
+            "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+        )
         per_variable = {
             path: float(np.sum(p / (p + prior_precision), dtype="float64"))
             for path, p in self.precision.items()

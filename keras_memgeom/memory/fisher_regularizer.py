@@ -4,9 +4,9 @@ import base64
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_memgeom.memory.penalty import quadratic_penalty
+from keras_memgeom.utils.checks import check_number
 
 
 def _encode(array):
@@ -18,12 +18,17 @@ def _decode(config):
     if isinstance(config, dict):
         data = np.frombuffer(base64.b64decode(config["data"]), dtype="float32")
         return data.reshape(config["shape"])
-    return np.asarray(config, dtype="float32")
+    return np.asarray(keras.ops.convert_to_numpy(config), dtype="float32")
+
+
+def _state(value, name):
+    # Non-trainable device state: a traced step reads it, never bakes it in.
+    return keras.Variable(value, trainable=False, dtype="float32", name=name)
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
 class FisherRegularizer(keras.regularizers.Regularizer):
-    """Penalty `scale * sum(fisher * (w - anchor)^2) + offset` on one variable.
+    """Penalty `scale * (sum(fisher * (w - anchor)^2) + offset)` on one variable.
 
     The Laplace approximation of a remembered task: `fisher` is the
     per-example diagonal Fisher at `anchor`, and for a memory of `n` examples
@@ -33,18 +38,23 @@ class FisherRegularizer(keras.regularizers.Regularizer):
     merged into one quadratic). A regularizer the variable had before can be
     kept as `base` and is added.
 
+    `anchor`, `fisher` and `scale` are held as non-trainable `keras.Variable`s
+    (on the device), so a compiled step reads them as state; `scale` may be
+    a variable shared by the regularizers of one model.
+
     Args:
         anchor: array, the remembered value of the variable.
         fisher: array of the same shape, non-negative.
-        scale: float.
-        offset: float.
+        scale: a float, or a scalar `keras.Variable` to share.
+        offset: float, in units of `scale`.
         base: another regularizer to add, or `None`.
 
     Returns:
         Calling it on a value returns the scalar penalty.
 
     Raises:
-        ValueError: if `anchor` and `fisher` differ in shape.
+        ValueError: if `anchor` and `fisher` differ in shape, or `scale` or
+            `offset` is not a finite number.
 
     Example:
     >>> reg = FisherRegularizer(anchor=np.zeros(3), fisher=np.ones(3), scale=0.5)
@@ -58,26 +68,28 @@ class FisherRegularizer(keras.regularizers.Regularizer):
             raise ValueError(
                 f"`anchor` has shape {anchor.shape} but `fisher` has shape {fisher.shape}."
             )
-        self.anchor = anchor
-        self.fisher = fisher
-        self.scale = float(scale)
-        self.offset = float(offset)
+        self.anchor = _state(anchor, "memory_anchor")
+        self.fisher = _state(fisher, "memory_fisher")
+        if not isinstance(scale, keras.Variable):
+            scale = _state(check_number("scale", scale, minimum=0.0), "memory_scale")
+        self.scale = scale
+        self.offset = check_number("offset", offset)
         self.base = keras.regularizers.get(base)
-        # Device tensors made once, eagerly, so traced steps reuse them.
-        self._anchor = ops.convert_to_tensor(anchor)
-        self._fisher = ops.convert_to_tensor(fisher)
 
     def __call__(self, x):
-        value = quadratic_penalty(x, self._anchor, self._fisher, self.scale, self.offset)
+        value = quadratic_penalty(x, self.anchor, self.fisher, self.scale, self.offset)
         if self.base is not None:
-            value = ops.add(value, self.base(x))
+            value = keras.ops.add(value, self.base(x))
         return value
 
     def get_config(self):
+        # The arrays travel in the config only where a plain Keras model
+        # keeps the regularizer in its layers' configs; the package's models
+        # save memories as assets and never serialize these.
         return {
-            "anchor": _encode(self.anchor),
-            "fisher": _encode(self.fisher),
-            "scale": self.scale,
+            "anchor": _encode(keras.ops.convert_to_numpy(self.anchor)),
+            "fisher": _encode(keras.ops.convert_to_numpy(self.fisher)),
+            "scale": float(keras.ops.convert_to_numpy(self.scale)),
             "offset": self.offset,
             "base": keras.regularizers.serialize(self.base) if self.base is not None else None,
         }

@@ -4,6 +4,7 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory, FisherRegularizer, attach, detach
+from keras_memgeom.memory.attach import attached_regularizers
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")
@@ -97,10 +98,10 @@ def test_attached_penalty_survives_save_and_load(tmp_path, rng):
 def test_regularizer_config_round_trip():
     reg = FisherRegularizer(np.arange(6.0).reshape(2, 3), np.ones((2, 3)), scale=0.5, offset=1.0)
     again = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
-    np.testing.assert_array_equal(again.anchor, reg.anchor)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again.anchor), np.arange(6.0).reshape(2, 3))
     value = np.zeros((2, 3), "float32")
     np.testing.assert_allclose(
-        float(keras.ops.convert_to_numpy(again(value))), 0.5 * np.sum(np.arange(6.0) ** 2) + 1.0, rtol=1e-6
+        float(keras.ops.convert_to_numpy(again(value))), 0.5 * (np.sum(np.arange(6.0) ** 2) + 1.0), rtol=1e-6
     )
     with pytest.raises(ValueError, match="shape"):
         FisherRegularizer(np.zeros(2), np.zeros(3))
@@ -112,3 +113,50 @@ def test_attach_refuses_a_memory_of_another_model(rng):
     other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="does not fit"):
         keras_memgeom.attach(other, memory, num_train_examples=10)
+
+
+@pytest.mark.parametrize(
+    "strength", [float("nan"), float("inf"), -1.0, "abc", None], ids=["nan", "inf", "negative", "str", "none"]
+)
+def test_attach_refuses_a_bad_strength(rng, strength):
+    x, y = classification_data(rng, num_examples=10)
+    model = _mlp()
+    memory = FisherMemory.estimate(model, (x, y))
+    with pytest.raises(ValueError, match="strength"):
+        attach(model, memory, num_train_examples=10, strength=strength)
+    assert not model.losses
+
+
+@pytest.mark.parametrize("num_train_examples", [0, 1.9, -3, None])
+def test_attach_refuses_a_bad_number_of_examples(rng, num_train_examples):
+    x, y = classification_data(rng, num_examples=10)
+    model = _mlp()
+    memory = FisherMemory.estimate(model, (x, y))
+    with pytest.raises(ValueError, match="num_train_examples"):
+        attach(model, memory, num_train_examples=num_train_examples)
+
+
+def test_attach_refuses_what_is_not_a_memory(rng):
+    model = _mlp()
+    with pytest.raises(ValueError, match="FisherMemory"):
+        attach(model, [keras.regularizers.L2(0.1)], num_train_examples=10)
+
+
+def test_memory_arrays_are_shared_read_only_views(rng):
+    x, y = classification_data(rng, num_examples=10)
+    memory = FisherMemory.estimate(_mlp(), (x, y))
+    path = memory.paths[0]
+    # Reading a memory costs no copy, so attach and merge stay linear.
+    assert memory.fisher[path] is memory.fisher[path]
+    with pytest.raises(ValueError, match="read-only"):
+        memory.anchor[path][...] = 0.0
+
+
+def test_attached_memory_is_device_state(rng):
+    x, y = classification_data(rng, num_examples=10)
+    model = _mlp()
+    memory = FisherMemory.estimate(model, (x, y))
+    attach(model, memory, num_train_examples=10)
+    for _, regularizer in attached_regularizers(model):
+        assert isinstance(regularizer.anchor, keras.Variable) and not regularizer.anchor.trainable
+        assert isinstance(regularizer.fisher, keras.Variable) and not regularizer.fisher.trainable
