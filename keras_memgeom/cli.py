@@ -11,6 +11,7 @@ Every command first prints the Keras backend and how it was chosen
 import argparse
 import datetime
 import inspect
+import json
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ from keras_memgeom.continual.harness import DEFAULT_STRENGTH_GRID
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.continual.task_stream import SCENARIOS, SPLIT_SCENARIOS
 from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.utils.atomic_write import check_writable_file_path
+from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.keras_backend import backend_choice
 from keras_memgeom.version import __version__
 
@@ -60,14 +63,23 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _finite(describe, *, minimum=0.0, maximum=None):
+    """An argparse type: a finite number above `minimum`, up to `maximum`."""
+
+    def parse(text):
+        try:
+            return check_number(
+                "value", float(text), minimum=minimum, maximum=maximum, inclusive_minimum=False
+            )
+        except ValueError:
+            # inf or nan would pass here and wreck a run tasks later.
+            raise argparse.ArgumentTypeError(f"expected {describe}, got {text!r}") from None
+
+    return parse
+
+
+_positive_float = _finite("a finite positive number")
+_decay = _finite("a finite number in (0, 1]", maximum=1.0)
 
 
 def _strength(text):
@@ -211,10 +223,17 @@ def build_parser():
     )
     bench.add_argument(
         "--decay",
-        type=_positive_float,
+        type=_decay,
         default=1.0,
         help="online: factor on the older precisions at each merge, in (0, 1] "
         "(default: 1, no decay)",
+    )
+    bench.add_argument(
+        "--prior-precision",
+        type=_positive_float,
+        default=1.0,
+        help="prior precision alpha of the effective dimension sum nF / (nF + alpha) "
+        "reported after each task (default: 1)",
     )
     bench.add_argument(
         "--fisher-examples",
@@ -256,7 +275,15 @@ def _add_common(parser):
         "--out",
         metavar="DIR",
         default=None,
-        help="folder for results.json and the plots (default: memgeom_runs/<command>-<time>)",
+        help="folder for results.json and the plots; results.json is rewritten after "
+        "every task (default: memgeom_runs/<command>-<time>)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the interrupted run in DIR (same settings): finished methods "
+        "are kept, an unfinished one is run again from its first task",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="print no progress, only the backend and the table"
@@ -309,6 +336,146 @@ def _progress(quiet):
     return report
 
 
+def _error(parser, message):
+    parser.exit(2, f"memgeom: error: {message}\n")
+
+
+def _check_output(parser, args):
+    """Checks the output folder before any work; reads back a run to resume.
+
+    Returns:
+        `(folder, previous)`: `previous` is the results document of the
+        run to continue, or `None`.
+    """
+    flag = "--out"
+    previous = None
+    if args.resume is not None:
+        if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            _error(
+                parser,
+                f"argument --resume: the run continues in {args.resume!r}, not --out {args.out!r}",
+            )
+        flag, out = "--resume", args.resume
+        previous = _read_run(parser, out)
+    elif args.out is not None:
+        out = args.out
+    else:
+        out = os.path.join(
+            "memgeom_runs",
+            f"{args.command}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}",
+        )
+        try:
+            os.makedirs("memgeom_runs", exist_ok=True)
+        except OSError as error:
+            _error(parser, f"cannot create the folder 'memgeom_runs' for the results: {error}")
+    folder = os.path.abspath(out)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        _error(parser, f"argument {flag}: {out!r} is a file, not a folder")
+    parent = os.path.dirname(folder)
+    if not os.path.isdir(folder) and not os.path.isdir(parent):
+        what = "is a file" if os.path.exists(parent) else "does not exist"
+        _error(parser, f"argument {flag}: cannot create {out!r}: its parent {parent!r} {what}")
+    try:
+        check_writable_file_path(
+            os.path.join(folder if os.path.isdir(folder) else parent, "results.json"), "results"
+        )
+    except OSError as error:
+        _error(parser, f"argument {flag}: {out!r} is not writable: {error}")
+    if previous is None and _holds_unfinished_run(folder):
+        _error(
+            parser,
+            f"argument --out: {out!r} holds an unfinished run; continue it with "
+            f"--resume {out}, or choose another folder",
+        )
+    return out, previous
+
+
+def _holds_unfinished_run(folder):
+    try:
+        return continual.load_results(os.path.join(folder, "results.json"))["complete"] is False
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _read_run(parser, folder):
+    """The results document of the run in `folder`, for `--resume`."""
+    path = os.path.join(folder, "results.json")
+    try:
+        previous = continual.load_results(path)
+    except FileNotFoundError:
+        _error(parser, f"argument --resume: no {path!r}; is {folder!r} a memgeom run's folder?")
+    except (OSError, ValueError) as error:
+        _error(parser, f"argument --resume: cannot read {path!r}: {error}")
+    if "settings" not in previous["config"]:
+        _error(parser, f"argument --resume: {path!r} records no command settings to continue")
+    return previous
+
+
+# Options that do not change the results.
+_NOT_SETTINGS = ("command", "out", "resume", "quiet")
+
+
+def _settings(args):
+    """The options that shape the results, as they read back from JSON."""
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    return json.loads(json.dumps(options))
+
+
+def _check_resume(previous, settings, folder):
+    """Raises ValueError naming every setting the run in `folder` had otherwise."""
+    stored = previous["config"]["settings"]
+    show = json.dumps
+    changed = [
+        f"--{key.replace('_', '-')} {show(stored.get(key))} (now {show(settings.get(key))})"
+        for key in sorted(set(stored) | set(settings))
+        if stored.get(key) != settings.get(key)
+    ]
+    if previous["backend"] != keras.backend.backend():
+        changed.append(f"backend {previous['backend']} (now {keras.backend.backend()})")
+    if changed:
+        raise ValueError(
+            f"--resume {folder}: the run was made with other settings: {'; '.join(changed)}. "
+            "Continue it with the same settings, or start a new run."
+        )
+
+
+def _available_memory():
+    """Bytes of memory available now, or `None` if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_memory(args, dataset):
+    """Refuses a task stream that cannot fit in memory, before making it."""
+    size = continual.TaskStream.estimate_nbytes(
+        dataset,
+        args.scenario,
+        args.tasks,
+        split_scenario=args.split_scenario,
+        max_train_examples=args.train_examples,
+    )
+    # `joint` concatenates the training data of all tasks seen: a second copy.
+    copies = 2 if "joint" in [m.strip() for m in args.methods.split(",")] else 1
+    need, available = size["nbytes"] * copies, _available_memory()
+    if available is not None and need > available:
+        raise ValueError(
+            f"--tasks {args.tasks}: the task stream needs about {need / 2**30:.1f} GiB "
+            f"({size['tasks']} tasks x {size['examples']} examples x {size['features']} "
+            f"features x 4 bytes x {copies} copies), more than the "
+            f"{available / 2**30:.1f} GiB of memory available; use fewer --tasks or "
+            "--train-examples."
+        )
+
+
 def main(argv=None):
     """Runs `memgeom`; returns the exit code (0 done, 2 bad usage)."""
     parser = build_parser()
@@ -329,13 +496,17 @@ def main(argv=None):
             + [f"--{k}={v}" for k, v in settings.items()]
             + [f"--seed={args.seed}"]
             + ([f"--out={args.out}"] if args.out else [])
+            + ([f"--resume={args.resume}"] if args.resume else [])
             + (["--quiet"] if args.quiet else []),
         )
         args.command = "demo"
+    out, previous = _check_output(parser, args)
     try:
+        dataset = continual.ImageDataset.load(args.dataset, seed=args.seed)
+        _check_memory(args, dataset)
         stream = continual.TaskStream.make(
             args.scenario,
-            args.dataset,
+            dataset,
             num_tasks=args.tasks,
             split_scenario=args.split_scenario,
             validation_split=args.validation_split,
@@ -356,17 +527,28 @@ def main(argv=None):
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             strength_grid=args.strength_grid,
+            prior_precision=args.prior_precision,
             seed=args.seed,
             progress=_progress(args.quiet),
         )
         harness.check(strategies)
+        settings = _settings(args)
+        if previous is not None:
+            _check_resume(previous, settings, out)
     except (ValueError, ImportError, RuntimeError) as error:
         parser.exit(2, f"memgeom: error: {error}\n")
-    out = args.out or os.path.join(
-        "memgeom_runs",
-        f"{args.command}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}",
-    )
-    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.json")
+
+    def save(document):
+        document["config"].update(command=args.command, settings=settings)
+        continual.save_results(document, path)
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        if previous is None:  # The settings are on disk before any training.
+            save(harness.document(strategies, {}))
+    except OSError as error:
+        _error(parser, f"argument --out: cannot write {path!r}: {error}")
     if not args.quiet:
         print(
             f"memgeom {args.command}: {stream.scenario} {stream.dataset}, "
@@ -375,10 +557,16 @@ def main(argv=None):
             file=sys.stderr,
             flush=True,
         )
-    document = harness.compare(strategies)
-    document["config"]["command"] = args.command
-    path = os.path.join(out, "results.json")
-    continual.save_results(document, path)
+    try:
+        document = harness.compare(strategies, previous=previous, on_update=save)
+    except KeyboardInterrupt:
+        print(
+            f"\nmemgeom: interrupted; the finished tasks are in {path}. "
+            f"Continue with: memgeom {args.command} --resume {out} (and the same settings)",
+            file=sys.stderr,
+        )
+        return 130
+    save(document)
     continual.plot_results(document, out)
     print(continual.format_table(document))
     print(f"\nResults and plots in {out}/ (results.json, *.png)")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from keras_memgeom import cli, continual
@@ -83,15 +84,15 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
     # The real demo takes a minute; check it asks the harness for the right run.
     seen = {}
 
-    def compare(harness, strategies):
+    def compare(harness, strategies, **kwargs):
         seen["stream"] = harness.stream
         seen["harness"] = harness
         seen["strategies"] = strategies
         raise KeyboardInterrupt
 
     monkeypatch.setattr(continual.Harness, "compare", compare)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["demo", "--out", str(tmp_path), "--quiet"])
+    code, _, err = run_cli(["demo", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 130 and f"--resume {tmp_path}" in err
     assert seen["stream"].scenario == "permuted" and seen["stream"].dataset == "digits"
     assert len(seen["stream"].tasks) == 5
     assert [s.name for s in seen["strategies"]] == ["finetune", "online", "joint"]
@@ -107,14 +108,32 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
         (["bench", "--methods", "ewc,ewc"], "names a method twice"),
         (["bench", "--scenario", "shuffled"], "invalid choice: 'shuffled'"),
         (["bench", "--tasks", "0"], "argument --tasks: expected a positive integer, got '0'"),
-        (["bench", "--strength", "strong"], "argument --strength: expected a positive number"),
+        (["bench", "--strength", "strong"], "argument --strength: expected a finite positive"),
+        (["bench", "--strength", "inf"], "argument --strength: expected a finite positive number"),
+        (["bench", "--strength", "nan"], "argument --strength: expected a finite positive number"),
+        (["bench", "--strength", "ewc=inf"], "argument --strength: expected a finite positive"),
+        (["bench", "--strength-grid", "1,inf"], "argument --strength-grid: expected a finite"),
+        (["bench", "--learning-rate", "inf"], "argument --learning-rate: expected a finite"),
+        (["bench", "--learning-rate", "0"], "argument --learning-rate: expected a finite"),
+        (["bench", "--decay", "nan"], "argument --decay: expected a finite number in (0, 1]"),
+        (["bench", "--prior-precision=-inf"], "argument --prior-precision: expected a"),
+        (["bench", "--validation-split", "nan"], "argument --validation-split: expected a"),
+        (
+            ["bench", "--validation-split", "0.999"],
+            "validation_split=0.999 leaves task 'permuted-0' 1 training examples",
+        ),
+        (
+            ["bench", "--validation-split", "0.0001", "--train-examples", "100"],
+            "holds out no validation example of task 'permuted-0'",
+        ),
+        (["bench", "--tasks", "100000000"], "--tasks 100000000: the task stream needs about"),
         (["bench", "--estimator", "kfac"], "unknown fisher estimator 'kfac'"),
         (
             ["bench", "--strength", "joint=10", "--methods", "joint"],
             "method 'joint' takes no strength",
         ),
         (["bench", "--strength", "ewc=10"], "--strength sets 'ewc', which is not in --methods"),
-        (["bench", "--decay", "2"], "decay must be in (0, 1]"),
+        (["bench", "--decay", "2"], "argument --decay: expected a finite number in (0, 1]"),
         (["bench", "--scenario", "split", "--tasks", "3"], "divides its 10 classes"),
         (["bench", "--strength", "auto", "--validation-split", "0"], "needs validation splits"),
         (["bench", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -126,6 +145,86 @@ def test_bad_input_gives_a_clear_error(args, message, capsys):
     assert code == 2
     assert "memgeom" in err and message in err.lower()
     assert "Traceback" not in err
+
+
+def test_bad_output_folders_are_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(continual.Harness, "compare", lambda *a, **k: pytest.fail("trained"))
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, message in [
+        (a_file, f"argument --out: '{a_file}' is a file, not a folder"),
+        (a_file / "run", f"cannot create '{a_file / 'run'}': its parent '{a_file}' is a file"),
+        (tmp_path / "no" / "run", f"its parent '{tmp_path / 'no'}' does not exist"),
+    ]:
+        code, _, err = run_cli(["bench", *TINY, "--out", str(out)], capsys)
+        assert code == 2 and message in err, err
+        assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_output_folder_is_refused(tmp_path, capsys):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        for out in (read_only, read_only / "run"):
+            code, _, err = run_cli(["bench", *TINY, "--out", str(out)], capsys)
+            assert code == 2 and f"'{out}' is not writable" in err, err
+    finally:
+        read_only.chmod(0o755)
+
+
+class _Interrupt:
+    """Saves results as usual, then raises KeyboardInterrupt after `calls` saves."""
+
+    def __init__(self, calls):
+        self.calls = calls
+        self.save = continual.save_results
+
+    def __call__(self, document, path):
+        self.save(document, path)
+        self.calls -= 1
+        if self.calls == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_keeps_its_results_and_resumes(tmp_path, capsys, monkeypatch):
+    args = ["bench", *TINY, "--methods", "finetune,online"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli([*args, "--out", str(full)], capsys)[0] == 0
+    expected = continual.load_results(str(full / "results.json"))
+    assert expected["complete"] is True
+
+    # Saves: the settings, finetune task 1 and 2, online task 1: Ctrl-C there.
+    monkeypatch.setattr(continual, "save_results", _Interrupt(4))
+    code, _, err = run_cli([*args, "--out", str(cut)], capsys)
+    assert code == 130 and f"--resume {cut}" in err
+    partial = continual.load_results(str(cut / "results.json"))
+    assert partial["complete"] is False
+    assert partial["config"]["methods"] == ["finetune", "online"]
+    assert [run["tasks_done"] for run in partial["methods"].values()] == [2, 1]
+    assert "average_accuracy" not in partial["methods"]["online"]
+    assert "online (1/2 tasks)" in continual.format_table(partial)
+
+    # Re-running into the unfinished folder would lose it; resuming keeps it.
+    monkeypatch.undo()
+    code, _, err = run_cli([*args, "--out", str(cut)], capsys)
+    assert code == 2 and "holds an unfinished run; continue it with --resume" in err
+    code, _, err = run_cli([*args, "--epochs", "2", "--resume", str(cut)], capsys)
+    assert code == 2 and "other settings: --epochs 1 (now 2)" in err
+    assert run_cli([*args, "--resume", str(cut)], capsys)[0] == 0
+    resumed = continual.load_results(str(cut / "results.json"))
+    assert resumed["complete"] is True
+    assert list(resumed["methods"]) == list(expected["methods"])
+    # The finished method is read back, not trained again.
+    assert resumed["methods"]["finetune"] == partial["methods"]["finetune"]
+    # The unfinished one is trained again from its start: the same numbers,
+    # up to training nondeterminism.
+    for name, run in expected["methods"].items():
+        again = resumed["methods"][name]
+        assert set(again) == set(run)
+        assert np.allclose(again["accuracy_matrix"], run["accuracy_matrix"], atol=0.05)
 
 
 def test_help_explains_every_flag(capsys):

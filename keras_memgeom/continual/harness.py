@@ -1,5 +1,6 @@
 """Trains continual-learning methods on a task stream and measures them."""
 
+import json
 import time
 
 import keras
@@ -7,6 +8,7 @@ import numpy as np
 
 from keras_memgeom.continual import metrics, results
 from keras_memgeom.continual.strategy import TaskContext
+from keras_memgeom.utils.checks import check_number
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -63,15 +65,22 @@ class Harness:
         for name, value in (("width", width), ("epochs", epochs), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if not strength_grid or min(strength_grid) <= 0:
+        if not strength_grid:
             raise ValueError(f"strength_grid must hold positive numbers, got {strength_grid!r}.")
         self.stream = stream
         self.width = width
         self.epochs = epochs
         self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.strength_grid = tuple(float(s) for s in strength_grid)
-        self.prior_precision = prior_precision
+        self.learning_rate = check_number(
+            "learning_rate", learning_rate, minimum=0.0, inclusive_minimum=False
+        )
+        self.strength_grid = tuple(
+            check_number("strength_grid", s, minimum=0.0, inclusive_minimum=False)
+            for s in strength_grid
+        )
+        self.prior_precision = check_number(
+            "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+        )
         self.seed = seed
         self.progress = progress
 
@@ -89,21 +98,83 @@ class Harness:
             "prior_precision": self.prior_precision,
         }
 
-    def compare(self, strategies):
+    def compare(self, strategies, *, previous=None, on_update=None):
         """Runs several methods and gathers a results document.
 
         Args:
             strategies: `Strategy` instances with distinct names.
+            previous: `None`, or the results document of an earlier,
+                interrupted comparison with the same settings: its
+                complete methods are kept, not run again; a method it
+                left unfinished is run again from its first task (see
+                docs/harness.md).
+            on_update: `None`, or a callable that gets the results so far,
+                a valid document with `"complete": False` until the end,
+                after every task of every method (e.g. to save them).
 
         Returns:
             A dict following `results.RESULTS_SCHEMA`.
 
         Raises:
-            ValueError: see `check`.
+            ValueError: see `check`; if `previous` was made with other
+                settings.
         """
         self.check(strategies)
-        runs = {s.name: self.run(s) for s in strategies}
-        return results.make_document(self.get_config(), self.seed, runs)
+        runs = self._kept_runs(previous, strategies)
+        for strategy in strategies:
+            if strategy.name in runs:
+                continue
+
+            def on_task(run, name=strategy.name):
+                runs[name] = run
+                if on_update is not None:
+                    on_update(self.document(strategies, runs))
+
+            self.run(strategy, on_task=on_task)
+        return self.document(strategies, runs)
+
+    def document(self, strategies, runs):
+        """The results document of `strategies`, given the runs done so far.
+
+        Args:
+            strategies: the strategies compared, in order.
+            runs: method name -> its entry (complete or not), from `run`.
+
+        Returns:
+            A dict following `results.RESULTS_SCHEMA`; `"complete"` says
+            whether every strategy has finished every task.
+        """
+        config = {**self.get_config(), "methods": [s.name for s in strategies]}
+        ordered = {s.name: runs[s.name] for s in strategies if s.name in runs}
+        return results.make_document(config, self.seed, ordered)
+
+    def _kept_runs(self, previous, strategies):
+        """The complete runs of `previous` that `strategies` would repeat."""
+        if previous is None:
+            return {}
+        results.validate_results(previous)
+        config, stored = _as_json(self.get_config()), previous["config"]
+        changed = [
+            f"{key} {stored.get(key)!r} (now {value!r})"
+            for key, value in {**config, "seed": self.seed}.items()
+            if (previous["seed"] if key == "seed" else stored.get(key)) != value
+        ]
+        if changed:
+            raise ValueError(
+                f"The previous results were made with other settings: {', '.join(changed)}."
+            )
+        kept = {}
+        for strategy in strategies:
+            run = previous["methods"].get(strategy.name)
+            if run is None or run.get("tasks_done", config["num_tasks"]) < config["num_tasks"]:
+                continue
+            if run["config"] != _as_json(strategy.get_config()):
+                raise ValueError(
+                    f"{strategy.name}: the previous results were made with "
+                    f"{run['config']}, not {strategy.get_config()}."
+                )
+            kept[strategy.name] = run
+        return kept
 
     def check(self, strategies):
         """Checks that the strategies can run here, before any training.
@@ -122,11 +193,14 @@ class Harness:
                     "make the stream with validation_split > 0."
                 )
 
-    def run(self, strategy):
+    def run(self, strategy, *, on_task=None):
         """Trains one method on the whole stream.
 
         Args:
             strategy: a fresh `Strategy`.
+            on_task: `None`, or a callable that gets the method's entry so
+                far (`tasks_done` tasks, `accuracy_matrix` with one row per
+                finished task) after every task.
 
         Returns:
             A dict: the method's entry of the results document (its
@@ -162,17 +236,22 @@ class Harness:
                 f"{strategy.name}: task {index + 1}/{len(tasks)} done, mean accuracy "
                 f"on tasks so far {matrix[index, : index + 1].mean():.3f}"
             )
-        return {
-            "method": strategy.name,
-            "config": strategy.get_config(),
-            "accuracy_matrix": matrix.tolist(),
-            "initial_accuracy": initial,
-            **metrics.summarize(matrix, initial),
-            "strength": strengths,
-            "effective_dimension": dimensions,
-            "wall_time_per_task": wall_times,
-            "wall_time": float(sum(wall_times)),
-        }
+            entry = {
+                "method": strategy.name,
+                "config": strategy.get_config(),
+                "tasks_done": index + 1,
+                "accuracy_matrix": matrix[: index + 1].tolist(),
+                "initial_accuracy": initial,
+                "strength": list(strengths),
+                "effective_dimension": list(dimensions),
+                "wall_time_per_task": list(wall_times),
+                "wall_time": float(sum(wall_times)),
+            }
+            if index + 1 == len(tasks):
+                entry.update(metrics.summarize(matrix, initial))
+            if on_task is not None:
+                on_task(entry)
+        return entry
 
     def _train_task(self, model, strategy, index):
         """Fits one task; returns its context, with the strength used."""
@@ -227,6 +306,11 @@ class Harness:
     def _report(self, message):
         if self.progress:
             self.progress(message)
+
+
+def _as_json(value):
+    # What a value reads back as from a results file (tuples become lists).
+    return json.loads(json.dumps(value))
 
 
 class _Progress(keras.callbacks.Callback):

@@ -2,41 +2,60 @@
 
 A results document is a JSON object:
 
-- `schema_version` (int, 1), `created` (ISO 8601 UTC time), `backend`
+- `schema_version` (int, 2), `created` (ISO 8601 UTC time), `backend`
   (the Keras backend), `versions` (package name -> version: python,
   numpy, keras, keras_memgeom and the backend's library), `seed` (int);
+- `complete` (bool): whether every method of `config.methods` has
+  finished every task; a run in progress or interrupted is saved with
+  `false` after every task;
 - `config`: the harness settings (`scenario`, `dataset`, `num_tasks`,
   `width`, `epochs`, `batch_size`, `learning_rate`, `strength_grid`,
-  `prior_precision`, ...);
+  `prior_precision`, `methods`: the names of the methods to run, ...);
 - `methods`: method name -> its run: `method`, `config` (the strategy's
   settings: `name`, and e.g. `strength`, `estimator`, `decay`),
-  `accuracy_matrix` (`R[i][j]`, accuracy on task j after task i),
-  `initial_accuracy` (untrained model, per task), `average_accuracy`,
+  `tasks_done` (tasks finished), `accuracy_matrix` (`R[i][j]`, accuracy
+  on task j after task i; one row per finished task), `initial_accuracy`
+  (untrained model, per task), the per-task lists `strength`,
+  `effective_dimension` and `wall_time_per_task` (one entry per finished
+  task), `wall_time`; and, once every task is done, `average_accuracy`,
   `average_accuracy_curve` (per task), `backward_transfer`,
   `forward_transfer`, `forgetting` (null for one task),
-  `learning_accuracy`, `strength` (strength used per task, null where
-  none applies), `effective_dimension` (of the memory after each task,
-  null without one), `wall_time_per_task` and `wall_time` (seconds).
+  `learning_accuracy`. `strength` is the strength used per task (null
+  where none applies), `effective_dimension` that of the memory after
+  each task (null without one), wall times are in seconds.
 
 `RESULTS_SCHEMA` states this as JSON Schema; `validate_results` checks a
-document against it.
+document against it and the rules JSON Schema cannot say here (shapes,
+what a complete document holds). Version 1 documents (no `complete`, no
+`tasks_done`: always complete) are still accepted.
 """
 
 import datetime
 import importlib
 import json
-import os
 import platform
-import tempfile
 
 import keras
 import numpy as np
 
-SCHEMA_VERSION = 1
+from keras_memgeom.utils.atomic_write import atomic_write
+
+SCHEMA_VERSION = 2
 
 _PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 _TRANSFER = {"type": ["number", "null"], "minimum": -1, "maximum": 1}
 _PER_TASK_OPTIONAL = {"type": "array", "items": {"type": ["number", "null"]}}
+
+# Present once a method has finished every task.
+_SUMMARY = (
+    "average_accuracy",
+    "average_accuracy_curve",
+    "backward_transfer",
+    "forward_transfer",
+    "forgetting",
+    "learning_accuracy",
+)
+_PER_TASK = ("strength", "effective_dimension", "wall_time_per_task")
 
 _METHOD_SCHEMA = {
     "type": "object",
@@ -45,19 +64,12 @@ _METHOD_SCHEMA = {
         "config",
         "accuracy_matrix",
         "initial_accuracy",
-        "average_accuracy",
-        "average_accuracy_curve",
-        "backward_transfer",
-        "forward_transfer",
-        "forgetting",
-        "learning_accuracy",
-        "strength",
-        "effective_dimension",
-        "wall_time_per_task",
+        *_PER_TASK,
         "wall_time",
     ],
     "properties": {
         "method": {"type": "string"},
+        "tasks_done": {"type": "integer", "minimum": 1},
         "config": {
             "type": "object",
             "required": ["name"],
@@ -88,7 +100,8 @@ RESULTS_SCHEMA = {
     "type": "object",
     "required": ["schema_version", "created", "backend", "versions", "seed", "config", "methods"],
     "properties": {
-        "schema_version": {"enum": [SCHEMA_VERSION]},
+        "schema_version": {"enum": [1, SCHEMA_VERSION]},
+        "complete": {"type": "boolean"},
         "created": {"type": "string"},
         "backend": {"type": "string"},
         "versions": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -102,9 +115,11 @@ RESULTS_SCHEMA = {
                 "num_tasks": {"type": "integer", "minimum": 1},
                 "width": {"type": "integer", "minimum": 1},
                 "epochs": {"type": "integer", "minimum": 1},
+                "methods": {"type": "array", "items": {"type": "string"}},
             },
         },
-        "methods": {"type": "object", "minProperties": 1, "additionalProperties": _METHOD_SCHEMA},
+        # A run saved before its first task has no method yet.
+        "methods": {"type": "object", "additionalProperties": _METHOD_SCHEMA},
     },
 }
 
@@ -174,37 +189,88 @@ def schema_errors(instance, schema, path="$"):
 def validate_results(document):
     """Checks a results document against `RESULTS_SCHEMA`.
 
-    Also checks that every accuracy matrix is `num_tasks x num_tasks`.
+    Also checks that every accuracy matrix has one row per finished task
+    and `num_tasks` columns, that the per-task lists match it, that a
+    method with every task done has its metrics, and that a document
+    marked complete holds every method of `config.methods`, finished.
 
     Raises:
         ValueError: listing what is wrong.
     """
     errors = schema_errors(document, RESULTS_SCHEMA)
     if not errors:
-        num_tasks = document["config"]["num_tasks"]
-        for name, run in document["methods"].items():
-            shape = np.shape(run["accuracy_matrix"])
-            if shape != (num_tasks, num_tasks):
-                errors.append(
-                    f"$.methods.{name}.accuracy_matrix: shape {shape}, expected "
-                    f"({num_tasks}, {num_tasks})"
-                )
+        errors = _progress_errors(document)
     if errors:
         raise ValueError("Invalid results document:\n  " + "\n  ".join(errors))
 
 
+def _progress_errors(document):
+    """What the schema cannot check: shapes and completeness."""
+    current = document["schema_version"] == SCHEMA_VERSION
+    num_tasks = document["config"]["num_tasks"]
+    errors = []
+    if current and "complete" not in document:
+        errors.append("$: missing 'complete'")
+    complete = document.get("complete", True)
+    for name, run in document["methods"].items():
+        path = f"$.methods.{name}"
+        if current and "tasks_done" not in run:
+            errors.append(f"{path}: missing 'tasks_done'")
+        done = run.get("tasks_done", num_tasks)
+        shape = np.shape(run["accuracy_matrix"])
+        if shape != (done, num_tasks):
+            errors.append(
+                f"{path}.accuracy_matrix: shape {shape}, expected ({done}, {num_tasks})"
+            )
+        errors += [
+            f"{path}.{key}: {len(run[key])} entries, expected {done}"
+            for key in _PER_TASK
+            if len(run[key]) != done
+        ]
+        if done == num_tasks:
+            errors += [f"{path}: missing {key!r}" for key in _SUMMARY if key not in run]
+        elif complete:
+            errors.append(f"{path}: {done} of {num_tasks} tasks done in a complete document")
+    if complete:
+        if not document["methods"]:
+            errors.append("$.methods: needs at least 1 entries")
+        errors += [
+            f"$.methods: missing {name!r} of config.methods in a complete document"
+            for name in document["config"].get("methods", [])
+            if name not in document["methods"]
+        ]
+    return errors
+
+
 def make_document(config, seed, runs):
-    """Wraps method runs (from `Harness.run`) into a results document."""
+    """Wraps method runs (from `Harness.run`) into a results document.
+
+    Args:
+        config: the harness settings; `config["methods"]`, if given, names
+            every method the run is to have.
+        seed: the seed.
+        runs: method name -> its entry from `Harness.run`, finished or not.
+
+    Returns:
+        A valid results document; `"complete"` is true when every method
+        (of `config["methods"]`, or of `runs`) has finished every task.
+    """
     backend = keras.backend.backend()
     versions = {"python": platform.python_version()}
     for module in ("numpy", "keras", "keras_memgeom", backend):
         versions[module] = str(getattr(importlib.import_module(module), "__version__", "unknown"))
+    planned = config.get("methods", list(runs))
+    complete = bool(planned) and all(
+        name in runs and runs[name].get("tasks_done", config["num_tasks"]) == config["num_tasks"]
+        for name in planned
+    )
     document = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "backend": backend,
         "versions": versions,
         "seed": seed,
+        "complete": complete,
         "config": config,
         "methods": runs,
     }
@@ -215,20 +281,18 @@ def make_document(config, seed, runs):
 def save_results(document, path):
     """Validates and writes a results document as JSON, atomically.
 
-    The file is written next to `path` and renamed into place, so readers
-    never see a partial file.
+    The file is written next to `path` and renamed into place
+    (`keras_memgeom.utils.atomic_write`), so readers, and a run that is
+    killed while writing, never leave a partial file.
 
     Raises:
         ValueError: if the document is invalid (nothing is written).
+        OSError: if `path` cannot be written (e.g. its folder is missing).
     """
     validate_results(document)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(
-        "w", dir=directory, prefix=".results-", suffix=".tmp", delete=False
-    ) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    with atomic_write(path, "results") as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def load_results(path):
@@ -245,8 +309,11 @@ def format_table(document):
     Returns:
         A string: one row per method with average accuracy, backward and
         forward transfer, forgetting, learning accuracy, effective
-        dimension after the last task, strength and wall time.
+        dimension after the last task, strength and wall time. A method
+        that has not finished every task shows `-` for the metrics of
+        the whole run and `(k/T tasks)` after its name.
     """
+    num_tasks = document["config"]["num_tasks"]
     header = (
         "method",
         "avg acc",
@@ -260,14 +327,15 @@ def format_table(document):
     )
     rows = [header]
     for name, run in document["methods"].items():
+        done = run.get("tasks_done", num_tasks)
         rows.append(
             (
-                name,
-                _number(run["average_accuracy"]),
-                _number(run["backward_transfer"]),
-                _number(run["forward_transfer"]),
-                _number(run["forgetting"]),
-                _number(run["learning_accuracy"]),
+                name if done == num_tasks else f"{name} ({done}/{num_tasks} tasks)",
+                _number(run.get("average_accuracy")),
+                _number(run.get("backward_transfer")),
+                _number(run.get("forward_transfer")),
+                _number(run.get("forgetting")),
+                _number(run.get("learning_accuracy")),
                 _number(run["effective_dimension"][-1], "{:.0f}"),
                 _strength(run),
                 f"{run['wall_time']:.1f}",

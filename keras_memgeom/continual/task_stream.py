@@ -106,7 +106,9 @@ class TaskStream:
 
         Raises:
             ValueError: for an unknown scenario or data set, a bad number
-                of tasks, or a `validation_split` outside `[0, 1)`.
+                of tasks, a `validation_split` outside `[0, 1)`, or one that
+                leaves a task fewer training examples than it has classes,
+                or no validation example although `validation_split > 0`.
         """
         if scenario not in SCENARIOS:
             raise ValueError(
@@ -135,7 +137,9 @@ class TaskStream:
         )
         input_dim = int(np.prod(dataset.image_shape))
         if scenario == "split":
-            return cls._split(dataset, splits, num_tasks, split_scenario, input_dim)
+            stream = cls._split(dataset, splits, num_tasks, split_scenario, input_dim)
+            _check_splits(stream.tasks, validation_split)
+            return stream
 
         tasks = []
         for t in range(num_tasks):
@@ -146,7 +150,40 @@ class TaskStream:
                 angle = 180.0 * t / num_tasks
                 arrays = [a for x, y in splits for a in (_flat(_rotate(x, angle)), y)]
             tasks.append(Task(f"{scenario}-{t}", *arrays))
+            _check_splits(tasks[-1:], validation_split)
         return cls(scenario, dataset.name, tuple(tasks), input_dim, dataset.num_classes)
+
+    @staticmethod
+    def estimate_nbytes(
+        dataset, scenario, num_tasks, *, split_scenario="task", max_train_examples=None
+    ):
+        """Bytes of float32 inputs that `make` would hold, before making it.
+
+        Args:
+            dataset: an `ImageDataset`.
+            scenario, num_tasks, split_scenario, max_train_examples: as for
+                `make`.
+
+        Returns:
+            A dict: `nbytes` (the total), `tasks`, `examples` (train,
+            validation and test, per task), `features` (per example).
+        """
+        train = len(dataset.x_train)
+        if max_train_examples is not None:
+            train = min(train, max_train_examples)
+        examples = train + len(dataset.x_test)
+        features = int(np.prod(dataset.image_shape))
+        tasks = num_tasks
+        if scenario == "split":
+            # Each example lands in one task; the task code adds columns.
+            examples = -(-examples // num_tasks)
+            features += num_tasks if split_scenario == "task" else 0
+        return {
+            "nbytes": tasks * examples * features * 4,
+            "tasks": tasks,
+            "examples": examples,
+            "features": features,
+        }
 
     @classmethod
     def _split(cls, dataset, splits, num_tasks, split_scenario, input_dim):
@@ -181,6 +218,25 @@ class TaskStream:
             num_outputs,
             task_inputs,
         )
+
+
+def _check_splits(tasks, validation_split):
+    """Refuses a validation split that leaves a task unusable."""
+    for task in tasks:
+        num_classes = len(np.unique(np.concatenate([task.y_train, task.y_val, task.y_test])))
+        if len(task.y_train) < num_classes:
+            raise ValueError(
+                f"validation_split={validation_split} leaves task {task.name!r} "
+                f"{len(task.y_train)} training examples ({len(task.y_val)} held out for "
+                f"validation), fewer than its {num_classes} classes; use a smaller "
+                "validation_split."
+            )
+        if validation_split > 0 and not len(task.y_val):
+            raise ValueError(
+                f"validation_split={validation_split} holds out no validation example of "
+                f"task {task.name!r} ({len(task.y_train)} training examples); use a "
+                "larger validation_split, or 0 for none."
+            )
 
 
 def _flat(images):

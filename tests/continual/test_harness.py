@@ -87,6 +87,12 @@ def test_harness_rejects_bad_settings(tiny_stream):
         continual.Harness(tiny_stream, width=0)
     with pytest.raises(ValueError, match="strength_grid"):
         continual.Harness(tiny_stream, strength_grid=(0, 1))
+    with pytest.raises(ValueError, match="`strength_grid` must be finite"):
+        continual.Harness(tiny_stream, strength_grid=(1, float("inf")))
+    with pytest.raises(ValueError, match="`learning_rate` must be finite"):
+        continual.Harness(tiny_stream, learning_rate=float("nan"))
+    with pytest.raises(ValueError, match="`prior_precision` must be > 0"):
+        continual.Harness(tiny_stream, prior_precision=0.0)
     no_validation = continual.TaskStream.make(
         "permuted", "digits", num_tasks=2, max_train_examples=100, validation_split=0
     )

@@ -62,3 +62,44 @@ def test_table(tiny_document):
     ewc = tiny_document["methods"]["ewc"]
     assert f"{ewc['average_accuracy']:.3f}" in table[4]
     assert "auto" in table[5]
+
+
+def test_unfinished_runs_are_valid_and_marked(tiny_document):
+    document = copy.deepcopy(tiny_document)
+    assert document["complete"] is True and document["schema_version"] == 2
+    ewc = document["methods"]["ewc"]
+    for key in ("average_accuracy", "average_accuracy_curve", "backward_transfer"):
+        del ewc[key]
+    for key in ("accuracy_matrix", "strength", "effective_dimension", "wall_time_per_task"):
+        ewc[key].pop()
+    ewc["tasks_done"] = 1
+    with pytest.raises(ValueError, match="1 of 2 tasks done in a complete document"):
+        continual.validate_results(document)
+    document["complete"] = False
+    continual.validate_results(document)
+    ewc["strength"].append(None)
+    with pytest.raises(ValueError, match=r"\$.methods.ewc.strength: 2 entries, expected 1"):
+        continual.validate_results(document)
+
+
+def test_complete_documents_need_every_method_and_metric(tiny_document):
+    document = copy.deepcopy(tiny_document)
+    document["config"]["methods"] = ["finetune", "si"]
+    with pytest.raises(ValueError, match="missing 'si' of config.methods"):
+        continual.validate_results(document)
+    document = copy.deepcopy(tiny_document)
+    del document["methods"]["joint"]["forgetting"]
+    with pytest.raises(ValueError, match=r"\$.methods.joint: missing 'forgetting'"):
+        continual.validate_results(document)
+
+
+def test_version_1_documents_are_still_read(tiny_document):
+    document = copy.deepcopy(tiny_document)
+    document["schema_version"] = 1
+    del document["complete"]
+    for run in document["methods"].values():
+        del run["tasks_done"]
+    continual.validate_results(document)
+    document["schema_version"] = 2
+    with pytest.raises(ValueError, match="missing 'complete'"):
+        continual.validate_results(document)

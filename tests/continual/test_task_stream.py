@@ -86,6 +86,15 @@ def test_max_train_examples(digits):
         ({"num_tasks": 0}, "num_tasks"),
         ({"validation_split": 1.0}, "validation_split"),
         ({"scenario": "split", "num_tasks": 3}, "divides its 10 classes"),
+        ({"validation_split": float("nan")}, "validation_split"),
+        (
+            {"validation_split": 0.999},
+            r"validation_split=0.999 leaves task 'permuted-0' \d+ training examples",
+        ),
+        (
+            {"scenario": "split", "num_tasks": 5, "validation_split": 0.001},
+            "holds out no validation example of task 'split-task-0'",
+        ),
     ],
 )
 def test_bad_arguments(digits, kwargs, match):
