@@ -1,5 +1,6 @@
 """Diagonal Fisher information of a Keras model, estimated per example."""
 
+import math
 import weakref
 
 import keras
@@ -10,6 +11,7 @@ from keras_memgeom import backend
 from keras_memgeom.memory.dense_taps import DenseTaps
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.utils.batches import iterate_batches
+from keras_memgeom.utils.checks import check_positive_int
 
 ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 
@@ -56,23 +58,36 @@ def estimate_fisher(
         max_examples: use at most this many examples.
         batch_size: batch size for arrays.
         likelihood: a `Likelihood`; by default the one behind the compiled
-            loss.
+            loss, scaled so that the Fisher is the curvature of the loss
+            (Keras's `mean_squared_error` is `2/d` times the Gaussian
+            negative log-likelihood, `binary_crossentropy` `1/d` times).
         seed: seed of the labels drawn by `sampled`, identical on every
             backend.
+
+    Labels are checked on the host as Keras's losses read them, and the
+    outputs of the first batch are checked to be probabilities when the loss
+    says so (a warning names `from_logits=True` otherwise). Sums stay on the
+    device until the end: no host round trip per batch.
 
     Returns:
         `(fisher, num_examples)`: a dict from variable path to a float32 numpy
         array, and the number of examples used.
 
     Raises:
-        ValueError: for an unknown estimator, an unsupported loss, a model
-            without trainable variables or a non-`(batch, d)` output, empty
-            data, or non-finite inputs or Fisher values.
+        ValueError: for an unknown estimator, a `num_samples`, `batch_size`
+            or `max_examples` that is not a positive whole number, an
+            unsupported loss or reduction, a model without trainable
+            variables, with several outputs or a non-`(batch, d)` output,
+            labels that the loss would not read (out of range, one-hot for a
+            sparse loss, integers for a categorical one, a wrong shape),
+            unbatched or endless data without `max_examples`, empty data, or
+            non-finite inputs or Fisher values.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
-    if num_samples < 1:
-        raise ValueError(f"`num_samples` must be at least 1; got {num_samples}.")
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
+    max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
     likelihood = likelihood or likelihood_from_loss(getattr(model, "loss", None))
     variables = list(model.trainable_variables)
     if not variables:
@@ -89,21 +104,29 @@ def estimate_fisher(
             if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
                 raise ValueError("The data holds NaN or infinite inputs.")
         if step is None:
+            _check_batch_axis(model, x)
             step = _cached_step(model, variables, likelihood, estimator, num_samples, x)
+        y = likelihood.check_labels(y, step.output_dim)
         batch = len(y)
         noise = None
         if estimator == "sampled":
             noise = likelihood.draw_noise(rng, batch, step.output_dim, num_samples)
             noise = ops.convert_to_tensor(noise.astype("float32"))
         x, y = keras.tree.map_structure(ops.convert_to_tensor, (x, y))
-        sums = step.function([v.value for v in variables], x, y, noise)
-        sums = [np.asarray(ops.convert_to_numpy(s), dtype="float64") for s in sums]
-        totals = sums if totals is None else [t + s for t, s in zip(totals, sums)]
+        sums, checks = step.function([v.value for v in variables], x, y, noise)
+        if totals is None:
+            # The one host sync before the end: are probabilities probabilities?
+            likelihood.check_outputs([float(ops.convert_to_numpy(c)) for c in checks])
+            totals = list(sums)
+        else:
+            # Totals stay on the device: no host round trip per batch.
+            totals = [ops.add(t, s) for t, s in zip(totals, sums)]
         num_examples += batch
     if num_examples == 0:
         raise ValueError("The data is empty: a Fisher memory needs at least one example.")
     fisher = {}
     for variable, total in zip(variables, totals):
+        total = np.asarray(ops.convert_to_numpy(total), dtype="float64")
         value = (total / num_examples).astype("float32")
         if not np.all(np.isfinite(value)):
             raise ValueError(
@@ -112,6 +135,24 @@ def estimate_fisher(
             )
         fisher[variable.path] = value
     return fisher, num_examples
+
+
+def _check_batch_axis(model, x):
+    """Refuses inputs without a batch axis, such as an unbatched `tf.data`."""
+    try:
+        specs = model.inputs
+    except (AttributeError, ValueError):  # subclassed models have none
+        return
+    leaves = keras.tree.flatten(x)
+    if not specs or len(specs) != len(leaves):
+        return
+    for leaf, spec in zip(leaves, specs):
+        if np.ndim(leaf) == len(spec.shape) - 1:
+            raise ValueError(
+                f"An input batch has shape {np.shape(leaf)} but the model takes "
+                f"batches of shape {tuple(spec.shape)}: the data has no batch "
+                "axis. Batch a tf.data.Dataset with `.batch(...)` first."
+            )
 
 
 class _BatchStep:
@@ -127,6 +168,13 @@ class _BatchStep:
         self.fast = [position[id(v)] for v in self.taps.variables]
         self.generic = sorted(set(range(len(variables))) - set(self.fast))
         outputs = model(example_x, training=False)
+        if len(keras.tree.flatten(outputs)) != 1:
+            names = getattr(model, "output_names", None) or len(keras.tree.flatten(outputs))
+            raise ValueError(
+                f"A Fisher memory needs a model with one output; this model has "
+                f"outputs {names}. Estimate it on a model with a single output, "
+                "or pass `likelihood=` for a single-output sub-model."
+            )
         if len(outputs.shape) != 2:
             raise ValueError(
                 f"A Fisher memory needs a model with one `(batch, d)` output; "
@@ -140,18 +188,24 @@ class _BatchStep:
         with keras.StatelessScope(state_mapping=mapping):
             return self.model(x, training=False)
 
+    def _loss_root(self, outputs):
+        # The loss is `c * (-log p)`: its curvature is `c` times the Fisher.
+        return math.sqrt(self.likelihood.loss_scale(outputs.shape[-1]))
+
     def _cotangents(self, outputs, y, noise):
         """`(K, batch, d)` output cotangents whose squared pullbacks sum to F."""
+        root = self._loss_root(outputs)
         if self.estimator == "exact":
-            return self.likelihood.fisher_factors(outputs)
+            return self.likelihood.fisher_factors(outputs) * root
         if self.estimator == "sampled":
             labels = self.likelihood.sample(outputs, noise)
             num_samples = ops.cast(ops.shape(noise)[0], outputs.dtype)
-            return self.likelihood.score(outputs, labels) / ops.sqrt(num_samples)
+            return self.likelihood.score(outputs, labels) * (root / ops.sqrt(num_samples))
         labels = self.likelihood.prepare_labels(y, outputs)
-        return self.likelihood.score(outputs, labels)[None]
+        return self.likelihood.score(outputs, labels)[None] * root
 
     def _squared_gradients(self, values, x, y, noise):
+        """Per-variable sums of squared per-example gradients, and output checks."""
         if self.estimator == "batched":
             return self._batched(values, x, y)
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
@@ -175,7 +229,7 @@ class _BatchStep:
             generic = self._per_example(values, x, ops.transpose(cotangents, (1, 0, 2)))
             for i, s in zip(self.generic, generic):
                 sums[i] = s
-        return sums
+        return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
 
     def _per_example(self, values, x, cotangents):
         """Generic path: per-example gradients, vectorized over the batch."""
@@ -202,11 +256,12 @@ class _BatchStep:
         outputs, _, pullback = backend.linearize(forward, list(values))
         labels = self.likelihood.prepare_labels(y, outputs)
         batch = ops.cast(ops.shape(outputs)[0], outputs.dtype)
-        mean_score = ops.stop_gradient(self.likelihood.score(outputs, labels)) / batch
-        grads = pullback(mean_score[None])
+        score = self.likelihood.score(outputs, labels) * self._loss_root(outputs)
+        grads = pullback(ops.stop_gradient(score)[None] / batch)
         # batch * (batch-mean gradient)^2 estimates the per-example Fisher; the
         # extra factor `batch` makes the sums average correctly over examples.
-        return [batch * batch * ops.square(g[0]) for g in grads]
+        sums = [batch * batch * ops.square(g[0]) for g in grads]
+        return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
 
 
 def _cached_step(model, variables, likelihood, estimator, num_samples, example_x):

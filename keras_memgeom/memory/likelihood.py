@@ -1,6 +1,9 @@
 """The probabilistic model behind a Keras loss, as the Fisher needs it."""
 
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 _EPSILON = 1e-7
@@ -18,14 +21,75 @@ class Likelihood:
     Outputs are `(batch, d)`. Subclasses fix the family; `from_logits` says
     whether the output is the natural parameter or the mean.
 
+    The training loss need not be the negative log-likelihood itself: Keras's
+    `mean_squared_error` and `binary_crossentropy` average over the `d`
+    outputs, so their per-example loss is `c * (-log p)` with `c = 2 / d`
+    (unit-variance Gaussian) and `c = 1 / d` (Bernoullis). The memory needs
+    the curvature of the loss that is trained, so every cotangent is scaled
+    by `sqrt(loss_scale(d))`; then `strength = 1` is Bayes for every loss.
+
     Args:
         from_logits: whether the model outputs logits (`True`) or
             probabilities / means (`False`).
+        keras_loss: whether the per-example training loss is Keras's loss for
+            this family (`mean_squared_error`, `binary_crossentropy`: a mean
+            over the outputs) rather than the negative log-likelihood.
     """
 
+    # The Keras loss of the family, summed over outputs, per unit of NLL.
+    _loss_per_nll = 1.0
+    # Whether the Keras loss of the family averages over the output axis.
+    _mean_over_outputs = False
 
-    def __init__(self, from_logits=True):
+    def __init__(self, from_logits=True, keras_loss=False):
         self.from_logits = from_logits
+        self.keras_loss = keras_loss
+
+    def loss_scale(self, output_dim):
+        """`c` such that the per-example training loss is `c * (-log p)`.
+
+        Args:
+            output_dim: `d`, the number of outputs.
+
+        Returns:
+            A positive float: `1` for the negative log-likelihood itself.
+        """
+        if not self.keras_loss:
+            return 1.0
+        if self._mean_over_outputs:
+            return self._loss_per_nll / output_dim
+        return self._loss_per_nll
+
+    def check_labels(self, labels, output_dim):
+        """Checks host labels as Keras's loss would read them.
+
+        Args:
+            labels: a numpy array, one row per example.
+            output_dim: `d`, the number of outputs.
+
+        Returns:
+            The labels as a numpy array of shape `(batch, d)`; 1-D labels of
+            a one-output model get their output axis, as in `model.fit`.
+
+        Raises:
+            ValueError: if the labels do not have the outputs' shape.
+        """
+        labels = np.asarray(labels)
+        if labels.ndim == 1 and output_dim == 1:
+            labels = labels[:, None]
+        if labels.shape[1:] != (output_dim,):
+            raise ValueError(
+                f"Labels of shape {labels.shape} do not fit a model with "
+                f"{output_dim} outputs: expected shape (N, {output_dim})."
+            )
+        return labels
+
+    def output_checks(self, outputs):
+        """Device scalars that `check_outputs` reads (none by default)."""
+        return []
+
+    def check_outputs(self, values):
+        """Warns when outputs read as probabilities plainly are not."""
 
     def score(self, outputs, labels):
         """`d log p(labels | outputs) / d outputs`, shape `(batch, d)`."""
@@ -56,9 +120,53 @@ class Categorical(Likelihood):
     """Softmax classification: `y` one of `d` classes."""
 
 
-    def __init__(self, from_logits=True, sparse=True):
-        super().__init__(from_logits)
+    def __init__(self, from_logits=True, sparse=True, keras_loss=False):
+        super().__init__(from_logits, keras_loss)
         self.sparse = sparse
+
+    def check_labels(self, labels, output_dim):
+        labels = np.asarray(labels)
+        if not self.sparse:
+            if labels.ndim < 2 or labels.shape[1:] != (output_dim,):
+                raise ValueError(
+                    f"categorical_crossentropy expects one-hot labels of shape "
+                    f"(N, {output_dim}); got labels of shape {labels.shape}. For "
+                    "integer class labels use sparse_categorical_crossentropy."
+                )
+            return labels
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise ValueError(
+                f"sparse_categorical_crossentropy expects integer class labels of "
+                f"shape (N,) or (N, 1); got labels of shape {labels.shape}. For "
+                "one-hot labels use categorical_crossentropy (or take their argmax)."
+            )
+        if labels.size and not np.all(np.mod(labels, 1) == 0):
+            raise ValueError(
+                "sparse_categorical_crossentropy expects integer class labels; "
+                f"got the non-integer label {labels[np.mod(labels, 1) != 0][0].item()!r}."
+            )
+        bad = labels[(labels < 0) | (labels >= output_dim)]
+        if bad.size:
+            raise ValueError(
+                f"Label {bad[0].item()!r} is out of range for {output_dim} classes: "
+                f"labels must be in [0, {output_dim - 1}] (labels counted from 1 "
+                "must be shifted down by one)."
+            )
+        return labels
+
+    def output_checks(self, outputs):
+        if self.from_logits:
+            return []
+        total = ops.sum(outputs, axis=-1)
+        return [ops.min(outputs), ops.max(ops.abs(total - 1.0))]
+
+    def check_outputs(self, values):
+        if values and (values[0] < 0 or values[1] > 1e-3):
+            _warn_not_probabilities(
+                "categorical cross-entropy", "rows that are negative or do not sum to 1"
+            )
 
     def _probabilities(self, outputs):
         if self.from_logits:
@@ -102,6 +210,16 @@ class Categorical(Likelihood):
 class Bernoulli(Likelihood):
     """Independent binary outputs (sigmoid / binary cross-entropy)."""
 
+    _mean_over_outputs = True
+
+    def output_checks(self, outputs):
+        if self.from_logits:
+            return []
+        return [ops.min(outputs), ops.max(outputs)]
+
+    def check_outputs(self, values):
+        if values and (values[0] < 0 or values[1] > 1):
+            _warn_not_probabilities("binary cross-entropy", "values outside [0, 1]")
 
     def _probabilities(self, outputs):
         if self.from_logits:
@@ -132,9 +250,12 @@ class Bernoulli(Likelihood):
 class Gaussian(Likelihood):
     """Unit-variance Gaussian around the output (mean squared error)."""
 
+    # (1/d) sum (y - f)^2 = (2/d) * [1/2 sum (y - f)^2].
+    _loss_per_nll = 2.0
+    _mean_over_outputs = True
 
-    def __init__(self, from_logits=False):
-        super().__init__(from_logits=False)
+    def __init__(self, from_logits=False, keras_loss=False):
+        super().__init__(from_logits=False, keras_loss=keras_loss)
 
     def score(self, outputs, labels):
         return labels - outputs
@@ -161,12 +282,25 @@ def _loss_key(loss):
 
 
 _LIKELIHOODS = {
-    "sparsecategoricalcrossentropy": lambda logits: Categorical(logits, sparse=True),
-    "categoricalcrossentropy": lambda logits: Categorical(logits, sparse=False),
-    "binarycrossentropy": Bernoulli,
-    "meansquarederror": Gaussian,
-    "mse": Gaussian,
+    "sparsecategoricalcrossentropy": lambda logits: Categorical(logits, sparse=True, keras_loss=True),
+    "categoricalcrossentropy": lambda logits: Categorical(logits, sparse=False, keras_loss=True),
+    "binarycrossentropy": lambda logits: Bernoulli(logits, keras_loss=True),
+    "meansquarederror": lambda logits: Gaussian(keras_loss=True),
+    "mse": lambda logits: Gaussian(keras_loss=True),
 }
+
+# Reductions that average the per-example loss over the batch, which the
+# penalty's `1 / num_train_examples` assumes.
+_BATCH_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
+
+
+def _warn_not_probabilities(loss, problem):
+    warnings.warn(
+        f"The model is compiled with {loss} on probabilities, but its outputs "
+        f"have {problem}: they look like logits. Compile the loss with "
+        "`from_logits=True`, or the Fisher is wrong.",
+        stacklevel=4,
+    )
 
 
 def likelihood_from_loss(loss):
@@ -176,12 +310,17 @@ def likelihood_from_loss(loss):
         loss: a loss as given to `model.compile`: a string, a
             `keras.losses.Loss` instance or a Keras loss function.
 
+    Keras's `mean_squared_error` and `binary_crossentropy` average over the
+    outputs; the likelihood knows it (`keras_loss=True`) and scales the
+    Fisher to the curvature of the loss actually trained.
+
     Returns:
         A `Likelihood`.
 
     Raises:
-        ValueError: if there is no loss, several losses, or a loss that is
-            not a log-likelihood the package knows.
+        ValueError: if there is no loss, several losses, a loss that is not a
+            log-likelihood the package knows, or a reduction other than a
+            mean over the batch.
     """
     if loss is None:
         raise ValueError(
@@ -196,6 +335,14 @@ def likelihood_from_loss(loss):
             "that is a negative log-likelihood (sparse_categorical_crossentropy, "
             "categorical_crossentropy, binary_crossentropy or "
             "mean_squared_error). Pass `likelihood=` for another model."
+        )
+    # Strings and loss functions average over the batch, as in Keras.
+    reduction = getattr(loss, "reduction", "sum_over_batch_size")
+    if reduction not in _BATCH_MEAN_REDUCTIONS:
+        raise ValueError(
+            f"Unsupported loss reduction {reduction!r}: a Fisher memory's penalty "
+            "assumes the loss is averaged over the batch; compile the loss with "
+            "reduction='sum_over_batch_size' (the default)."
         )
     # Strings and loss functions mean probabilities, as in Keras.
     return make(bool(getattr(loss, "from_logits", False)))

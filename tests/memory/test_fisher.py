@@ -208,3 +208,138 @@ def test_bad_inputs_are_refused(rng):
     sequence.compile(loss="mse")
     with pytest.raises(ValueError, match=r"\(batch, d\)"):
         estimate_fisher(sequence, (rng.normal(size=(6, 4, 5)), rng.normal(size=(6, 4, 3))))
+
+
+@pytest.mark.parametrize("estimator", ["empirical", "batched"])
+@pytest.mark.parametrize("bad_label", [3, -1])
+def test_out_of_range_labels_are_refused(rng, estimator, bad_label):
+    x, y = classification_data(rng, num_examples=10)
+    y[4] = bad_label  # 3 is also what 1-based labels reach with 3 classes
+    with pytest.raises(ValueError, match=rf"Label {bad_label} is out of range for 3 classes"):
+        estimate_fisher(softmax_regression(), (x, y), estimator=estimator)
+
+
+def test_integer_labels_for_a_categorical_loss_are_refused(rng):
+    x, y = classification_data(rng, num_examples=10)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match=r"one-hot labels of shape \(N, 3\).*sparse_categorical"):
+        estimate_fisher(model, (x, y[:, None]))
+
+
+def test_one_hot_labels_for_a_sparse_loss_are_refused(rng):
+    x, y = classification_data(rng, num_examples=10)
+    with pytest.raises(ValueError, match="one-hot labels use categorical_crossentropy"):
+        estimate_fisher(softmax_regression(), (x, np.eye(3)[y]), estimator="empirical")
+
+
+def test_regression_targets_of_the_wrong_shape_are_refused(rng):
+    x = rng.normal(size=(10, 5)).astype("float32")
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    model.compile(loss="mse")
+    with pytest.raises(ValueError, match=r"shape \(10, 3\) do not fit a model with 2 outputs"):
+        estimate_fisher(model, (x, rng.normal(size=(10, 3))), estimator="empirical")
+
+
+@pytest.mark.parametrize(
+    "loss, activation",
+    [
+        (keras.losses.SparseCategoricalCrossentropy(), None),
+        (keras.losses.BinaryCrossentropy(), None),
+    ],
+)
+def test_logits_given_to_a_probability_loss_warn(rng, loss, activation):
+    x, y = classification_data(rng, num_examples=20)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation=activation)])
+    model.compile(loss=loss)
+    labels = y if isinstance(loss, keras.losses.SparseCategoricalCrossentropy) else np.eye(3)[y]
+    with pytest.warns(UserWarning, match="from_logits=True"):
+        estimate_fisher(model, (x, labels))
+
+
+def test_probabilities_given_to_a_probability_loss_do_not_warn(rng):
+    import warnings
+
+    x, y = classification_data(rng, num_examples=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        estimate_fisher(softmax_regression(from_logits=False), (x, y))
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("batch_size", 0, "`batch_size` must be at least 1; got 0"),
+        ("batch_size", -1, "`batch_size` must be at least 1; got -1"),
+        ("num_samples", 2.5, "`num_samples` must be a whole number; got 2.5"),
+        ("max_examples", 0, "`max_examples` must be at least 1; got 0"),
+    ],
+)
+def test_bad_counts_are_refused(rng, argument, value, message):
+    x, y = classification_data(rng, num_examples=10)
+    with pytest.raises(ValueError, match=message):
+        estimate_fisher(softmax_regression(), (x, y), estimator="sampled", **{argument: value})
+
+
+def test_unbatched_dataset_is_refused(rng):
+    import tensorflow as tf
+
+    x, y = classification_data(rng, num_examples=10)
+    with pytest.raises(ValueError, match=r"batch it with `.batch\(...\)`"):
+        estimate_fisher(softmax_regression(), tf.data.Dataset.from_tensor_slices((x, y)))
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    one_hot = tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y]))
+    with pytest.raises(ValueError, match="disagree in their first .batch. axis: is the data unbatched"):
+        estimate_fisher(model, one_hot)
+    # Five features and five classes: only the model's input rank tells.
+    square = keras.Sequential([keras.Input((5,)), keras.layers.Dense(5)])
+    square.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    one_hot = tf.data.Dataset.from_tensor_slices((x, np.eye(5)[y]))
+    with pytest.raises(ValueError, match=r"shape \(5,\) but the model takes .* no batch axis"):
+        estimate_fisher(square, one_hot)
+
+
+def test_endless_data_needs_max_examples(rng):
+    import tensorflow as tf
+
+    x, y = classification_data(rng, num_examples=10)
+    model = softmax_regression()
+
+    class Endless(keras.utils.PyDataset):
+        @property
+        def num_batches(self):
+            return None
+
+        def __getitem__(self, i):
+            return x, y
+
+    def generator():
+        while True:
+            yield x, y
+
+    forms = {
+        "infinite cardinality": tf.data.Dataset.from_tensor_slices((x, y)).batch(5).repeat(),
+        "PyDataset has no length": Endless(),
+        "one-shot iterator": generator(),
+    }
+    for message, data in forms.items():
+        with pytest.raises(ValueError, match=f"{message}.*`max_examples`"):
+            estimate_fisher(model, data)
+    reference, _ = estimate_fisher(model, (x, y))
+    for data in (forms["infinite cardinality"], Endless(), generator()):
+        fisher, n = estimate_fisher(model, data, max_examples=20)  # x twice
+        assert n == 20
+        path = model.layers[0].kernel.path
+        np.testing.assert_allclose(fisher[path], reference[path], rtol=1e-5)
+
+
+def test_two_output_model_with_one_loss_is_refused(rng):
+    x, y = classification_data(rng, num_examples=10)
+    inputs = keras.Input((5,))
+    model = keras.Model(
+        inputs, [keras.layers.Dense(3, name="first")(inputs), keras.layers.Dense(2, name="second")(inputs)]
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match=r"one output.*\['first', 'second'\]"):
+        estimate_fisher(model, (x, y))
