@@ -3,15 +3,25 @@
 import hashlib
 import io
 import json
+import math
 import os
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from keras_memgeom.utils.atomic_write import atomic_write, check_writable_file_path
+
 FORMAT = "keras_memgeom.FisherMemory"
 FORMAT_VERSION = 1
+
+# Deflate never shrinks data more than about 1032:1; a member that claims
+# more is lying about its size (a zip bomb) and is refused before reading.
+_MAX_DEFLATE_RATIO = 1032
+_MAX_META_BYTES = 64 * 2**20
+# An .npy header: a 10-byte preamble at least, 64 KiB at most (format 1.0).
+_MIN_NPY_HEADER_BYTES = 10
+_MAX_NPY_HEADER_BYTES = 65536 + 16
 
 
 def _digest(array):
@@ -19,13 +29,19 @@ def _digest(array):
 
 
 def write_memory_file(path, anchor, fisher, num_examples, estimator):
-    """Writes a memory to `path` atomically (a temporary file, then rename).
+    """Writes a memory to `path` atomically (see `atomic_write`).
 
     The file is a zip of `.npy` arrays and a `meta.json` with the format
     version, each variable's path, shape, dtype and checksum, the estimator
-    and the number of examples.
+    and the number of examples. It gets the permissions the user's umask
+    gives new files; a failed write leaves `path` as it was and no
+    temporary file behind.
+
+    Raises:
+        IsADirectoryError, FileNotFoundError, PermissionError: if `path` is
+            a folder or its folder is missing or read-only, before any work.
     """
-    path = os.fspath(path)
+    path = check_writable_file_path(path, "memory file")
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -42,65 +58,155 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator):
             for name in anchor
         ],
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".memory-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("meta.json", json.dumps(meta, indent=1))
-            for i, name in enumerate(anchor):
-                for kind, arrays in (("anchor", anchor), ("fisher", fisher)):
-                    buffer = io.BytesIO()
-                    np.save(buffer, arrays[name], allow_pickle=False)
-                    z.writestr(f"{kind}/{i}.npy", buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "memory file") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("meta.json", json.dumps(meta, indent=1))
+        for i, name in enumerate(anchor):
+            for kind, arrays in (("anchor", anchor), ("fisher", fisher)):
+                buffer = io.BytesIO()
+                np.save(buffer, arrays[name], allow_pickle=False)
+                z.writestr(f"{kind}/{i}.npy", buffer.getvalue())
 
 
-def _load_array(raw):
+def _invalid(path, problem):
+    return ValueError(f"{path!r} is not a valid memory file: {problem}.")
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_meta(path, meta):
+    """Checks the metadata's structure; returns the variable entries."""
+    if not isinstance(meta, dict):
+        raise _invalid(path, f"its metadata is a {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a keras_memgeom memory file.")
+    version = meta.get("version")
+    if not _is_count(version) or version < 1:
+        raise _invalid(path, f"its format version is {version!r}, not a whole number >= 1")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} was written by format version {version}; this "
+            f"keras_memgeom reads up to version {FORMAT_VERSION}. Upgrade "
+            "keras_memgeom to read it."
+        )
+    if not _is_count(meta.get("num_examples")) or meta["num_examples"] < 1:
+        raise _invalid(path, f"its number of examples is {meta.get('num_examples')!r}")
+    entries = meta.get("variables")
+    if not isinstance(entries, list):
+        raise _invalid(path, "its metadata has no list of variables")
+    seen = set()
+    for entry in entries:
+        keys = ("path", "shape", "dtype", "anchor_sha256", "fisher_sha256")
+        if not isinstance(entry, dict) or not all(key in entry for key in keys):
+            raise _invalid(path, f"a variable entry lacks one of {keys}: {entry!r}")
+        name, shape = entry["path"], entry["shape"]
+        if not isinstance(name, str):
+            raise _invalid(path, f"a variable path is {name!r}, not a string")
+        if name in seen:
+            raise _invalid(path, f"the variable {name!r} appears twice")
+        seen.add(name)
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise _invalid(path, f"the shape of {name!r} is {shape!r}")
+        if entry["dtype"] not in ("float32", "float64", "float16"):
+            raise _invalid(path, f"the dtype of {name!r} is {entry['dtype']!r}")
+    return entries
+
+
+def _checked_info(path, z, member, min_bytes, max_bytes):
+    """The member's zip entry, after checking its sizes before any decompression."""
     try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except ValueError as error:
-        raise EOFError(str(error)) from error
+        info = z.getinfo(member)
+    except KeyError:
+        raise _invalid(path, f"it has no {member}") from None
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _invalid(path, f"{member} uses an unsupported compression ({info.compress_type})")
+    if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise _invalid(
+            path,
+            f"{member} declares {info.file_size} bytes from {info.compress_size} "
+            "compressed bytes, more than compression can give",
+        )
+    if not min_bytes <= info.file_size <= max_bytes:
+        raise _invalid(
+            path,
+            f"{member} declares {info.file_size} bytes where the metadata allows "
+            f"{min_bytes} to {max_bytes}",
+        )
+    return info
+
+
+def _read_array(path, z, member, entry):
+    """Reads one `.npy` member after checking its header against the metadata."""
+    dtype = np.dtype(entry["dtype"])
+    nbytes = math.prod(entry["shape"]) * dtype.itemsize
+    _checked_info(path, z, member, nbytes + _MIN_NPY_HEADER_BYTES, nbytes + _MAX_NPY_HEADER_BYTES)
+    with z.open(member) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, stored_dtype = read_header(f)
+        except ValueError as error:
+            raise _invalid(path, f"{member} is not a readable .npy array ({error})") from None
+        if list(shape) != entry["shape"] or stored_dtype != dtype:
+            raise _invalid(
+                path,
+                f"{member} holds a {stored_dtype} array of shape {shape} where the "
+                f"metadata of {entry['path']!r} says {dtype} {tuple(entry['shape'])}",
+            )
+        data = f.read(nbytes + 1)
+    if len(data) != nbytes:
+        raise EOFError(f"{member} holds {len(data)} bytes of data where {nbytes} are due")
+    order = "F" if fortran_order else "C"
+    return np.frombuffer(data, dtype=dtype).reshape(entry["shape"], order=order).copy()
 
 
 def read_memory_file(path):
     """Reads a memory written by `write_memory_file`.
+
+    Every size is checked against the metadata and a bound before anything
+    is decompressed, so a small file cannot make the reader allocate a
+    huge array.
 
     Returns:
         `(anchor, fisher, num_examples, estimator)`.
 
     Raises:
         FileNotFoundError: if there is no such file.
-        ValueError: if the file is corrupt or truncated, is not a memory, or
-            was written by a newer format version.
+        ValueError: if the file is corrupt or truncated, is not a memory, has
+            malformed metadata (a wrong type, a duplicate variable, sizes
+            that disagree), or was written by a newer format version.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No memory file at {path!r}.")
     try:
         with zipfile.ZipFile(path) as z:
+            _checked_info(path, z, "meta.json", 0, _MAX_META_BYTES)
             meta = json.loads(z.read("meta.json"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path!r} is not a keras_memgeom memory file.")
-            if meta["version"] > FORMAT_VERSION:
-                raise ValueError(
-                    f"{path!r} was written by format version {meta['version']}; "
-                    f"this keras_memgeom reads up to version {FORMAT_VERSION}. "
-                    "Upgrade keras_memgeom to read it."
-                )
+            entries = _check_meta(path, meta)
             anchor, fisher = {}, {}
-            for i, entry in enumerate(meta["variables"]):
+            for i, entry in enumerate(entries):
                 for kind, arrays in (("anchor", anchor), ("fisher", fisher)):
-                    array = _load_array(z.read(f"{kind}/{i}.npy"))
-                    if list(array.shape) != entry["shape"] or _digest(array) != entry[f"{kind}_sha256"]:
+                    array = _read_array(path, z, f"{kind}/{i}.npy", entry)
+                    if _digest(array) != entry[f"{kind}_sha256"]:
                         raise ValueError(
                             f"{path!r} is corrupt: the {kind} of {entry['path']} "
                             "does not match its recorded shape or checksum."
                         )
                     arrays[entry["path"]] = array
-    except (zipfile.BadZipFile, zlib.error, KeyError, EOFError, json.JSONDecodeError, OSError) as error:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        OSError,
+    ) as error:
         raise ValueError(
             f"{path!r} is corrupt or truncated and was not read ({error})."
         ) from error

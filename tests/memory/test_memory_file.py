@@ -1,0 +1,167 @@
+"""The memory file: atomic writes, and reads that refuse malformed files."""
+
+import hashlib
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from keras_memgeom import FisherMemory
+from keras_memgeom.memory import memory_file
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _format_1_file(path, names=None, **meta_changes):
+    """Writes a format-1 file by hand: `meta.json` and one `.npy` per array."""
+    rng = np.random.default_rng(0)
+    names = names or ["dense/kernel", "dense/bias"]
+    arrays = {name: (rng.normal(size=(3, 2)).astype("float32"),) * 2 for name in names}
+    meta = {
+        "format": "keras_memgeom.FisherMemory",
+        "version": 1,
+        "num_examples": 40,
+        "estimator": "exact",
+        "variables": [
+            {
+                "path": name,
+                "shape": [3, 2],
+                "dtype": "float32",
+                "anchor_sha256": hashlib.sha256(arrays[name][0].tobytes()).hexdigest(),
+                "fisher_sha256": hashlib.sha256(np.abs(arrays[name][1]).tobytes()).hexdigest(),
+            }
+            for name in names
+        ],
+    }
+    meta.update(meta_changes)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("meta.json", json.dumps(meta))
+        for i, name in enumerate(names):
+            z.writestr(f"anchor/{i}.npy", _npy(arrays[name][0]))
+            z.writestr(f"fisher/{i}.npy", _npy(np.abs(arrays[name][1])))
+    return arrays
+
+
+def _memory():
+    return FisherMemory({"w": np.ones((3, 2))}, {"w": np.full((3, 2), 0.5)}, num_examples=10)
+
+
+def test_format_1_files_keep_loading(tmp_path):
+    arrays = _format_1_file(tmp_path / "old.memory")
+    memory = FisherMemory.load(tmp_path / "old.memory")
+    assert memory.paths == ["dense/kernel", "dense/bias"] and memory.num_examples == 40
+    np.testing.assert_array_equal(memory.anchor["dense/kernel"], arrays["dense/kernel"][0])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"version": "1"}, "format version is '1', not a whole number"),
+        ({"num_examples": -3}, "number of examples is -3"),
+        ({"variables": {"dense/kernel": {}}}, "no list of variables"),
+    ],
+)
+def test_malformed_metadata_is_refused(tmp_path, changes, message):
+    _format_1_file(tmp_path / "bad.memory", **changes)
+    with pytest.raises(ValueError, match=message):
+        FisherMemory.load(tmp_path / "bad.memory")
+
+
+def test_metadata_that_is_a_list_is_refused(tmp_path):
+    path = tmp_path / "list.memory"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("meta.json", json.dumps([{"format": "keras_memgeom.FisherMemory"}]))
+    with pytest.raises(ValueError, match="metadata is a list, not an object"):
+        FisherMemory.load(path)
+
+
+def test_a_duplicate_variable_path_is_refused(tmp_path):
+    _format_1_file(tmp_path / "twice.memory", ["a", "b", "a", "c"])
+    with pytest.raises(ValueError, match="variable 'a' appears twice"):
+        FisherMemory.load(tmp_path / "twice.memory")
+
+
+def test_a_small_file_declaring_a_huge_array_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.memory"
+    _format_1_file(path)
+    with zipfile.ZipFile(path) as z:
+        meta = json.loads(z.read("meta.json"))
+        members = {name: z.read(name) for name in z.namelist()}
+    huge = [50_000, 50_000]  # 10 GB of float32
+    meta["variables"][0]["shape"] = huge
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": tuple(huge)}
+    )
+    members["anchor/0.npy"] = header.getvalue() + b"\0" * 64
+    members["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the reader decoded an array it should have refused")
+
+    monkeypatch.setattr(memory_file.np, "frombuffer", no_allocation)
+    with pytest.raises(ValueError, match=r"anchor/0.npy declares \d+ bytes where the metadata"):
+        FisherMemory.load(path)
+
+
+def test_a_member_claiming_more_than_compression_can_give_is_refused(tmp_path):
+    path = tmp_path / "lying.memory"
+    _format_1_file(path)
+    raw = bytearray(path.read_bytes())
+    # The central directory entry of anchor/0.npy: its uncompressed size
+    # sits 24 bytes after the entry's signature.
+    entry = raw.index(b"anchor/0.npy", raw.index(b"PK\x01\x02")) - 46
+    raw[entry + 24 : entry + 28] = struct.pack("<I", 4_000_000_000)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="more than compression can give"):
+        FisherMemory.load(path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_the_saved_file_follows_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        _memory().save(tmp_path / "a.memory")
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "a.memory").st_mode & 0o777 == mode
+
+
+def test_a_failed_save_leaves_no_file_and_no_temporary(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(memory_file.np, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        _memory().save(tmp_path / "a.memory")
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
+    stale = tmp_path / ".a.memory.999999999.x1y2.tmp"  # no such process
+    stale.write_bytes(b"half a file")
+    _memory().save(tmp_path / "a.memory")
+    assert os.listdir(tmp_path) == ["a.memory"]
+    assert FisherMemory.load(tmp_path / "a.memory").num_examples == 10
+
+
+def test_saving_to_a_folder_or_a_missing_folder_fails_before_any_work(tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the memory was serialized before the path was checked")
+
+    monkeypatch.setattr(memory_file, "_digest", no_work)
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        _memory().save(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _memory().save(tmp_path / "missing" / "a.memory")
