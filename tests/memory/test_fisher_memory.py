@@ -46,8 +46,9 @@ def test_effective_dimension(rng):
     np.testing.assert_allclose(per_variable["a"], 2 / 4 + 6 / 8 + 0.0)
     np.testing.assert_allclose(per_variable["b"], 2 * (1 / 3))
     np.testing.assert_allclose(total, per_variable["a"] + per_variable["b"])
-    with pytest.raises(ValueError, match="prior_precision"):
-        memory.effective_dimension(0.0)
+    for prior_precision in (0.0, -1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="prior_precision"):
+            memory.effective_dimension(prior_precision)
 
 
 def test_invalid_memories_are_refused():
@@ -59,8 +60,9 @@ def test_invalid_memories_are_refused():
         FisherMemory({"a": np.array([np.nan, 0.0])}, {"a": np.zeros(2)}, 1)
     with pytest.raises(ValueError, match="negative"):
         FisherMemory({"a": np.zeros(2)}, {"a": -np.ones(2)}, 1)
-    with pytest.raises(ValueError, match="num_examples"):
-        FisherMemory({"a": np.zeros(2)}, {"a": np.zeros(2)}, 0)
+    for num_examples in (0, 2.5, "3"):
+        with pytest.raises(ValueError, match="num_examples"):
+            FisherMemory({"a": np.zeros(2)}, {"a": np.zeros(2)}, num_examples)
 
 
 def test_memory_matches_a_rebuilt_model_by_order_and_shape(rng):

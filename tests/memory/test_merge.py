@@ -61,8 +61,18 @@ def test_bad_merges_are_refused(rng):
     with pytest.raises(ValueError, match="at least one"):
         merge([])
     a = _memory(rng, 10)
-    with pytest.raises(ValueError, match="decay"):
-        merge([a, a], decay=0.0)
+    for decay in (0.0, 1.5, float("nan"), float("inf"), "0.5", None):
+        with pytest.raises(ValueError, match="decay"):
+            merge([a, a], decay=decay)
+    with pytest.raises(ValueError, match="FisherMemory"):
+        merge([a, "b"])
     other = FisherMemory({"v": np.zeros(2)}, {"v": np.ones(2)}, 5)
     with pytest.raises(ValueError, match="different variables"):
         merge([a, other])
+
+
+def test_memories_of_different_shapes_are_refused_by_name(rng):
+    a = _memory(rng, 10, shape=(4, 3))
+    b = _memory(rng, 10, shape=(3, 4))
+    with pytest.raises(ValueError, match=r"different shapes.*'w'.*\(4, 3\).*\(3, 4\)"):
+        merge([a, b])
