@@ -1,4 +1,4 @@
-"""Per-example Dense gradients without materializing them."""
+"""Per-example Dense and Conv2D gradients from one batched backward pass."""
 
 import contextlib
 
@@ -6,17 +6,51 @@ import keras
 from keras import ops
 
 
-def _is_plain_dense(layer):
-    return (
-        type(layer) is keras.layers.Dense
-        and layer.trainable
-        and not getattr(layer, "lora_enabled", False)
-        and getattr(layer, "quantization_mode", None) is None
-    )
+def _tap_rank(layer):
+    """The input rank the tap rule fits the layer at, or `None`."""
+    if (
+        not layer.trainable
+        or getattr(layer, "lora_enabled", False)
+        or getattr(layer, "quantization_mode", None) is not None
+    ):
+        return None
+    if type(layer) is keras.layers.Dense:
+        return 2
+    if (
+        type(layer) is keras.layers.Conv2D
+        and layer.data_format == "channels_last"
+        and layer.groups == 1
+        and layer.padding in ("valid", "same")
+    ):
+        return 4
+    return None
+
+
+def _patches(layer, x, output_shape):
+    """`(batch, positions, kh * kw * in)` input patches of a Conv2D (im2col).
+
+    The last axis is ordered like the kernel `(kh, kw, in, out)`, so the
+    per-example kernel gradient is `patches^T g` over positions.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+    out_h, out_w = output_shape[:2]
+    if layer.padding == "same":
+        pads = []
+        for size, out, k, s, d in zip(x.shape[1:3], (out_h, out_w), (kh, kw), (sh, sw), (dh, dw)):
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = ops.pad(x, [(0, 0), *pads, (0, 0)])
+    columns = [
+        x[:, i * dh : i * dh + sh * (out_h - 1) + 1 : sh, j * dw : j * dw + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = ops.stack(columns, axis=3)
+    return ops.reshape(patches, (-1, out_h * out_w, kh * kw * x.shape[-1]))
 
 
 class DenseTaps:
-    """Zero "taps" added to the outputs of the model's Dense layers.
+    """Zero "taps" added to the outputs of the model's Dense and Conv2D layers.
 
     The gradient of `sum_b <u_b, f(x_b)>` with respect to a tap on a Dense
     layer's pre-activation is the per-example output gradient `g_b`, and the
@@ -24,8 +58,15 @@ class DenseTaps:
     the squared per-example gradients sum to `(x^2)^T (g^2)` for the kernel
     and `sum_b g_b^2` for the bias: one backward pass, no per-example copy.
 
+    A Conv2D is a Dense layer applied to every input patch: its per-example
+    kernel gradient is `sum_p patch_bp g_bp^T` over output positions `p`
+    (im2col), computed batched for all examples at once. This replaces the
+    vectorized per-example backward pass of the convolution, which
+    TensorFlow runs as a loop over examples.
+
     The rule holds for a Dense layer called once per forward pass on 2-D
-    inputs; `probe` finds those layers, the others are left to the generic
+    inputs and a channels-last, ungrouped Conv2D called once on 4-D inputs;
+    `probe` finds those layers, the others are left to the generic
     vectorized path.
 
     Args:
@@ -35,13 +76,16 @@ class DenseTaps:
     def __init__(self, model):
         self.model = model
         self.layers = []
+        self._output_shapes = []
         self._taps = None
         self._inputs = None
 
     def probe(self, x):
-        """Runs the model once on `x` and keeps the Dense layers the rule fits."""
+        """Runs the model once on `x` and keeps the layers the rule fits."""
         candidates = [
-            layer for layer in self.model._flatten_layers(include_self=False) if _is_plain_dense(layer)
+            layer
+            for layer in self.model._flatten_layers(include_self=False)
+            if _tap_rank(layer) is not None
         ]
         calls = {id(layer): [] for layer in candidates}
 
@@ -49,14 +93,19 @@ class DenseTaps:
             original = type(layer).call.__get__(layer)
 
             def call(inputs, training=None):
-                calls[id(layer)].append(len(inputs.shape))
-                return original(inputs)
+                outputs = original(inputs)
+                calls[id(layer)].append((len(inputs.shape), tuple(outputs.shape[1:])))
+                return outputs
 
             return call
 
         with _patched(candidates, recording):
             self.model(x, training=False)
-        self.layers = [layer for layer in candidates if calls[id(layer)] == [2]]
+        self.layers, self._output_shapes = [], []
+        for layer in candidates:
+            if len(calls[id(layer)]) == 1 and calls[id(layer)][0][0] == _tap_rank(layer):
+                self.layers.append(layer)
+                self._output_shapes.append(calls[id(layer)][0][1])
         return self
 
     @property
@@ -70,7 +119,7 @@ class DenseTaps:
         return out
 
     def zeros(self, batch_size, dtype):
-        return [ops.zeros((batch_size, layer.units), dtype=dtype) for layer in self.layers]
+        return [ops.zeros((batch_size, *shape), dtype=dtype) for shape in self._output_shapes]
 
     @contextlib.contextmanager
     def active(self, taps):
@@ -83,9 +132,12 @@ class DenseTaps:
 
             def call(inputs, training=None):
                 self._inputs[i] = inputs
-                z = ops.matmul(inputs, layer.kernel)
+                if isinstance(layer, keras.layers.Dense):
+                    z = ops.matmul(inputs, layer.kernel)
+                else:
+                    z = layer.convolution_op(inputs, layer.kernel)
                 if layer.use_bias:
-                    z = ops.add(z, layer.bias)
+                    z = ops.add(z, layer.bias)  # channels last: broadcasts
                 return layer.activation(ops.add(z, taps[i]))
 
             return call
@@ -97,19 +149,30 @@ class DenseTaps:
         """Per-variable sums over the batch of squared per-example gradients.
 
         Args:
-            inputs: the recorded layer inputs, `(batch, in)` each.
+            inputs: the recorded layer inputs, `(batch, in)` (Dense) or
+                `(batch, height, width, in)` (Conv2D) each.
             output_grads: the tap gradients, stacked over `K` cotangents,
-                `(K, batch, units)` each.
+                `(K,) + output shape` each.
 
         Returns:
             A list aligned with `variables`.
         """
         out = []
-        for layer, x, g in zip(self.layers, inputs, output_grads):
-            g2 = ops.sum(ops.square(g), axis=0)
-            out.append(ops.matmul(ops.transpose(ops.square(x)), g2))
+        for layer, x, g, shape in zip(self.layers, inputs, output_grads, self._output_shapes):
+            if isinstance(layer, keras.layers.Dense):
+                g2 = ops.sum(ops.square(g), axis=0)
+                out.append(ops.matmul(ops.transpose(ops.square(x)), g2))
+                if layer.use_bias:
+                    out.append(ops.sum(g2, axis=0))
+                continue
+            # Per-example gradients, (K, batch, kh*kw*in, out): small for
+            # the kernels the rule meets, and never per-parameter vmapped.
+            g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
+            per_example = ops.einsum("bpi,kbpo->kbio", _patches(layer, x, shape), g)
+            kernel = ops.sum(ops.square(per_example), axis=(0, 1))
+            out.append(ops.reshape(kernel, layer.kernel.shape))
             if layer.use_bias:
-                out.append(ops.sum(g2, axis=0))
+                out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
         return out
 
 

@@ -343,3 +343,33 @@ def test_two_output_model_with_one_loss_is_refused(rng):
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match=r"one output.*\['first', 'second'\]"):
         estimate_fisher(model, (x, y))
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(padding="valid"),
+        dict(padding="same", strides=2),
+        dict(padding="same", dilation_rate=2, use_bias=False),
+        dict(padding="valid", strides=(2, 1)),
+    ],
+)
+def test_conv2d_fast_path_matches_per_example_gradients(rng, conv):
+    x = rng.normal(size=(6, 7, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, 6)
+    model = keras.Sequential(
+        [
+            keras.Input((7, 6, 2)),
+            keras.layers.Conv2D(3, (3, 2), activation="tanh", **conv),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fisher, _ = estimate_fisher(model, (x, y), estimator="empirical", batch_size=4)
+    # Reference: plain whole-model gradients of single examples (`batched`
+    # never uses the taps).
+    singles = [estimate_fisher(model, (x[i : i + 1], y[i : i + 1]), estimator="batched")[0] for i in range(6)]
+    for path in fisher:
+        expected = np.mean([single[path] for single in singles], axis=0)
+        np.testing.assert_allclose(fisher[path], expected, rtol=1e-4, atol=1e-8, err_msg=path)
