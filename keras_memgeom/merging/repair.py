@@ -1,0 +1,107 @@
+"""REPAIR: restore the merged model's hidden-unit statistics."""
+
+import keras
+import numpy as np
+
+from keras_memgeom.merging.layer_inputs import layer_inputs
+from keras_memgeom.symmetry.unit_chain import copy_model, unit_chain
+
+# A unit whose pre-activation barely varies in the merged model is only
+# shifted: scaling it up would blow up its weights off the data.
+_MIN_STD = 1e-6
+
+
+def repair(merged, models, data, *, weights=None, batch_size=256):
+    """Folds an affine correction of every hidden unit into the merged weights.
+
+    REPAIR (Jordan et al. 2023, "REPAIR: REnormalizing Permuted Activations
+    for Interpolation Repair"): averaging two networks shrinks the variance
+    of their hidden units (averaged units are less than perfectly
+    correlated), which is much of why the merged model is worse. Each
+    hidden unit's pre-activation `z` gets the mean and standard deviation
+    that interpolate the endpoints',
+
+        mu* = sum_k w_k mu_k,   sigma* = sum_k w_k sigma_k,
+
+    with `mu_k, sigma_k` measured in model `k` on its data set and `mu,
+    sigma` in the merged model on all the data sets together:
+    `z <- (z - mu) sigma* / sigma + mu*`, folded into the layer's kernel
+    columns and bias. Layers are corrected input to output, each measured
+    after the ones before it were corrected, so the result is a plain model
+    whose every hidden unit has the target statistics on the data.
+
+    Args:
+        merged: the merged model, whose hidden units match the models'
+            (align the models first).
+        models: the endpoints, of the same architecture.
+        data: a list with one data set per model (`(x, y)` arrays or
+            anything `layer_inputs` takes).
+        weights: a weight per model, non-negative, summing to 1 (`None`:
+            equal).
+        batch_size: batch size for arrays.
+
+    Returns:
+        A new Keras model (uncompiled).
+
+    Raises:
+        ValueError: naming the layer, for a hidden layer that is not a
+            Dense layer with a bias, or for models `keras_memgeom.symmetry`
+            does not support.
+
+    Example:
+    >>> repaired = repair(merge_models([a, b]), [a, align(b, a)], [(x, y)] * 2)
+    """
+    weights = np.full(len(models), 1.0 / len(models)) if weights is None else np.asarray(weights, "float64")
+    hidden = unit_chain(merged)[:-1]
+    for unit_layer in hidden:
+        layer = unit_layer.layer
+        if not isinstance(layer, keras.layers.Dense) or unit_layer.bias is None:
+            raise ValueError(
+                f"REPAIR corrects Dense layers with a bias; layer {layer.name!r} "
+                f"({type(layer).__name__}) is not one."
+            )
+    target_mean, target_std = 0.0, 0.0
+    for w, model, d in zip(weights, models, data):
+        mean, std = _unit_statistics(model, [d], batch_size)
+        target_mean = target_mean + w * mean
+        target_std = target_std + w * std
+    result = copy_model(merged)
+    for index in range(len(hidden)):
+        # Measured after the layers before it were corrected.
+        mean, std = _unit_statistics(result, data, batch_size, upto=index + 1)
+        unit_layer = unit_chain(result)[index]
+        scale = np.where(std[index] > _MIN_STD, target_std[index] / np.maximum(std[index], _MIN_STD), 1.0)
+        layer = unit_layer.layer
+        layer.kernel.assign((unit_layer.kernel * scale).astype(unit_layer.kernel.dtype))
+        bias = (unit_layer.bias - mean[index]) * scale + target_mean[index]
+        layer.bias.assign(bias.astype(unit_layer.bias.dtype))
+    return result
+
+
+def _unit_statistics(model, data, batch_size, upto=None):
+    """Per hidden layer, the mean and std of each unit's pre-activation.
+
+    Returns:
+        `(means, stds)`: object arrays with one `(units,)` array per hidden
+        layer (the first `upto` of them).
+    """
+    chain = unit_chain(model)
+    hidden = chain[: len(chain) - 1 if upto is None else upto]
+    count, total, square = 0, [0.0] * len(hidden), [0.0] * len(hidden)
+    for d in data:
+        for inputs in layer_inputs(model, d, batch_size=batch_size):
+            count += inputs[0].size // inputs[0].shape[-1]
+            for i, unit_layer in enumerate(hidden):
+                x = inputs[i].reshape(-1, inputs[i].shape[-1])
+                z = x @ unit_layer.effective_kernel() + unit_layer.bias
+                total[i] = total[i] + z.sum(axis=0)
+                square[i] = square[i] + (z * z).sum(axis=0)
+    means = [t / count for t in total]
+    stds = [np.sqrt(np.maximum(s / count - m * m, 0.0)) for s, m in zip(square, means)]
+    return _ragged(means), _ragged(stds)
+
+
+def _ragged(arrays):
+    result = np.empty(len(arrays), dtype=object)
+    result[:] = arrays
+    return result
