@@ -2,17 +2,18 @@ import keras
 import numpy as np
 import pytest
 
+from keras_memgeom.memory import FisherMemory
 from keras_memgeom.merging import merge_models
 from tests.memory.helpers import classification_data, softmax_probabilities, softmax_regression
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
 
-def _mlp(seed, width=6):
+def _mlp(seed, width=6, hidden=1):
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(width, activation="relu"), keras.layers.Dense(3)]
-    )
+    layers = [keras.Input((5,))]
+    layers += [keras.layers.Dense(width, activation="relu", bias_initializer="random_normal") for _ in range(hidden)]
+    model = keras.Sequential(layers + [keras.layers.Dense(3)])
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -24,16 +25,44 @@ def _permuted_copy(model, permutation):
     return copy
 
 
-def test_merging_a_model_with_its_permuted_copy_gives_the_model(rng):
+def _forward(model, x):
+    """Each Dense layer's inputs and pre-activations, in float64 numpy."""
+    weights = [w.astype("float64") for w in model.get_weights()]
+    inputs, pre_activations, h = [], [], x.astype("float64")
+    for k in range(0, len(weights), 2):
+        inputs.append(h)
+        z = h @ weights[k] + weights[k + 1]
+        pre_activations.append(z)
+        h = np.maximum(z, 0.0)
+    return inputs, pre_activations
+
+
+def _assert_same_weights(got, want, atol=1e-5):
+    for g, w in zip(got.get_weights(), want.get_weights()):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("method", ["average", "fisher", "regmean"])
+@pytest.mark.parametrize("repair", [False, True])
+def test_merging_a_model_with_its_permuted_copies_gives_the_model(rng, method, repair):
     model = _mlp(0)
-    copy = _permuted_copy(model, rng.permutation(6))
-    x = rng.normal(size=(20, 5)).astype("float32")
-    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
-    merged = merge_models([model, copy])
-    for got, want in zip(merged.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    unaligned = merge_models([model, copy], align=False)
+    copies = [_permuted_copy(model, rng.permutation(6)) for _ in range(2)]
+    data = [classification_data(rng, num_examples=40)] * 3
+    merged = merge_models([model] + copies, method=method, data=data, repair=repair)
+    _assert_same_weights(merged, model)
+
+
+def test_without_alignment_permuted_copies_do_not_merge_to_the_model(rng):
+    model = _mlp(0)
+    unaligned = merge_models([model, _permuted_copy(model, rng.permutation(6))], align=False)
     assert not np.allclose(unaligned.get_weights()[0], model.get_weights()[0])
+
+
+def test_weighted_average_is_the_weighted_mean_of_the_weights():
+    a, b = _mlp(0), _mlp(1)
+    merged = merge_models([a, b], weights=[1.0, 3.0], align=False)
+    for got, wa, wb in zip(merged.get_weights(), a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(got, 0.25 * wa + 0.75 * wb, rtol=1e-5, atol=1e-7)
 
 
 def _closed_form_precision(model, x):
@@ -54,11 +83,133 @@ def test_fisher_weighted_merge_is_the_precision_weighted_mean(rng):
     np.testing.assert_allclose(merged.get_weights()[0], expected, rtol=1e-4, atol=1e-6)
 
 
+def _memory(model, fishers, num_examples):
+    anchor = {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+    return FisherMemory(anchor, dict(zip(anchor, fishers)), num_examples)
+
+
+def test_fisher_memories_are_permuted_with_the_units_they_describe(rng):
+    a = _mlp(0)
+    # Close to `a`, so that aligning it to `a` keeps its order.
+    c = keras.models.clone_model(a)
+    c.set_weights([w + 0.01 * rng.normal(size=w.shape).astype("float32") for w in a.get_weights()])
+    fisher_a = [rng.uniform(0.1, 2.0, size=w.shape).astype("float32") for w in a.get_weights()]
+    fisher_c = [rng.uniform(0.1, 2.0, size=w.shape).astype("float32") for w in a.get_weights()]
+    permutation = rng.permutation(6)
+    b = _permuted_copy(c, permutation)
+    fisher_b = [fisher_c[0][:, permutation], fisher_c[1][permutation], fisher_c[2][permutation], fisher_c[3]]
+    memories = [_memory(a, fisher_a, 10), _memory(b, fisher_b, 30)]
+    merged = merge_models([a, b], memories=memories, weights=[2.0, 1.0], prior_precision=1e-6)
+    for got, wa, wc, fa, fc in zip(merged.get_weights(), a.get_weights(), c.get_weights(), fisher_a, fisher_c):
+        pa, pc = 2.0 * (10 * fa + 1e-6), 1.0 * (30 * fc + 1e-6)
+        np.testing.assert_allclose(got, (pa * wa + pc * wc) / (pa + pc), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_regmean_is_the_least_squares_merge_of_every_dense_layer(rng, alpha):
+    a, b = _mlp(0), _mlp(1)
+    x_a = rng.normal(size=(50, 5)).astype("float32")
+    x_b = (2.0 * rng.normal(size=(70, 5)) + 1.0).astype("float32")
+    data = [(x_a, np.zeros(50)), (x_b, np.zeros(70))]
+    weights = np.array([1.0, 3.0]) / 4.0
+    merged = merge_models([a, b], method="regmean", data=data, align=False, weights=[1, 3], regmean_alpha=alpha)
+    inputs = [_forward(a, x_a)[0], _forward(b, x_b)[0]]
+    for layer in range(2):
+        precision, moment = 0.0, 0.0
+        for w, model, layer_inputs in zip(weights, (a, b), inputs):
+            x = np.concatenate([layer_inputs[layer], np.ones((len(layer_inputs[layer]), 1))], axis=1)
+            gram = x.T @ x
+            gram = alpha * gram + (1 - alpha) * np.diag(np.diag(gram))
+            kernel, bias = model.get_weights()[2 * layer : 2 * layer + 2]
+            precision = precision + w * gram
+            moment = moment + w * gram @ np.concatenate([kernel, bias[None]], axis=0)
+        expected = np.linalg.solve(precision, moment)
+        got_kernel, got_bias = merged.get_weights()[2 * layer : 2 * layer + 2]
+        np.testing.assert_allclose(got_kernel, expected[:-1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got_bias, expected[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_repair_restores_the_interpolated_unit_statistics(rng):
+    a, b = _mlp(0, hidden=2), _mlp(1, hidden=2)
+    x_a, x_b = rng.normal(size=(60, 5)).astype("float32"), rng.normal(size=(40, 5)).astype("float32") + 0.5
+    weights = np.array([0.25, 0.75])
+    merged = merge_models([a, b], data=[(x_a, np.zeros(60)), (x_b, np.zeros(40))], method="average",
+                          repair=True, align=False, weights=[1, 3])
+    _, z_a = _forward(a, x_a)
+    _, z_b = _forward(b, x_b)
+    _, z_merged = _forward(merged, np.concatenate([x_a, x_b]))
+    for layer in range(2):  # the hidden layers
+        target_mean = weights[0] * z_a[layer].mean(0) + weights[1] * z_b[layer].mean(0)
+        target_std = weights[0] * z_a[layer].std(0) + weights[1] * z_b[layer].std(0)
+        np.testing.assert_allclose(z_merged[layer].mean(0), target_mean, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(z_merged[layer].std(0), target_std, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["average", "fisher", "regmean"])
+def test_without_alignment_the_order_of_the_models_does_not_matter(rng, method):
+    models = [_mlp(seed) for seed in range(3)]
+    data = [classification_data(rng, num_examples=30) for _ in range(3)]
+    weights = [1.0, 2.0, 3.0]
+    order = [2, 0, 1]
+    merged = merge_models(models, method=method, data=data, weights=weights, align=False, repair=True)
+    reordered = merge_models(
+        [models[k] for k in order],
+        method=method,
+        data=[data[k] for k in order],
+        weights=[weights[k] for k in order],
+        align=False,
+        repair=True,
+    )
+    _assert_same_weights(reordered, merged)
+
+
 def test_bad_merges_are_refused(rng):
-    model = _mlp(0)
+    model, other = _mlp(0), _mlp(1)
+    data = [classification_data(rng)] * 2
     with pytest.raises(ValueError, match="at least two"):
         merge_models([model])
-    with pytest.raises(ValueError, match="one data set per model"):
-        merge_models([model, _mlp(1)], data=[classification_data(rng)])
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(ValueError, match="`data` needs one entry per model"):
+        merge_models([model, other], data=data[:1])
+    with pytest.raises(ValueError, match="architecture.*dense"):
         merge_models([model, _mlp(1, width=7)])
+    with pytest.raises(ValueError, match="Unknown merge method 'median'"):
+        merge_models([model, other], method="median")
+    with pytest.raises(NotImplementedError, match="kfac.*not available yet"):
+        merge_models([model, other], method="kfac", data=data)
+    with pytest.raises(ValueError, match="fisher.*`memories`.*`data`"):
+        merge_models([model, other], method="fisher")
+    with pytest.raises(ValueError, match="regmean.*needs `data`"):
+        merge_models([model, other], method="regmean")
+    with pytest.raises(ValueError, match="repair=True needs `data`"):
+        merge_models([model, other], repair=True)
+    with pytest.raises(ValueError, match="`memories` takes FisherMemory"):
+        merge_models([model, other], memories=["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [([1.0], "one weight per model"), ([1.0, -1.0], r"weights\[1\]"), ([1.0, float("nan")], r"weights\[1\]"),
+     ([0.0, 0.0], "positive sum")],
+)
+def test_bad_weights_are_refused(weights, message):
+    with pytest.raises(ValueError, match=message):
+        merge_models([_mlp(0), _mlp(1)], weights=weights)
+
+
+def test_layers_a_method_cannot_merge_are_named(rng):
+    def conv(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [
+                keras.Input((6, 6, 1)),
+                keras.layers.Conv2D(2, 3, activation="relu", name="features"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
+        )
+
+    x = rng.normal(size=(8, 6, 6, 1)).astype("float32")
+    with pytest.raises(ValueError, match="regmean.*'features'.*Conv2D"):
+        merge_models([conv(0), conv(1)], method="regmean", data=[(x, np.zeros(8))] * 2)
+    with pytest.raises(ValueError, match="REPAIR.*'features'.*Conv2D"):
+        merge_models([conv(0), conv(1)], data=[(x, np.zeros(8))] * 2, method="average", repair=True)
