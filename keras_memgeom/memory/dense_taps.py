@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 
-def _tap_rank(layer):
+def _tap_rank(layer, conv2d):
     """The input rank the tap rule fits the layer at, or `None`."""
     if (
         not layer.trainable
@@ -17,7 +17,8 @@ def _tap_rank(layer):
     if type(layer) is keras.layers.Dense:
         return 2
     if (
-        type(layer) is keras.layers.Conv2D
+        conv2d
+        and type(layer) is keras.layers.Conv2D
         and layer.data_format == "channels_last"
         and layer.groups == 1
         and layer.padding in ("valid", "same")
@@ -71,10 +72,13 @@ class DenseTaps:
 
     Args:
         model: a built Keras model.
+        conv2d: whether Conv2D layers are tapped too (callers that handle
+            only 2-D layer inputs leave it off).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, conv2d=False):
         self.model = model
+        self.conv2d = conv2d
         self.layers = []
         self._output_shapes = []
         self._taps = None
@@ -85,7 +89,7 @@ class DenseTaps:
         candidates = [
             layer
             for layer in self.model._flatten_layers(include_self=False)
-            if _tap_rank(layer) is not None
+            if _tap_rank(layer, self.conv2d) is not None
         ]
         calls = {id(layer): [] for layer in candidates}
 
@@ -103,7 +107,7 @@ class DenseTaps:
             self.model(x, training=False)
         self.layers, self._output_shapes = [], []
         for layer in candidates:
-            if len(calls[id(layer)]) == 1 and calls[id(layer)][0][0] == _tap_rank(layer):
+            if len(calls[id(layer)]) == 1 and calls[id(layer)][0][0] == _tap_rank(layer, self.conv2d):
                 self.layers.append(layer)
                 self._output_shapes.append(calls[id(layer)][0][1])
         return self
@@ -173,6 +177,38 @@ class DenseTaps:
             out.append(ops.reshape(kernel, layer.kernel.shape))
             if layer.use_bias:
                 out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
+        return out
+
+
+    def kronecker_factors(self, inputs, output_grads):
+        """Per-layer batch sums of the K-FAC factors' per-example terms.
+
+        For a Dense layer, `A = sum_b a_b a_b^T` over the inputs with a 1
+        appended for the bias and `G = sum_k sum_b g_kb g_kb^T` over the tap
+        gradients. For a Conv2D (Grosse & Martens 2016), `a` runs over the
+        input patches of every output position and `G` is averaged over the
+        positions, so `A (x) G` approximates the kernel's Fisher.
+
+        Args:
+            inputs: the recorded layer inputs, as for `squared_gradients`.
+            output_grads: the tap gradients, as for `squared_gradients`.
+
+        Returns:
+            A list of `(A, G)` sums over the batch, one pair per layer.
+        """
+        out = []
+        for layer, x, g, shape in zip(self.layers, inputs, output_grads, self._output_shapes):
+            positions = 1
+            if not isinstance(layer, keras.layers.Dense):
+                positions = shape[0] * shape[1]
+                x = _patches(layer, x, shape)
+                x = ops.reshape(x, (-1, x.shape[-1]))
+            if layer.use_bias:
+                x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+            g = ops.reshape(g, (-1, g.shape[-1]))
+            a_sum = ops.matmul(ops.transpose(x), x)
+            g_sum = ops.matmul(ops.transpose(g), g) / positions
+            out.append((a_sum, g_sum))
         return out
 
 

@@ -14,6 +14,7 @@ from keras_memgeom.utils.batches import iterate_batches
 from keras_memgeom.utils.checks import check_positive_int
 
 ESTIMATORS = ("exact", "sampled", "empirical", "batched")
+STRUCTURES = ("diagonal", "kfac")
 
 # Compiled per-batch steps, reused across calls on the same model: weights
 # are arguments, so only the architecture and the estimator key a step.
@@ -30,8 +31,9 @@ def estimate_fisher(
     batch_size=256,
     likelihood=None,
     seed=0,
+    structure="diagonal",
 ):
-    """Estimates the per-example mean diagonal Fisher of `model` on `data`.
+    """Estimates the per-example mean Fisher of `model` on `data`.
 
     Estimators, as the field names them:
     - `exact`: `E_x sum_c p(c|x) (d log p(c|x) / d theta)^2`, the expectation
@@ -42,12 +44,13 @@ def estimate_fisher(
     - `batched`: the squared gradient of each mini-batch mean, times the batch
       size (biased; offered only to compare).
 
-    Dense layers called once on 2-D inputs are fast: their squared
-    per-example gradients come from one backward pass per output-space
-    cotangent (one for `empirical`, `num_samples` for `sampled`, the output
-    dimension for `exact`). All other trainable variables (Conv, Embedding,
-    normalization, custom layers) use per-example gradients vectorized over
-    the batch with the backend's `vmap`.
+    Dense layers called once on 2-D inputs and channels-last Conv2D layers
+    called once are fast: their squared per-example gradients come from one
+    backward pass per output-space cotangent (one for `empirical`,
+    `num_samples` for `sampled`, the output dimension for `exact`). All other
+    trainable variables (other convolutions, Embedding, normalization, custom
+    layers) use per-example gradients vectorized over the batch with the
+    backend's `vmap`.
 
     Args:
         model: a built Keras model with a single `(batch, d)` output.
@@ -63,6 +66,12 @@ def estimate_fisher(
             negative log-likelihood, `binary_crossentropy` `1/d` times).
         seed: seed of the labels drawn by `sampled`, identical on every
             backend.
+        structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
+            (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
+            every Dense and Conv2D layer the fast path covers, from the same
+            backward passes (the exact, sampled and empirical estimators;
+            `A` and `G` are batch sums, so the cost is one pass over the
+            data), and the diagonal for every other variable.
 
     Labels are checked on the host as Keras's losses read them, and the
     outputs of the first batch are checked to be probabilities when the loss
@@ -71,7 +80,10 @@ def estimate_fisher(
 
     Returns:
         `(fisher, num_examples)`: a dict from variable path to a float32 numpy
-        array, and the number of examples used.
+        array, and the number of examples used. With `structure="kfac"`,
+        `(fisher, num_examples, kronecker)`: `fisher` then covers the
+        variables outside Kronecker blocks, and `kronecker` maps each
+        kernel's path to `(bias_path or None, A, G)`, per-example means.
 
     Raises:
         ValueError: for an unknown estimator, a `num_samples`, `batch_size`
@@ -85,6 +97,13 @@ def estimate_fisher(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+    if structure not in STRUCTURES:
+        raise ValueError(f"Unknown structure {structure!r}; expected one of {STRUCTURES}.")
+    if structure == "kfac" and estimator == "batched":
+        raise ValueError(
+            "The `batched` estimator has no per-example gradients to factor: use "
+            "`exact`, `sampled` or `empirical` with structure='kfac'."
+        )
     num_samples = check_positive_int("num_samples", num_samples)
     batch_size = check_positive_int("batch_size", batch_size)
     max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
@@ -105,7 +124,7 @@ def estimate_fisher(
                 raise ValueError("The data holds NaN or infinite inputs.")
         if step is None:
             _check_batch_axis(model, x)
-            step = _cached_step(model, variables, likelihood, estimator, num_samples, x)
+            step = _cached_step(model, variables, likelihood, estimator, num_samples, x, structure)
         y = likelihood.check_labels(y, step.output_dim)
         batch = len(y)
         noise = None
@@ -117,24 +136,39 @@ def estimate_fisher(
         if totals is None:
             # The one host sync before the end: are probabilities probabilities?
             likelihood.check_outputs([float(ops.convert_to_numpy(c)) for c in checks])
-            totals = list(sums)
+            totals = sums
         else:
             # Totals stay on the device: no host round trip per batch.
-            totals = [ops.add(t, s) for t, s in zip(totals, sums)]
+            totals = keras.tree.map_structure(ops.add, totals, sums)
         num_examples += batch
     if num_examples == 0:
         raise ValueError("The data is empty: a Fisher memory needs at least one example.")
+    diagonal_totals, factor_totals = totals if structure == "kfac" else (totals, [])
     fisher = {}
-    for variable, total in zip(variables, totals):
-        total = np.asarray(ops.convert_to_numpy(total), dtype="float64")
-        value = (total / num_examples).astype("float32")
-        if not np.all(np.isfinite(value)):
-            raise ValueError(
-                f"The Fisher of {variable.path} is not finite: the model's "
-                "outputs or weights hold NaN or infinite values."
-            )
-        fisher[variable.path] = value
-    return fisher, num_examples
+    for index, total in zip(step.diagonal, diagonal_totals):
+        fisher[variables[index].path] = _mean(total, num_examples, variables[index].path, "float32")
+    if structure == "diagonal":
+        return fisher, num_examples
+    kronecker = {}
+    for layer, (a, g) in zip(step.taps.layers, factor_totals):
+        bias = layer.bias.path if layer.use_bias else None
+        kernel = layer.kernel.path
+        kronecker[kernel] = (
+            bias,
+            _mean(a, num_examples, kernel, "float64"),
+            _mean(g, num_examples, kernel, "float64"),
+        )
+    return fisher, num_examples, kronecker
+
+
+def _mean(total, num_examples, path, dtype):
+    value = np.asarray(ops.convert_to_numpy(total), dtype="float64") / num_examples
+    if not np.all(np.isfinite(value)):
+        raise ValueError(
+            f"The Fisher of {path} is not finite: the model's outputs or weights "
+            "hold NaN or infinite values."
+        )
+    return value.astype(dtype)
 
 
 def _check_batch_axis(model, x):
@@ -158,15 +192,18 @@ def _check_batch_axis(model, x):
 class _BatchStep:
     """The compiled per-batch computation for one model and estimator."""
 
-    def __init__(self, model, variables, likelihood, estimator, example_x):
+    def __init__(self, model, variables, likelihood, estimator, example_x, structure):
         self.model = model
         self.variables = variables
         self.likelihood = likelihood
         self.estimator = estimator
-        self.taps = DenseTaps(model).probe(example_x)
+        self.structure = structure
+        self.taps = DenseTaps(model, conv2d=True).probe(example_x)
         position = {id(v): i for i, v in enumerate(variables)}
         self.fast = [position[id(v)] for v in self.taps.variables]
         self.generic = sorted(set(range(len(variables))) - set(self.fast))
+        # The variables whose diagonal the step returns, in its order.
+        self.diagonal = self.generic if structure == "kfac" else list(range(len(variables)))
         outputs = model(example_x, training=False)
         if len(keras.tree.flatten(outputs)) != 1:
             names = getattr(model, "output_names", None) or len(keras.tree.flatten(outputs))
@@ -220,16 +257,23 @@ class _BatchStep:
         dtype = values[0].dtype
         outputs, inputs, pullback = backend.linearize(forward, self.taps.zeros(batch, dtype))
         cotangents = ops.stop_gradient(self._cotangents(outputs, y, noise))
+        checks = self.likelihood.output_checks(ops.stop_gradient(outputs))
         sums = [None] * len(self.variables)
+        generic = []
+        if self.generic:
+            generic = self._per_example(values, x, ops.transpose(cotangents, (1, 0, 2)))
+        if self.structure == "kfac":
+            factors = []
+            if self.taps.layers:
+                factors = self.taps.kronecker_factors(inputs, pullback(cotangents))
+            return (generic, factors), checks
         if self.taps.layers:
             fast = self.taps.squared_gradients(inputs, pullback(cotangents))
             for i, s in zip(self.fast, fast):
                 sums[i] = s
-        if self.generic:
-            generic = self._per_example(values, x, ops.transpose(cotangents, (1, 0, 2)))
-            for i, s in zip(self.generic, generic):
-                sums[i] = s
-        return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
+        for i, s in zip(self.generic, generic):
+            sums[i] = s
+        return sums, checks
 
     def _per_example(self, values, x, cotangents):
         """Generic path: per-example gradients, vectorized over the batch."""
@@ -264,10 +308,11 @@ class _BatchStep:
         return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
 
 
-def _cached_step(model, variables, likelihood, estimator, num_samples, example_x):
+def _cached_step(model, variables, likelihood, estimator, num_samples, example_x, structure):
     # The number of cotangents is static in a traced step: one step per count.
     key = (
         estimator,
+        structure,
         num_samples if estimator == "sampled" else None,
         type(likelihood),
         tuple(sorted(vars(likelihood).items())),
@@ -275,5 +320,5 @@ def _cached_step(model, variables, likelihood, estimator, num_samples, example_x
     )
     steps = _STEPS.setdefault(model, {})
     if key not in steps:
-        steps[key] = _BatchStep(model, variables, likelihood, estimator, example_x)
+        steps[key] = _BatchStep(model, variables, likelihood, estimator, example_x, structure)
     return steps[key]
