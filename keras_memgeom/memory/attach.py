@@ -5,7 +5,9 @@ import numpy as np
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
-from keras_memgeom.memory.merge import merge
+from keras_memgeom.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
+from keras_memgeom.memory.merge import common_blocks, merge
 from keras_memgeom.memory.penalty import penalty_scale
 from keras_memgeom.utils.checks import check_number
 
@@ -39,10 +41,10 @@ class Attachment:
 
     @property
     def variables(self):
-        """The state the penalty reads: anchors, Fishers and the scale."""
+        """The state the penalty reads: anchors, Fishers or factors, and the scale."""
         out = [self.scale]
         for _, regularizer in self.regularizers:
-            out.extend([regularizer.anchor, regularizer.fisher])
+            out.extend(regularizer.variables)
         return out
 
     def set_num_train_examples(self, num_train_examples):
@@ -98,33 +100,66 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     if not memories:
         detach(model)
         return model
-    combined = merge(memories)
-    scale_value = penalty_scale(combined.num_examples, num_train_examples, strength)
-    pairs = combined.match(model)
+    blocks = common_blocks(memories)
+    num_examples = sum(m.num_examples for m in memories)
+    scale_value = penalty_scale(num_examples, num_train_examples, strength)
+    variables = dict(memories[-1].match(model))
     for m in memories[:-1]:
         m.match(model)
-    offsets = _ewc_offsets(memories, combined) if len(memories) > 1 else {}
     owners = None if _tracks_memories(model) else _regularizer_attributes(model)
     _remove_regularizers(model)
     scale = keras.Variable(scale_value, trainable=False, dtype="float32", name="memory_scale")
-    anchors, fishers = combined.anchor, combined.fisher
     regularizers = []
-    for path, variable in pairs:
-        regularizer = FisherRegularizer(
-            anchors[path],
-            fishers[path],
-            scale=scale,
-            offset=offsets.get(path, 0.0),
-            base=variable.regularizer,
-        )
+
+    def add(variable, regularizer):
         _set_regularizer(variable, regularizer, owners)
         regularizers.append((variable, regularizer))
-    attachment = Attachment(memories, strength, regularizers, scale, combined.num_examples)
+
+    diagonal = _diagonal_parts(memories, blocks)
+    if diagonal[0].paths:
+        combined = merge(diagonal)
+        offsets = _ewc_offsets(diagonal, combined) if len(diagonal) > 1 else {}
+        anchors, fishers = combined.anchor, combined.fisher
+        for path in combined.paths:
+            regularizer = FisherRegularizer(
+                anchors[path],
+                fishers[path],
+                scale=scale,
+                offset=offsets.get(path, 0.0),
+                base=variables[path].regularizer,
+            )
+            add(variables[path], regularizer)
+    for kernel, block in blocks.items():
+        terms = []
+        for m in memories:
+            anchor = m.anchor
+            matrix = anchor[kernel].reshape(kernel_matrix_shape(anchor[kernel].shape))
+            bias = anchor[block.bias] if block.bias is not None else None
+            own = m.kronecker[kernel]
+            terms.append((matrix, bias, own.a, own.g, m.num_examples / num_examples))
+        bias = variables[block.bias] if block.bias is not None else None
+        add(variables[kernel], KroneckerRegularizer(terms, bias, scale, base=variables[kernel].regularizer))
+    attachment = Attachment(memories, strength, regularizers, scale, num_examples)
     object.__setattr__(model, _ATTACHMENT, attachment)
     if _tracks_memories(model):
         model._on_memories_attached(attachment, num_train_examples)
     _reset_traced_functions(model)
     return model
+
+
+def _diagonal_parts(memories, blocks):
+    """Each memory restricted to the variables no Kronecker block covers."""
+    if not blocks:
+        return memories
+    covered = set(blocks) | {b.bias for b in blocks.values() if b.bias is not None}
+    parts = []
+    for m in memories:
+        anchor, fisher = m.anchor, m.fisher
+        paths = [p for p in m.paths if p not in covered]
+        parts.append(
+            FisherMemory({p: anchor[p] for p in paths}, {p: fisher[p] for p in paths}, m.num_examples)
+        )
+    return parts
 
 
 def detach(model):
@@ -160,7 +195,7 @@ def attached_regularizers(model):
     return [
         (v, v.regularizer)
         for v in model.trainable_variables
-        if isinstance(v.regularizer, FisherRegularizer)
+        if isinstance(v.regularizer, (FisherRegularizer, KroneckerRegularizer))
     ]
 
 

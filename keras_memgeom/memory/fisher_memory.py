@@ -7,27 +7,44 @@ from keras import ops
 
 from keras_memgeom.memory.fisher import estimate_fisher
 from keras_memgeom.memory.memory_file import read_memory_file, write_memory_file
-from keras_memgeom.memory.penalty import penalty_scale, quadratic_penalty
+from keras_memgeom.memory.kronecker import (
+    KroneckerBlock,
+    block_diagonal,
+    kernel_matrix_shape,
+    kronecker_effective_dimension,
+)
+from keras_memgeom.memory.penalty import kronecker_penalty, penalty_scale, quadratic_penalty
 from keras_memgeom.utils.checks import check_number, check_positive_int
 
 
 class FisherMemory:
-    """A memory: the anchor `theta_A`, its diagonal Fisher `F_A` and `n_A`.
+    """A memory: the anchor `theta_A`, its Fisher `F_A` and `n_A`.
 
     To second order the log-posterior after the remembered data is
     `-1/2 n_A (theta - theta_A)^T F_A (theta - theta_A)`; `F_A` is the
     per-example mean, so `n_A * F_A` is the precision.
 
+    The Fisher has one of two structures. *Diagonal*: one number per
+    parameter, an ellipsoid whose axes are the parameter axes. *Kronecker-
+    factored* (K-FAC; Martens & Grosse 2015, Grosse & Martens 2016): each
+    Dense or Conv2D layer's kernel and bias get the block `A (x) G`
+    (`KroneckerBlock`), an ellipsoid with its own axes, at a cost of
+    `fan_in^2 + units^2` numbers per layer; the other variables stay
+    diagonal.
+
     Args:
         anchor: dict from variable path to array, the remembered weights.
-        fisher: dict with the same keys and shapes, the per-example mean
-            diagonal Fisher (non-negative).
+        fisher: dict from path to the per-example mean diagonal Fisher
+            (non-negative) of every variable no Kronecker block covers.
         num_examples: `n_A`, the number of examples remembered.
         estimator: how the Fisher was estimated (kept for the record).
+        kronecker: dict from a kernel's path to its `KroneckerBlock`, or
+            `None` for a diagonal memory.
 
     Raises:
         ValueError: if the keys or shapes disagree, values are not finite,
-            the Fisher is negative or `num_examples` is not positive.
+            the Fisher is negative, a factor is not symmetric or has the
+            wrong size, or `num_examples` is not a positive whole number.
 
     Example:
     >>> memory = FisherMemory.estimate(model, (x_a, y_a))
@@ -35,30 +52,60 @@ class FisherMemory:
     >>> model.fit(x_b, y_b)
     """
 
-    def __init__(self, anchor, fisher, num_examples, estimator=None):
-        if set(anchor) != set(fisher):
+    def __init__(self, anchor, fisher, num_examples, estimator=None, kronecker=None):
+        kronecker = {k: KroneckerBlock(*block) for k, block in (kronecker or {}).items()}
+        in_blocks = set(kronecker) | {b.bias for b in kronecker.values() if b.bias is not None}
+        if set(anchor) != set(fisher) | in_blocks or set(fisher) & in_blocks:
             raise ValueError(
-                "`anchor` and `fisher` must name the same variables; they differ "
-                f"in {sorted(set(anchor) ^ set(fisher))}."
+                "`anchor` and `fisher` must name the same variables (less those in "
+                "Kronecker blocks, which `fisher` leaves out); they differ in "
+                f"{sorted(set(anchor) ^ (set(fisher) | in_blocks))}."
             )
         num_examples = check_positive_int("num_examples", num_examples)
         self._anchor, self._fisher = {}, {}
         for path in anchor:
             a = np.array(anchor[path], dtype="float32")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"The memory of {path} holds NaN or infinite values.")
+            a.flags.writeable = False
+            self._anchor[path] = a
+        for path in fisher:
             f = np.array(fisher[path], dtype="float32")
-            if a.shape != f.shape:
+            if f.shape != self._anchor[path].shape:
                 raise ValueError(
-                    f"The anchor of {path} has shape {a.shape} but its Fisher has shape {f.shape}."
+                    f"The anchor of {path} has shape {self._anchor[path].shape} but its "
+                    f"Fisher has shape {f.shape}."
                 )
-            if not (np.all(np.isfinite(a)) and np.all(np.isfinite(f))):
+            if not np.all(np.isfinite(f)):
                 raise ValueError(f"The memory of {path} holds NaN or infinite values.")
             if np.any(f < 0):
                 raise ValueError(f"The Fisher of {path} has negative entries.")
             # Shared read-only: a memory is a value, and reading it stays O(1).
-            a.flags.writeable = f.flags.writeable = False
-            self._anchor[path], self._fisher[path] = a, f
-        self.num_examples = int(num_examples)
+            f.flags.writeable = False
+            self._fisher[path] = f
+        self._kronecker = {path: self._checked_block(path, b) for path, b in kronecker.items()}
+        self._diagonal = None
+        self.num_examples = num_examples
         self.estimator = estimator
+
+    def _checked_block(self, path, block):
+        fan_in, units = kernel_matrix_shape(self._anchor[path].shape)
+        rows = fan_in + (block.bias is not None)
+        a, g = np.array(block.a, dtype="float64"), np.array(block.g, dtype="float64")
+        if a.shape != (rows, rows) or g.shape != (units, units):
+            raise ValueError(
+                f"The Kronecker factors of {path} must be {(rows, rows)} and "
+                f"{(units, units)}; got {a.shape} and {g.shape}."
+            )
+        if block.bias is not None and self._anchor[block.bias].shape != (units,):
+            raise ValueError(f"The bias {block.bias} of {path} does not have shape {(units,)}.")
+        for name, factor in (("a", a), ("g", g)):
+            if not np.all(np.isfinite(factor)):
+                raise ValueError(f"The Kronecker factor {name} of {path} holds NaN or infinite values.")
+            if not np.allclose(factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()):
+                raise ValueError(f"The Kronecker factor {name} of {path} is not symmetric.")
+            factor.flags.writeable = False
+        return KroneckerBlock(block.bias, a, g)
 
     @classmethod
     def estimate(
@@ -72,12 +119,13 @@ class FisherMemory:
         batch_size=256,
         likelihood=None,
         seed=0,
+        structure="diagonal",
     ):
         """Remembers what `model` learned from `data`.
 
         The memory holds the model's trainable variables at their current
-        values and their diagonal Fisher on `data`; see `estimate_fisher` for
-        the estimators (`exact`, `sampled`, `empirical`, `batched`) and which
+        values and their Fisher on `data`; see `estimate_fisher` for the
+        estimators (`exact`, `sampled`, `empirical`, `batched`) and which
         layers are fast.
 
         Args:
@@ -91,6 +139,8 @@ class FisherMemory:
             batch_size: batch size for arrays.
             likelihood: a `keras_memgeom.memory.likelihood.Likelihood`.
             seed: seed for `sampled`.
+            structure: `"diagonal"`, or `"kfac"` for Kronecker factors on
+                the Dense and Conv2D layers the fast path covers.
 
         Returns:
             A `FisherMemory`.
@@ -98,7 +148,7 @@ class FisherMemory:
         Raises:
             ValueError: see `estimate_fisher`.
         """
-        fisher, num_examples = estimate_fisher(
+        estimate = estimate_fisher(
             model,
             data,
             estimator=estimator,
@@ -107,9 +157,11 @@ class FisherMemory:
             batch_size=batch_size,
             likelihood=likelihood,
             seed=seed,
+            structure=structure,
         )
+        fisher, num_examples, kronecker = estimate if structure == "kfac" else (*estimate, None)
         anchor = {v.path: ops.convert_to_numpy(v.value) for v in model.trainable_variables}
-        return cls(anchor, fisher, num_examples, estimator=estimator)
+        return cls(anchor, fisher, num_examples, estimator=estimator, kronecker=kronecker)
 
     @property
     def paths(self):
@@ -122,14 +174,42 @@ class FisherMemory:
         return dict(self._anchor)
 
     @property
+    def structure(self):
+        """`"kfac"` if any layer has Kronecker factors, else `"diagonal"`."""
+        return "kfac" if self._kronecker else "diagonal"
+
+    @property
+    def kronecker(self):
+        """Dict from a kernel's path to its `KroneckerBlock` (empty if diagonal)."""
+        return dict(self._kronecker)
+
+    @property
     def fisher(self):
-        """Dict from path to the per-example diagonal Fisher (read-only arrays)."""
-        return dict(self._fisher)
+        """Dict from path to the per-example diagonal Fisher (read-only arrays).
+
+        For a Kronecker-factored layer this is the diagonal of `A (x) G`.
+        """
+        if self._diagonal is None:
+            fisher = dict(self._fisher)
+            for path, block in self._kronecker.items():
+                fisher[path], bias = block_diagonal(block, self._anchor[path].shape)
+                if bias is not None:
+                    fisher[block.bias] = bias
+            for value in fisher.values():
+                value.flags.writeable = False
+            self._diagonal = {path: fisher[path] for path in self._anchor}
+        return dict(self._diagonal)
 
     @property
     def precision(self):
-        """Dict from path to the precision `n * F`."""
-        return {k: self.num_examples * v for k, v in self._fisher.items()}
+        """Dict from path to the diagonal of the precision `n * F`."""
+        return {k: self.num_examples * v for k, v in self.fisher.items()}
+
+    def diagonal(self):
+        """This memory with its Kronecker blocks replaced by their diagonals."""
+        if not self._kronecker:
+            return self
+        return FisherMemory(self._anchor, self.fisher, self.num_examples, self.estimator)
 
     def match(self, model):
         """Pairs each remembered variable with a trainable variable of `model`.
@@ -192,14 +272,26 @@ class FisherMemory:
                 arguments are invalid.
         """
         scale = penalty_scale(self.num_examples, num_train_examples, strength)
+        variables = dict(self.match(model))
         terms = [
-            quadratic_penalty(variable.value, self._anchor[path], self._fisher[path], scale)
-            for path, variable in self.match(model)
+            quadratic_penalty(variables[path].value, self._anchor[path], fisher, scale)
+            for path, fisher in self._fisher.items()
         ]
+        for path, block in self._kronecker.items():
+            bias = variables[block.bias].value if block.bias is not None else None
+            anchor_bias = self._anchor[block.bias] if block.bias is not None else None
+            anchor = self._anchor[path].reshape(kernel_matrix_shape(self._anchor[path].shape))
+            terms.append(
+                kronecker_penalty(variables[path].value, bias, anchor, anchor_bias, block.a, block.g, scale)
+            )
         return ops.sum(ops.stack(terms))
 
     def effective_dimension(self, prior_precision):
         """Dimensions the memory occupies: `sum P / (P + alpha)`, `P = n F`.
+
+        The sum runs over the eigenvalues of the precision: the diagonal
+        entries, and for a Kronecker block the products `n lambda_i mu_j`
+        of its factors' eigenvalues (counted under the kernel's path).
 
         Args:
             prior_precision: `alpha > 0`, the precision of the prior.
@@ -215,13 +307,22 @@ class FisherMemory:
         )
         per_variable = {
             path: float(np.sum(p / (p + prior_precision), dtype="float64"))
-            for path, p in self.precision.items()
+            for path, p in ((k, self.num_examples * f) for k, f in self._fisher.items())
         }
-        return sum(per_variable.values()), per_variable
+        for path, block in self._kronecker.items():
+            # A layer's block counts once, under its kernel's path.
+            per_variable[path] = kronecker_effective_dimension(
+                block.a, block.g, self.num_examples, prior_precision
+            )
+            if block.bias is not None:
+                per_variable[block.bias] = 0.0
+        return sum(per_variable.values()), {p: per_variable[p] for p in self._anchor}
 
     def save(self, path):
         """Writes the memory to `path` (versioned, atomic, checksummed)."""
-        write_memory_file(path, self._anchor, self._fisher, self.num_examples, self.estimator)
+        write_memory_file(
+            path, self._anchor, self._fisher, self.num_examples, self.estimator, self._kronecker
+        )
 
     @classmethod
     def load(cls, path):
@@ -231,12 +332,12 @@ class FisherMemory:
             FileNotFoundError: if there is no file.
             ValueError: if it is corrupt, truncated or of a newer format.
         """
-        anchor, fisher, num_examples, estimator = read_memory_file(path)
-        return cls(anchor, fisher, num_examples, estimator=estimator)
+        anchor, fisher, num_examples, estimator, kronecker = read_memory_file(path)
+        return cls(anchor, fisher, num_examples, estimator=estimator, kronecker=kronecker)
 
     def __repr__(self):
         size = sum(a.size for a in self._anchor.values())
         return (
             f"<FisherMemory {len(self._anchor)} variables, {size} parameters, "
-            f"n={self.num_examples}, estimator={self.estimator}>"
+            f"n={self.num_examples}, estimator={self.estimator}, structure={self.structure}>"
         )

@@ -76,6 +76,11 @@ class FisherRegularizer(keras.regularizers.Regularizer):
         self.offset = check_number("offset", offset)
         self.base = keras.regularizers.get(base)
 
+    @property
+    def variables(self):
+        """The state the penalty reads (not a shared scale)."""
+        return [self.anchor, self.fisher]
+
     def __call__(self, x):
         value = quadratic_penalty(x, self.anchor, self.fisher, self.scale, self.offset)
         if self.base is not None:

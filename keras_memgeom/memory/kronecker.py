@@ -9,11 +9,35 @@ row-major `vec`, `vec(D)^T (A (x) G) vec(D) = sum(D * (A @ D @ G))`, which is
 how every function here evaluates it: `A (x) G` is never formed.
 """
 
+import collections
+
 import numpy as np
 
-# Relative floor of the factors' eigenvalues where they are inverted: a
-# direction no example reached stays at the newest anchor.
-_RELATIVE_DAMPING = 1e-10
+KroneckerBlock = collections.namedtuple("KroneckerBlock", ["bias", "a", "g"])
+KroneckerBlock.__doc__ = """The Kronecker factors of one layer's kernel (and bias).
+
+Args:
+    bias: the path of the layer's bias, or `None` without one.
+    a: `(fan_in [+ 1], fan_in [+ 1])`, the per-example second moment of the
+        layer's inputs (input patches for a convolution), with a 1 appended
+        where there is a bias.
+    g: `(units, units)`, the per-example second moment of the gradients at
+        the layer's outputs (averaged over positions for a convolution).
+"""
+
+
+def kernel_matrix_shape(kernel_shape):
+    """`(fan_in, units)`: a kernel as the matrix its Kronecker factors act on."""
+    return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
+
+
+def block_diagonal(block, kernel_shape):
+    """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`."""
+    fan_in, _ = kernel_matrix_shape(kernel_shape)
+    a_diagonal, g_diagonal = np.diag(block.a), np.diag(block.g)
+    kernel = np.outer(a_diagonal[:fan_in], g_diagonal).reshape(kernel_shape)
+    bias = a_diagonal[fan_in] * g_diagonal if block.bias is not None else None
+    return kernel, bias
 
 
 def kronecker_quadratic(a, g, delta):
@@ -21,17 +45,22 @@ def kronecker_quadratic(a, g, delta):
     return float(np.sum(delta * (a @ delta @ g)))
 
 
-def _symmetric_inverse_root(m):
-    eigenvalues, vectors = np.linalg.eigh(m)
-    floor = _RELATIVE_DAMPING * max(float(eigenvalues.max()), 1e-30)
-    return vectors / np.sqrt(np.maximum(eigenvalues, floor))
+# Eigenvalues below this share of the largest count as no information: the
+# factors are float32 sums, and e.g. a softmax's G is exactly singular.
+_RELATIVE_TOLERANCE = 1e-6
 
 
 def _joint_basis(m1, m2):
-    """`T` and `mu` with `T^T m1 T = I` and `T^T m2 T = diag(mu)` (m1 damped)."""
-    root = _symmetric_inverse_root(m1)
-    mu, v = np.linalg.eigh(root.T @ m2 @ root)
-    return root @ v, np.maximum(mu, 0.0)
+    """`T` (`p x k`) and `mu` with `T^T (m1 + m2) T = I`, `T^T m1 T = diag(mu)`.
+
+    `T` spans the range of `m1 + m2`; outside it neither matrix holds
+    information.
+    """
+    eigenvalues, vectors = np.linalg.eigh(m1 + m2)
+    kept = eigenvalues > _RELATIVE_TOLERANCE * max(float(eigenvalues.max()), 0.0)
+    root = vectors[:, kept] / np.sqrt(eigenvalues[kept])
+    mu, rotation = np.linalg.eigh(root.T @ m1 @ root)
+    return root @ rotation, np.clip(mu, 0.0, 1.0)
 
 
 def merge_anchor(older, newer):
@@ -49,13 +78,15 @@ def merge_anchor(older, newer):
     """
     anchor1, w1, a1, g1 = older
     anchor2, w2, a2, g2 = newer
-    # Solve for the move away from the newer anchor; damping then leaves
-    # unconstrained directions where the newer memory put them.
+    # Solve for the move away from the newer anchor, so that directions no
+    # memory constrains stay where the newer one put them.
     rhs = w1 * (a1 @ (anchor1 - anchor2) @ g1)
-    t_a, mu = _joint_basis(a2 * w2, a1 * w1)
-    t_g, nu = _joint_basis(g2, g1)
-    # In the joint basis the operator is diagonal: 1 + mu_i nu_j.
-    y = (t_a.T @ rhs @ t_g) / (1.0 + np.outer(mu, nu))
+    t_a, mu = _joint_basis(w1 * a1, w2 * a2)
+    t_g, nu = _joint_basis(g1, g2)
+    # In the joint basis the operator is diagonal.
+    operator = np.outer(mu, nu) + np.outer(1.0 - mu, 1.0 - nu)
+    held = operator > _RELATIVE_TOLERANCE
+    y = np.where(held, (t_a.T @ rhs @ t_g) / np.where(held, operator, 1.0), 0.0)
     return anchor2 + t_a @ y @ t_g.T
 
 

@@ -13,7 +13,9 @@ import numpy as np
 from keras_memgeom.utils.atomic_write import atomic_write, check_writable_file_path
 
 FORMAT = "keras_memgeom.FisherMemory"
-FORMAT_VERSION = 1
+# Version 2 adds Kronecker blocks; diagonal memories are still written as
+# version 1, which every reader since the first understands.
+FORMAT_VERSION = 2
 
 # Deflate never shrinks data more than about 1032:1; a member that claims
 # more is lying about its size (a zip bomb) and is refused before reading.
@@ -28,23 +30,25 @@ def _digest(array):
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def write_memory_file(path, anchor, fisher, num_examples, estimator):
+def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=None):
     """Writes a memory to `path` atomically (see `atomic_write`).
 
     The file is a zip of `.npy` arrays and a `meta.json` with the format
     version, each variable's path, shape, dtype and checksum, the estimator
-    and the number of examples. It gets the permissions the user's umask
-    gives new files; a failed write leaves `path` as it was and no
-    temporary file behind.
+    and the number of examples; a Kronecker-factored memory also lists each
+    block (kernel and bias paths, the factors' shapes and checksums). It gets
+    the permissions the user's umask gives new files; a failed write leaves
+    `path` as it was and no temporary file behind.
 
     Raises:
         IsADirectoryError, FileNotFoundError, PermissionError: if `path` is
             a folder or its folder is missing or read-only, before any work.
     """
     path = check_writable_file_path(path, "memory file")
+    kronecker = kronecker or {}
     meta = {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
+        "version": 2 if kronecker else 1,
         "num_examples": int(num_examples),
         "estimator": estimator,
         "variables": [
@@ -53,22 +57,44 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator):
                 "shape": list(anchor[name].shape),
                 "dtype": str(anchor[name].dtype),
                 "anchor_sha256": _digest(anchor[name]),
-                "fisher_sha256": _digest(fisher[name]),
+                "fisher_sha256": _digest(fisher[name]) if name in fisher else None,
             }
             for name in anchor
         ],
     }
+    if kronecker:
+        meta["kronecker"] = [
+            {
+                "kernel": kernel,
+                "bias": block.bias,
+                "dtype": str(block.a.dtype),
+                "a_shape": list(block.a.shape),
+                "g_shape": list(block.g.shape),
+                "a_sha256": _digest(block.a),
+                "g_sha256": _digest(block.g),
+            }
+            for kernel, block in kronecker.items()
+        ]
+    members = []
+    for i, name in enumerate(anchor):
+        members.append((f"anchor/{i}.npy", anchor[name]))
+        if name in fisher:
+            members.append((f"fisher/{i}.npy", fisher[name]))
+    for j, block in enumerate(kronecker.values()):
+        members += [(f"kronecker_a/{j}.npy", block.a), (f"kronecker_g/{j}.npy", block.g)]
     with atomic_write(path, "memory file") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("meta.json", json.dumps(meta, indent=1))
-        for i, name in enumerate(anchor):
-            for kind, arrays in (("anchor", anchor), ("fisher", fisher)):
-                buffer = io.BytesIO()
-                np.save(buffer, arrays[name], allow_pickle=False)
-                z.writestr(f"{kind}/{i}.npy", buffer.getvalue())
+        for member, array in members:
+            buffer = io.BytesIO()
+            np.save(buffer, array, allow_pickle=False)
+            z.writestr(member, buffer.getvalue())
 
 
 def _invalid(path, problem):
     return ValueError(f"{path!r} is not a valid memory file: {problem}.")
+
+
+_DTYPES = ("float32", "float64", "float16")
 
 
 def _is_count(value):
@@ -108,9 +134,30 @@ def _check_meta(path, meta):
         seen.add(name)
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
             raise _invalid(path, f"the shape of {name!r} is {shape!r}")
-        if entry["dtype"] not in ("float32", "float64", "float16"):
+        if entry["dtype"] not in _DTYPES:
             raise _invalid(path, f"the dtype of {name!r} is {entry['dtype']!r}")
-    return entries
+    blocks = meta.get("kronecker", []) if version >= 2 else []
+    if not isinstance(blocks, list):
+        raise _invalid(path, "its Kronecker blocks are not a list")
+    covered = set()
+    for block in blocks:
+        keys = ("kernel", "bias", "dtype", "a_shape", "g_shape", "a_sha256", "g_sha256")
+        if not isinstance(block, dict) or not all(key in block for key in keys):
+            raise _invalid(path, f"a Kronecker block lacks one of {keys}: {block!r}")
+        for role in ("kernel", "bias"):
+            name = block[role]
+            if (role == "kernel" or name is not None) and (name not in seen or name in covered):
+                raise _invalid(path, f"a Kronecker block's {role} is {name!r}")
+            covered.add(name)
+        for shape in (block["a_shape"], block["g_shape"]):
+            if not (isinstance(shape, list) and len(shape) == 2 and all(_is_count(d) for d in shape)):
+                raise _invalid(path, f"the Kronecker factors of {block['kernel']!r} have shape {shape!r}")
+        if block["dtype"] not in _DTYPES:
+            raise _invalid(path, f"the Kronecker factors of {block['kernel']!r} are {block['dtype']!r}")
+    for entry in entries:
+        if (entry["fisher_sha256"] is None) != (entry["path"] in covered):
+            raise _invalid(path, f"{entry['path']!r} has both or neither a diagonal Fisher and a block")
+    return entries, blocks
 
 
 def _checked_info(path, z, member, min_bytes, max_bytes):
@@ -165,6 +212,16 @@ def _read_array(path, z, member, entry):
     return np.frombuffer(data, dtype=dtype).reshape(entry["shape"], order=order).copy()
 
 
+def _read_checked(path, z, member, entry, kind):
+    array = _read_array(path, z, member, entry)
+    if _digest(array) != entry[f"{kind}_sha256"]:
+        raise ValueError(
+            f"{path!r} is corrupt: the {kind} of {entry['path']} "
+            "does not match its recorded shape or checksum."
+        )
+    return array
+
+
 def read_memory_file(path):
     """Reads a memory written by `write_memory_file`.
 
@@ -173,7 +230,8 @@ def read_memory_file(path):
     huge array.
 
     Returns:
-        `(anchor, fisher, num_examples, estimator)`.
+        `(anchor, fisher, num_examples, estimator, kronecker)`; `kronecker`
+        maps a kernel's path to `(bias_path, a, g)` (empty for version 1).
 
     Raises:
         FileNotFoundError: if there is no such file.
@@ -188,17 +246,26 @@ def read_memory_file(path):
         with zipfile.ZipFile(path) as z:
             _checked_info(path, z, "meta.json", 0, _MAX_META_BYTES)
             meta = json.loads(z.read("meta.json"))
-            entries = _check_meta(path, meta)
-            anchor, fisher = {}, {}
+            entries, blocks = _check_meta(path, meta)
+            anchor, fisher, kronecker = {}, {}, {}
             for i, entry in enumerate(entries):
                 for kind, arrays in (("anchor", anchor), ("fisher", fisher)):
-                    array = _read_array(path, z, f"{kind}/{i}.npy", entry)
-                    if _digest(array) != entry[f"{kind}_sha256"]:
-                        raise ValueError(
-                            f"{path!r} is corrupt: the {kind} of {entry['path']} "
-                            "does not match its recorded shape or checksum."
-                        )
-                    arrays[entry["path"]] = array
+                    if entry[f"{kind}_sha256"] is not None:
+                        member = f"{kind}/{i}.npy"
+                        arrays[entry["path"]] = _read_checked(path, z, member, entry, kind)
+            for j, block in enumerate(blocks):
+                a, g = (
+                    _read_checked(
+                        path,
+                        z,
+                        f"kronecker_{kind}/{j}.npy",
+                        {"path": block["kernel"], "shape": block[f"{kind}_shape"],
+                         "dtype": block["dtype"], f"{kind}_sha256": block[f"{kind}_sha256"]},
+                        kind,
+                    )
+                    for kind in ("a", "g")
+                )
+                kronecker[block["kernel"]] = (block["bias"], a, g)
     except (
         zipfile.BadZipFile,
         zlib.error,
@@ -210,4 +277,4 @@ def read_memory_file(path):
         raise ValueError(
             f"{path!r} is corrupt or truncated and was not read ({error})."
         ) from error
-    return anchor, fisher, meta["num_examples"], meta.get("estimator")
+    return anchor, fisher, meta["num_examples"], meta.get("estimator"), kronecker

@@ -3,6 +3,12 @@
 import numpy as np
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
+from keras_memgeom.memory.kronecker import (
+    KroneckerBlock,
+    kernel_matrix_shape,
+    merge_anchor,
+    nearest_kronecker,
+)
 from keras_memgeom.utils.checks import check_number
 
 
@@ -29,8 +35,8 @@ def merge(memories, *, decay=1.0):
     Raises:
         ValueError: if the list is empty or holds something else than
             memories, `decay` is not a finite number in `(0, 1]`, or the
-            memories name different variables or shapes (the variable is
-            named).
+            memories name different variables, shapes or Kronecker blocks
+            (the variable is named).
 
     Example:
     >>> memory = merge([memory_a, memory_b])
@@ -60,8 +66,16 @@ def merge(memories, *, decay=1.0):
                 )
     weights = [decay ** (len(memories) - 1 - k) for k in range(len(memories))]
     num_examples = sum(m.num_examples for m in memories)
-    anchor, fisher = {}, {}
-    for path in paths:
+    blocks = common_blocks(memories)
+    covered = set(blocks) | {b.bias for b in blocks.values() if b.bias is not None}
+    anchor, fisher, kronecker = {}, {}, {}
+    for kernel, block in blocks.items():
+        anchor[kernel], bias_anchor, kronecker[kernel] = _merge_block(
+            kernel, block.bias, memories, anchors, weights, num_examples
+        )
+        if block.bias is not None:
+            anchor[block.bias] = bias_anchor
+    for path in (p for p in paths if p not in covered):
         newest = anchors[-1][path].astype("float64")
         precision = np.zeros_like(newest)
         moment = np.zeros_like(newest)
@@ -74,5 +88,51 @@ def merge(memories, *, decay=1.0):
         fisher[path] = precision / num_examples
     estimators = {m.estimator for m in memories}
     return FisherMemory(
-        anchor, fisher, num_examples, estimator=estimators.pop() if len(estimators) == 1 else "mixed"
+        {p: anchor[p] for p in paths},
+        fisher,
+        num_examples,
+        estimator=estimators.pop() if len(estimators) == 1 else "mixed",
+        kronecker=kronecker,
     )
+
+
+def common_blocks(memories):
+    """The Kronecker blocks all `memories` share, or an error naming the difference."""
+    layouts = [{k: b.bias for k, b in m.kronecker.items()} for m in memories]
+    for k, layout in enumerate(layouts[1:], start=1):
+        if layout != layouts[0]:
+            raise ValueError(
+                "Memories of different structures cannot be combined: memory 0 has "
+                f"Kronecker blocks on {sorted(layouts[0])} but memory {k} on "
+                f"{sorted(layout)}. `memory.diagonal()` makes a diagonal memory of either."
+            )
+    return memories[-1].kronecker
+
+
+def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
+    """Folds one layer's Kronecker terms, oldest first, into one block.
+
+    A sum of Kronecker products is not one. Each fold keeps the exact
+    minimizer of the two-term sum as the anchor (`merge_anchor`) and refits
+    the precision as the nearest single product (`nearest_kronecker`), so an
+    online memory stays one block whatever the number of tasks.
+    """
+    shape = anchors[0][kernel].shape
+
+    def stacked(a):
+        matrix = a[kernel].reshape(kernel_matrix_shape(shape)).astype("float64")
+        return np.concatenate([matrix, a[bias][None]], axis=0) if bias is not None else matrix
+
+    first = memories[0].kronecker[kernel]
+    anchor, weight, a, g = stacked(anchors[0]), weights[0] * memories[0].num_examples, first.a, first.g
+    for w, memory, other in zip(weights[1:], memories[1:], anchors[1:]):
+        block = memory.kronecker[kernel]
+        newer = (stacked(other), w * memory.num_examples, block.a, block.g)
+        anchor = merge_anchor((anchor, weight, a, g), newer)
+        a, g = nearest_kronecker([(weight, a, g), newer[1:]])
+        weight = 1.0
+    # Per-example factors: n A (x) G is the precision.
+    a = a * (weight / num_examples)
+    fan_in = kernel_matrix_shape(shape)[0]
+    bias_anchor = anchor[fan_in] if bias is not None else None
+    return anchor[:fan_in].reshape(shape), bias_anchor, KroneckerBlock(bias, a, g)

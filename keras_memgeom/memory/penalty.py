@@ -24,6 +24,41 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     return ops.multiply(ops.add(weighted, offset), ops.cast(scale, value.dtype))
 
 
+def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale):
+    """`scale * vec(D)^T (a (x) g) vec(D)` for the layer's weights `D = W~ - anchor`.
+
+    `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
+    extra row. The form is `sum(D * (a @ D @ g))`: two matmuls, `a (x) g` is
+    never formed. Its gradient `2 a D g` reuses the forward product (the
+    product is held constant in a term whose value is subtracted again), so
+    the backward pass costs no matmul.
+
+    Args:
+        kernel: the kernel's current value.
+        bias: the bias's current value, or `None`.
+        anchor_kernel: the remembered kernel, `(fan_in, units)`.
+        anchor_bias: the remembered bias, or `None`.
+        a: the input factor, `(fan_in [+ 1], fan_in [+ 1])`.
+        g: the output factor, `(units, units)`.
+        scale: `strength / 2 * n / num_train_examples` (times the term's
+            share of `n` for a sum of memories).
+
+    Returns:
+        A scalar tensor.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    dtype = kernel.dtype
+    diff = ops.subtract(ops.reshape(kernel, ops.shape(anchor_kernel)), ops.cast(anchor_kernel, dtype))
+    if bias is not None:
+        bias_diff = ops.subtract(ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype))
+        diff = ops.concatenate([diff, bias_diff[None]], axis=0)
+    product = ops.stop_gradient(ops.matmul(ops.matmul(ops.cast(a, dtype), diff), ops.cast(g, dtype)))
+    linear = ops.sum(ops.multiply(diff, product))
+    # Value: 2q - q = q; gradient: 2 a D g from the held product.
+    value = ops.subtract(ops.multiply(linear, 2.0), ops.stop_gradient(linear))
+    return ops.multiply(value, ops.cast(scale, dtype))
+
+
 def penalty_scale(num_examples, num_train_examples, strength):
     """The Laplace / MAP factor `strength / 2 * n / num_train_examples`.
 

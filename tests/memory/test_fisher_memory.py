@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -128,13 +129,15 @@ def test_corrupt_truncated_and_newer_files_are_refused(tmp_path, rng):
         FisherMemory.load(tampered)
 
     newer = tmp_path / "newer.memory"
-    original = memory_file.FORMAT_VERSION
-    memory_file.FORMAT_VERSION = original + 1
-    try:
-        memory.save(newer)
-    finally:
-        memory_file.FORMAT_VERSION = original
-    with pytest.raises(ValueError, match="newer|version 2"):
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(newer, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            if item == "meta.json":
+                meta = json.loads(data)
+                meta["version"] = memory_file.FORMAT_VERSION + 1
+                data = json.dumps(meta)
+            target.writestr(item, data)
+    with pytest.raises(ValueError, match=f"version {memory_file.FORMAT_VERSION + 1}"):
         FisherMemory.load(newer)
     with pytest.raises(FileNotFoundError):
         FisherMemory.load(tmp_path / "missing.memory")

@@ -1,0 +1,76 @@
+"""A Kronecker-factored memory of one layer as a Keras regularizer."""
+
+import keras
+import numpy as np
+
+from keras_memgeom.memory.penalty import kronecker_penalty
+
+
+def _state(value, name):
+    return keras.Variable(np.asarray(value, "float32"), trainable=False, dtype="float32", name=name)
+
+
+class KroneckerRegularizer(keras.regularizers.Regularizer):
+    """Penalty `scale * sum_k w_k vec(D_k)^T (A_k (x) G_k) vec(D_k)` on one layer.
+
+    Set on the layer's kernel, it also reads the layer's bias (the factors
+    couple them: `D_k` is the kernel as a `(fan_in, units)` matrix with the
+    bias as a last row, less the `k`-th anchor). One term per remembered
+    memory keeps a sum of memories exact (EWC); a merged memory has one.
+    The anchors, factors and `scale` are non-trainable `keras.Variable`s, so
+    a compiled step reads them as state.
+
+    It cannot be serialized into a layer's config (it refers to another
+    variable): the package's models save memories as assets instead.
+
+    Args:
+        terms: a list of `(anchor_kernel, anchor_bias, a, g, weight)`:
+            `anchor_kernel` as a `(fan_in, units)` matrix, `anchor_bias`
+            `(units,)` or `None`, the factors, and the term's share `w_k`.
+        bias: the layer's bias variable, or `None`.
+        scale: a scalar `keras.Variable`, `strength / 2 * n / num_train_examples`.
+        base: another regularizer of the kernel to add, or `None`.
+
+    Example:
+    >>> # Built by `keras_memgeom.attach` for Kronecker-factored memories.
+    >>> keras_memgeom.attach(model, kfac_memory, num_train_examples=len(x_b))
+    """
+
+    def __init__(self, terms, bias, scale, base=None):
+        self.bias = bias
+        self.scale = scale
+        self.base = keras.regularizers.get(base)
+        self.terms = [
+            (
+                _state(kernel, "memory_anchor"),
+                _state(bias_anchor, "memory_anchor") if bias_anchor is not None else None,
+                _state(a, "memory_kronecker_a"),
+                _state(g, "memory_kronecker_g"),
+                float(weight),
+            )
+            for kernel, bias_anchor, a, g, weight in terms
+        ]
+
+    @property
+    def variables(self):
+        """The state the penalty reads (not the shared scale)."""
+        return [v for term in self.terms for v in term[:4] if v is not None]
+
+    def __call__(self, x):
+        bias = self.bias.value if self.bias is not None else None
+        values = [
+            kronecker_penalty(x, bias, kernel, bias_anchor, a, g, keras.ops.multiply(self.scale, w))
+            for kernel, bias_anchor, a, g, w in self.terms
+        ]
+        value = keras.ops.sum(keras.ops.stack(values))
+        if self.base is not None:
+            value = keras.ops.add(value, self.base(x))
+        return value
+
+    def get_config(self):
+        raise NotImplementedError(
+            "A Kronecker-factored memory penalty couples a layer's kernel and bias and "
+            "cannot be saved in a layer's config. Use keras_memgeom.Model or "
+            "keras_memgeom.Sequential, which save memories with the model, or detach "
+            "the memory before saving."
+        )
