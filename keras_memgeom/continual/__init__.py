@@ -23,7 +23,9 @@ from keras_memgeom.continual.harness import Harness
 from keras_memgeom.continual.image_dataset import ImageDataset
 from keras_memgeom.continual.joint import Joint
 from keras_memgeom.continual.memory_strategy import MemoryStrategy
+from keras_memgeom.continual.masked_logits import MaskedLogits
 from keras_memgeom.continual.online import Online
+from keras_memgeom.continual.online_ewc import OnlineEWC
 from keras_memgeom.continual.plots import plot_results
 from keras_memgeom.continual.results import (
     RESULTS_SCHEMA,
@@ -31,6 +33,7 @@ from keras_memgeom.continual.results import (
     load_results,
     make_document,
     save_results,
+    summarize_runs,
     validate_results,
 )
 from keras_memgeom.continual.strategy import (

@@ -6,10 +6,10 @@ import keras
 def classifier(stream, *, width=400, depth=2):
     """Builds a plain Keras classifier for a `TaskStream`.
 
-    `depth` hidden ReLU layers of `width` units, then one logit per output.
-    In the task-incremental scenario (`stream.task_inputs > 0`) the last
-    inputs one-hot encode the task: they are not fed to the hidden layers
-    but pick the task's own head out of one head per task.
+    The inputs are flattened, then `depth` hidden ReLU layers of `width`
+    units, then one logit per output. (In the task-incremental scenario
+    the harness masks the logits of other tasks' classes: see
+    `MaskedLogits`.)
 
     Args:
         stream: the `TaskStream` to learn.
@@ -17,7 +17,7 @@ def classifier(stream, *, width=400, depth=2):
         depth: number of hidden layers.
 
     Returns:
-        An uncompiled `keras.Model` that maps `(batch, stream.input_dim)`
+        An uncompiled `keras.Model` that maps `(batch, *stream.input_shape)`
         inputs to `(batch, stream.num_outputs)` logits.
 
     Example:
@@ -26,15 +26,9 @@ def classifier(stream, *, width=400, depth=2):
     >>> model.output_shape
     (None, 10)
     """
-    inputs = keras.Input((stream.input_dim,), name="inputs")
-    num_codes = stream.task_inputs
-    hidden = inputs[:, : stream.input_dim - num_codes] if num_codes else inputs
+    inputs = keras.Input(stream.input_shape, name="inputs")
+    hidden = keras.layers.Flatten(name="flatten")(inputs)
     for i in range(depth):
         hidden = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")(hidden)
-    if not num_codes:
-        logits = keras.layers.Dense(stream.num_outputs, name="logits")(hidden)
-        return keras.Model(inputs, logits, name="classifier")
-    heads = keras.layers.Dense(num_codes * stream.num_outputs, name="heads")(hidden)
-    heads = keras.layers.Reshape((num_codes, stream.num_outputs))(heads)
-    logits = keras.ops.einsum("bth,bt->bh", heads, inputs[:, -num_codes:])
+    logits = keras.layers.Dense(stream.num_outputs, name="logits")(hidden)
     return keras.Model(inputs, logits, name="classifier")

@@ -1,5 +1,6 @@
 """Trains continual-learning methods on a task stream and measures them."""
 
+import copy
 import json
 import time
 
@@ -7,7 +8,8 @@ import keras
 import numpy as np
 
 from keras_memgeom.continual import metrics, results
-from keras_memgeom.continual.strategy import TaskContext
+from keras_memgeom.continual.masked_logits import MaskedLoss
+from keras_memgeom.continual.strategy import Strategy, TaskContext
 from keras_memgeom.utils.checks import check_number
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -16,18 +18,31 @@ DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 class Harness:
     """Trains methods on a `TaskStream` and measures how they remember.
 
-    Every method starts from the same initial weights (the seed is reset
-    before each run). For each task the strategy compiles the model with
-    a fresh Adam optimizer and sparse cross-entropy on logits, its
+    The model is the default MLP (`classifier`), or yours: a Keras model
+    (cloned with `keras.models.clone_model` for every run) or a
+    zero-argument function that builds one, mapping the stream's inputs
+    to its `num_outputs` logits. Every method starts from the same
+    initial weights: the init seed (`seed`) is set before the model is
+    built or cloned. The data seed is the stream's own. For each task the
+    strategy compiles the model with a fresh optimizer and the loss of
+    `compile` (default: Adam and sparse cross-entropy on logits; for a
+    task-incremental stream the logits of other tasks' classes are
+    masked in the loss and the evaluation, see `MaskedLogits`), its
     `before_task` hook runs, the model is fit on `strategy.training_data`
     with `strategy.callbacks`, `after_task` runs, and the model is tested
     on the test split of every task. A strategy with `strength="auto"` is trained once per strength
     of `strength_grid` for each task after the first; the weights with the
     best mean accuracy on the validation splits of the tasks seen so far
-    are kept.
+    are kept. A strategy with `strength="sweep"` is run once per strength
+    of `strength_grid` by `compare`.
 
     Args:
         stream: the `TaskStream` to learn.
+        model: `None` for the default MLP, a Keras model, or a
+            zero-argument callable returning a new one.
+        compile: `None`, a dict with `optimizer` and/or `loss` (an
+            optimizer instance is copied from its config for every task),
+            or a zero-argument callable returning such a dict.
         width: hidden width of the default model.
         epochs: epochs per task.
         batch_size: training batch size.
@@ -35,9 +50,17 @@ class Harness:
         strength_grid: strengths tried by `strength="auto"`.
         prior_precision: prior precision for the effective dimension of
             the memory (see `FisherMemory.effective_dimension`).
-        seed: random seed of the weights and the training order.
+        seed: the init seed: random seed of the weights and the training
+            order.
+        repeats: runs of every method, with init seeds `seed`, `seed + 1`,
+            ...; the results then hold their mean and spread.
         progress: a callable taking one line of progress text, or `None`
             to be silent.
+        progress_bar: whether to show a `keras.utils.Progbar` over the
+            tasks of every run.
+
+    Raises:
+        ValueError: naming the argument, for bad settings.
 
     Example:
 
@@ -53,6 +76,8 @@ class Harness:
         self,
         stream,
         *,
+        model=None,
+        compile=None,
         width=400,
         epochs=10,
         batch_size=32,
@@ -60,9 +85,16 @@ class Harness:
         strength_grid=DEFAULT_STRENGTH_GRID,
         prior_precision=1.0,
         seed=0,
+        repeats=1,
         progress=None,
+        progress_bar=False,
     ):
-        for name, value in (("width", width), ("epochs", epochs), ("batch_size", batch_size)):
+        for name, value in (
+            ("width", width),
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("repeats", repeats),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if not strength_grid:
@@ -81,8 +113,18 @@ class Harness:
         self.prior_precision = check_number(
             "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
         )
+        if not (model is None or isinstance(model, keras.Model) or callable(model)):
+            raise ValueError(
+                f"model must be a Keras model or a function that builds one, got {model!r}."
+            )
+        if not (compile is None or isinstance(compile, dict) or callable(compile)):
+            raise ValueError(f"compile must be a dict or a callable, got {compile!r}.")
+        self.model = model
+        self.compile_hook = compile
         self.seed = seed
+        self.repeats = repeats
         self.progress = progress
+        self.progress_bar = progress_bar
 
     def get_config(self):
         """The settings, as saved in the results."""
@@ -96,21 +138,30 @@ class Harness:
             "learning_rate": self.learning_rate,
             "strength_grid": list(self.strength_grid),
             "prior_precision": self.prior_precision,
+            "data_seed": self.stream.seed,
+            "repeats": self.repeats,
+            "model": _model_name(self.model),
         }
 
     def compare(self, strategies, *, previous=None, on_update=None):
         """Runs several methods and gathers a results document.
 
+        A strategy with `strength="sweep"` is run once per strength of
+        `strength_grid` (as `"<name>@<strength>"`), and every run is
+        repeated `repeats` times over the init seeds (as
+        `"<name>#seed<init seed>"`); the document's `summary` gives the
+        mean and spread of each, and `sweep` every grid point and the best.
+
         Args:
             strategies: `Strategy` instances with distinct names.
             previous: `None`, or the results document of an earlier,
                 interrupted comparison with the same settings: its
-                complete methods are kept, not run again; a method it
-                left unfinished is run again from its first task (see
+                complete runs are kept, not run again; a run it left
+                unfinished is run again from its first task (see
                 docs/harness.md).
             on_update: `None`, or a callable that gets the results so far,
                 a valid document with `"complete": False` until the end,
-                after every task of every method (e.g. to save them).
+                after every task of every run (e.g. to save them).
 
         Returns:
             A dict following `results.RESULTS_SCHEMA`.
@@ -120,36 +171,68 @@ class Harness:
                 settings.
         """
         self.check(strategies)
-        runs = self._kept_runs(previous, strategies)
-        for strategy in strategies:
-            if strategy.name in runs:
+        plan = self.plan(strategies)
+        runs = self._kept_runs(previous, plan)
+        bar = None
+        if self.progress_bar:
+            num_tasks = len(self.stream.tasks)
+            bar = keras.utils.Progbar(
+                len(plan) * num_tasks, unit_name="task", stateful_metrics=["seen acc"]
+            )
+            bar.update(len(runs) * num_tasks)
+        for key, strategy, seed in plan:
+            if key in runs:
                 continue
 
-            def on_task(run, name=strategy.name):
-                runs[name] = run
+            def on_task(run, key=key):
+                runs[key] = run
+                if bar is not None:
+                    done = run["tasks_done"]
+                    seen = np.mean(run["accuracy_matrix"][-1][:done])
+                    bar.add(1, [("seen acc", seen)])
                 if on_update is not None:
-                    on_update(self.document(strategies, runs))
+                    on_update(self.document(plan, runs))
 
-            self.run(strategy, on_task=on_task)
-        return self.document(strategies, runs)
+            self.run(strategy, seed=seed, label=key, on_task=on_task)
+        return self.document(plan, runs)
 
-    def document(self, strategies, runs):
-        """The results document of `strategies`, given the runs done so far.
+    def plan(self, strategies):
+        """The runs `compare` makes: `(key, fresh strategy, init seed)`."""
+        plan = []
+        for strategy in strategies:
+            variants = [(strategy.name, strategy)]
+            if strategy.strength == "sweep":
+                variants = []
+                for strength in self.strength_grid:
+                    variant = copy.deepcopy(strategy)
+                    variant.strength = strength
+                    variants.append((f"{strategy.name}@{strength:g}", variant))
+            for label, variant in variants:
+                for repeat in range(self.repeats):
+                    key = label if self.repeats == 1 else f"{label}#seed{self.seed + repeat}"
+                    plan.append((key, copy.deepcopy(variant), self.seed + repeat))
+        return plan
+
+    def document(self, plan, runs):
+        """The results document of a plan, given the runs done so far.
 
         Args:
-            strategies: the strategies compared, in order.
-            runs: method name -> its entry (complete or not), from `run`.
+            plan: the runs, from `plan` (or the strategies, in order).
+            runs: run key -> its entry (complete or not), from `run`.
 
         Returns:
             A dict following `results.RESULTS_SCHEMA`; `"complete"` says
-            whether every strategy has finished every task.
+            whether every run has finished every task.
         """
-        config = {**self.get_config(), "methods": [s.name for s in strategies]}
-        ordered = {s.name: runs[s.name] for s in strategies if s.name in runs}
+        if plan and not isinstance(plan[0], tuple):
+            plan = self.plan(plan)
+        keys = [key for key, _, _ in plan]
+        config = {**self.get_config(), "methods": keys}
+        ordered = {key: runs[key] for key in keys if key in runs}
         return results.make_document(config, self.seed, ordered)
 
-    def _kept_runs(self, previous, strategies):
-        """The complete runs of `previous` that `strategies` would repeat."""
+    def _kept_runs(self, previous, plan):
+        """The complete runs of `previous` that `plan` would repeat."""
         if previous is None:
             return {}
         results.validate_results(previous)
@@ -164,24 +247,25 @@ class Harness:
                 f"The previous results were made with other settings: {', '.join(changed)}."
             )
         kept = {}
-        for strategy in strategies:
-            run = previous["methods"].get(strategy.name)
+        for key, strategy, _ in plan:
+            run = previous["methods"].get(key)
             if run is None or run.get("tasks_done", config["num_tasks"]) < config["num_tasks"]:
                 continue
             if run["config"] != _as_json(strategy.get_config()):
                 raise ValueError(
-                    f"{strategy.name}: the previous results were made with "
+                    f"{key}: the previous results were made with "
                     f"{run['config']}, not {strategy.get_config()}."
                 )
-            kept[strategy.name] = run
+            kept[key] = run
         return kept
 
     def check(self, strategies):
         """Checks that the strategies can run here, before any training.
 
         Raises:
-            ValueError: if two strategies share a name, or one has
-                `strength="auto"` and the stream has no validation splits.
+            ValueError: if two strategies share a name, one has
+                `strength="auto"` and the stream has no validation splits,
+                or one builds its own model and the harness has yours.
         """
         names = [s.name for s in strategies]
         if len(set(names)) != len(names):
@@ -192,40 +276,56 @@ class Harness:
                     f"{strategy.name}: strength 'auto' needs validation splits; "
                     "make the stream with validation_split > 0."
                 )
+            if self.model is not None and type(strategy).build_model is not Strategy.build_model:
+                raise ValueError(
+                    f"{strategy.name} builds its own model, so it cannot train the model "
+                    "given to the harness."
+                )
 
-    def run(self, strategy, *, on_task=None):
+    def run(self, strategy, *, seed=None, label=None, on_task=None):
         """Trains one method on the whole stream.
 
         Args:
             strategy: a fresh `Strategy`.
-            on_task: `None`, or a callable that gets the method's entry so
+            seed: the init seed of this run (default: the harness's).
+            label: the run's name in the results and progress (default:
+                the strategy's name).
+            on_task: `None`, or a callable that gets the run's entry so
                 far (`tasks_done` tasks, `accuracy_matrix` with one row per
                 finished task) after every task.
 
         Returns:
-            A dict: the method's entry of the results document (its
-            config, accuracy matrix, metrics, chosen strength, effective
-            dimension and wall time per task).
+            A dict: the run's entry of the results document (its config,
+            accuracy matrix, metrics, chosen strength, effective
+            dimension, and the time per task spent training, estimating
+            the memory and evaluating).
 
         Raises:
-            ValueError: for `strength="auto"` on a stream without
-                validation splits.
+            ValueError: see `check`; for a model whose outputs do not
+                match the stream.
         """
         self.check([strategy])
+        seed = self.seed if seed is None else seed
+        label = label or strategy.name
         tasks = self.stream.tasks
-        keras.utils.set_random_seed(self.seed)
-        model = strategy.build_model(self.stream, width=self.width)
-        initial = [self._accuracy(model, t.x_test, t.y_test) for t in tasks]
+        keras.utils.set_random_seed(seed)
+        model = self.build_model(strategy)
+        initial = [self._accuracy(model, t, "test") for t in tasks]
         matrix = np.zeros((len(tasks), len(tasks)))
-        strengths, dimensions, wall_times = [], [], []
+        strengths, dimensions = [], []
+        times = {"train": [], "memory": [], "eval": []}
         for index in range(len(tasks)):
             start = time.perf_counter()
             remembers = strategy.memory is not None
             context = self._train_task(model, strategy, index)
+            trained = time.perf_counter()
             strategy.after_task(model, context)
-            wall_times.append(time.perf_counter() - start)
+            remembered = time.perf_counter()
             strengths.append(context.strength if remembers else None)
-            matrix[index] = [self._accuracy(model, t.x_test, t.y_test) for t in tasks]
+            matrix[index] = [self._accuracy(model, t, "test") for t in tasks]
+            times["train"].append(trained - start)
+            times["memory"].append(remembered - trained)
+            times["eval"].append(time.perf_counter() - remembered)
             memory = strategy.memory
             dimensions.append(
                 None
@@ -233,19 +333,22 @@ class Harness:
                 else float(memory.effective_dimension(self.prior_precision)[0])
             )
             self._report(
-                f"{strategy.name}: task {index + 1}/{len(tasks)} done, mean accuracy "
+                f"{label}: task {index + 1}/{len(tasks)} done, mean accuracy "
                 f"on tasks so far {matrix[index, : index + 1].mean():.3f}"
             )
+            wall_times = [a + b for a, b in zip(times["train"], times["memory"], strict=True)]
             entry = {
-                "method": strategy.name,
+                "method": label,
                 "config": strategy.get_config(),
+                "init_seed": seed,
                 "tasks_done": index + 1,
                 "accuracy_matrix": matrix[: index + 1].tolist(),
                 "initial_accuracy": initial,
                 "strength": list(strengths),
                 "effective_dimension": list(dimensions),
-                "wall_time_per_task": list(wall_times),
+                "wall_time_per_task": wall_times,
                 "wall_time": float(sum(wall_times)),
+                **{f"{k}_time_per_task": list(v) for k, v in times.items()},
             }
             if index + 1 == len(tasks):
                 entry.update(metrics.summarize(matrix, initial))
@@ -253,21 +356,47 @@ class Harness:
                 on_task(entry)
         return entry
 
+    def build_model(self, strategy):
+        """The uncompiled model of one run, built under the current seed.
+
+        Raises:
+            ValueError: if its output is not `(batch, stream.num_outputs)`.
+        """
+        if self.model is None:
+            model = strategy.build_model(self.stream, width=self.width)
+        elif isinstance(self.model, keras.Model):
+            # Fresh weights from the current seed: every run starts alike.
+            model = keras.models.clone_model(self.model)
+        else:
+            model = self.model()
+            if not isinstance(model, keras.Model):
+                raise ValueError(f"The model function returned {model!r}, not a Keras model.")
+        if not model.built:
+            model.build((None, *self.stream.input_shape))
+        shape = tuple(model.compute_output_shape((None, *self.stream.input_shape)))
+        if shape[1:] != (self.stream.num_outputs,):
+            raise ValueError(
+                f"Model {model.name!r} maps inputs {self.stream.input_shape} to outputs "
+                f"{shape[1:]}, but the stream has {self.stream.num_outputs} classes: it "
+                f"needs {self.stream.num_outputs} logits."
+            )
+        return model
+
     def _train_task(self, model, strategy, index):
         """Fits one task; returns its context, with the strength used."""
         strength = strategy.strength
         if strength != "auto" or strategy.memory is None:
-            context = TaskContext(self.stream, index, None if strength == "auto" else strength)
+            context = self._context(index, None if strength == "auto" else strength)
             self._fit(model, strategy, context)
             return context
         start = model.get_weights()
         best = None
         for candidate in self.strength_grid:
             model.set_weights(start)
-            context = TaskContext(self.stream, index, candidate)
+            context = self._context(index, candidate)
             self._fit(model, strategy, context)
             seen = self.stream.tasks[: index + 1]
-            score = np.mean([self._accuracy(model, t.x_val, t.y_val) for t in seen])
+            score = np.mean([self._accuracy(model, t, "val") for t in seen])
             self._report(
                 f"{strategy.name}: strength {candidate:g}: validation accuracy {score:.3f}"
             )
@@ -276,12 +405,29 @@ class Harness:
         model.set_weights(best[2])
         return best[1]
 
+    def _context(self, index, strength):
+        return TaskContext(self.stream, index, strength, self._compile_args()["loss"])
+
+    def _compile_args(self):
+        """A fresh optimizer and the loss, from the `compile` hook."""
+        hook = self.compile_hook
+        args = dict(hook() if callable(hook) else hook or {})
+        unknown = set(args) - {"optimizer", "loss"}
+        if unknown:
+            raise ValueError(f"compile takes optimizer and loss, got {sorted(unknown)}.")
+        optimizer = args.get("optimizer") or keras.optimizers.Adam(self.learning_rate)
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            # An optimizer holds state of one model: a new one per task.
+            optimizer = type(optimizer).from_config(optimizer.get_config())
+        loss = args.get("loss") or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return {"optimizer": keras.optimizers.get(optimizer), "loss": loss}
+
     def _fit(self, model, strategy, context):
-        strategy.compile(
-            model,
-            optimizer=keras.optimizers.Adam(self.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        args = self._compile_args()
+        classes = context.task.classes
+        if classes is not None:
+            args["loss"] = MaskedLoss(args["loss"], classes, self.stream.num_outputs)
+        strategy.compile(model, **args)
         strategy.before_task(model, context)
         x, y = strategy.training_data(context)
         callbacks = list(strategy.callbacks(context))
@@ -297,15 +443,27 @@ class Harness:
             callbacks=callbacks,
         )
 
-    def _accuracy(self, model, x, y):
+    def _accuracy(self, model, task, split):
+        """Accuracy on one split of a task, over the task's classes only."""
+        x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
         if not len(y):
-            raise ValueError("Cannot measure accuracy on an empty split.")
-        logits = model.predict(x, batch_size=1024, verbose=0)
+            raise ValueError(f"Cannot measure accuracy on the empty {split} split of {task.name!r}.")
+        logits = np.asarray(model.predict(x, batch_size=1024, verbose=0))
+        if task.classes is not None:
+            keep = np.zeros(logits.shape[-1], bool)
+            keep[list(task.classes)] = True
+            logits = np.where(keep, logits, -np.inf)
         return float(np.mean(np.argmax(logits, axis=-1) == y))
 
     def _report(self, message):
         if self.progress:
             self.progress(message)
+
+
+def _model_name(model):
+    if model is None:
+        return "mlp"
+    return model.name if isinstance(model, keras.Model) else getattr(model, "__name__", "custom")
 
 
 def _as_json(value):

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-DATASETS = ("digits", "mnist5k", "tfds:NAME")
+DATASETS = ("digits", "mnist5k", "tfds:NAME", "PATH.npz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,12 @@ class ImageDataset:
                 test) or `"tfds:NAME"` (any image classification data set
                 of tensorflow-datasets with `train` and `test` splits,
                 e.g. `tfds:fashion_mnist`; it must be downloaded already
-                or downloadable).
-            seed: seeds the train/test split of `digits` and `mnist5k`.
+                or downloadable), or the path of a `.npz` file with arrays
+                `x` (images `(N, H, W)` or `(N, H, W, C)`; integers are
+                scaled by 1/255) and `y` (class indices), 20% of which are
+                held out for testing.
+            seed: seeds the train/test split of `digits`, `mnist5k` and
+                `.npz` files.
 
         Returns:
             An `ImageDataset`.
@@ -80,13 +84,47 @@ class ImageDataset:
             return _split(name, x.reshape(-1, 28, 28) / 255.0, y, 1000, seed)
         if name.startswith("tfds:") and len(name) > len("tfds:"):
             return _load_tfds(name)
+        if name.endswith(".npz"):
+            return _load_npz(name, seed)
         raise ValueError(f"Unknown data set {name!r}. Choose one of: {', '.join(DATASETS)}.")
+
+
+def as_images(x):
+    """Float32 images `(N, H, W, C)`: a channel axis added to `(N, H, W)`,
+    integers (8-bit pixels) scaled by 1/255."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    scale = 255.0 if np.issubdtype(x.dtype, np.integer) else 1.0
+    return x.astype("float32") / scale
+
+
+def _load_npz(path, seed):
+    try:
+        with np.load(path) as arrays:
+            if "x" not in arrays or "y" not in arrays:
+                raise ValueError(
+                    f"Data set {path!r} must hold arrays 'x' and 'y', got {sorted(arrays)}."
+                )
+            x, y = as_images(arrays["x"]), np.asarray(arrays["y"])
+    except (OSError, EOFError) as error:
+        raise ValueError(f"Cannot read data set {path!r}: {error}") from error
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"Data set {path!r}: expected images x of shape (N, H, W[, C]) and integer "
+            f"labels y of shape (N,), got x {x.shape} and y {y.shape} {y.dtype}."
+        )
+    num_test = int(round(0.2 * len(y)))
+    if num_test < 1 or num_test == len(y):
+        raise ValueError(f"Data set {path!r} has too few examples ({len(y)}) to split.")
+    return _split(path, x, y, num_test, seed)
 
 
 def _split(name, images, labels, num_test, seed):
     """Shuffles by `seed` and holds out the last `num_test` examples."""
     order = np.random.default_rng(seed).permutation(len(images))
-    images = np.asarray(images, "float32")[order, ..., None]
+    images = np.asarray(images, "float32")[order]
+    images = images[..., None] if images.ndim == 3 else images
     labels = np.asarray(labels, "int32")[order]
     return ImageDataset(
         name,
@@ -131,8 +169,5 @@ def _load_tfds(name):
         batches = list(tfds.as_numpy(split.batch(4096)))
         x = np.concatenate([b[0] for b in batches])
         y = np.concatenate([b[1] for b in batches])
-        if x.ndim == 3:
-            x = x[..., None]
-        scale = 255.0 if np.issubdtype(x.dtype, np.integer) else 1.0
-        arrays += [x.astype("float32") / scale, y.astype("int32")]
+        arrays += [as_images(x), y.astype("int32")]
     return ImageDataset(name, *arrays, int(label.num_classes))

@@ -21,8 +21,10 @@ class MemoryStrategy(Strategy):
     Subclasses implement `consolidate`.
 
     Args:
-        strength: penalty strength, a finite positive number, or `"auto"` to let
-            `Harness` pick it on the validation split for every task. 1 is
+        strength: penalty strength, a finite positive number, `"auto"` to let
+            `Harness` pick it on the validation split for every task, or
+            `"sweep"` to have `Harness.compare` run the method once per
+            strength of its `strength_grid`. 1 is
             the Bayesian weight of the old data; it is too weak in practice
             (see docs/harness.md), hence the default of 100.
         estimator: Fisher estimator: `"exact"`, `"sampled"`, `"empirical"`
@@ -31,13 +33,13 @@ class MemoryStrategy(Strategy):
             examples of the task (default: all of them).
 
     Raises:
-        ValueError: naming the argument, for a strength that is not `"auto"`
-            or a finite positive number, an unknown estimator or a bad
+        ValueError: naming the argument, for a strength that is not `"auto"`,
+            `"sweep"` or a finite positive number, an unknown estimator or a bad
             `fisher_examples`.
     """
 
     def __init__(self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None):
-        if not (isinstance(strength, str) and strength == "auto"):
+        if not (isinstance(strength, str) and strength in ("auto", "sweep")):
             strength = check_number("strength", strength, minimum=0.0, inclusive_minimum=False)
         if estimator not in ESTIMATORS:
             raise ValueError(
@@ -74,7 +76,7 @@ class MemoryStrategy(Strategy):
 
     def after_task(self, model, context):
         memory = keras_memgeom.FisherMemory.estimate(
-            model,
+            context.fisher_model(model),
             (context.task.x_train, context.task.y_train),
             estimator=self.estimator,
             max_examples=self.fisher_examples,

@@ -1,19 +1,23 @@
 """Pictures of a results document, as PNG files."""
 
 import os
+import re
 import tempfile
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from keras_memgeom.continual.results import summarize_runs
+
 
 def plot_results(document, directory):
     """Draws the results of the harness into `directory`.
 
-    Writes `accuracy_matrix_<method>.png` (the accuracy matrix as a heat
-    map, one per method), `average_accuracy.png` (mean accuracy on the
-    tasks seen so far, after each task, all methods on one chart) and,
+    Writes `accuracy_matrix_<run>.png` (the accuracy matrix as a heat
+    map, one per finished run), `average_accuracy.png` (mean accuracy on
+    the tasks seen so far, after each task, all methods on one chart;
+    with several init seeds their mean and a band of one std) and,
     if a method has a memory, `effective_dimension.png` (effective
     dimension of the memory after each task). Figures are drawn with the
     Agg canvas, without pyplot, and written atomically.
@@ -32,10 +36,14 @@ def plot_results(document, directory):
     paths = []
     runs = document["methods"]
     for name, run in runs.items():
-        paths.append(_save(_heat_map(name, run), directory, f"accuracy_matrix_{name}.png"))
+        if "average_accuracy" not in run:
+            continue
+        file_name = re.sub(r"[^A-Za-z0-9_.@-]", "_", f"accuracy_matrix_{name}.png")
+        paths.append(_save(_heat_map(name, run), directory, file_name))
+    summary = document.get("summary") or summarize_runs(runs)["summary"]
     paths.append(
         _save(
-            _curves(runs, "average_accuracy_curve", "mean accuracy on tasks seen", document),
+            _mean_curves(summary, "mean accuracy on tasks seen", document),
             directory,
             "average_accuracy.png",
         )
@@ -86,12 +94,23 @@ def _heat_map(name, run):
     return figure
 
 
-def _curves(runs, key, label, document):
+def _mean_curves(summary, label, document):
+    """Mean curve per method, with a band of one std over the init seeds."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
-    for name, run in runs.items():
-        values = [np.nan if v is None else v for v in run[key]]
-        axes.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
+    for name, entry in summary.items():
+        mean = np.asarray(entry["average_accuracy_curve"]["mean"])
+        std = np.asarray(entry["average_accuracy_curve"]["std"])
+        steps = np.arange(1, len(mean) + 1)
+        runs = len(entry["runs"])
+        axes.plot(steps, mean, marker="o", label=name if runs == 1 else f"{name} ({runs} seeds)")
+        if runs > 1:
+            axes.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    _decorate(axes, label, document)
+    return figure
+
+
+def _decorate(axes, label, document):
     config = document["config"]
     axes.set_title(f"{config['scenario']} {config['dataset']}, {config['num_tasks']} tasks")
     axes.set_xlabel("tasks trained")
@@ -99,6 +118,15 @@ def _curves(runs, key, label, document):
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     axes.legend()
+
+
+def _curves(runs, key, label, document):
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.add_subplot()
+    for name, run in runs.items():
+        values = [np.nan if v is None else v for v in run[key]]
+        axes.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
+    _decorate(axes, label, document)
     return figure
 
 

@@ -45,6 +45,7 @@ SCHEMA_VERSION = 2
 _PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 _TRANSFER = {"type": ["number", "null"], "minimum": -1, "maximum": 1}
 _PER_TASK_OPTIONAL = {"type": "array", "items": {"type": ["number", "null"]}}
+_SECONDS_PER_TASK = {"type": "array", "items": {"type": "number", "minimum": 0}}
 
 # Present once a method has finished every task.
 _SUMMARY = (
@@ -89,8 +90,12 @@ _METHOD_SCHEMA = {
         "learning_accuracy": _PROBABILITY,
         "strength": _PER_TASK_OPTIONAL,
         "effective_dimension": _PER_TASK_OPTIONAL,
-        "wall_time_per_task": {"type": "array", "items": {"type": "number", "minimum": 0}},
+        "wall_time_per_task": _SECONDS_PER_TASK,
         "wall_time": {"type": "number", "minimum": 0},
+        "init_seed": {"type": "integer"},
+        "train_time_per_task": _SECONDS_PER_TASK,
+        "memory_time_per_task": _SECONDS_PER_TASK,
+        "eval_time_per_task": _SECONDS_PER_TASK,
     },
 }
 
@@ -273,9 +278,83 @@ def make_document(config, seed, runs):
         "complete": complete,
         "config": config,
         "methods": runs,
+        **summarize_runs(runs),
     }
     validate_results(document)
     return document
+
+
+_SPREAD = ("average_accuracy", "backward_transfer", "forward_transfer", "forgetting",
+           "learning_accuracy")
+
+
+def run_group(key):
+    """The name of a run without its init seed: `"online@100#seed1"` -> `"online@100"`."""
+    return key.split("#seed")[0]
+
+
+def summarize_runs(runs):
+    """Mean and spread over init seeds, and the strength sweeps.
+
+    Args:
+        runs: run key -> entry, as in a results document's `methods`.
+
+    Returns:
+        A dict with `summary`: group (the key without `#seed<k>`) ->
+        `runs`, `init_seeds`, and for each metric of the whole run a dict
+        of `mean`, `std` (the sample standard deviation over the runs, 0
+        for one run) and `values`, plus `average_accuracy_curve` (mean
+        and std per task) and the mean seconds of `train_time`,
+        `memory_time` and `eval_time`; and `sweep`: method -> `grid`
+        (strength, mean and std of the average accuracy of each point)
+        and `best` (the point with the best mean average accuracy).
+        Only finished runs count.
+    """
+    groups = {}
+    for key, run in runs.items():
+        if "average_accuracy" in run:
+            groups.setdefault(run_group(key), []).append((key, run))
+    summary = {}
+    for group, members in groups.items():
+        entry = {
+            "runs": [key for key, _ in members],
+            "init_seeds": [run.get("init_seed") for _, run in members],
+        }
+        for metric in _SPREAD:
+            values = [run[metric] for _, run in members if run.get(metric) is not None]
+            entry[metric] = _spread(values) if values else None
+        curves = np.array([run["average_accuracy_curve"] for _, run in members])
+        entry["average_accuracy_curve"] = {
+            "mean": curves.mean(axis=0).tolist(),
+            "std": _std(curves).tolist(),
+        }
+        for part in ("train", "memory", "eval"):
+            times = [sum(run.get(f"{part}_time_per_task", [])) for _, run in members]
+            entry[f"{part}_time"] = float(np.mean(times))
+        summary[group] = entry
+    sweep = {}
+    for group, entry in summary.items():
+        method, at, _ = group.rpartition("@")
+        if not at:
+            continue
+        strength = groups[group][0][1]["config"].get("strength")
+        accuracy = entry["average_accuracy"]
+        sweep.setdefault(method, {"grid": []})["grid"].append(
+            {"strength": strength, "average_accuracy": accuracy["mean"], "std": accuracy["std"]}
+        )
+    for method, entry in sweep.items():
+        best = max(entry["grid"], key=lambda point: point["average_accuracy"])
+        entry["best"] = {"strength": best["strength"], "average_accuracy": best["average_accuracy"]}
+    return {"summary": summary, "sweep": sweep}
+
+
+def _std(values):
+    values = np.asarray(values, "float64")
+    return values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+
+
+def _spread(values):
+    return {"mean": float(np.mean(values)), "std": float(_std(values)), "values": list(values)}
 
 
 def save_results(document, path):
@@ -307,25 +386,43 @@ def format_table(document):
     """The metrics of every method as a plain-text table.
 
     Returns:
-        A string: one row per method with average accuracy, backward and
+        A string: one row per run with average accuracy, backward and
         forward transfer, forgetting, learning accuracy, effective
-        dimension after the last task, strength and wall time. A method
-        that has not finished every task shows `-` for the metrics of
-        the whole run and `(k/T tasks)` after its name.
+        dimension after the last task, strength, and seconds of
+        training, memory estimation and evaluation (`time s` is training
+        plus memory). A run that has not finished every task shows `-`
+        for the metrics of the whole run and `(k/T tasks)` after its
+        name. With several init seeds per method, one row per method
+        gives the mean and the spread (std) over the seeds. A strength
+        sweep adds one line per swept method with every grid point and
+        the best.
     """
+    summary = document.get("summary") or summarize_runs(document["methods"])["summary"]
+    if any(len(entry["runs"]) > 1 for entry in summary.values()):
+        lines = _table(*_group_rows(document, summary))
+    else:
+        lines = _table(*_run_rows(document))
+    sweep = document.get("sweep") or {}
+    for method, entry in sweep.items():
+        points = ", ".join(
+            f"{p['strength']:g}: {p['average_accuracy']:.3f}" for p in entry["grid"]
+        )
+        best = entry["best"]
+        lines.append(
+            f"sweep {method}: {points}; best strength {best['strength']:g} "
+            f"({best['average_accuracy']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+_TIMES = ("train s", "mem s", "eval s")
+
+
+def _run_rows(document):
     num_tasks = document["config"]["num_tasks"]
-    header = (
-        "method",
-        "avg acc",
-        "BWT",
-        "FWT",
-        "forget",
-        "learn acc",
-        "eff dim",
-        "strength",
-        "time s",
-    )
-    rows = [header]
+    header = ("method", "avg acc", "BWT", "FWT", "forget", "learn acc", "eff dim", "strength",
+              "time s", *_TIMES)
+    rows = []
     for name, run in document["methods"].items():
         done = run.get("tasks_done", num_tasks)
         rows.append(
@@ -339,15 +436,45 @@ def format_table(document):
                 _number(run["effective_dimension"][-1], "{:.0f}"),
                 _strength(run),
                 f"{run['wall_time']:.1f}",
+                *(
+                    _number(sum(run[f"{part}_time_per_task"]), "{:.1f}")
+                    if f"{part}_time_per_task" in run
+                    else "-"
+                    for part in ("train", "memory", "eval")
+                ),
             )
         )
+    return header, rows
+
+
+def _group_rows(document, summary):
+    header = ("method", "runs", "avg acc", "BWT", "FWT", "forget", "learn acc", *_TIMES)
+    rows = []
+    for group, entry in summary.items():
+        rows.append(
+            (
+                group,
+                str(len(entry["runs"])),
+                *(_mean_std(entry[metric]) for metric in _SPREAD),
+                *(f"{entry[f'{part}_time']:.1f}" for part in ("train", "memory", "eval")),
+            )
+        )
+    return header, rows
+
+
+def _mean_std(spread):
+    return "-" if spread is None else f"{spread['mean']:.3f}±{spread['std']:.3f}"
+
+
+def _table(header, rows):
+    rows = [header, *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines
 
 
 def _number(value, form="{:.3f}"):

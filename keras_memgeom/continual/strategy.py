@@ -2,7 +2,10 @@
 
 import dataclasses
 
+import keras
+
 from keras_memgeom.continual.classifier import classifier
+from keras_memgeom.continual.masked_logits import masked_model
 
 _STRATEGIES = {}
 
@@ -17,16 +20,34 @@ class TaskContext:
         strength: penalty strength to use for this task: the strategy's own
             number, or the one `Harness` is trying for `strength="auto"`;
             `None` for strategies without a strength.
+        loss: the loss the model is trained with (before any masking), or
+            `None` for sparse cross-entropy on logits.
     """
 
     stream: object
     index: int
     strength: object = None
+    loss: object = None
 
     @property
     def task(self):
         """The current `Task`."""
         return self.stream.tasks[self.index]
+
+    def fisher_model(self, model):
+        """The model whose Fisher remembers the current task.
+
+        `model` itself, or for a task-incremental task (`task.classes`)
+        a model sharing its variables with the other classes' logits
+        masked, compiled with the task's loss: its Fisher is that of the
+        task's own head.
+        """
+        if self.task.classes is None:
+            return model
+        masked = masked_model(model, self.task.classes, self.stream.num_outputs)
+        loss = self.loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        masked.compile(loss=loss)
+        return masked
 
 
 def register_strategy(cls):

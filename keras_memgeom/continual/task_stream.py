@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from keras_memgeom.continual.image_dataset import ImageDataset
+from keras_memgeom.continual.image_dataset import ImageDataset, as_images
+from keras_memgeom.utils.checks import check_number
 
 SCENARIOS = ("permuted", "split", "rotated")
 SPLIT_SCENARIOS = ("task", "domain", "class")
@@ -13,10 +14,16 @@ SPLIT_SCENARIOS = ("task", "domain", "class")
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One task: flat float32 inputs and int32 labels, three splits.
+    """One task: float32 inputs and int32 labels, three splits.
 
     `x_val`/`y_val` are held out of the training data; they choose
-    `strength="auto"` and are never trained on.
+    `strength="auto"` and are never trained on. Inputs keep the shape of
+    the data (e.g. `(N, 8, 8, 1)` images).
+
+    `classes` is `None` when the model may predict any output, or the
+    output indices of this task's classes (task-incremental learning: the
+    task is known, so the logits of other tasks' classes are masked out
+    of the loss, the Fisher and the evaluation).
     """
 
     name: str
@@ -26,38 +33,50 @@ class Task:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    classes: tuple = None
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskStream:
     """A sequence of classification tasks that share one model.
 
-    Build it with `TaskStream.make`. Every task has the same input size
-    and the same number of outputs, so one plain Keras classifier with
-    `num_outputs` logits learns them all.
+    Build it with `TaskStream.make` (a scenario applied to an image data
+    set), `TaskStream.from_arrays` or `TaskStream.from_datasets` (one task
+    per data set of your own). Every task has inputs of the same shape and
+    the same number of outputs, so one Keras model with `num_outputs`
+    logits learns them all.
 
     Args:
         scenario: how the tasks were made, e.g. `"permuted"`.
         dataset: name of the data set they come from.
         tasks: the `Task`s, in training order.
-        input_dim: length of one flat input.
+        input_shape: the shape of one input, e.g. `(8, 8, 1)`.
         num_outputs: number of classes the model predicts.
-        task_inputs: number of trailing input entries that one-hot encode
-            the task (the task-incremental scenario), else 0.
+        seed: the data seed the tasks were made with, or `None`.
 
     Example:
 
     >>> stream = TaskStream.make("permuted", "digits", num_tasks=3)
-    >>> len(stream.tasks), stream.input_dim, stream.num_outputs
-    (3, 64, 10)
+    >>> len(stream.tasks), stream.input_shape, stream.num_outputs
+    (3, (8, 8, 1), 10)
     """
 
     scenario: str
     dataset: str
     tasks: tuple
-    input_dim: int
+    input_shape: tuple
     num_outputs: int
-    task_inputs: int = 0
+    seed: object = None
+
+    @property
+    def input_dim(self):
+        """The number of entries of one input."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def task_incremental(self):
+        """Whether the tasks restrict the outputs (`Task.classes`)."""
+        return any(task.classes is not None for task in self.tasks)
 
     @classmethod
     def make(
@@ -71,9 +90,9 @@ class TaskStream:
         max_train_examples=None,
         seed=0,
     ):
-        """Makes a task stream.
+        """Makes a task stream from one image data set.
 
-        Scenarios:
+        Scenarios (every one keeps the images' shape):
 
         - `"permuted"`: every task is the whole data set with a fixed
           random pixel permutation (task 0 keeps the original order);
@@ -83,15 +102,16 @@ class TaskStream:
         - `"split"`: the classes are dealt in order into `num_tasks`
           groups of equal size, one group per task. `split_scenario`
           says what the model is told: `"task"`: which task an input
-          comes from (a one-hot task code appended to the input selects
-          the task's head: task-incremental); `"domain"`: nothing, and
-          the model predicts the class within the task; `"class"`:
-          nothing, and the model predicts the class among all classes
-          seen so far (class-incremental).
+          comes from (task-incremental: the logits of the other tasks'
+          classes are masked, as with one head per task); `"domain"`:
+          nothing, and the model predicts the class within the task;
+          `"class"`: nothing, and the model predicts the class among all
+          classes (class-incremental).
 
         Args:
             scenario: one of `"permuted"`, `"split"`, `"rotated"`.
-            dataset: an `ImageDataset` or a name for `ImageDataset.load`.
+            dataset: an `ImageDataset`, or a name or `.npz` path for
+                `ImageDataset.load`.
             num_tasks: number of tasks.
             split_scenario: for `"split"`: `"task"`, `"domain"` or
                 `"class"`.
@@ -99,7 +119,8 @@ class TaskStream:
                 held out as its validation split.
             max_train_examples: if set, use at most this many training
                 examples per task (before the validation split).
-            seed: seeds the data split, permutations and validation split.
+            seed: the data seed: the data split, permutations and
+                validation split.
 
         Returns:
             A `TaskStream`.
@@ -121,8 +142,7 @@ class TaskStream:
             )
         if not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}.")
-        if not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}.")
+        _check_validation_split(validation_split)
         if not isinstance(dataset, ImageDataset):
             dataset = ImageDataset.load(dataset, seed=seed)
         rng = np.random.default_rng(seed)
@@ -135,23 +155,119 @@ class TaskStream:
             (x_train[:num_val], y_train[:num_val]),
             (dataset.x_test, dataset.y_test),
         )
-        input_dim = int(np.prod(dataset.image_shape))
+        shape = tuple(dataset.image_shape)
         if scenario == "split":
-            stream = cls._split(dataset, splits, num_tasks, split_scenario, input_dim)
+            stream = cls._split(dataset, splits, num_tasks, split_scenario, seed)
             _check_splits(stream.tasks, validation_split)
             return stream
 
         tasks = []
         for t in range(num_tasks):
             if scenario == "permuted":
-                order = np.arange(input_dim) if t == 0 else rng.permutation(input_dim)
-                arrays = [a for x, y in splits for a in (_flat(x)[:, order], y)]
+                size = int(np.prod(shape))
+                order = np.arange(size) if t == 0 else rng.permutation(size)
+                arrays = [a for x, y in splits for a in (_permute(x, order), y)]
             else:
                 angle = 180.0 * t / num_tasks
-                arrays = [a for x, y in splits for a in (_flat(_rotate(x, angle)), y)]
+                arrays = [a for x, y in splits for a in (_rotate(x, angle), y)]
             tasks.append(Task(f"{scenario}-{t}", *arrays))
             _check_splits(tasks[-1:], validation_split)
-        return cls(scenario, dataset.name, tuple(tasks), input_dim, dataset.num_classes)
+        return cls(scenario, dataset.name, tuple(tasks), shape, dataset.num_classes, seed)
+
+    @classmethod
+    def from_arrays(
+        cls, tasks, *, test_split=0.2, validation_split=0.1, name="arrays", seed=0
+    ):
+        """Makes a task stream from your own arrays, one entry per task.
+
+        A task given as `(x, y)` is shuffled by `seed` and split into
+        test (`test_split`), validation (`validation_split` of the rest)
+        and training examples; one given as `(x_train, y_train, x_test,
+        y_test)` keeps its test split. Inputs keep their shape (images
+        `(N, 8, 8, 1)` stay images); labels are class indices, and the
+        model predicts `max(label) + 1` classes.
+
+        Args:
+            tasks: a list of `(x, y)` or `(x_train, y_train, x_test,
+                y_test)` tuples of arrays.
+            test_split: fraction of an `(x, y)` task held out for testing,
+                in `(0, 1)`.
+            validation_split: fraction of the training examples held out
+                as the validation split, in `[0, 1)`.
+            name: the data set's name in the results.
+            seed: the data seed of the shuffles.
+
+        Returns:
+            A `TaskStream` with scenario `"custom"`.
+
+        Raises:
+            ValueError: naming the task, for inputs and labels of
+                different lengths, inputs of another shape than the first
+                task's, labels that are not non-negative integers, or a
+                split that leaves a split empty.
+        """
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("from_arrays needs at least one task, got none.")
+        test_split = check_number(
+            "test_split", test_split, minimum=0.0, maximum=1.0, inclusive_minimum=False
+        )
+        if test_split == 1.0:
+            raise ValueError("`test_split` must be < 1, got 1.0.")
+        _check_validation_split(validation_split)
+        rng = np.random.default_rng(seed)
+        made, shape = [], None
+        for t, arrays in enumerate(tasks):
+            if len(arrays) not in (2, 4):
+                raise ValueError(
+                    f"Task {t} must be (x, y) or (x_train, y_train, x_test, y_test), "
+                    f"got {len(arrays)} arrays."
+                )
+            pairs = [_as_pair(t, *arrays[i : i + 2]) for i in range(0, len(arrays), 2)]
+            if len(pairs) == 1:
+                x, y = pairs[0]
+                order = rng.permutation(len(y))
+                num_test = int(round(test_split * len(y)))
+                pairs = [(x[order[num_test:]], y[order[num_test:]])]
+                pairs.append((x[order[:num_test]], y[order[:num_test]]))
+            (x, y), test = pairs
+            num_val = int(round(validation_split * len(y)))
+            arrays = (x[num_val:], y[num_val:], x[:num_val], y[:num_val], *test)
+            shape = shape or arrays[0].shape[1:]
+            if arrays[0].shape[1:] != shape or test[0].shape[1:] != shape:
+                raise ValueError(
+                    f"Task {t} has inputs of shape {arrays[0].shape[1:]}, "
+                    f"other than task 0's {shape}."
+                )
+            if not len(test[1]):
+                raise ValueError(f"Task {t} has no test example; use a larger test_split.")
+            made.append(Task(f"{name}-{t}", *arrays))
+        _check_splits(made, validation_split)
+        num_outputs = int(max(int(np.max(np.concatenate([t.y_train, t.y_test]))) for t in made))
+        return cls("custom", name, tuple(made), tuple(shape), num_outputs + 1, seed)
+
+    @classmethod
+    def from_datasets(cls, datasets, **kwargs):
+        """Makes a task stream from `tf.data` data sets or tfds builders.
+
+        Each entry is one task: a `tf.data.Dataset` of `(x, y)` pairs
+        (batched or not), split as `from_arrays` splits `(x, y)`; or a
+        tensorflow-datasets builder (`tfds.builder(name)`, prepared), whose
+        `train` and `test` splits are read as supervised pairs. Integer
+        images are scaled to `[0, 1]`; a missing channel axis is added.
+
+        Args:
+            datasets: a list of data sets or builders.
+            **kwargs: passed to `from_arrays` (`test_split`,
+                `validation_split`, `name`, `seed`).
+
+        Returns:
+            A `TaskStream`.
+
+        Raises:
+            ValueError: for an entry that is neither, or as `from_arrays`.
+        """
+        return cls.from_arrays([_dataset_arrays(t, d) for t, d in enumerate(datasets)], **kwargs)
 
     @staticmethod
     def estimate_nbytes(
@@ -173,20 +289,18 @@ class TaskStream:
             train = min(train, max_train_examples)
         examples = train + len(dataset.x_test)
         features = int(np.prod(dataset.image_shape))
-        tasks = num_tasks
         if scenario == "split":
-            # Each example lands in one task; the task code adds columns.
+            # Each example lands in one task.
             examples = -(-examples // num_tasks)
-            features += num_tasks if split_scenario == "task" else 0
         return {
-            "nbytes": tasks * examples * features * 4,
-            "tasks": tasks,
+            "nbytes": num_tasks * examples * features * 4,
+            "tasks": num_tasks,
             "examples": examples,
             "features": features,
         }
 
     @classmethod
-    def _split(cls, dataset, splits, num_tasks, split_scenario, input_dim):
+    def _split(cls, dataset, splits, num_tasks, split_scenario, seed):
         per_task, leftover = divmod(dataset.num_classes, num_tasks)
         if leftover or per_task < 1:
             raise ValueError(
@@ -199,24 +313,18 @@ class TaskStream:
             arrays = []
             for x, y in splits:
                 keep = (y >= first) & (y < first + per_task)
-                x, y = _flat(x[keep]), y[keep]
-                if split_scenario == "task":
-                    code = np.zeros((len(x), num_tasks), "float32")
-                    code[:, t] = 1.0
-                    x = np.concatenate([x, code], axis=1)
-                if split_scenario != "class":
-                    y = y - first
-                arrays += [x, y]
-            tasks.append(Task(f"split-{split_scenario}-{t}", *arrays))
-        task_inputs = num_tasks if split_scenario == "task" else 0
-        num_outputs = dataset.num_classes if split_scenario == "class" else per_task
+                y = y[keep]
+                arrays += [x[keep], y - first if split_scenario == "domain" else y]
+            classes = tuple(range(first, first + per_task)) if split_scenario == "task" else None
+            tasks.append(Task(f"split-{split_scenario}-{t}", *arrays, classes=classes))
+        num_outputs = per_task if split_scenario == "domain" else dataset.num_classes
         return cls(
             f"split-{split_scenario}",
             dataset.name,
             tuple(tasks),
-            input_dim + task_inputs,
+            tuple(dataset.image_shape),
             num_outputs,
-            task_inputs,
+            seed,
         )
 
 
@@ -239,8 +347,57 @@ def _check_splits(tasks, validation_split):
             )
 
 
-def _flat(images):
-    return images.reshape(len(images), int(np.prod(images.shape[1:])))
+def _check_validation_split(validation_split):
+    if not 0 <= validation_split < 1:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}.")
+
+
+def _permute(images, order):
+    """Permutes the entries of every example, keeping its shape."""
+    flat = images.reshape(len(images), len(order))[:, order]
+    return flat.reshape(images.shape)
+
+
+def _as_pair(index, x, y):
+    """Checks one task's `(x, y)` and returns them as float32 and int32."""
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"Task {index} has {len(x)} inputs but {len(y)} labels.")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ValueError(
+            f"Task {index}: labels must be a 1-D array of class indices >= 0, got "
+            f"dtype {y.dtype} and shape {y.shape}."
+        )
+    return x.astype("float32"), y.astype("int32")
+
+
+def _dataset_arrays(index, data):
+    """The arrays of one entry of `from_datasets`."""
+    if hasattr(data, "as_dataset") and hasattr(data, "info"):  # A tfds builder.
+        return tuple(
+            a for split in ("train", "test") for a in _to_arrays(
+                data.as_dataset(split=split, as_supervised=True)
+            )
+        )
+    if hasattr(data, "element_spec"):  # A tf.data.Dataset.
+        return _to_arrays(data)
+    raise ValueError(
+        f"Task {index}: expected a tf.data.Dataset or a tensorflow-datasets builder, "
+        f"got {type(data).__name__}."
+    )
+
+
+def _to_arrays(dataset):
+    """`(x, y)` numpy arrays of a data set of pairs, batched or not."""
+    xs, ys = [], []
+    for x, y in dataset.as_numpy_iterator():
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y))
+    if ys and ys[0].ndim == 0:  # Unbatched: one example per element.
+        x, y = np.stack(xs), np.stack(ys)
+    else:
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    return as_images(x), y
 
 
 def _rotate(images, angle):

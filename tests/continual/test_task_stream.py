@@ -33,11 +33,17 @@ def test_unknown_dataset():
 def test_permuted(digits):
     stream = TaskStream.make("permuted", digits, num_tasks=3, seed=1)
     first, second = stream.tasks[0], stream.tasks[1]
-    assert (stream.input_dim, stream.num_outputs, stream.task_inputs) == (64, 10, 0)
-    np.testing.assert_array_equal(first.x_test, digits.x_test.reshape(-1, 64))
+    assert (stream.input_shape, stream.input_dim, stream.num_outputs) == ((8, 8, 1), 64, 10)
+    assert not stream.task_incremental
+    # Images keep their shape.
+    np.testing.assert_array_equal(first.x_test, digits.x_test)
     # The same pixels, in another fixed order, with the same labels.
+    assert second.x_test.shape == first.x_test.shape
     assert not np.array_equal(first.x_test, second.x_test)
-    np.testing.assert_array_equal(np.sort(second.x_test, axis=1), np.sort(first.x_test, axis=1))
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    np.testing.assert_array_equal(
+        np.sort(flat(second.x_test), axis=1), np.sort(flat(first.x_test), axis=1)
+    )
     np.testing.assert_array_equal(second.y_test, first.y_test)
     # 10% of the training examples are held out for validation.
     assert len(first.x_val) == 144 and len(first.x_train) == 1437 - 144
@@ -45,24 +51,28 @@ def test_permuted(digits):
 
 def test_rotated(digits):
     stream = TaskStream.make("rotated", digits, num_tasks=2)
-    np.testing.assert_allclose(
-        stream.tasks[0].x_train, digits.x_train[144:].reshape(-1, 64), atol=1e-6
-    )
+    np.testing.assert_allclose(stream.tasks[0].x_train, digits.x_train[144:], atol=1e-6)
+    assert stream.tasks[1].x_train.shape == (1437 - 144, 8, 8, 1)
     assert not np.allclose(stream.tasks[1].x_train, stream.tasks[0].x_train)
+    # Task 1 of 2 turns the images by 90 degrees.
+    np.testing.assert_allclose(
+        stream.tasks[1].x_train, np.rot90(digits.x_train[144:], axes=(1, 2)), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
-    "split_scenario, input_dim, num_outputs, labels",
-    [("task", 69, 2, [0, 1]), ("domain", 64, 2, [0, 1]), ("class", 64, 10, [2, 3])],
+    "split_scenario, num_outputs, labels, classes",
+    [("task", 10, [2, 3], (2, 3)), ("domain", 2, [0, 1], None), ("class", 10, [2, 3], None)],
 )
-def test_split(digits, split_scenario, input_dim, num_outputs, labels):
+def test_split(digits, split_scenario, num_outputs, labels, classes):
     stream = TaskStream.make("split", digits, num_tasks=5, split_scenario=split_scenario)
-    assert (stream.input_dim, stream.num_outputs) == (input_dim, num_outputs)
+    assert (stream.input_shape, stream.num_outputs) == ((8, 8, 1), num_outputs)
     task = stream.tasks[1]
     assert sorted(np.unique(task.y_train)) == labels
-    assert task.x_train.shape[1] == input_dim
-    if split_scenario == "task":
-        np.testing.assert_array_equal(task.x_test[:, 64:], np.eye(5)[[1] * len(task.x_test)])
+    assert task.x_train.shape[1:] == (8, 8, 1)
+    # Task-incremental: the task's classes, whose logits the harness keeps.
+    assert task.classes == classes
+    assert stream.task_incremental == (split_scenario == "task")
 
 
 def test_deterministic_for_a_seed():
@@ -119,3 +129,68 @@ def test_tfds_unknown_name():
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(ValueError, match="no 'no_such_dataset'"):
         ImageDataset.load("tfds:no_such_dataset")
+
+
+def test_from_arrays_keeps_shapes_and_splits(digits):
+    x, y = digits.x_train[:100], digits.y_train[:100]
+    stream = TaskStream.from_arrays(
+        [(x[:50], y[:50]), (x[50:], y[50:])], test_split=0.2, validation_split=0.1, name="mine"
+    )
+    assert (stream.scenario, stream.dataset, stream.input_shape) == ("custom", "mine", (8, 8, 1))
+    task = stream.tasks[1]
+    # 50 examples: 10 test, 4 of the other 40 for validation, 36 to train.
+    assert (len(task.y_test), len(task.y_val), len(task.y_train)) == (10, 4, 36)
+    assert task.x_train.shape == (36, 8, 8, 1) and task.x_train.dtype == np.float32
+    assert stream.num_outputs == int(y.max()) + 1
+    # A task given with its own test split keeps it.
+    kept = TaskStream.from_arrays([(x[:40], y[:40], x[40:50], y[40:50])])
+    np.testing.assert_array_equal(kept.tasks[0].x_test, x[40:50])
+
+
+@pytest.mark.parametrize(
+    "tasks, match",
+    [
+        ([(np.zeros((4, 8, 8, 1)), np.zeros(3, int))], "Task 0 has 4 inputs but 3 labels"),
+        ([(np.zeros((4, 8, 8, 1)), np.zeros(4))], "Task 0: labels must be"),
+        (
+            [(np.zeros((10, 8, 8, 1)), np.arange(10) % 2), (np.zeros((10, 4)), np.arange(10) % 2)],
+            r"Task 1 has inputs of shape \(4,\), other than task 0's \(8, 8, 1\)",
+        ),
+        ([], "at least one task"),
+    ],
+)
+def test_from_arrays_refuses_bad_tasks(tasks, match):
+    with pytest.raises(ValueError, match=match):
+        TaskStream.from_arrays(tasks)
+
+
+def test_from_datasets_reads_tf_data_and_tfds_builders():
+    tf = pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    x = np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8)
+    y = np.arange(30) % 3
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y))
+    with tfds.testing.mock_data(num_examples=12):
+        builder = tfds.builder("mnist")
+        stream = TaskStream.from_datasets([unbatched, unbatched.batch(7)], seed=0)
+        mnist = TaskStream.from_datasets([builder], validation_split=0)
+    assert stream.input_shape == (8, 8, 1) and stream.num_outputs == 3
+    assert sum(len(getattr(stream.tasks[1], f"y_{s}")) for s in ("train", "val", "test")) == 30
+    assert 0 <= stream.tasks[0].x_train.min() and stream.tasks[0].x_train.max() <= 1
+    assert mnist.input_shape == (28, 28, 1) and len(mnist.tasks[0].y_test) == 12
+    with pytest.raises(ValueError, match="Task 0: expected a tf.data.Dataset"):
+        TaskStream.from_datasets([x])
+
+
+def test_scenarios_on_an_npz_file(tmp_path):
+    path = str(tmp_path / "blobs.npz")
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8), y=np.arange(40) % 4)
+    data = ImageDataset.load(path, seed=0)
+    assert data.x_train.shape == (32, 6, 6, 1) and data.num_classes == 4
+    for scenario in ("permuted", "rotated", "split"):
+        stream = TaskStream.make(scenario, path, num_tasks=2, validation_split=0)
+        assert stream.tasks[1].x_test.shape[1:] == (6, 6, 1)
+    np.savez(path, images=np.zeros((4, 6, 6)))
+    with pytest.raises(ValueError, match="must hold arrays 'x' and 'y'"):
+        ImageDataset.load(path)
