@@ -331,3 +331,36 @@ def test_merge_prints_every_method_and_writes_its_results(tmp_path, capsys):
         assert name in out and name in result["ratio"]
     assert (tmp_path / "loss_path.png").stat().st_size > 0
     assert len(result["path"]["aligned"]["loss"]) == 11
+
+
+def test_bench_strength_sweep_reports_every_grid_point(tmp_path, capsys):
+    code, out, _ = run_cli(
+        ["bench", *TINY, "--methods", "finetune,online-ewc", "--strength", "sweep",
+         "--strength-grid", "1,100", "--gamma", "0.5", "--out", str(tmp_path)],
+        capsys,
+    )
+    assert code == 0
+    document = continual.load_results(str(tmp_path / "results.json"))
+    assert list(document["methods"]) == ["finetune", "online-ewc@1", "online-ewc@100"]
+    assert document["methods"]["online-ewc@1"]["config"]["gamma"] == 0.5
+    grid = document["sweep"]["online-ewc"]["grid"]
+    assert [point["strength"] for point in grid] == [1.0, 100.0]
+    assert "sweep online-ewc: 1: " in out and "best strength" in out
+
+
+def test_bench_npz_data_with_separate_seeds_and_repeats(tmp_path, capsys):
+    path = tmp_path / "mine.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), y=np.arange(60) % 3)
+    code, out, _ = run_cli(
+        ["bench", *TINY, "--dataset", str(path), "--scenario", "rotated", "--methods",
+         "finetune", "--data-seed", "4", "--init-seed", "7", "--repeats", "2",
+         "--out", str(tmp_path / "run")],
+        capsys,
+    )
+    assert code == 0
+    document = continual.load_results(str(tmp_path / "run" / "results.json"))
+    assert document["config"]["data_seed"] == 4 and document["seed"] == 7
+    assert document["summary"]["finetune"]["init_seeds"] == [7, 8]
+    assert "±" in out
+    assert (tmp_path / "run" / "accuracy_matrix_finetune_seed8.png").exists()
