@@ -138,7 +138,10 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
             own = m.kronecker[kernel]
             terms.append((matrix, bias, own.a, own.g, m.num_examples / num_examples))
         bias = variables[block.bias] if block.bias is not None else None
-        add(variables[kernel], KroneckerRegularizer(terms, bias, scale, base=variables[kernel].regularizer))
+        regularizer = KroneckerRegularizer(
+            terms, bias, scale, mask=block.mask, base=variables[kernel].regularizer
+        )
+        add(variables[kernel], regularizer)
     attachment = Attachment(memories, strength, regularizers, scale, num_examples)
     object.__setattr__(model, _ATTACHMENT, attachment)
     if _tracks_memories(model):

@@ -5,6 +5,10 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
+from keras_memgeom.layers.pre_pruned_conv2d import PrePrunedConv2D
+from keras_memgeom.layers.pre_pruned_dense import PrePrunedDense
+
 
 def _tap_rank(layer, conv2d):
     """The input rank the tap rule fits the layer at, or `None`."""
@@ -14,11 +18,11 @@ def _tap_rank(layer, conv2d):
         or getattr(layer, "quantization_mode", None) is not None
     ):
         return None
-    if type(layer) is keras.layers.Dense:
+    if type(layer) in (keras.layers.Dense, PrePrunedDense):
         return 2
     if (
         conv2d
-        and type(layer) is keras.layers.Conv2D
+        and type(layer) in (keras.layers.Conv2D, PrePrunedConv2D)
         and layer.data_format == "channels_last"
         and layer.groups == 1
         and layer.padding in ("valid", "same")
@@ -137,8 +141,8 @@ class DenseTaps:
             def call(inputs, training=None):
                 self._inputs[i] = inputs
                 if isinstance(layer, keras.layers.Dense):
-                    z = ops.matmul(inputs, layer.kernel)
-                else:
+                    z = ops.matmul(inputs, masked_kernel(layer))
+                else:  # a pre-pruned Conv2D masks inside `convolution_op`
                     z = layer.convolution_op(inputs, layer.kernel)
                 if layer.use_bias:
                     z = ops.add(z, layer.bias)  # channels last: broadcasts
@@ -165,7 +169,7 @@ class DenseTaps:
         for layer, x, g, shape in zip(self.layers, inputs, output_grads, self._output_shapes):
             if isinstance(layer, keras.layers.Dense):
                 g2 = ops.sum(ops.square(g), axis=0)
-                out.append(ops.matmul(ops.transpose(ops.square(x)), g2))
+                out.append(_masked(layer, ops.matmul(ops.transpose(ops.square(x)), g2)))
                 if layer.use_bias:
                     out.append(ops.sum(g2, axis=0))
                 continue
@@ -174,7 +178,7 @@ class DenseTaps:
             g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
             per_example = ops.einsum("bpi,kbpo->kbio", _patches(layer, x, shape), g)
             kernel = ops.sum(ops.square(per_example), axis=(0, 1))
-            out.append(ops.reshape(kernel, layer.kernel.shape))
+            out.append(_masked(layer, ops.reshape(kernel, layer.kernel.shape)))
             if layer.use_bias:
                 out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
         return out
@@ -210,6 +214,18 @@ class DenseTaps:
             g_sum = ops.matmul(ops.transpose(g), g) / positions
             out.append((a_sum, g_sum))
         return out
+
+
+def masked_kernel(layer):
+    """The kernel a layer computes with: `kernel * mask` for a pre-pruned layer."""
+    return _masked(layer, layer.kernel)
+
+
+def _masked(layer, kernel):
+    # Masked entries of a pre-pruned layer get exactly zero gradient.
+    if isinstance(layer, MaskedKernelMixin):
+        return ops.multiply(kernel, ops.cast(layer.mask, kernel.dtype))
+    return kernel
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_memgeom import backend
+from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.memory.dense_taps import DenseTaps
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.utils.batches import iterate_batches
@@ -83,7 +84,8 @@ def estimate_fisher(
         array, and the number of examples used. With `structure="kfac"`,
         `(fisher, num_examples, kronecker)`: `fisher` then covers the
         variables outside Kronecker blocks, and `kronecker` maps each
-        kernel's path to `(bias_path or None, A, G)`, per-example means.
+        kernel's path to `(bias_path or None, A, G, mask or None)`, the
+        factors as per-example means (a pre-pruned layer's mask too).
 
     Raises:
         ValueError: for an unknown estimator, a `num_samples`, `batch_size`
@@ -157,8 +159,17 @@ def estimate_fisher(
             bias,
             _mean(a, num_examples, kernel, "float64"),
             _mean(g, num_examples, kernel, "float64"),
+            _kernel_mask(layer),
         )
     return fisher, num_examples, kronecker
+
+
+def _kernel_mask(layer):
+    """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`."""
+    if not isinstance(layer, MaskedKernelMixin):
+        return None
+    mask = np.broadcast_to(ops.convert_to_numpy(layer.mask), tuple(layer.kernel.shape))
+    return mask.reshape(-1, layer.kernel.shape[-1]).astype("float32")
 
 
 def _mean(total, num_examples, path, dtype):

@@ -99,13 +99,19 @@ class FisherMemory:
             )
         if block.bias is not None and self._anchor[block.bias].shape != (units,):
             raise ValueError(f"The bias {block.bias} of {path} does not have shape {(units,)}.")
+        mask = None
+        if block.mask is not None:
+            mask = np.array(block.mask, dtype="float32")
+            if mask.shape != (fan_in, units) or not np.all((mask == 0) | (mask == 1)):
+                raise ValueError(f"The mask of {path} must be a 0/1 array of shape {(fan_in, units)}.")
+            mask.flags.writeable = False
         for name, factor in (("a", a), ("g", g)):
             if not np.all(np.isfinite(factor)):
                 raise ValueError(f"The Kronecker factor {name} of {path} holds NaN or infinite values.")
             if not np.allclose(factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()):
                 raise ValueError(f"The Kronecker factor {name} of {path} is not symmetric.")
             factor.flags.writeable = False
-        return KroneckerBlock(block.bias, a, g)
+        return KroneckerBlock(block.bias, a, g, mask)
 
     @classmethod
     def estimate(
@@ -282,7 +288,9 @@ class FisherMemory:
             anchor_bias = self._anchor[block.bias] if block.bias is not None else None
             anchor = self._anchor[path].reshape(kernel_matrix_shape(self._anchor[path].shape))
             terms.append(
-                kronecker_penalty(variables[path].value, bias, anchor, anchor_bias, block.a, block.g, scale)
+                kronecker_penalty(
+                    variables[path].value, bias, anchor, anchor_bias, block.a, block.g, scale, block.mask
+                )
             )
         return ops.sum(ops.stack(terms))
 

@@ -13,7 +13,7 @@ import collections
 
 import numpy as np
 
-KroneckerBlock = collections.namedtuple("KroneckerBlock", ["bias", "a", "g"])
+KroneckerBlock = collections.namedtuple("KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None])
 KroneckerBlock.__doc__ = """The Kronecker factors of one layer's kernel (and bias).
 
 Args:
@@ -23,6 +23,9 @@ Args:
         where there is a bias.
     g: `(units, units)`, the per-example second moment of the gradients at
         the layer's outputs (averaged over positions for a convolution).
+    mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
+        layer: masked entries carry no information, so the precision acts on
+        `mask * (W - anchor)`.
 """
 
 
@@ -35,7 +38,10 @@ def block_diagonal(block, kernel_shape):
     """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`."""
     fan_in, _ = kernel_matrix_shape(kernel_shape)
     a_diagonal, g_diagonal = np.diag(block.a), np.diag(block.g)
-    kernel = np.outer(a_diagonal[:fan_in], g_diagonal).reshape(kernel_shape)
+    kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
+    if block.mask is not None:
+        kernel = kernel * block.mask
+    kernel = kernel.reshape(kernel_shape)
     bias = a_diagonal[fan_in] * g_diagonal if block.bias is not None else None
     return kernel, bias
 

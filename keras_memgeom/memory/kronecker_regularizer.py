@@ -27,6 +27,7 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
         terms: a list of `(anchor_kernel, anchor_bias, a, g, weight)`:
             `anchor_kernel` as a `(fan_in, units)` matrix, `anchor_bias`
             `(units,)` or `None`, the factors, and the term's share `w_k`.
+        mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask.
         bias: the layer's bias variable, or `None`.
         scale: a scalar `keras.Variable`, `strength / 2 * n / num_train_examples`.
         base: another regularizer of the kernel to add, or `None`.
@@ -36,8 +37,9 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     >>> keras_memgeom.attach(model, kfac_memory, num_train_examples=len(x_b))
     """
 
-    def __init__(self, terms, bias, scale, base=None):
+    def __init__(self, terms, bias, scale, mask=None, base=None):
         self.bias = bias
+        self.mask = _state(mask, "memory_mask") if mask is not None else None
         self.scale = scale
         self.base = keras.regularizers.get(base)
         self.terms = [
@@ -54,12 +56,15 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     @property
     def variables(self):
         """The state the penalty reads (not the shared scale)."""
-        return [v for term in self.terms for v in term[:4] if v is not None]
+        state = [v for term in self.terms for v in term[:4] if v is not None]
+        return state + ([self.mask] if self.mask is not None else [])
 
     def __call__(self, x):
         bias = self.bias.value if self.bias is not None else None
         values = [
-            kronecker_penalty(x, bias, kernel, bias_anchor, a, g, keras.ops.multiply(self.scale, w))
+            kronecker_penalty(
+                x, bias, kernel, bias_anchor, a, g, keras.ops.multiply(self.scale, w), self.mask
+            )
             for kernel, bias_anchor, a, g, w in self.terms
         ]
         value = keras.ops.sum(keras.ops.stack(values))

@@ -72,6 +72,7 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=N
                 "g_shape": list(block.g.shape),
                 "a_sha256": _digest(block.a),
                 "g_sha256": _digest(block.g),
+                "mask_sha256": _digest(block.mask) if block.mask is not None else None,
             }
             for kernel, block in kronecker.items()
         ]
@@ -82,6 +83,8 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=N
             members.append((f"fisher/{i}.npy", fisher[name]))
     for j, block in enumerate(kronecker.values()):
         members += [(f"kronecker_a/{j}.npy", block.a), (f"kronecker_g/{j}.npy", block.g)]
+        if block.mask is not None:
+            members.append((f"kronecker_mask/{j}.npy", block.mask))
     with atomic_write(path, "memory file") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("meta.json", json.dumps(meta, indent=1))
         for member, array in members:
@@ -231,7 +234,7 @@ def read_memory_file(path):
 
     Returns:
         `(anchor, fisher, num_examples, estimator, kronecker)`; `kronecker`
-        maps a kernel's path to `(bias_path, a, g)` (empty for version 1).
+        maps a kernel's path to `(bias_path, a, g, mask)` (empty for version 1).
 
     Raises:
         FileNotFoundError: if there is no such file.
@@ -265,7 +268,18 @@ def read_memory_file(path):
                     )
                     for kind in ("a", "g")
                 )
-                kronecker[block["kernel"]] = (block["bias"], a, g)
+                mask = None
+                if block.get("mask_sha256") is not None:
+                    kernel_entry = next(e for e in entries if e["path"] == block["kernel"])
+                    fan_in = math.prod(kernel_entry["shape"][:-1])
+                    mask_entry = {
+                        "path": block["kernel"],
+                        "shape": [fan_in, block["g_shape"][0]],
+                        "dtype": "float32",
+                        "mask_sha256": block["mask_sha256"],
+                    }
+                    mask = _read_checked(path, z, f"kronecker_mask/{j}.npy", mask_entry, "mask")
+                kronecker[block["kernel"]] = (block["bias"], a, g, mask)
     except (
         zipfile.BadZipFile,
         zlib.error,

@@ -98,13 +98,17 @@ def merge(memories, *, decay=1.0):
 
 def common_blocks(memories):
     """The Kronecker blocks all `memories` share, or an error naming the difference."""
-    layouts = [{k: b.bias for k, b in m.kronecker.items()} for m in memories]
+    layouts = [
+        {k: (b.bias, None if b.mask is None else b.mask.tobytes()) for k, b in m.kronecker.items()}
+        for m in memories
+    ]
     for k, layout in enumerate(layouts[1:], start=1):
         if layout != layouts[0]:
             raise ValueError(
                 "Memories of different structures cannot be combined: memory 0 has "
-                f"Kronecker blocks on {sorted(layouts[0])} but memory {k} on "
-                f"{sorted(layout)}. `memory.diagonal()` makes a diagonal memory of either."
+                f"Kronecker blocks (with their biases and masks) on {sorted(layouts[0])} "
+                f"but memory {k} on {sorted(layout)}. `memory.diagonal()` makes a "
+                "diagonal memory of either."
             )
     return memories[-1].kronecker
 
@@ -135,4 +139,4 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     a = a * (weight / num_examples)
     fan_in = kernel_matrix_shape(shape)[0]
     bias_anchor = anchor[fan_in] if bias is not None else None
-    return anchor[:fan_in].reshape(shape), bias_anchor, KroneckerBlock(bias, a, g)
+    return anchor[:fan_in].reshape(shape), bias_anchor, KroneckerBlock(bias, a, g, first.mask)

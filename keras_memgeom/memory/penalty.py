@@ -24,7 +24,7 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     return ops.multiply(ops.add(weighted, offset), ops.cast(scale, value.dtype))
 
 
-def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale):
+def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None):
     """`scale * vec(D)^T (a (x) g) vec(D)` for the layer's weights `D = W~ - anchor`.
 
     `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
@@ -42,6 +42,8 @@ def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale):
         g: the output factor, `(units, units)`.
         scale: `strength / 2 * n / num_train_examples` (times the term's
             share of `n` for a sum of memories).
+        mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask: only
+            live entries of the kernel are penalized.
 
     Returns:
         A scalar tensor.
@@ -49,6 +51,8 @@ def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale):
     kernel = ops.convert_to_tensor(kernel)
     dtype = kernel.dtype
     diff = ops.subtract(ops.reshape(kernel, ops.shape(anchor_kernel)), ops.cast(anchor_kernel, dtype))
+    if mask is not None:
+        diff = ops.multiply(diff, ops.cast(mask, dtype))
     if bias is not None:
         bias_diff = ops.subtract(ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype))
         diff = ops.concatenate([diff, bias_diff[None]], axis=0)

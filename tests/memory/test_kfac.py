@@ -199,3 +199,33 @@ def test_conv_kfac_on_a_one_by_one_kernel_is_the_dense_kfac_of_its_pixels(rng):
     b = from_dense.kronecker[dense.layers[0].kernel.path]
     np.testing.assert_allclose(a.a, b.a, rtol=1e-5)
     np.testing.assert_allclose(a.g, b.g, rtol=1e-5, atol=1e-8)
+
+
+def test_pre_pruned_layers_keep_their_mask_in_the_memory(tmp_path, rng):
+    x, y = classification_data(rng, num_examples=1, num_features=6)
+    model = keras_memgeom.Sequential(
+        [
+            keras.Input((6,)),
+            keras_memgeom.layers.PrePrunedDense(4, zero_rate=0.5, seed=0, activation="tanh"),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    layer = model.layers[0]
+    mask = np.asarray(keras.ops.convert_to_numpy(layer.mask))
+    memory = FisherMemory.estimate(model, (x, y), structure="kfac")
+    block = memory.kronecker[layer.kernel.path]
+    np.testing.assert_array_equal(block.mask, mask)
+    # One example: K-FAC is exact, masked entries carry no information.
+    diagonal = FisherMemory.estimate(model, (x, y))
+    np.testing.assert_allclose(memory.fisher[layer.kernel.path], diagonal.fisher[layer.kernel.path], rtol=1e-5, atol=1e-9)
+    assert np.all(diagonal.fisher[layer.kernel.path][mask == 0] == 0)
+    # Moving a masked entry costs nothing.
+    weights = model.get_weights()
+    before = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=1)))
+    weights[0] = weights[0] + 5.0 * (1 - mask)
+    model.set_weights(weights)
+    after = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=1)))
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    memory.save(tmp_path / "p.memory")
+    np.testing.assert_array_equal(FisherMemory.load(tmp_path / "p.memory").kronecker[layer.kernel.path].mask, mask)
