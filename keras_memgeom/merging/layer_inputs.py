@@ -1,21 +1,27 @@
-"""The inputs each weight layer of a model sees, batch by batch."""
+"""The rows each weight layer's kernel multiplies, batch by batch."""
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.symmetry.unit_chain import unit_chain
 from keras_memgeom.utils.batches import iterate_batches
 
 
 def layer_inputs(model, data, *, batch_size=256):
-    """Yields, per batch, the input of every weight layer of a chain model.
+    """Yields, per batch, the input rows of every weight layer of a chain model.
 
     The model is run layer by layer in inference mode (dropout off,
-    normalization with its moving statistics); the input of each Dense /
-    Conv2D / PolynomialDense layer is recorded on the way. What closed-form
-    merges need (Gram matrices, unit statistics) is a sum over batches of
-    these, so the whole data set is never held at once.
+    normalization with its moving statistics) and the input of each Dense
+    and Conv2D layer is recorded as the rows its kernel multiplies: a
+    Dense layer's inputs flattened to `(rows, inputs)`, a Conv2D layer's
+    input patches `(rows, kernel_h * kernel_w * channels)`, one row per
+    example and output position, in the order of
+    `kernel.reshape(-1, units)`. A layer's pre-activations are then
+    `rows @ kernel.reshape(-1, units) + bias`. What closed-form merges need
+    (Gram matrices, unit statistics) is a sum over batches of these, so the
+    whole data set is never held at once.
 
     Args:
         model: a chain model supported by `keras_memgeom.symmetry`.
@@ -24,25 +30,55 @@ def layer_inputs(model, data, *, batch_size=256):
         batch_size: batch size for arrays.
 
     Returns:
-        A generator of lists of numpy arrays, one per weight layer of
-        `unit_chain(model)`, input to output.
+        A generator of lists of float64 numpy arrays, one per weight layer
+        of `unit_chain(model)`, input to output.
 
     Raises:
         ValueError: naming the layer, for models `keras_memgeom.symmetry`
-            does not support.
+            does not support, PolynomialDense layers (their kernel
+            multiplies a basis expansion) and dilated convolutions.
 
     Example:
-    >>> gram = sum(inputs[0].T @ inputs[0] for inputs in layer_inputs(model, (x, y)))
+    >>> gram = sum(rows[0].T @ rows[0] for rows in layer_inputs(model, (x, y)))
     """
     weight_layers = [unit_layer.layer for unit_layer in unit_chain(model)]
+    for layer in weight_layers:
+        _check_rows(layer)
     if isinstance(data, np.ndarray):
         data = (data, np.zeros(len(data)))
     for x, _ in iterate_batches(data, batch_size):
-        inputs, hidden = [], ops.convert_to_tensor(x)
+        rows, hidden = [], ops.convert_to_tensor(x)
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             if any(layer is w for w in weight_layers):
-                inputs.append(np.asarray(ops.convert_to_numpy(hidden), dtype="float64"))
+                rows.append(_kernel_rows(layer, np.asarray(ops.convert_to_numpy(hidden), dtype="float64")))
             hidden = layer(hidden, training=False)
-        yield inputs
+        yield rows
+
+
+def _check_rows(layer):
+    if isinstance(layer, memgeom_layers.PolynomialDense):
+        raise ValueError(
+            f"Layer {layer.name!r} (PolynomialDense): its kernel multiplies a basis "
+            "expansion of its inputs, not the inputs; it cannot be merged or repaired "
+            "from its inputs."
+        )
+    if isinstance(layer, keras.layers.Conv2D) and tuple(layer.dilation_rate) != (1, 1):
+        raise ValueError(f"Layer {layer.name!r} (Conv2D) is dilated; only dilation_rate 1 is supported.")
+
+
+def _kernel_rows(layer, x):
+    if not isinstance(layer, keras.layers.Conv2D):
+        return x.reshape(-1, x.shape[-1])
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
+    if layer.padding == "same":
+        # Keras (and TensorFlow) "same": the extra padding goes after.
+        pads = []
+        for size, k, s in ((x.shape[1], kh, sh), (x.shape[2], kw, sw)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
+    # (batch, out_h, out_w, channels, kh, kw) -> rows in kernel order (kh, kw, channels).
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * x.shape[-1])

@@ -50,17 +50,18 @@ def merge_models(
       memories are given (`memories=`, one `FisherMemory` of each model)
       or estimated on `data`.
     - `"regmean"` (Jin et al. 2023, "Dataless Knowledge Fusion by Merging
-      Weights of Language Models"): each Dense layer's kernel and bias are
-      the least-squares fit to every model's outputs on its own inputs,
-      `W = (sum_k w_k G_k)^-1 sum_k w_k G_k W_k` with `G_k` the Gram matrix
-      of the layer's inputs (and a 1 for the bias) in model `k` on its
-      data, off-diagonal entries scaled by `regmean_alpha` (see
-      `keras_memgeom.merging.regmean`). Other variables are averaged.
+      Weights of Language Models"): each Dense and Conv2D layer's kernel
+      and bias are the least-squares fit to every model's outputs on its
+      own inputs, `W = (sum_k w_k G_k)^-1 sum_k w_k G_k W_k` with `G_k`
+      the Gram matrix of the layer's input rows (a Conv2D layer's input
+      patches; a 1 for the bias) in model `k` on its data, off-diagonal
+      entries scaled by `regmean_alpha` (see `keras_memgeom.merging.regmean`).
+      Other variables are averaged.
 
     `repair=True` then restores each hidden unit's pre-activation mean and
     standard deviation to the endpoints' interpolated ones on `data`
     (Jordan et al. 2023, "REPAIR"; see `keras_memgeom.merging.repair`),
-    folded into the merged Dense weights.
+    folded into the merged Dense and Conv2D weights.
 
     Args:
         models: a list of at least two built Keras models of one
@@ -203,9 +204,9 @@ def _check_regmean_layers(model):
     """Refuses, by name, a weight layer RegMean cannot merge in closed form."""
     for unit_layer in unit_chain(model):
         layer = unit_layer.layer
-        if not isinstance(layer, keras.layers.Dense) or unit_layer.mask is not None:
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) or unit_layer.mask is not None:
             raise ValueError(
-                f"method='regmean' merges Dense layers in closed form; layer {layer.name!r} "
+                f"method='regmean' merges unmasked Dense and Conv2D layers in closed form; layer {layer.name!r} "
                 f"({type(layer).__name__}) cannot be merged this way. Use 'average' or 'fisher'."
             )
 
@@ -274,28 +275,28 @@ def _set_regmean(merged, models, data, weights, alpha):
     for index, unit_layer in enumerate(unit_chain(merged)):
         kernels = [_with_bias(chain[index]) for chain in chains]
         kernel = regmean(kernels, [g[index] for g in grams], weights=weights, alpha=alpha)
-        layer = unit_layer.layer
+        layer, shape = unit_layer.layer, unit_layer.kernel.shape
         dtype = unit_layer.kernel.dtype
-        if unit_layer.bias is None:
-            layer.kernel.assign(kernel.astype(dtype))
-        else:
-            layer.kernel.assign(kernel[:-1].astype(dtype))
+        if unit_layer.bias is not None:
             layer.bias.assign(kernel[-1].astype(dtype))
+            kernel = kernel[:-1]
+        layer.kernel.assign(kernel.reshape(shape).astype(dtype))
 
 
 def _with_bias(unit_layer):
+    """The kernel as a `(rows, units)` matrix, with the bias as a last row."""
+    kernel = unit_layer.kernel.reshape(-1, unit_layer.units)
     if unit_layer.bias is None:
-        return unit_layer.kernel
-    return np.concatenate([unit_layer.kernel, unit_layer.bias[None]], axis=0)
+        return kernel
+    return np.concatenate([kernel, unit_layer.bias[None]], axis=0)
 
 
 def _input_grams(model, data):
-    """Per weight layer, the Gram matrix of its inputs (with a 1 for the bias)."""
+    """Per weight layer, the Gram matrix of its input rows (with a 1 for the bias)."""
     chain = unit_chain(model)
     grams = [0.0] * len(chain)
-    for inputs in layer_inputs(model, data):
-        for i, (x, unit_layer) in enumerate(zip(inputs, chain)):
-            x = x.reshape(-1, x.shape[-1])
+    for rows in layer_inputs(model, data):
+        for i, (x, unit_layer) in enumerate(zip(rows, chain)):
             if unit_layer.bias is not None:
                 x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
             grams[i] = grams[i] + x.T @ x

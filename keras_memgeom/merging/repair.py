@@ -18,7 +18,8 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
     for Interpolation Repair"): averaging two networks shrinks the variance
     of their hidden units (averaged units are less than perfectly
     correlated), which is much of why the merged model is worse. Each
-    hidden unit's pre-activation `z` gets the mean and standard deviation
+    hidden unit's pre-activation `z` (a Conv2D channel's, over all
+    positions) gets the mean and standard deviation
     that interpolate the endpoints',
 
         mu* = sum_k w_k mu_k,   sigma* = sum_k w_k sigma_k,
@@ -45,7 +46,7 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
 
     Raises:
         ValueError: naming the layer, for a hidden layer that is not a
-            Dense layer with a bias, or for models `keras_memgeom.symmetry`
+            Dense or Conv2D layer with a bias, or for models `keras_memgeom.symmetry`
             does not support.
 
     Example:
@@ -55,9 +56,9 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
     hidden = unit_chain(merged)[:-1]
     for unit_layer in hidden:
         layer = unit_layer.layer
-        if not isinstance(layer, keras.layers.Dense) or unit_layer.bias is None:
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) or unit_layer.bias is None:
             raise ValueError(
-                f"REPAIR corrects Dense layers with a bias; layer {layer.name!r} "
+                f"REPAIR corrects Dense and Conv2D layers with a bias; layer {layer.name!r} "
                 f"({type(layer).__name__}) is not one."
             )
     target_mean, target_std = 0.0, 0.0
@@ -87,17 +88,16 @@ def _unit_statistics(model, data, batch_size, upto=None):
     """
     chain = unit_chain(model)
     hidden = chain[: len(chain) - 1 if upto is None else upto]
-    count, total, square = 0, [0.0] * len(hidden), [0.0] * len(hidden)
+    count, total, square = ([0.0] * len(hidden) for _ in range(3))
     for d in data:
-        for inputs in layer_inputs(model, d, batch_size=batch_size):
-            count += inputs[0].size // inputs[0].shape[-1]
+        for rows in layer_inputs(model, d, batch_size=batch_size):
             for i, unit_layer in enumerate(hidden):
-                x = inputs[i].reshape(-1, inputs[i].shape[-1])
-                z = x @ unit_layer.effective_kernel() + unit_layer.bias
+                z = rows[i] @ unit_layer.effective_kernel().reshape(-1, unit_layer.units) + unit_layer.bias
+                count[i] += len(z)
                 total[i] = total[i] + z.sum(axis=0)
                 square[i] = square[i] + (z * z).sum(axis=0)
-    means = [t / count for t in total]
-    stds = [np.sqrt(np.maximum(s / count - m * m, 0.0)) for s, m in zip(square, means)]
+    means = [t / n for t, n in zip(total, count)]
+    stds = [np.sqrt(np.maximum(s / n - m * m, 0.0)) for s, n, m in zip(square, count, means)]
     return _ragged(means), _ragged(stds)
 
 

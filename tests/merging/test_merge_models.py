@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.memory import FisherMemory
 from keras_memgeom.merging import merge_models
 from tests.memory.helpers import classification_data, softmax_probabilities, softmax_regression
@@ -196,20 +197,73 @@ def test_bad_weights_are_refused(weights, message):
         merge_models([_mlp(0), _mlp(1)], weights=weights)
 
 
+def _conv(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(3, 3, strides=2, padding="same", activation="relu",
+                                bias_initializer="random_normal", name="features"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ]
+    )
+
+
+def _conv_rows(model, x):
+    """Input patches (kernel order kh, kw, channels) and pre-activations of the conv."""
+    kernel, bias = (w.astype("float64") for w in model.get_weights()[:2])
+    # "same" with stride 2 on 6 pixels: 3 outputs, one padding pixel, after.
+    padded = np.pad(x.astype("float64"), [(0, 0), (0, 1), (0, 1), (0, 0)])
+    rows = np.array(
+        [padded[n, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, :].ravel() for n in range(len(x)) for i in range(3) for j in range(3)]
+    )
+    return rows, rows @ kernel.reshape(-1, 3) + bias
+
+
+def test_regmean_merges_conv2d_layers_on_their_input_patches(rng):
+    a, b = _conv(0), _conv(1)
+    x_a = rng.normal(size=(30, 6, 6, 2)).astype("float32")
+    x_b = rng.normal(size=(20, 6, 6, 2)).astype("float32") + 0.5
+    rows_a, z_a = _conv_rows(a, x_a)
+    # The patches reproduce the layer: they are what its kernel multiplies.
+    np.testing.assert_allclose(
+        np.maximum(z_a, 0).reshape(30, 3, 3, 3),
+        keras.ops.convert_to_numpy(a.layers[0](x_a)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    rows_b, _ = _conv_rows(b, x_b)
+    merged = merge_models([a, b], method="regmean", data=[x_a, x_b], align=False, regmean_alpha=1.0)
+    precision, moment = 0.0, 0.0
+    for model, rows in ((a, rows_a), (b, rows_b)):
+        rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
+        kernel, bias = model.get_weights()[:2]
+        precision = precision + 0.5 * rows.T @ rows
+        moment = moment + 0.5 * rows.T @ rows @ np.concatenate([kernel.reshape(-1, 3), bias[None]])
+    expected = np.linalg.solve(precision, moment)
+    np.testing.assert_allclose(merged.get_weights()[0].reshape(-1, 3), expected[:-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(merged.get_weights()[1], expected[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_repair_restores_the_channel_statistics_of_conv2d_layers(rng):
+    a, b = _conv(0), _conv(1)
+    x = rng.normal(size=(30, 6, 6, 2)).astype("float32")
+    merged = merge_models([a, b], data=[x, x], method="average", repair=True, align=False)
+    z_a, z_b, z_merged = (_conv_rows(m, x)[1] for m in (a, b, merged))
+    np.testing.assert_allclose(z_merged.mean(0), 0.5 * (z_a.mean(0) + z_b.mean(0)), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(z_merged.std(0), 0.5 * (z_a.std(0) + z_b.std(0)), rtol=1e-3, atol=1e-4)
+
+
 def test_layers_a_method_cannot_merge_are_named(rng):
-    def conv(seed):
+    def polynomial(seed):
         keras.utils.set_random_seed(seed)
         return keras.Sequential(
-            [
-                keras.Input((6, 6, 1)),
-                keras.layers.Conv2D(2, 3, activation="relu", name="features"),
-                keras.layers.Flatten(),
-                keras.layers.Dense(3),
-            ]
+            [keras.Input((5,)), memgeom_layers.PolynomialDense(4, degree=2, name="curvy"), keras.layers.Dense(3)]
         )
 
-    x = rng.normal(size=(8, 6, 6, 1)).astype("float32")
-    with pytest.raises(ValueError, match="regmean.*'features'.*Conv2D"):
-        merge_models([conv(0), conv(1)], method="regmean", data=[(x, np.zeros(8))] * 2)
-    with pytest.raises(ValueError, match="REPAIR.*'features'.*Conv2D"):
-        merge_models([conv(0), conv(1)], data=[(x, np.zeros(8))] * 2, method="average", repair=True)
+    data = [classification_data(rng, num_examples=10)] * 2
+    with pytest.raises(ValueError, match="regmean.*'curvy'.*PolynomialDense"):
+        merge_models([polynomial(0), polynomial(1)], method="regmean", data=data)
+    with pytest.raises(ValueError, match="REPAIR.*'curvy'.*PolynomialDense"):
+        merge_models([polynomial(0), polynomial(1)], data=data, method="average", repair=True)
