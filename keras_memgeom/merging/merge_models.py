@@ -113,6 +113,11 @@ def merge_models(
         )
     if method not in METHODS:
         raise ValueError(f"Unknown merge method {method!r}; expected one of {METHODS}.")
+    if isinstance(data, tuple) and any(hasattr(d, "shape") for d in data):
+        raise ValueError(
+            "`data` must be a list with one data set per model; got one `(x, y)` "
+            "tuple. For models trained on the same data, pass `[(x, y)] * len(models)`."
+        )
     for name, values in (("data", data), ("memories", memories)):
         if values is not None and len(values) != len(models):
             raise ValueError(
@@ -125,7 +130,7 @@ def merge_models(
             raise ValueError(f"{flag} needs `data`: one data set per model.")
     weights = _normalized_weights(weights, len(models))
     prior_precision = check_number("prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False)
-    check_same_layers(models)
+    _check_same_layers(models)
     if method == "regmean":
         _check_regmean_layers(models[0])
     # Aligned copies are uncompiled: the likelihood comes from the originals.
@@ -159,7 +164,7 @@ def merge_models(
     return merged
 
 
-def check_same_layers(models):
+def _check_same_layers(models):
     """Raises a ValueError naming the first layer whose weights differ in shape."""
 
     def signature(model):

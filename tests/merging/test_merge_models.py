@@ -171,6 +171,8 @@ def test_bad_merges_are_refused(rng):
         merge_models([model])
     with pytest.raises(ValueError, match="`data` needs one entry per model"):
         merge_models([model, other], data=data[:1])
+    with pytest.raises(ValueError, match="`data` must be a list with one data set per model"):
+        merge_models([model, other], data=data[0])
     with pytest.raises(ValueError, match="architecture.*dense"):
         merge_models([model, _mlp(1, width=7)])
     with pytest.raises(ValueError, match="Unknown merge method 'median'"):
