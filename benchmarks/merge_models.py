@@ -26,13 +26,15 @@ from keras_memgeom.merging.merge_experiment import load_split, merge_experiment,
 from keras_memgeom.merging.merge_models import METHODS
 from _environment import print_environment
 
-SAME_TASK = (("digits", 16), ("digits", 32), ("digits", 128), ("mnist5k", 32), ("mnist5k", 128))
+SAME_TASK = "digits:16,digits:32,digits:128,mnist5k:32,mnist5k:128"
 
 
-def same_task(epochs):
+def same_task(cases, seeds, epochs):
     names = None
-    for dataset, width in SAME_TASK:
-        result = merge_experiment(dataset, width=width, epochs=epochs, num_points=5)
+    for case in cases.split(","):
+        dataset, width = case.split(":")
+        width = int(width)
+        result = merge_experiment(dataset, width=width, seeds=seeds, epochs=epochs, num_points=5)
         if names is None:
             names = list(result["ratio"])
             print(f"{'data':>8s} {'width':>5s} {'ends':>6s} " + " ".join(f"{n:>15s}" for n in names)
@@ -77,6 +79,8 @@ def main():
     parser = argparse.ArgumentParser(description="Merged models' accuracy, every method.")
     parser.add_argument("--part", default="both", choices=["same", "tasks", "both"])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seeds", default="1,2", help="the two training seeds (default: 1,2)")
+    parser.add_argument("--cases", default=SAME_TASK, help=f"DATASET:WIDTH,... (default: {SAME_TASK})")
     parser.add_argument("--task-width", type=int, default=64)
     parser.add_argument("--parent-epochs", type=int, default=1)
     parser.add_argument("--child-epochs", type=int, default=30)
@@ -84,7 +88,7 @@ def main():
     print(f"backend {keras.backend.backend()}")
     if args.part in ("same", "both"):
         print("same task: midpoint accuracy / mean endpoint accuracy")
-        same_task(args.epochs)
+        same_task(args.cases, tuple(int(s) for s in args.seeds.split(",")), args.epochs)
     if args.part in ("tasks", "both"):
         print(
             f"\nacross tasks: digits 0-4 vs 5-9, width {args.task_width}, parent {args.parent_epochs} "
