@@ -8,6 +8,10 @@ from keras_memgeom.utils.checks import check_number, check_positive_int
 def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     """`scale * (sum(fisher * (value - anchor)^2) + offset)`.
 
+    The gradient `2 * scale * fisher * (value - anchor)` reuses the forward
+    product (see `held_quadratic`), so the backward pass reads the memory
+    once more at most.
+
     Args:
         value: the variable's current value.
         anchor: the remembered value.
@@ -20,8 +24,22 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     """
     value = ops.convert_to_tensor(value)
     diff = ops.subtract(value, ops.cast(anchor, value.dtype))
-    weighted = ops.sum(ops.multiply(ops.cast(fisher, value.dtype), ops.square(diff)))
-    return ops.multiply(ops.add(weighted, offset), ops.cast(scale, value.dtype))
+    quadratic = held_quadratic(diff, ops.multiply(ops.cast(fisher, value.dtype), diff))
+    return ops.multiply(ops.add(quadratic, offset), ops.cast(scale, value.dtype))
+
+
+def held_quadratic(diff, metric_diff):
+    """`sum(diff * metric_diff)` whose gradient is `2 * metric_diff`, held constant.
+
+    For a symmetric metric `M` and `metric_diff = M diff`, the gradient of
+    the quadratic form is `2 M diff`, which the forward pass has already
+    computed: the value is written as `2q - q` with the product held
+    constant in the first term and the whole second term, so autodiff
+    returns the product instead of differentiating through it again.
+    """
+    held = ops.stop_gradient(metric_diff)
+    linear = ops.sum(ops.multiply(diff, held))
+    return ops.subtract(ops.multiply(linear, 2.0), ops.stop_gradient(linear))
 
 
 def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None):
@@ -29,9 +47,8 @@ def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mas
 
     `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
     extra row. The form is `sum(D * (a @ D @ g))`: two matmuls, `a (x) g` is
-    never formed. Its gradient `2 a D g` reuses the forward product (the
-    product is held constant in a term whose value is subtracted again), so
-    the backward pass costs no matmul.
+    never formed. Its gradient `2 a D g` reuses the forward product
+    (`held_quadratic`), so the backward pass costs no matmul.
 
     Args:
         kernel: the kernel's current value.
@@ -56,11 +73,8 @@ def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mas
     if bias is not None:
         bias_diff = ops.subtract(ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype))
         diff = ops.concatenate([diff, bias_diff[None]], axis=0)
-    product = ops.stop_gradient(ops.matmul(ops.matmul(ops.cast(a, dtype), diff), ops.cast(g, dtype)))
-    linear = ops.sum(ops.multiply(diff, product))
-    # Value: 2q - q = q; gradient: 2 a D g from the held product.
-    value = ops.subtract(ops.multiply(linear, 2.0), ops.stop_gradient(linear))
-    return ops.multiply(value, ops.cast(scale, dtype))
+    product = ops.matmul(ops.matmul(ops.cast(a, dtype), diff), ops.cast(g, dtype))
+    return ops.multiply(held_quadratic(diff, product), ops.cast(scale, dtype))
 
 
 def penalty_scale(num_examples, num_train_examples, strength):
