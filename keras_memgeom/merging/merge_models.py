@@ -130,6 +130,7 @@ def merge_models(
             raise ValueError(f"{flag} needs `data`: one data set per model.")
     weights = _normalized_weights(weights, len(models))
     prior_precision = check_number("prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False)
+    regmean_alpha = check_number("regmean_alpha", regmean_alpha, minimum=0.0, maximum=1.0)
     _check_same_layers(models)
     if method == "regmean":
         _check_regmean_layers(models[0])
@@ -152,7 +153,7 @@ def merge_models(
         fishers = []
         for m, d, likelihood in zip(models, data, likelihoods):
             memory = FisherMemory.estimate(m, d, estimator=estimator, likelihood=likelihood)
-            fishers.append([memory.num_examples * f for f in memory.fisher.values()])
+            fishers.append(_memory_fisher(m, memory))
     merged = keras.models.clone_model(models[0])
     _set_average(merged, models, weights)
     if method == "fisher":

@@ -185,6 +185,8 @@ def test_bad_merges_are_refused(rng):
         merge_models([model, other], method="regmean")
     with pytest.raises(ValueError, match="repair=True needs `data`"):
         merge_models([model, other], repair=True)
+    with pytest.raises(ValueError, match="`regmean_alpha` must be <= 1"):
+        merge_models([model, other], method="regmean", data=data, regmean_alpha=1.5)
     with pytest.raises(ValueError, match="`memories` takes FisherMemory"):
         merge_models([model, other], memories=["a", "b"])
 
