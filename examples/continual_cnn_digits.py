@@ -60,7 +60,7 @@ def run(
     num_tasks=3,
     epochs=5,
     seeds=1,
-    strength=1000.0,
+    strength=100.0,
     max_examples=None,
     methods=METHODS,
     progress=None,
@@ -96,7 +96,7 @@ def main():
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--strength", type=float, default=1000.0)
+    parser.add_argument("--strength", type=float, default=100.0)
     args = parser.parse_args()
     document = run(args.scenario, args.tasks, args.epochs, args.seeds, args.strength)
     print(f"backend: {keras.backend.backend()}; {args.scenario} digits, {args.tasks} tasks, "

@@ -447,7 +447,9 @@ class Harness:
         """Accuracy on one split of a task, over the task's classes only."""
         x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
         if not len(y):
-            raise ValueError(f"Cannot measure accuracy on the empty {split} split of {task.name!r}.")
+            raise ValueError(
+                f"Cannot measure accuracy on the empty {split} split of {task.name!r}."
+            )
         logits = np.asarray(model.predict(x, batch_size=1024, verbose=0))
         if task.classes is not None:
             keep = np.zeros(logits.shape[-1], bool)

@@ -14,7 +14,8 @@ class _Recording(continual.OnlineEWC):
 
     def after_task(self, model, context):
         task = context.task
-        self.fishers.append(keras_memgeom.FisherMemory.estimate(model, (task.x_train, task.y_train)))
+        data = (task.x_train, task.y_train)
+        self.fishers.append(keras_memgeom.FisherMemory.estimate(model, data))
         self.weights.append({v.path: np.array(v.numpy()) for v in model.trainable_variables})
         super().after_task(model, context)
 

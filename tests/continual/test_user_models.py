@@ -79,7 +79,10 @@ def test_a_sweep_reports_every_grid_point(image_stream):
     sweep = document["sweep"]["online"]
     assert [p["strength"] for p in sweep["grid"]] == [1.0, 100.0]
     best = max(sweep["grid"], key=lambda p: p["average_accuracy"])
-    assert sweep["best"] == {"strength": best["strength"], "average_accuracy": best["average_accuracy"]}
+    assert sweep["best"] == {
+        "strength": best["strength"],
+        "average_accuracy": best["average_accuracy"],
+    }
     table = continual.format_table(document)
     assert "sweep online: 1: " in table and "best strength" in table
 
