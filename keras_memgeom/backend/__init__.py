@@ -20,6 +20,16 @@ and, for second-order autodiff inside a training step:
   `autograd.grad(create_graph=True)` under `torch.enable_grad()`), so a
   loss built from gradients (e.g. a Fisher trace) can be trained on.
 
+and, for work spread over devices:
+
+- `distribute_batch(tree)`: the tensors of a batch placed for the active
+  `keras.distribution` (split over its batch axis, so per-example work runs
+  on every device and sums are reduced on the devices); unchanged without
+  one.
+- `check_distribution()`: raises a `NotImplementedError` where a
+  `keras.distribution` is set but Keras cannot distribute the backend
+  (torch), rather than silently running on one device.
+
 and, for exact numbers and for saying where a run ran:
 
 - `device_constant(value, dtype)`: a tensor holding the array `value` on
@@ -41,8 +51,10 @@ _BACKEND = keras.backend.backend()
 if _BACKEND == "jax":
     from keras_memgeom.backend.jax import (
         compile_function,
+        check_distribution,
         device_constant,
         device_description,
+        distribute_batch,
         differentiable_linearize,
         full_precision_matmul,
         linearize,
@@ -51,8 +63,10 @@ if _BACKEND == "jax":
 elif _BACKEND == "tensorflow":
     from keras_memgeom.backend.tensorflow import (
         compile_function,
+        check_distribution,
         device_constant,
         device_description,
+        distribute_batch,
         differentiable_linearize,
         full_precision_matmul,
         linearize,
@@ -61,8 +75,10 @@ elif _BACKEND == "tensorflow":
 elif _BACKEND == "torch":
     from keras_memgeom.backend.torch import (
         compile_function,
+        check_distribution,
         device_constant,
         device_description,
+        distribute_batch,
         differentiable_linearize,
         full_precision_matmul,
         linearize,
@@ -75,9 +91,11 @@ else:
     )
 
 __all__ = [
+    "check_distribution",
     "compile_function",
     "device_constant",
     "device_description",
+    "distribute_batch",
     "differentiable_linearize",
     "full_precision_matmul",
     "linearize",

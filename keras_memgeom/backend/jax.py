@@ -41,3 +41,25 @@ def device_constant(value, dtype):
     # across traces would leak.
     with jax.ensure_compile_time_eval():
         return jnp.asarray(value, dtype=dtype)
+
+
+def distribute_batch(tree):
+    from keras.src.backend.jax.distribution_lib import distribute_data_input
+    from keras.src.distribution import distribution_lib
+
+    distribution = distribution_lib.distribution()
+    if distribution is None:
+        return tree
+    mesh = distribution.device_mesh
+    shards = dict(zip(mesh.axis_names, mesh.shape)).get(distribution.batch_dim_name, 1)
+
+    def place(x):
+        if x.ndim == 0 or x.shape[0] % shards:
+            return x  # a last batch that does not split evenly stays replicated
+        return distribute_data_input(x, distribution.get_data_layout(x.shape), distribution.batch_dim_name)
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def check_distribution():
+    """Every `keras.distribution` runs on JAX."""

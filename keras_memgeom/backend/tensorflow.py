@@ -69,3 +69,13 @@ def device_constant(value, dtype):
     # Made eagerly even inside a `tf.function`, which captures it.
     with tf.init_scope():
         return tf.constant(value, dtype=dtype)
+
+
+def distribute_batch(tree):
+    # Under a tf.distribute strategy the batch is computed where the
+    # strategy's scope puts it; Keras's distribution API is JAX-only here.
+    return tree
+
+
+def check_distribution():
+    """A `tf.distribute` strategy runs where its scope puts the work."""

@@ -1,5 +1,6 @@
 import contextlib
 
+import keras
 import torch
 from keras.src.backend.torch import core as keras_torch_core
 from keras.src.backend.torch import nn as keras_torch_nn
@@ -104,3 +105,19 @@ def device_description():
 def device_constant(value, dtype):
     # On the device Keras computes on, copied there once.
     return keras_torch_core.convert_to_tensor(value, dtype=dtype)
+
+
+def check_distribution():
+    from keras.src.distribution import distribution_lib
+
+    if distribution_lib.distribution() is not None:
+        raise NotImplementedError(
+            "keras.distribution does not distribute the torch backend in this Keras "
+            f"({keras.__version__}): the work would silently run on one device. Use "
+            "the jax backend for DataParallel or ModelParallel, or unset the distribution."
+        )
+
+
+def distribute_batch(tree):
+    check_distribution()
+    return tree

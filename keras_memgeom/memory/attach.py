@@ -127,6 +127,7 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
                 scale=scale,
                 offset=offsets.get(path, 0.0),
                 base=variables[path].regularizer,
+                like=variables[path],
             )
             add(variables[path], regularizer)
     for kernel, block in blocks.items():
@@ -139,7 +140,7 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
             terms.append((matrix, bias, own.a, own.g, m.num_examples / num_examples))
         bias = variables[block.bias] if block.bias is not None else None
         regularizer = KroneckerRegularizer(
-            terms, bias, scale, mask=block.mask, base=variables[kernel].regularizer
+            terms, bias, scale, mask=block.mask, base=variables[kernel].regularizer, like=variables[kernel]
         )
         add(variables[kernel], regularizer)
     attachment = Attachment(memories, strength, regularizers, scale, num_examples)

@@ -109,6 +109,7 @@ def estimate_fisher(
     num_samples = check_positive_int("num_samples", num_samples)
     batch_size = check_positive_int("batch_size", batch_size)
     max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
+    backend.check_distribution()
     likelihood = likelihood or likelihood_from_loss(getattr(model, "loss", None))
     variables = list(model.trainable_variables)
     if not variables:
@@ -133,7 +134,7 @@ def estimate_fisher(
         if estimator == "sampled":
             noise = likelihood.draw_noise(rng, batch, step.output_dim, num_samples)
             noise = ops.convert_to_tensor(noise.astype("float32"))
-        x, y = keras.tree.map_structure(ops.convert_to_tensor, (x, y))
+        x, y = backend.distribute_batch(keras.tree.map_structure(ops.convert_to_tensor, (x, y)))
         sums, checks = step.function([v.value for v in variables], x, y, noise)
         if totals is None:
             # The one host sync before the end: are probabilities probabilities?
@@ -142,7 +143,8 @@ def estimate_fisher(
         else:
             # Totals stay on the device: no host round trip per batch.
             totals = keras.tree.map_structure(ops.add, totals, sums)
-        num_examples += batch
+        # The global batch: on several hosts each contributes its own rows.
+        num_examples += int(ops.shape(y)[0])
     if num_examples == 0:
         raise ValueError("The data is empty: a Fisher memory needs at least one example.")
     diagonal_totals, factor_totals = totals if structure == "kfac" else (totals, [])

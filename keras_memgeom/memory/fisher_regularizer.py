@@ -21,9 +21,18 @@ def _decode(config):
     return np.asarray(keras.ops.convert_to_numpy(config), dtype="float32")
 
 
-def _state(value, name):
-    # Non-trainable device state: a traced step reads it, never bakes it in.
-    return keras.Variable(value, trainable=False, dtype="float32", name=name)
+def memory_state(value, name, like=None):
+    """A non-trainable `keras.Variable` for memory state, laid out like `like`.
+
+    A traced step reads it as state and never bakes it in. Under a
+    `keras.distribution` it is sharded like the model variable `like` it
+    remembers (when shapes agree), so model parallelism splits memories as
+    it splits weights.
+    """
+    layout = None
+    if like is not None and tuple(like.shape) == tuple(np.shape(value)):
+        layout = like._layout  # Keras keeps a variable's distribution layout here
+    return keras.Variable(value, trainable=False, dtype="float32", name=name, layout=layout)
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
@@ -48,6 +57,8 @@ class FisherRegularizer(keras.regularizers.Regularizer):
         scale: a float, or a scalar `keras.Variable` to share.
         offset: float, in units of `scale`.
         base: another regularizer to add, or `None`.
+        like: the variable it regularizes, whose distribution layout the
+            memory's arrays take, or `None`.
 
     Returns:
         Calling it on a value returns the scalar penalty.
@@ -62,16 +73,16 @@ class FisherRegularizer(keras.regularizers.Regularizer):
     2.5
     """
 
-    def __init__(self, anchor, fisher, scale=1.0, offset=0.0, base=None):
+    def __init__(self, anchor, fisher, scale=1.0, offset=0.0, base=None, like=None):
         anchor, fisher = _decode(anchor), _decode(fisher)
         if anchor.shape != fisher.shape:
             raise ValueError(
                 f"`anchor` has shape {anchor.shape} but `fisher` has shape {fisher.shape}."
             )
-        self.anchor = _state(anchor, "memory_anchor")
-        self.fisher = _state(fisher, "memory_fisher")
+        self.anchor = memory_state(anchor, "memory_anchor", like)
+        self.fisher = memory_state(fisher, "memory_fisher", like)
         if not isinstance(scale, keras.Variable):
-            scale = _state(check_number("scale", scale, minimum=0.0), "memory_scale")
+            scale = memory_state(check_number("scale", scale, minimum=0.0), "memory_scale")
         self.scale = scale
         self.offset = check_number("offset", offset)
         self.base = keras.regularizers.get(base)

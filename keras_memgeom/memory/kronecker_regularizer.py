@@ -3,11 +3,8 @@
 import keras
 import numpy as np
 
+from keras_memgeom.memory.fisher_regularizer import memory_state
 from keras_memgeom.memory.penalty import kronecker_penalty
-
-
-def _state(value, name):
-    return keras.Variable(np.asarray(value, "float32"), trainable=False, dtype="float32", name=name)
 
 
 class KroneckerRegularizer(keras.regularizers.Regularizer):
@@ -31,23 +28,25 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
         bias: the layer's bias variable, or `None`.
         scale: a scalar `keras.Variable`, `strength / 2 * n / num_train_examples`.
         base: another regularizer of the kernel to add, or `None`.
+        like: the kernel variable, whose distribution layout the anchor
+            takes where shapes agree (the factors are replicated).
 
     Example:
     >>> # Built by `keras_memgeom.attach` for Kronecker-factored memories.
     >>> keras_memgeom.attach(model, kfac_memory, num_train_examples=len(x_b))
     """
 
-    def __init__(self, terms, bias, scale, mask=None, base=None):
+    def __init__(self, terms, bias, scale, mask=None, base=None, like=None):
         self.bias = bias
-        self.mask = _state(mask, "memory_mask") if mask is not None else None
+        self.mask = memory_state(mask, "memory_mask", like) if mask is not None else None
         self.scale = scale
         self.base = keras.regularizers.get(base)
         self.terms = [
             (
-                _state(kernel, "memory_anchor"),
-                _state(bias_anchor, "memory_anchor") if bias_anchor is not None else None,
-                _state(a, "memory_kronecker_a"),
-                _state(g, "memory_kronecker_g"),
+                memory_state(np.asarray(kernel, "float32"), "memory_anchor", like),
+                memory_state(bias_anchor, "memory_anchor", bias) if bias_anchor is not None else None,
+                memory_state(np.asarray(a, "float32"), "memory_kronecker_a"),
+                memory_state(np.asarray(g, "float32"), "memory_kronecker_g"),
                 float(weight),
             )
             for kernel, bias_anchor, a, g, weight in terms

@@ -6,6 +6,7 @@ import os
 import keras
 from keras import ops
 
+from keras_memgeom import backend
 from keras_memgeom.memory.attach import (
     attach,
     attached_regularizers,
@@ -146,6 +147,7 @@ class MemoryTrainer:
             self.make_train_function(force=True)
 
     def fit(self, x=None, y=None, *args, **kwargs):
+        backend.check_distribution()
         if self.memories:
             arguments = _FIT_SIGNATURE.bind(self, x, y, *args, **kwargs).arguments
             split = arguments.get("validation_split", 0.0)
