@@ -23,7 +23,7 @@ from keras_memgeom import continual
 from keras_memgeom.continual.harness import DEFAULT_STRENGTH_GRID
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.continual.task_stream import SCENARIOS, SPLIT_SCENARIOS
-from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.memory.fisher import ESTIMATORS, STRUCTURES
 from keras_memgeom.utils.atomic_write import check_writable_file_path
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.keras_backend import backend_choice
@@ -195,6 +195,13 @@ def build_parser():
         type=_positive_float,
         default=1e-3,
         help="Adam learning rate; a fresh optimizer per task (default: 0.001)",
+    )
+    bench.add_argument(
+        "--structure",
+        choices=STRUCTURES,
+        default="diagonal",
+        help="Fisher memory structure of the memory methods: diagonal, or kfac "
+        "(Kronecker factors for Dense and Conv2D layers) (default: diagonal)",
     )
     bench.add_argument(
         "--estimator",
@@ -389,6 +396,11 @@ def make_strategies(names, *, strength=(None, {}), estimator=(None, {}), **optio
         cls = continual.get_strategy_class(name)
         accepted = inspect.signature(cls).parameters
         kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+        if options.get("structure", "diagonal") != "diagonal" and "structure" not in accepted:
+            raise ValueError(
+                f"Method {name!r} keeps no Fisher memory of structure "
+                f"{options['structure']!r}; run it without --structure or drop it from --methods."
+            )
         for key, (default, by_method) in (("strength", strength), ("estimator", estimator)):
             value = by_method.get(name, default)
             if name in by_method and key not in accepted:
@@ -600,6 +612,7 @@ def main(argv=None):
             decay=args.decay,
             gamma=args.gamma,
             fisher_examples=args.fisher_examples,
+            structure=args.structure,
         )
         harness = continual.Harness(
             stream,

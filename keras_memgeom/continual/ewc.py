@@ -14,7 +14,9 @@ class EWC(MemoryStrategy):
     number of tasks.
 
     Args:
-        strength, estimator, fisher_examples: see `MemoryStrategy`.
+        strength, estimator, fisher_examples, structure: see
+            `MemoryStrategy`. With `"kfac"`, one Kronecker penalty per task
+            and layer, summed exactly.
 
     Example:
 

@@ -2,7 +2,7 @@
 
 import keras_memgeom
 from keras_memgeom.continual.strategy import Strategy
-from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.memory.fisher import ESTIMATORS, STRUCTURES
 from keras_memgeom.utils.checks import check_number, check_positive_int
 
 DEFAULT_STRENGTH = 100.0
@@ -31,22 +31,31 @@ class MemoryStrategy(Strategy):
             or `"batched"`.
         fisher_examples: estimate each memory on at most this many
             examples of the task (default: all of them).
+        structure: `"diagonal"` or `"kfac"` (Kronecker factors for Dense
+            and Conv2D layers; see `FisherMemory`).
 
     Raises:
         ValueError: naming the argument, for a strength that is not `"auto"`,
-            `"sweep"` or a finite positive number, an unknown estimator or a bad
-            `fisher_examples`.
+            `"sweep"` or a finite positive number, an unknown estimator or
+            structure, or a bad `fisher_examples`.
     """
 
-    def __init__(self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None):
+    def __init__(
+        self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, structure="diagonal"
+    ):
         if not (isinstance(strength, str) and strength in ("auto", "sweep")):
             strength = check_number("strength", strength, minimum=0.0, inclusive_minimum=False)
         if estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown Fisher estimator {estimator!r}. Choose one of: {', '.join(ESTIMATORS)}."
             )
+        if structure not in STRUCTURES:
+            raise ValueError(
+                f"Unknown Fisher structure {structure!r}. Choose one of: {', '.join(STRUCTURES)}."
+            )
         self.strength = strength
         self.estimator = estimator
+        self.structure = structure
         self.fisher_examples = check_positive_int(
             "fisher_examples", fisher_examples, allow_none=True
         )
@@ -80,6 +89,7 @@ class MemoryStrategy(Strategy):
             (context.task.x_train, context.task.y_train),
             estimator=self.estimator,
             max_examples=self.fisher_examples,
+            structure=self.structure,
         )
         self.memories = self.consolidate(self.memories, memory)
 
@@ -96,4 +106,5 @@ class MemoryStrategy(Strategy):
             "strength": self.strength,
             "estimator": self.estimator,
             "fisher_examples": self.fisher_examples,
+            "structure": self.structure,
         }

@@ -16,7 +16,9 @@ class Online(MemoryStrategy):
     the cost of one memory.
 
     Args:
-        strength, estimator, fisher_examples: see `MemoryStrategy`.
+        strength, estimator, fisher_examples, structure: see
+            `MemoryStrategy`. With `"kfac"`, each merge keeps one
+            Kronecker block per layer (see `keras_memgeom.merge`).
         decay: factor on the older precisions at each merge, in `(0, 1]`;
             1 keeps all of the past, smaller values forget it gradually.
 
@@ -31,9 +33,17 @@ class Online(MemoryStrategy):
     name = "online"
 
     def __init__(
-        self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, decay=1.0
+        self,
+        *,
+        strength=DEFAULT_STRENGTH,
+        estimator="exact",
+        fisher_examples=None,
+        structure="diagonal",
+        decay=1.0,
     ):
-        super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
+        super().__init__(
+            strength=strength, estimator=estimator, fisher_examples=fisher_examples, structure=structure
+        )
         self.decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
 
     def consolidate(self, memories, memory):
