@@ -10,13 +10,13 @@ dense 2 x 128 MLP as a control for the width:
 2. Phi between two trainings from different initial seeds (five pairs):
    raw, after `reorder` (lexicographic and maximin) and after `align`
    (weight matching, a lower bound on what any reordering can reach);
-3. seed 004's stability desideratum (eq. 34): warm-start from theta*(D),
+3. Glukhov's (2024) stability desideratum (eq. 34): warm-start from theta*(D),
    re-train on a perturbed D' (a fraction of the training set resampled
    with replacement), and measure Phi(theta*(D), theta*(D')), five
    perturbations.
 
 `--width` and `--label-noise` (a fraction of the training labels replaced
-by random ones, a noisier objective) are the knobs of seed 004's argument,
+by random ones, a noisier objective) are the knobs of Glukhov's (2024) argument,
 which is about large, noisy networks.
 
 Run:

@@ -14,7 +14,7 @@ class OrthoPolynomial(keras.layers.Layer):
     """Per-unit activation `f_j(x) = sum_k c_jk phi_k(m(x))`.
 
     `phi_k` are orthogonal polynomials evaluated by their three-term
-    recurrence (seed 004, eq. 44) and `m` maps inputs into the basis's
+    recurrence (Glukhov 2024, eq. 44) and `m` maps inputs into the basis's
     domain (see `map_to_domain`: `tanh` for chebyshev / legendre,
     `softplus` for laguerre, identity for hermite). Every unit (last input
     axis) has its own coefficients `c_j`, so the activation is learned.

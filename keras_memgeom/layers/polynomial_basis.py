@@ -4,7 +4,7 @@ import numpy as np
 from keras import ops
 
 # Each basis's recurrence phi_{k+1} = (a_k x + b_k) phi_k - c_k phi_{k-1},
-# with phi_0 = 1 and phi_1 = a_0 x + b_0 (seed 004, eq. 44), as the
+# with phi_0 = 1 and phi_1 = a_0 x + b_0 (Glukhov 2024, eq. 44), as the
 # coefficients (a_k, b_k, c_k) of step k. The polynomials are the ones of
 # `numpy.polynomial` (Hermite is the physicists' H_k).
 _RECURRENCES = {

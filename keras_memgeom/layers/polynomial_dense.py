@@ -16,11 +16,11 @@ class PolynomialDense(keras.layers.Layer):
     """KAN-style layer `y_j = sum_i sum_k c_ijk phi_k(m(x_i))`.
 
     Every connection `(i, j)` carries its own univariate function, a
-    combination of orthogonal polynomials `phi_0..phi_degree` (seed 004,
+    combination of orthogonal polynomials `phi_0..phi_degree` (Glukhov 2024,
     6.2.2 - 6.2.3) of the input mapped into the basis's domain by `m`
     (`map_to_domain`). `phi_0 = 1` makes a separate bias unnecessary. With
     `zero_rate`, a fixed distinct-column mask removes connections and with
-    them the permutation symmetry of the units (seed 004, 6.2.1).
+    them the permutation symmetry of the units (Glukhov 2024, 6.2.1).
 
     The coefficients are stored as `kernel` of shape
     `(degree + 1, inputs, units)`, so the `(inputs, units)` mask broadcasts

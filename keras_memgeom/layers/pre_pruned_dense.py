@@ -16,7 +16,7 @@ class PrePrunedDense(MaskedKernelMixin, keras.layers.Dense):
 
     `B` has pairwise-distinct columns (`distinct_column_mask`), so no two
     units are interchangeable and the `units!` permutation-equivalent optima
-    of a plain Dense layer are gone (seed 004, section 6.2.1). Masked entries
+    of a plain Dense layer are gone (Glukhov 2024, section 6.2.1). Masked entries
     are zero from initialization on and receive exactly zero gradient. The
     mask is a non-trainable weight: it is saved and restored with the model.
 

@@ -17,7 +17,7 @@ def distinct_column_mask(shape, zero_rate, seed=None):
     Each entry is 0 with probability `zero_rate`. Columns that repeat an
     earlier column, or that are all zero (a unit with no input), are redrawn
     until every column is unique, so the result is guaranteed, not only
-    likely, to break the permutation symmetry of the units (seed 004, eq. 37).
+    likely, to break the permutation symmetry of the units (Glukhov 2024, eq. 37).
     When redrawing at `zero_rate` stalls (a skewed rate close to the capacity
     `2**rows - 1`), the remaining columns are drawn uniformly, which shifts
     their zero rate slightly but always terminates.

@@ -16,7 +16,7 @@ def count_equivalent_optima(model):
     connectivity: the same mask column in its own layer and the same mask
     row in the next one. Units group by that connectivity and each group of
     `g` interchangeable units contributes `g!`. A plain layer of `n` units is
-    one group (`n!`, seed 004, eq. 31); a layer whose mask has distinct
+    one group (`n!`, Glukhov 2024, eq. 31); a layer whose mask has distinct
     columns has only groups of one and contributes 1.
 
     Args:

@@ -15,12 +15,12 @@ def reorder(model, method="lexicographic"):
     """Return a copy of `model` with its hidden units in canonical order.
 
     Layers are processed input to output, so each layer's incoming weights
-    are already in canonical row order when it is sorted (seed 004, 6.1):
+    are already in canonical row order when it is sorted (Glukhov 2024, 6.1):
 
     - `"lexicographic"`: sort units by their incoming weight vectors,
       compared element by element (input 0 first), bias last.
     - `"maximin"`: take the input whose weights spread most across the
-      units (`max - min`, seed 004 eq. 36) and sort units by it.
+      units (`max - min`, Glukhov 2024 eq. 36) and sort units by it.
 
     A pre-pruned layer is sorted by its mask columns instead (either
     method): they are distinct, so they order the units uniquely and
