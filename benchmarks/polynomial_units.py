@@ -4,9 +4,9 @@ Four classifiers, trained alike (Adam 1e-3, 40 epochs, three seeds):
 
 - relu: Dense(64, relu) x 2;
 - ortho: Dense(64) -> OrthoPolynomial(degree 4) x 2, a learned activation
-  per unit (seed 004, 6.2.2);
+  per unit (Glukhov 2024, 6.2.2);
 - kan: PolynomialDense(32, degree 3) -> LayerNormalization ->
-  PolynomialDense(10, degree 3), KAN-style (seed 004, 6.2.3);
+  PolynomialDense(10, degree 3), KAN-style (Glukhov 2024, 6.2.3);
 - kan pre-pruned: the same with zero rate 0.5 on the hidden layer.
 
 Prints test accuracy, trainable parameter count (masked entries included)
