@@ -68,8 +68,12 @@ class ImageDataset:
             RuntimeError: if tensorflow-datasets cannot load it.
         """
         if name == "digits":
-            from sklearn.datasets import load_digits
-
+            try:
+                from sklearn.datasets import load_digits
+            except ImportError as error:
+                raise ImportError(
+                    "Data set 'digits' needs scikit-learn: pip install 'keras-memgeom[harness]'"
+                ) from error
             digits = load_digits()
             return _split(name, digits.images / 16.0, digits.target, 360, seed)
         if name == "mnist5k":

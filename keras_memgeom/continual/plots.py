@@ -2,13 +2,11 @@
 
 import os
 import re
-import tempfile
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from keras_memgeom.continual.results import summarize_runs
+from keras_memgeom.utils.atomic_write import atomic_write
+from keras_memgeom.utils.figures import new_figure
 
 
 def plot_results(document, directory):
@@ -70,7 +68,7 @@ def plot_results(document, directory):
 def _heat_map(name, run):
     matrix = np.asarray(run["accuracy_matrix"])
     num_tasks = len(matrix)
-    figure = Figure(figsize=(1.2 + 0.55 * num_tasks, 1.0 + 0.5 * num_tasks), layout="constrained")
+    figure = new_figure(figsize=(1.2 + 0.55 * num_tasks, 1.0 + 0.5 * num_tasks), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     if num_tasks <= 12:
@@ -96,7 +94,7 @@ def _heat_map(name, run):
 
 def _mean_curves(summary, label, document):
     """Mean curve per method, with a band of one std over the init seeds."""
-    figure = Figure(figsize=(6, 4), layout="constrained")
+    figure = new_figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
     for name, entry in summary.items():
         mean = np.asarray(entry["average_accuracy_curve"]["mean"])
@@ -121,7 +119,7 @@ def _decorate(axes, label, document):
 
 
 def _curves(runs, key, label, document):
-    figure = Figure(figsize=(6, 4), layout="constrained")
+    figure = new_figure(figsize=(6, 4), layout="constrained")
     axes = figure.add_subplot()
     for name, run in runs.items():
         values = [np.nan if v is None else v for v in run[key]]
@@ -132,10 +130,6 @@ def _curves(runs, key, label, document):
 
 def _save(figure, directory, name):
     path = os.path.join(directory, name)
-    FigureCanvasAgg(figure)
-    with tempfile.NamedTemporaryFile(
-        dir=directory, prefix=f".{name}-", suffix=".tmp", delete=False
-    ) as handle:
+    with atomic_write(path, "plot") as handle:
         figure.savefig(handle, format="png", dpi=120)
-    os.replace(handle.name, path)
     return path

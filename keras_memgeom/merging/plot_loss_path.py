@@ -2,8 +2,7 @@
 
 import os
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from keras_memgeom.utils.figures import new_figure
 
 
 def plot_loss_path(result, path):
@@ -20,8 +19,7 @@ def plot_loss_path(result, path):
     Example:
     >>> plot_loss_path(merge_experiment("digits", width=16), "loss_path.png")
     """
-    figure = Figure(figsize=(5.5, 3.8))
-    FigureCanvasAgg(figure)
+    figure = new_figure(figsize=(5.5, 3.8))
     axes = figure.add_subplot()
     for name, line in result["path"].items():
         label = f"{name} (barrier {result['barrier'][name]:.3f})"
