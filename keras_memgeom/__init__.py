@@ -17,10 +17,38 @@ from keras_memgeom import layers  # noqa: E402
 from keras_memgeom import merging  # noqa: E402
 from keras_memgeom import pruning  # noqa: E402
 from keras_memgeom import symmetry  # noqa: E402
-from keras_memgeom.memory import FisherMemory, FisherRegularizer, attach, detach, merge  # noqa: E402
+from keras_memgeom.memory import (  # noqa: E402
+    FisherMemory,
+    FisherRegularizer,
+    KroneckerRegularizer,
+    attach,
+    detach,
+    merge,
+)
 from keras_memgeom.merging import merge_models  # noqa: E402
 from keras_memgeom.pruning.pre_prune import pre_prune  # noqa: E402
 from keras_memgeom.training.frontal_lobe import FrontalLobe  # noqa: E402
 from keras_memgeom.training.model import Model  # noqa: E402
 from keras_memgeom.training.sequential import Sequential  # noqa: E402
 from keras_memgeom.version import __version__  # noqa: E402
+
+__all__ = [
+    "FisherMemory",
+    "FisherRegularizer",
+    "FrontalLobe",
+    "KroneckerRegularizer",
+    "Model",
+    "Sequential",
+    "__version__",
+    "attach",
+    "callbacks",
+    "continual",
+    "detach",
+    "layers",
+    "merge",
+    "merge_models",
+    "merging",
+    "pre_prune",
+    "pruning",
+    "symmetry",
+]

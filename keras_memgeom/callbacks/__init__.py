@@ -1,3 +1,7 @@
 """Keras callbacks of keras_memgeom."""
 
 from keras_memgeom.callbacks.consolidate import Consolidate
+
+__all__ = [
+    "Consolidate",
+]

@@ -5,3 +5,11 @@ from keras_memgeom.layers.polynomial_basis import polynomial_basis
 from keras_memgeom.layers.polynomial_dense import PolynomialDense
 from keras_memgeom.layers.pre_pruned_conv2d import PrePrunedConv2D
 from keras_memgeom.layers.pre_pruned_dense import PrePrunedDense
+
+__all__ = [
+    "OrthoPolynomial",
+    "PolynomialDense",
+    "PrePrunedConv2D",
+    "PrePrunedDense",
+    "polynomial_basis",
+]

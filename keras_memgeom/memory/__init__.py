@@ -1,5 +1,28 @@
 from keras_memgeom.memory.attach import attach, detach
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
-from keras_memgeom.memory.likelihood import Likelihood, likelihood_from_loss
+from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
+from keras_memgeom.memory.likelihood import (
+    Bernoulli,
+    Categorical,
+    Gaussian,
+    Likelihood,
+    likelihood_from_loss,
+)
 from keras_memgeom.memory.merge import merge
+
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "FisherMemory",
+    "FisherRegularizer",
+    "Gaussian",
+    "KroneckerBlock",
+    "KroneckerRegularizer",
+    "Likelihood",
+    "attach",
+    "detach",
+    "likelihood_from_loss",
+    "merge",
+]

@@ -5,3 +5,9 @@
 from keras_memgeom.pruning.distinct_column_mask import distinct_column_mask
 from keras_memgeom.pruning.fold_mask import fold_mask
 from keras_memgeom.pruning.pre_prune import pre_prune
+
+__all__ = [
+    "distinct_column_mask",
+    "fold_mask",
+    "pre_prune",
+]

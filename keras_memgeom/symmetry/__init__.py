@@ -7,3 +7,11 @@ from keras_memgeom.symmetry.count_equivalent_optima import (
 from keras_memgeom.symmetry.distance import Distance
 from keras_memgeom.symmetry.distance import distance
 from keras_memgeom.symmetry.reorder import reorder
+
+__all__ = [
+    "Distance",
+    "align",
+    "count_equivalent_optima",
+    "distance",
+    "reorder",
+]
