@@ -1,5 +1,8 @@
 """Merging trained models: every method, with and without REPAIR.
 
+The methods are those of `merge_models`: average, fisher (diagonal),
+regmean and kfac (Kronecker-factored memories).
+
 Same task: two MLPs with two hidden ReLU layers, trained from seeds 1 and 2
 on the same data, merged at the midpoint after alignment (and a raw average
 without it). Prints the merged test accuracy over the endpoints' mean for

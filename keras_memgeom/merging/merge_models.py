@@ -6,6 +6,7 @@ from keras import ops
 from scipy.optimize import linear_sum_assignment
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
+from keras_memgeom.memory.kronecker import KroneckerBlock, kernel_matrix_shape, merge_anchor
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.merging.layer_inputs import layer_inputs
 from keras_memgeom.merging.regmean import regmean
@@ -14,9 +15,8 @@ from keras_memgeom.symmetry.align import align as align_units
 from keras_memgeom.symmetry.unit_chain import copy_model, incoming_weights, permute_units, unit_chain, write_chain
 from keras_memgeom.utils.checks import check_number
 
-METHODS = ("average", "fisher", "regmean")
-# Named here so that asking for them says they are coming, not unknown.
-PLANNED_METHODS = ("kfac",)
+METHODS = ("average", "fisher", "regmean", "kfac")
+MEMORY_METHODS = ("fisher", "kfac")
 
 
 def merge_models(
@@ -57,6 +57,18 @@ def merge_models(
       patches; a 1 for the bias) in model `k` on its data, off-diagonal
       entries scaled by `regmean_alpha` (see `keras_memgeom.merging.regmean`).
       Other variables are averaged.
+    - `"kfac"`: as `"fisher"`, with Kronecker-factored memories
+      (`FisherMemory.estimate(..., structure="kfac")`): each Dense and
+      Conv2D layer's kernel and bias `W` (a `(fan_in + 1, units)` matrix)
+      minimize `sum_k w_k n_k vec(W - W_k)^T (A_k (x) G_k) vec(W - W_k)`,
+      the K-FAC analogue of RegMean with `G_k != I`. For two models this is
+      `keras_memgeom.memory.kronecker.merge_anchor`, solved exactly in the
+      basis that diagonalizes both pairs of factors; for more models, and
+      for pre-pruned (masked) layers, conjugate gradients on the Kronecker
+      sum solve it to a relative residual of `1e-10`. Either way the result
+      does not depend on the models' order, and directions no model
+      constrains (a softmax's `G` is singular) keep the weighted average.
+      Other variables are merged as by `"fisher"`.
 
     `repair=True` then restores each hidden unit's pre-activation mean and
     standard deviation to the endpoints' interpolated ones on `data`
@@ -67,23 +79,24 @@ def merge_models(
         models: a list of at least two built Keras models of one
             architecture; for `"fisher"` with `data`, compiled with a
             log-likelihood loss.
-        method: `"average"`, `"fisher"` or `"regmean"`; `None` means
-            `"fisher"` when `data` or `memories` is given, else
-            `"average"` (as before `method` existed). `"kfac"`
-            (Kronecker-factored memories) is not available yet.
+        method: `"average"`, `"fisher"`, `"regmean"` or `"kfac"`; `None`
+            means `"fisher"` when `data` or `memories` is given, else
+            `"average"` (as before `method` existed).
         data: `None`, or a list with one `(x, y)` data set (anything
             `FisherMemory.estimate` takes) per model, e.g. the one it was
             trained on. Needed by `"regmean"` and `repair`, and by
-            `"fisher"` without `memories`.
+            `"fisher"` and `"kfac"` without `memories`.
         memories: `None`, or a list with one `FisherMemory` of each model,
-            for `"fisher"`.
+            for `"fisher"`, or with Kronecker blocks on the same layers
+            (`structure="kfac"`) for `"kfac"`.
         align: whether to align the hidden units to the first model's
             (chains of Dense / Conv2D layers, see `keras_memgeom.symmetry`).
         repair: whether to correct the hidden units' statistics (REPAIR).
         weights: `None` (equal), or a non-negative finite weight per model
             with a positive sum.
         estimator: the Fisher estimator used with `data`.
-        prior_precision: `alpha > 0` for `"fisher"`.
+        prior_precision: `alpha > 0` for `"fisher"`, and for the variables
+            no Kronecker block covers in `"kfac"`.
         regmean_alpha: in `[0, 1]`, the scale of the off-diagonal Gram
             entries for `"regmean"`.
 
@@ -92,11 +105,11 @@ def merge_models(
 
     Raises:
         ValueError: for fewer than two models, an unknown method, lists
-            without one entry per model, bad weights, `"fisher"` with
-            neither `data` nor `memories`, `"regmean"` or `repair` without
-            `data`, or, naming the layer, different architectures or a
-            layer the method cannot merge.
-        NotImplementedError: for `method="kfac"`.
+            without one entry per model, bad weights, `"fisher"` or
+            `"kfac"` with neither `data` nor `memories`, `"kfac"` memories
+            without Kronecker blocks or with them on different layers,
+            `"regmean"` or `repair` without `data`, or, naming the layer,
+            different architectures or a layer the method cannot merge.
 
     Example:
     >>> merged = merge_models([model_a, model_b], method="regmean", data=[(x_a, y_a), (x_b, y_b)], repair=True)
@@ -106,11 +119,6 @@ def merge_models(
         raise ValueError(f"`merge_models` needs at least two models; got {len(models)}.")
     if method is None:
         method = "fisher" if data is not None or memories is not None else "average"
-    if method in PLANNED_METHODS:
-        raise NotImplementedError(
-            f"method={method!r} (Kronecker-factored curvature) is not available yet; "
-            f"use one of {METHODS}."
-        )
     if method not in METHODS:
         raise ValueError(f"Unknown merge method {method!r}; expected one of {METHODS}.")
     if isinstance(data, tuple) and any(hasattr(d, "shape") for d in data):
@@ -123,8 +131,10 @@ def merge_models(
             raise ValueError(
                 f"`{name}` needs one entry per model: {len(models)} models, {len(values)} entries."
             )
-    if method == "fisher" and data is None and memories is None:
-        raise ValueError("method='fisher' needs `memories` (one FisherMemory per model) or `data` to estimate them on.")
+    if method in MEMORY_METHODS and data is None and memories is None:
+        raise ValueError(
+            f"method={method!r} needs `memories` (one FisherMemory per model) or `data` to estimate them on."
+        )
     for needs, flag in ((method == "regmean", "method='regmean'"), (repair, "repair=True")):
         if needs and data is None:
             raise ValueError(f"{flag} needs `data`: one data set per model.")
@@ -135,29 +145,33 @@ def merge_models(
     if method == "regmean":
         _check_regmean_layers(models[0])
     # Aligned copies are uncompiled: the likelihood comes from the originals.
+    structure = "kfac" if method == "kfac" else "diagonal"
     likelihoods = None
-    if method == "fisher" and memories is None:
+    if method in MEMORY_METHODS and memories is None:
         likelihoods = [likelihood_from_loss(getattr(m, "loss", None)) for m in models]
-    fishers = None
-    if method == "fisher" and memories is not None:
-        fishers = [_memory_fisher(m, memory) for m, memory in zip(models, memories)]
+    curvatures = None
+    if method in MEMORY_METHODS and memories is not None:
+        curvatures = [_memory_curvature(m, memory, structure) for m, memory in zip(models, memories)]
     if align:
         reference = models[0]
         aligned = [reference] + [align_units(m, reference) for m in models[1:]]
-        if fishers is not None:
-            fishers = [fishers[0]] + [
-                _permuted_like(model, a, fisher) for model, a, fisher in zip(models[1:], aligned[1:], fishers[1:])
+        if curvatures is not None:
+            curvatures = [curvatures[0]] + [
+                _permuted_like(model, a, *c) for model, a, c in zip(models[1:], aligned[1:], curvatures[1:])
             ]
         models = aligned
-    if method == "fisher" and fishers is None:
-        fishers = []
+    if method in MEMORY_METHODS and curvatures is None:
+        curvatures = []
         for m, d, likelihood in zip(models, data, likelihoods):
-            memory = FisherMemory.estimate(m, d, estimator=estimator, likelihood=likelihood)
-            fishers.append(_memory_fisher(m, memory))
+            memory = FisherMemory.estimate(m, d, estimator=estimator, likelihood=likelihood, structure=structure)
+            curvatures.append(_memory_curvature(m, memory, structure))
     merged = keras.models.clone_model(models[0])
     _set_average(merged, models, weights)
-    if method == "fisher":
+    if method in MEMORY_METHODS:
+        fishers = [diagonal for diagonal, _ in curvatures]
         _set_fisher_weighted(merged, models, fishers, weights, prior_precision)
+    if method == "kfac":
+        _set_kronecker_weighted(merged, models, [blocks for _, blocks in curvatures], weights)
     elif method == "regmean":
         _set_regmean(merged, models, data, weights, regmean_alpha)
     if repair:
@@ -217,33 +231,92 @@ def _check_regmean_layers(model):
             )
 
 
-def _memory_fisher(model, memory):
-    """The precision `n F` of each trainable variable of `model`, in order."""
+def _memory_curvature(model, memory, structure):
+    """`(diagonal, blocks)`: a memory's precision on `model`'s trainable variables.
+
+    `diagonal` is the diagonal of the precision `n F` of each variable, in
+    order. For `structure="kfac"`, `blocks` maps a kernel's index among the
+    variables to a `KroneckerBlock` with the bias's index and the factors
+    of the precision, `n A (x) G`; for `"diagonal"` it is empty.
+    """
     if not isinstance(memory, FisherMemory):
         raise ValueError(f"`memories` takes FisherMemory objects; got {type(memory).__name__}.")
-    by_variable = {id(v): memory.num_examples * memory.fisher[path] for path, v in memory.match(model)}
-    return [
-        by_variable.get(id(v), np.zeros(tuple(v.shape), "float32")) for v in model.trainable_variables
-    ]
+    if structure == "kfac" and memory.structure != "kfac":
+        raise ValueError(
+            "method='kfac' needs Kronecker-factored memories, "
+            "`FisherMemory.estimate(model, data, structure='kfac')`; got a diagonal one."
+        )
+    pairs = memory.match(model)
+    by_variable = {id(v): memory.num_examples * memory.fisher[path] for path, v in pairs}
+    variables = model.trainable_variables
+    diagonal = [by_variable.get(id(v), np.zeros(tuple(v.shape), "float32")) for v in variables]
+    if structure != "kfac":
+        return diagonal, {}
+    index = {id(v): i for i, v in enumerate(variables)}
+    by_path = {path: index[id(v)] for path, v in pairs}
+    blocks = {
+        by_path[kernel]: KroneckerBlock(
+            None if block.bias is None else by_path[block.bias],
+            memory.num_examples * block.a,
+            block.g,
+            block.mask,
+        )
+        for kernel, block in memory.kronecker.items()
+    }
+    return diagonal, blocks
 
 
-def _permuted_like(model, aligned, values):
-    """Permutes per-variable arrays of `model` as `align` permuted its units.
+def _permuted_like(model, aligned, values, blocks=None):
+    """Permutes a memory's curvature on `model` as `align` permuted its units.
 
     `align` returns the permuted model only; each hidden layer's
     permutation is recovered by matching the units' incoming weights and
-    bias, which `aligned` holds as exact copies, layer by layer.
+    bias, which `aligned` holds as exact copies, layer by layer. Per-variable
+    `values` are carried through the same permutations; so are the indices
+    of each blocked kernel's entries, which say how the rows of its `A`
+    (the bias coordinate stays last) and of its `G` move.
+
+    Returns:
+        `(values, blocks)`, permuted.
     """
     chain, target = unit_chain(copy_model(model)), unit_chain(aligned)
+    permutations = []
+    for index in range(len(chain) - 1):
+        source, wanted = _unit_rows(chain[index]), _unit_rows(target[index])
+        cost = (wanted**2).sum(1)[:, None] + (source**2).sum(1)[None] - 2.0 * wanted @ source.T
+        permutation = linear_sum_assignment(cost)[1]
+        permute_units(chain, index, permutation)
+        permutations.append(permutation)
+    values = _carried(model, permutations, values)
+    if not blocks:
+        return values, blocks
+    # Entry indices are exact in float32 below 2**24 entries per kernel.
+    variables = model.trainable_variables
+    indices = _carried(
+        model,
+        permutations,
+        [np.arange(np.prod(v.shape)).reshape(v.shape) if i in blocks else np.zeros(v.shape) for i, v in enumerate(variables)],
+    )
+    permuted = {}
+    for i, block in blocks.items():
+        units = variables[i].shape[-1]
+        moved = np.rint(indices[i]).astype("int64").reshape(-1, units)
+        rows, columns = moved[:, 0] // units, moved[0] % units
+        a_rows = np.append(rows, len(rows)) if block.bias is not None else rows
+        mask = None if block.mask is None else np.asarray(block.mask)[rows][:, columns]
+        permuted[i] = KroneckerBlock(
+            block.bias, block.a[a_rows][:, a_rows], block.g[columns][:, columns], mask
+        )
+    return values, permuted
+
+
+def _carried(model, permutations, values):
+    """Per-variable arrays of `model` permuted with its hidden units."""
     carrier = copy_model(model)
     for variable, value in zip(carrier.trainable_variables, values):
         variable.assign(value)
     carried = unit_chain(carrier)
-    for index in range(len(chain) - 1):
-        source, wanted = _unit_rows(chain[index]), _unit_rows(target[index])
-        cost = (wanted**2).sum(1)[:, None] + (source**2).sum(1)[None] - 2.0 * wanted @ source.T
-        _, permutation = linear_sum_assignment(cost)
-        permute_units(chain, index, permutation)
+    for index, permutation in enumerate(permutations):
         permute_units(carried, index, permutation)
     write_chain(carried)
     return [ops.convert_to_numpy(v) for v in carrier.trainable_variables]
@@ -273,6 +346,107 @@ def _set_fisher_weighted(merged, models, fishers, weights, prior_precision):
             precision = precision + p
             moment = moment + p * ops.convert_to_numpy(model.trainable_variables[index])
         variable.assign((moment / precision).astype(variable.dtype))
+
+
+def _set_kronecker_weighted(merged, models, blocks, weights):
+    """Sets every Kronecker-covered layer to the minimizer of the summed quadratics."""
+    layouts = [{i: (b.bias, None if b.mask is None else np.asarray(b.mask).tobytes()) for i, b in k.items()}
+               for k in blocks]
+    if any(layout != layouts[0] for layout in layouts[1:]):
+        raise ValueError(
+            "method='kfac' needs the memories' Kronecker blocks (with their biases and masks) on the same "
+            "layers of every model."
+        )
+    variables = merged.trainable_variables
+    for i, block in blocks[0].items():
+        bias = block.bias
+        shape = kernel_matrix_shape(tuple(variables[i].shape))
+
+        def stacked(model):
+            kernel = ops.convert_to_numpy(model.trainable_variables[i]).reshape(shape).astype("float64")
+            if bias is None:
+                return kernel
+            return np.concatenate([kernel, ops.convert_to_numpy(model.trainable_variables[bias])[None]], axis=0)
+
+        terms = [(stacked(m), w, b[i].a, b[i].g) for m, w, b in zip(models, weights, blocks)]
+        if len(terms) == 2 and block.mask is None:
+            # `merge_anchor` keeps the newer anchor where neither quadratic
+            # constrains the weights; weighing both orders keeps the average.
+            first, second = terms
+            solution = weights[1] * merge_anchor(first, second) + weights[0] * merge_anchor(second, first)
+        else:
+            start = sum(w * anchor for anchor, w, _, _ in terms)
+            solution = _kronecker_sum_solve(terms, start, block.mask)
+        if bias is not None:
+            variables[bias].assign(solution[-1].astype(variables[bias].dtype))
+            solution = solution[:-1]
+        variables[i].assign(solution.reshape(variables[i].shape).astype(variables[i].dtype))
+
+
+def _kronecker_sum_solve(terms, start, mask=None, tolerance=1e-10):
+    """The minimizer of a sum of Kronecker quadratics nearest `start`, by conjugate gradients.
+
+    Minimizes `sum_k w_k vec(M (W - W_k))^T (a_k (x) g_k) vec(M (W - W_k))`,
+    `M` the 0/1 `mask` (all ones by default, a bias row always), with the
+    row-major `vec`; the operator is applied as `M a_k (M D) g_k`, never
+    formed. The move `D = W - start` is sought as `R_a Y R_g^T`, with
+    `R_a^T (sum_k w_k a_k) R_a = I` and `R_g^T (sum_k g_k) R_g = I` (the
+    basis `merge_anchor` uses for two terms), which preconditions the
+    system. Conjugate gradients started at `Y = 0` stay in the operator's
+    range: directions no term constrains keep `start`, and the result does
+    not depend on the order of the terms.
+
+    Args:
+        terms: a list of `(anchor, weight, a, g)`, anchors `(rows, units)`.
+        start: `(rows, units)`.
+        mask: `None`, or `(fan_in, units)` (no bias row).
+        tolerance: the residual's norm relative to the right-hand side's.
+
+    Returns:
+        The minimizer, `(rows, units)`.
+    """
+    full = np.ones_like(start)
+    if mask is not None:
+        full[: len(mask)] = mask
+    r_a = _whitening(sum(w * a for _, w, a, _ in terms))
+    r_g = _whitening(sum(g for _, _, _, g in terms))
+
+    def move(y):
+        return full * (r_a @ y @ r_g.T)
+
+    def apply(y):
+        d = move(y)
+        return r_a.T @ (full * sum(w * (a @ d @ g) for _, w, a, g in terms)) @ r_g
+
+    residual = r_a.T @ (full * sum(w * (a @ (full * (anchor - start)) @ g) for anchor, w, a, g in terms)) @ r_g
+    goal = tolerance * np.linalg.norm(residual)
+    y, direction, norm = np.zeros_like(residual), residual, np.sum(residual**2)
+    # Exact arithmetic needs one iteration per unknown; rounding, a few more.
+    for _ in range(4 * residual.size):
+        if np.sqrt(norm) <= goal:
+            break
+        image = apply(direction)
+        curvature = np.sum(direction * image)
+        if curvature <= 0:
+            break
+        alpha = norm / curvature
+        y = y + alpha * direction
+        residual = residual - alpha * image
+        norm, previous = np.sum(residual**2), norm
+        direction = residual + (norm / previous) * direction
+    return start + move(y)
+
+
+# As in `keras_memgeom.memory.kronecker`: eigenvalues below this share of the
+# largest are float32 noise (a softmax's G is exactly singular).
+_RELATIVE_TOLERANCE = 1e-6
+
+
+def _whitening(matrix):
+    """`R` (`p x k`) with `R^T matrix R = I` on the range of a PSD `matrix`."""
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    kept = eigenvalues > _RELATIVE_TOLERANCE * max(float(eigenvalues.max()), 0.0)
+    return vectors[:, kept] / np.sqrt(eigenvalues[kept])
 
 
 def _set_regmean(merged, models, data, weights, alpha):

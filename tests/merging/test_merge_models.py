@@ -43,7 +43,7 @@ def _assert_same_weights(got, want, atol=1e-5):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=atol)
 
 
-@pytest.mark.parametrize("method", ["average", "fisher", "regmean"])
+@pytest.mark.parametrize("method", ["average", "fisher", "regmean", "kfac"])
 @pytest.mark.parametrize("repair", [False, True])
 def test_merging_a_model_with_its_permuted_copies_gives_the_model(rng, method, repair):
     model = _mlp(0)
@@ -146,7 +146,7 @@ def test_repair_restores_the_interpolated_unit_statistics(rng):
         np.testing.assert_allclose(z_merged[layer].std(0), target_std, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["average", "fisher", "regmean"])
+@pytest.mark.parametrize("method", ["average", "fisher", "regmean", "kfac"])
 def test_without_alignment_the_order_of_the_models_does_not_matter(rng, method):
     models = [_mlp(seed) for seed in range(3)]
     data = [classification_data(rng, num_examples=30) for _ in range(3)]
@@ -164,6 +164,102 @@ def test_without_alignment_the_order_of_the_models_does_not_matter(rng, method):
     _assert_same_weights(reordered, merged)
 
 
+def _tanh_mlp(seed, width=4):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(width, activation="tanh", bias_initializer="random_normal"),
+            keras.layers.Dense(3, bias_initializer="random_normal"),
+        ]
+    )
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _kfac_factors(model, x):
+    """Per Dense layer, `(n A, G)` of the exact Fisher in closed form.
+
+    `A` is the mean of `[h, 1] [h, 1]^T` over the layer's inputs `h`, `G`
+    the mean over examples of `J^T (diag(p) - p p^T) J`, `J` the Jacobian
+    of the logits in the layer's pre-activations.
+    """
+    kernel_1, bias_1, kernel_2, bias_2 = (w.astype("float64") for w in model.get_weights())
+    x = x.astype("float64")
+    h = np.tanh(x @ kernel_1 + bias_1)
+    logits = h @ kernel_2 + bias_2
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    output = np.stack([np.diag(q) - np.outer(q, q) for q in p])
+    # d logits / d z1 = W2^T diag(1 - h^2).
+    jacobian = kernel_2.T[None] * (1 - h**2)[:, None, :]
+    hidden = np.einsum("nci,ncd,ndj->nij", jacobian, output, jacobian)
+    factors = []
+    for inputs, g in ((x, hidden.mean(0)), (h, output.mean(0))):
+        rows = np.concatenate([inputs, np.ones((len(inputs), 1))], axis=1)
+        factors.append((rows.T @ rows, g))  # n A: the sum of the outer products
+    return factors
+
+
+@pytest.mark.parametrize("num_models", [2, 3])
+def test_kfac_merge_solves_the_normal_equations_of_the_kronecker_sum(rng, num_models):
+    models = [_tanh_mlp(seed) for seed in range(num_models)]
+    data = [(rng.normal(size=(n, 3)).astype("float32") * (1 + k), np.zeros(n)) for k, n in enumerate((40, 70, 30))]
+    data = data[:num_models]
+    weights = np.array([1.0, 3.0, 2.0][:num_models])
+    merged = merge_models(models, method="kfac", data=data, weights=weights, align=False)
+    weights = weights / weights.sum()
+    factors = [_kfac_factors(m, x) for m, (x, _) in zip(models, data)]
+    for layer in range(2):
+        def stacked(model):
+            kernel, bias = model.get_weights()[2 * layer : 2 * layer + 2]
+            return np.concatenate([kernel, bias[None]], axis=0).astype("float64")
+
+        # (sum_k w_k A_k (x) G_k) vec(W) = sum_k w_k (A_k (x) G_k) vec(W_k), row-major vec.
+        terms = [(w, f[layer][0], f[layer][1], stacked(m)) for w, f, m in zip(weights, factors, models)]
+        residual = sum(w * a @ (stacked(merged) - anchor) @ g for w, a, g, anchor in terms)
+        scale = sum(np.linalg.norm(w * a @ anchor @ g) for w, a, g, anchor in terms)
+        assert np.linalg.norm(residual) < 1e-5 * scale
+        # Not every solution: the average does not solve them.
+        average = sum(w * anchor for w, _, _, anchor in terms)
+        assert np.linalg.norm(sum(w * a @ (average - anchor) @ g for w, a, g, anchor in terms)) > 1e-2 * scale
+
+
+def test_kfac_merge_of_two_models_does_not_depend_on_their_order(rng):
+    # Two models take the `merge_anchor` solve, whose unconstrained directions
+    # (the softmax's all-ones one) must still land on the weighted average.
+    a, b = _tanh_mlp(0), _tanh_mlp(1)
+    data = [(rng.normal(size=(n, 3)).astype("float32"), np.zeros(n)) for n in (40, 60)]
+    merged = merge_models([a, b], method="kfac", data=data, weights=[1.0, 3.0], align=False)
+    reordered = merge_models([b, a], method="kfac", data=data[::-1], weights=[3.0, 1.0], align=False)
+    _assert_same_weights(reordered, merged)
+    # Adding a constant to every logit is unconstrained: the output layer's
+    # mean over the classes is the weighted average's.
+    for k in (2, 3):
+        want = 0.25 * a.get_weights()[k].mean(-1) + 0.75 * b.get_weights()[k].mean(-1)
+        np.testing.assert_allclose(merged.get_weights()[k].mean(-1), want, rtol=1e-4, atol=1e-5)
+
+
+def test_kfac_memories_are_permuted_with_the_units_they_describe(rng):
+    a = _tanh_mlp(0)
+    c = keras.models.clone_model(a)
+    c.set_weights([w + 0.05 * rng.normal(size=w.shape).astype("float32") for w in a.get_weights()])
+    permutation = rng.permutation(4)
+    kernel_1, bias_1, kernel_2, bias_2 = c.get_weights()
+    b = keras.models.clone_model(c)
+    b.set_weights([kernel_1[:, permutation], bias_1[permutation], kernel_2[permutation], bias_2])
+    x_a, x_c = rng.normal(size=(50, 3)).astype("float32"), 2.0 * rng.normal(size=(30, 3)).astype("float32")
+    memories = [FisherMemory.estimate(m, (x, np.zeros(len(x))), structure="kfac") for m, x in ((a, x_a), (b, x_c))]
+    merged = merge_models([a, b], method="kfac", memories=memories)
+    # `b` aligned to `a` is `c`: the merge must solve the normal equations of `a` and `c`.
+    factors = [_kfac_factors(a, x_a), _kfac_factors(c, x_c)]
+    for layer in range(2):
+        stack = lambda m: np.concatenate([m.get_weights()[2 * layer], m.get_weights()[2 * layer + 1][None]])
+        terms = [(f[layer][0], f[layer][1], stack(m)) for f, m in zip(factors, (a, c))]
+        residual = sum(fa @ (stack(merged) - anchor) @ g for fa, g, anchor in terms)
+        assert np.linalg.norm(residual) < 1e-5 * sum(np.linalg.norm(fa @ anchor @ g) for fa, g, anchor in terms)
+
+
 def test_bad_merges_are_refused(rng):
     model, other = _mlp(0), _mlp(1)
     data = [classification_data(rng)] * 2
@@ -177,8 +273,11 @@ def test_bad_merges_are_refused(rng):
         merge_models([model, _mlp(1, width=7)])
     with pytest.raises(ValueError, match="Unknown merge method 'median'"):
         merge_models([model, other], method="median")
-    with pytest.raises(NotImplementedError, match="kfac.*not available yet"):
-        merge_models([model, other], method="kfac", data=data)
+    with pytest.raises(ValueError, match="kfac.*`memories`.*`data`"):
+        merge_models([model, other], method="kfac")
+    diagonal = [FisherMemory.estimate(m, data[0]) for m in (model, other)]
+    with pytest.raises(ValueError, match="kfac.*Kronecker-factored memories"):
+        merge_models([model, other], method="kfac", memories=diagonal)
     with pytest.raises(ValueError, match="fisher.*`memories`.*`data`"):
         merge_models([model, other], method="fisher")
     with pytest.raises(ValueError, match="regmean.*needs `data`"):
