@@ -81,6 +81,7 @@ def test_config_and_repr():
         "strength": 30.0,
         "estimator": "empirical",
         "fisher_examples": None,
+        "structure": "diagonal",
         "decay": 0.9,
     }
     assert repr(online).startswith("Online(strength=30.0")
