@@ -1,4 +1,4 @@
-"""Diagonal Fisher information of a Keras model, estimated per example."""
+"""The Fisher information of a Keras model (diagonal or Kronecker-factored), per example."""
 
 import math
 import weakref

@@ -229,3 +229,22 @@ def test_pre_pruned_layers_keep_their_mask_in_the_memory(tmp_path, rng):
     np.testing.assert_allclose(after, before, atol=1e-6)
     memory.save(tmp_path / "p.memory")
     np.testing.assert_array_equal(FisherMemory.load(tmp_path / "p.memory").kronecker[layer.kernel.path].mask, mask)
+
+
+def test_a_plain_keras_model_trains_with_a_kfac_memory_but_refuses_to_save_it(tmp_path, rng):
+    x, y = classification_data(rng, num_examples=20, num_features=4)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    memory = FisherMemory.estimate(model, (x, y), structure="kfac")
+    model.set_weights([w + 0.3 for w in model.get_weights()])
+    keras_memgeom.attach(model, memory, num_train_examples=20, strength=2.0)
+    expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=20, strength=2.0)))
+    np.testing.assert_allclose(
+        sum(float(keras.ops.convert_to_numpy(l)) for l in model.losses), expected, rtol=1e-5
+    )
+    # The block couples kernel and bias, which a layer config cannot say:
+    # saving is refused by name instead of silently dropping the memory.
+    with pytest.raises(NotImplementedError, match="keras_memgeom.Model"):
+        model.save(tmp_path / "plain.keras")
+    keras_memgeom.detach(model)
+    model.save(tmp_path / "plain.keras")
