@@ -2,21 +2,27 @@
 
 Usage:
     python .ci/readme_command.py "Run the main job"   # the first ```bash block
-                                                       # under "## Run the main job"
+                                                       # under "## Run the main
+                                                       # job"
     python .ci/readme_command.py --python             # every ```python block,
-                                                       # concatenated (one story)
+                                                       # concatenated (one
+                                                       # story)
 """
 
 import os
 import re
 import sys
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"
+)
 
 
 def section(text, title):
     """The text under the heading `## title`, up to the next `## ` heading."""
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    match = re.search(
+        rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S
+    )
     if match is None:
         raise SystemExit(f"README.md has no section '## {title}'.")
     return match.group(1)
@@ -36,7 +42,9 @@ def main(argv):
         raise SystemExit(__doc__)
     found = blocks(section(text, argv[0]), "bash")
     if not found:
-        raise SystemExit(f"README.md has no ```bash block under '## {argv[0]}'.")
+        raise SystemExit(
+            f"README.md has no ```bash block under '## {argv[0]}'."
+        )
     print(found[0], end="")
 
 

@@ -16,8 +16,10 @@ import argparse
 import sys
 import time
 
-from keras_memgeom import cli, continual
 from _environment import print_environment
+
+from keras_memgeom import cli
+from keras_memgeom import continual
 
 
 def main():
@@ -45,7 +47,9 @@ def main():
         return code
     accuracy = {
         name: run["average_accuracy"]
-        for name, run in continual.load_results(f"{args.out}/results.json")["methods"].items()
+        for name, run in continual.load_results(f"{args.out}/results.json")[
+            "methods"
+        ].items()
     }
     checks = {
         "online >= 0.85": accuracy["online"] >= 0.85,

@@ -18,7 +18,9 @@ from keras_memgeom.memory.fisher import estimate_fisher
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Exact conv Fisher, seconds per 1k examples.")
+    parser = argparse.ArgumentParser(
+        description="Exact conv Fisher, seconds per 1k examples."
+    )
     parser.add_argument("--examples", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -35,7 +37,9 @@ def main():
             keras.layers.Dense(10),
         ]
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     estimate_fisher(model, (x, y), estimator="exact")  # compile
     start = time.perf_counter()
     for _ in range(args.repeats):

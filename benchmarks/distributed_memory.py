@@ -74,7 +74,10 @@ print(json.dumps({{"estimate": {n} / estimate, "fit": {n} / fit}}))
 def _run(code, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
@@ -83,21 +86,27 @@ def _run(code, env_extra=None):
 
 def main():
     print_environment()
-    parser = argparse.ArgumentParser(description="Streamed and multi-device memories.")
+    parser = argparse.ArgumentParser(
+        description="Streamed and multi-device memories."
+    )
     parser.add_argument("--examples", type=int, default=8192)
     args = parser.parse_args()
     for n in (args.examples, 8 * args.examples):
         figures = _run(_STREAM.format(n=n))
-        print(f"streamed estimate of {n} examples: peak RSS {figures['peak_mib']:.0f} MiB "
-              f"(after imports {figures['before_mib']:.0f} MiB)")
+        print(
+            f"streamed estimate of {n} examples: peak RSS {figures['peak_mib']:.0f} MiB "
+            f"(after imports {figures['before_mib']:.0f} MiB)"
+        )
     if os.environ.get("KERAS_BACKEND", "jax") != "jax":
         print("simulated devices: JAX only (keras.distribution)")
         return
     for devices in (1, 4):
         flags = f"--xla_force_host_platform_device_count={devices}"
         figures = _run(_DEVICES.format(n=args.examples), {"XLA_FLAGS": flags})
-        print(f"{devices} simulated device(s): estimation {figures['estimate']:.0f} examples/s, "
-              f"fit with a memory {figures['fit']:.0f} examples/s")
+        print(
+            f"{devices} simulated device(s): estimation {figures['estimate']:.0f} examples/s, "
+            f"fit with a memory {figures['fit']:.0f} examples/s"
+        )
 
 
 if __name__ == "__main__":

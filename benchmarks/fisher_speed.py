@@ -19,9 +19,9 @@ import time
 
 import keras
 import numpy as np
+from _environment import print_environment
 
 from keras_memgeom import FisherMemory
-from _environment import print_environment
 
 
 def _timed(fn, repeats=1):
@@ -37,7 +37,9 @@ def main():
     parser = argparse.ArgumentParser(description="Fisher cost / fit epoch.")
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--loop-examples", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=256, help="Fisher batch size")
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="Fisher batch size"
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -52,19 +54,29 @@ def main():
             keras.layers.Dense(10),
         ]
     )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
 
     epoch = _timed(lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0))
-    print(f"backend {keras.backend.backend()}, {args.examples} examples, MLP 784-400-400-10")
+    print(
+        f"backend {keras.backend.backend()}, {args.examples} examples, MLP 784-400-400-10"
+    )
     print(f"fit epoch (batch 32): {epoch:.3f} s")
-    print(f"{'estimator':10s} {'seconds':>9s} {'/ epoch':>9s} {'loop s':>9s} {'loop / it':>10s}")
+    print(
+        f"{'estimator':10s} {'seconds':>9s} {'/ epoch':>9s} {'loop s':>9s} {'loop / it':>10s}"
+    )
     for estimator in ("empirical", "sampled", "exact", "batched"):
         seconds = _timed(
-            lambda: FisherMemory.estimate(model, (x, y), estimator=estimator, batch_size=args.batch_size)
+            lambda: FisherMemory.estimate(
+                model, (x, y), estimator=estimator, batch_size=args.batch_size
+            )
         )
         line = f"{estimator:10s} {seconds:9.3f} {seconds / epoch:9.2f}"
         if estimator != "batched":
-            loop = _timed(lambda: _loop(model, x, y, estimator, args.loop_examples))
+            loop = _timed(
+                lambda: _loop(model, x, y, estimator, args.loop_examples)
+            )
             loop *= args.examples / args.loop_examples
             line += f" {loop:9.3f} {loop / seconds:10.1f}"
         print(line)
@@ -73,7 +85,10 @@ def main():
 def _loop(model, x, y, estimator, count):
     """The per-example baseline: one estimate per single example."""
     for i in range(count):
-        FisherMemory.estimate(model, (x[i : i + 1], y[i : i + 1]), estimator=estimator)
+        FisherMemory.estimate(
+            model, (x[i : i + 1], y[i : i + 1]), estimator=estimator
+        )
+
 
 if __name__ == "__main__":
     main()

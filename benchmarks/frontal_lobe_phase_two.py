@@ -15,11 +15,11 @@ Run: `KERAS_BACKEND=jax python benchmarks/frontal_lobe_phase_two.py`.
 """
 
 import keras
+from _environment import print_environment
 from sklearn.datasets import load_digits
 
 import keras_memgeom
 from keras_memgeom.memory.fisher import estimate_fisher
-from _environment import print_environment
 
 SETTINGS = [("exact", 1e-3, 20, 3), ("empirical", 3e-3, 15, 10)]
 
@@ -34,7 +34,10 @@ def run(estimator, learning_rate, task_epochs, information_epochs):
     hidden = keras.layers.Dense(32, activation="relu", name="hidden_1")(hidden)
     model = keras_memgeom.Model(inputs, keras.layers.Dense(10)(hidden))
     frontal_lobe = keras_memgeom.FrontalLobe(
-        ["hidden_0", "hidden_1"], fraction=0.5, strength=1.0, estimator=estimator
+        ["hidden_0", "hidden_1"],
+        fraction=0.5,
+        strength=1.0,
+        estimator=estimator,
     )
     model.compile(
         keras.optimizers.Adam(learning_rate),
@@ -44,14 +47,20 @@ def run(estimator, learning_rate, task_epochs, information_epochs):
     )
 
     def measure():
-        fisher, _ = estimate_fisher(model, (x_train, y_train), estimator="exact")
-        return frontal_lobe.split(model, fisher)[0], model.evaluate(x_test, y_test, verbose=0)[1]
+        fisher, _ = estimate_fisher(
+            model, (x_train, y_train), estimator="exact"
+        )
+        return frontal_lobe.split(model, fisher)[0], model.evaluate(
+            x_test, y_test, verbose=0
+        )[1]
 
     model.set_information_penalty(False)
     model.fit(x_train, y_train, batch_size=64, epochs=task_epochs, verbose=0)
     before = measure()
     model.set_information_penalty(True)
-    model.fit(x_train, y_train, batch_size=64, epochs=information_epochs, verbose=0)
+    model.fit(
+        x_train, y_train, batch_size=64, epochs=information_epochs, verbose=0
+    )
     after = measure()
     print(
         f"{estimator:>9} penalty, Adam {learning_rate:g}, {task_epochs}+{information_epochs} "

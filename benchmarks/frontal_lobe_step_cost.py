@@ -21,24 +21,39 @@ import time
 
 import keras
 import numpy as np
+from _environment import print_environment
 
 import keras_memgeom
-from _environment import print_environment
 
 
 def build(width, estimator, x, y):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((x.shape[1],))
-    hidden = keras.layers.Dense(width, activation="relu", name="hidden_0")(inputs)
-    hidden = keras.layers.Dense(width, activation="relu", name="hidden_1")(hidden)
-    model = keras_memgeom.Model(inputs, keras.layers.Dense(10, name="logits")(hidden))
+    hidden = keras.layers.Dense(width, activation="relu", name="hidden_0")(
+        inputs
+    )
+    hidden = keras.layers.Dense(width, activation="relu", name="hidden_1")(
+        hidden
+    )
+    model = keras_memgeom.Model(
+        inputs, keras.layers.Dense(10, name="logits")(hidden)
+    )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile("adam", loss)
     memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
     frontal_lobe = keras_memgeom.FrontalLobe(
-        ["hidden_0", "hidden_1"], fraction=0.5, strength=1.0, estimator=estimator
+        ["hidden_0", "hidden_1"],
+        fraction=0.5,
+        strength=1.0,
+        estimator=estimator,
     )
-    model.compile("adam", loss, regularizers=[memory], strength=10.0, frontal_lobe=frontal_lobe)
+    model.compile(
+        "adam",
+        loss,
+        regularizers=[memory],
+        strength=10.0,
+        frontal_lobe=frontal_lobe,
+    )
     return model
 
 
@@ -58,16 +73,27 @@ def epoch_times(models, x, y, batch_size, repeats):
     """Fastest epoch time of each model, alternating between them."""
     timers = [EpochTimes() for _ in models]
     for model in models:
-        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # trace, warm up
+        model.fit(
+            x, y, batch_size=batch_size, epochs=1, verbose=0
+        )  # trace, warm up
     for _ in range(repeats):
         for model, timer in zip(models, timers):
-            model.fit(x, y, batch_size=batch_size, epochs=2, verbose=0, callbacks=[timer])
+            model.fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=2,
+                verbose=0,
+                callbacks=[timer],
+            )
     return [min(timer.times) for timer in timers]
 
 
 def main():
     print_environment()
-    parser = argparse.ArgumentParser(description="Phase-2 step cost / plain step.")
+    parser = argparse.ArgumentParser(
+        description="Phase-2 step cost / plain step."
+    )
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--examples", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -85,7 +111,9 @@ def main():
         plain_model = build(args.width, estimator, x, y)
         plain_model.set_information_penalty(False)
         phase2_model = build(args.width, estimator, x, y)
-        plain, phase2 = epoch_times([plain_model, phase2_model], x, y, args.batch_size, args.repeats)
+        plain, phase2 = epoch_times(
+            [plain_model, phase2_model], x, y, args.batch_size, args.repeats
+        )
         print(
             f"{estimator:>9}: plain step {1e3 * plain / steps:7.3f} ms, phase-2 step "
             f"{1e3 * phase2 / steps:7.3f} ms, ratio {phase2 / plain:5.2f}"

@@ -19,9 +19,9 @@ import warnings
 
 import keras
 import numpy as np
+from _environment import print_environment
 
 import keras_memgeom
-from _environment import print_environment
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -49,9 +49,12 @@ def _fastest(fn, repeats):
 
 def main():
     print_environment()
-    # The copies' variable paths differ from the memory's; order matching is meant.
+    # The copies' variable paths differ from the memory's; order matching is
+    # meant.
     warnings.filterwarnings("ignore", message="The memory's variable paths")
-    parser = argparse.ArgumentParser(description="K-FAC cost against diagonal memories.")
+    parser = argparse.ArgumentParser(
+        description="K-FAC cost against diagonal memories."
+    )
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -60,10 +63,13 @@ def main():
     y = rng.integers(0, 10, args.examples)
     model = _mlp()
     model.compile("sgd", LOSS)
-    epoch = _fastest(lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0), 2)
+    epoch = _fastest(
+        lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0), 2
+    )
     memories = {}
     timings = {}
     for structure in ("diagonal", "kfac"):
+
         def estimate(structure=structure):
             memories[structure] = keras_memgeom.FisherMemory.estimate(
                 model, (x, y), estimator="exact", structure=structure
@@ -72,16 +78,23 @@ def main():
         timings[structure] = _fastest(estimate, 2)
     print(f"one fit epoch (batch 32): {epoch:.2f} s")
     for structure, seconds in timings.items():
-        print(f"exact {structure} estimate: {seconds:.2f} s = {seconds / epoch:.2f} x epoch"
-              + (" (goal <= 3)" if structure == "kfac" else ""))
+        print(
+            f"exact {structure} estimate: {seconds:.2f} s = {seconds / epoch:.2f} x epoch"
+            + (" (goal <= 3)" if structure == "kfac" else "")
+        )
     for batch_size in (32, 256):
         steps = {}
         models = {}
         for structure, memory in memories.items():
             models[structure] = _mlp()
             models[structure].set_weights(model.get_weights())
-            models[structure].compile("sgd", LOSS, regularizers=[memory], strength=100.0,
-                                      num_train_examples=args.examples)
+            models[structure].compile(
+                "sgd",
+                LOSS,
+                regularizers=[memory],
+                strength=100.0,
+                num_train_examples=args.examples,
+            )
         batch = (x[:batch_size], y[:batch_size])
         for structure, m in models.items():
             m.train_on_batch(*batch)  # compile
@@ -92,9 +105,11 @@ def main():
                 m.train_on_batch(*batch)
                 times[structure].append(time.perf_counter() - start)
         steps = {s: min(t) for s, t in times.items()}
-        print(f"step at batch {batch_size}: diagonal {steps['diagonal'] * 1e3:.2f} ms, "
-              f"kfac {steps['kfac'] * 1e3:.2f} ms, ratio {steps['kfac'] / steps['diagonal']:.2f} "
-              "(goal <= 1.3)")
+        print(
+            f"step at batch {batch_size}: diagonal {steps['diagonal'] * 1e3:.2f} ms, "
+            f"kfac {steps['kfac'] * 1e3:.2f} ms, ratio {steps['kfac'] / steps['diagonal']:.2f} "
+            "(goal <= 1.3)"
+        )
 
 
 if __name__ == "__main__":

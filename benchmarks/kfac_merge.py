@@ -15,10 +15,10 @@ import warnings
 
 import keras
 import numpy as np
+from _environment import print_environment
 from sklearn.datasets import load_digits
 
 import keras_memgeom
-from _environment import print_environment
 
 
 def main():
@@ -29,27 +29,43 @@ def main():
     x = (x / 16.0).astype("float32")
     tasks = [x, x[:, rng.permutation(64)]]
     model = keras_memgeom.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10),
+        ]
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     memories, weights = [], []
     for task in tasks:
         model.compile("adam", loss, regularizers=memories[-1:], strength=1.0)
         model.fit(task, y, epochs=20, batch_size=64, verbose=0)
-        memories.append(keras_memgeom.FisherMemory.estimate(model, (task, y), structure="kfac"))
+        memories.append(
+            keras_memgeom.FisherMemory.estimate(
+                model, (task, y), structure="kfac"
+            )
+        )
         weights.append(model.get_weights())
     merged = keras_memgeom.merge(memories)
     for kernel, block in merged.kronecker.items():
-        exact = sum(m.num_examples * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g) for m in memories)
+        exact = sum(
+            m.num_examples
+            * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g)
+            for m in memories
+        )
         approximation = merged.num_examples * np.kron(block.a, block.g)
         error = np.linalg.norm(approximation - exact) / np.linalg.norm(exact)
-        print(f"{kernel}: merged precision vs exact sum, relative Frobenius error {error:.3f}")
+        print(
+            f"{kernel}: merged precision vs exact sum, relative Frobenius error {error:.3f}"
+        )
 
     def penalty(memory_list, point):
         model.set_weights(point)
         return float(
             sum(
-                keras.ops.convert_to_numpy(m.penalty(model, num_train_examples=1))
+                keras.ops.convert_to_numpy(
+                    m.penalty(model, num_train_examples=1)
+                )
                 for m in memory_list
             )
         )
@@ -57,19 +73,35 @@ def main():
     # The two differ by a constant: the exact sum's value at its minimizer,
     # which is the merged anchor.
     anchor = merged.anchor
-    floor = penalty(memories, [anchor[v.path] for v in model.trainable_variables])
+    floor = penalty(
+        memories, [anchor[v.path] for v in model.trainable_variables]
+    )
     points = [
-        (f"between the tasks' weights, t={t}", [(1 - t) * a + t * b for a, b in zip(*weights)])
+        (
+            f"between the tasks' weights, t={t}",
+            [(1 - t) * a + t * b for a, b in zip(*weights)],
+        )
         for t in (0.0, 0.5, 1.0)
     ]
     points += [
-        (f"random direction {k}", [w + 0.05 * rng.normal(size=w.shape).astype("float32") for w in weights[1]])
+        (
+            f"random direction {k}",
+            [
+                w + 0.05 * rng.normal(size=w.shape).astype("float32")
+                for w in weights[1]
+            ],
+        )
         for k in range(3)
     ]
     for where, point in points:
-        merged_value, exact_value = penalty([merged], point), penalty(memories, point) - floor
-        print(f"{where}: merged penalty {merged_value:.3f}, exact sum {exact_value:.3f}, "
-              f"ratio {merged_value / exact_value:.3f}")
+        merged_value, exact_value = (
+            penalty([merged], point),
+            penalty(memories, point) - floor,
+        )
+        print(
+            f"{where}: merged penalty {merged_value:.3f}, exact sum {exact_value:.3f}, "
+            f"ratio {merged_value / exact_value:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import time
 
 import keras
 import numpy as np
+from _environment import print_environment
 
 import keras_memgeom
-from _environment import print_environment
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -40,9 +40,16 @@ def _mlp(widths):
 
 
 def _memory_of(model, rng):
-    # A synthetic Fisher: what is measured is the penalty's cost, not the estimate.
-    anchor = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables}
-    fisher = {p: rng.uniform(0.0, 1.0, a.shape).astype("float32") for p, a in anchor.items()}
+    # A synthetic Fisher: what is measured is the penalty's cost, not the
+    # estimate.
+    anchor = {
+        v.path: keras.ops.convert_to_numpy(v.value)
+        for v in model.trainable_variables
+    }
+    fisher = {
+        p: rng.uniform(0.0, 1.0, a.shape).astype("float32")
+        for p, a in anchor.items()
+    }
     return keras_memgeom.FisherMemory(anchor, fisher, num_examples=10_000)
 
 
@@ -54,39 +61,67 @@ def _timed(fn):
 
 def _step_costs(args, rng):
     widths = [1024, 4096, 4096, 10]
-    x = rng.normal(size=(args.batch_size * args.steps, widths[0])).astype("float32")
+    x = rng.normal(size=(args.batch_size * args.steps, widths[0])).astype(
+        "float32"
+    )
     y = rng.integers(0, widths[-1], len(x))
     models = {}
     for name in ("plain", "memory"):
         model = _mlp(widths)
         regularizers = [_memory_of(model, rng)] if name == "memory" else None
-        model.compile(keras.optimizers.SGD(1e-3), LOSS, regularizers=regularizers, strength=1.0,
-                      num_train_examples=len(x))
+        model.compile(
+            keras.optimizers.SGD(1e-3),
+            LOSS,
+            regularizers=regularizers,
+            strength=1.0,
+            num_train_examples=len(x),
+        )
         models[name] = model
-    size = sum(int(np.prod(v.shape)) for v in models["plain"].trainable_variables)
-    print(f"MLP {'-'.join(map(str, widths))}: {size / 1e6:.1f}M parameters, batch {args.batch_size}")
+    size = sum(
+        int(np.prod(v.shape)) for v in models["plain"].trainable_variables
+    )
+    print(
+        f"MLP {'-'.join(map(str, widths))}: {size / 1e6:.1f}M parameters, batch {args.batch_size}"
+    )
     batch = (x[: args.batch_size], y[: args.batch_size])
-    first = {name: _timed(lambda m=m: m.train_on_batch(*batch)) for name, m in models.items()}
+    first = {
+        name: _timed(lambda m=m: m.train_on_batch(*batch))
+        for name, m in models.items()
+    }
     steady = {name: [] for name in models}
     for _ in range(args.repeats):
         for name, model in models.items():
-            steady[name].append(_timed(lambda m=model: m.train_on_batch(*batch)))
+            steady[name].append(
+                _timed(lambda m=model: m.train_on_batch(*batch))
+            )
     fits = {name: [] for name in models}
     for name, model in models.items():
-        model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)  # traces fit's step
+        model.fit(
+            x, y, batch_size=args.batch_size, epochs=1, verbose=0
+        )  # traces fit's step
     for _ in range(2):
         for name, model in models.items():
             fits[name].append(
-                _timed(lambda m=model: m.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0))
+                _timed(
+                    lambda m=model: m.fit(
+                        x, y, batch_size=args.batch_size, epochs=1, verbose=0
+                    )
+                )
             )
     step = {name: min(times) for name, times in steady.items()}
     fit = {name: min(times) for name, times in fits.items()}
-    print(f"first step (compiles): plain {first['plain']:.2f} s, with memory {first['memory']:.2f} s, "
-          f"ratio {first['memory'] / first['plain']:.2f} (goal <= 1.2)")
-    print(f"steady step: plain {step['plain'] * 1e3:.0f} ms, with memory {step['memory'] * 1e3:.0f} ms, "
-          f"ratio {step['memory'] / step['plain']:.2f} (goal <= 1.10)")
-    print(f"later one-epoch fit ({args.steps} steps): plain {fit['plain']:.2f} s, with memory "
-          f"{fit['memory']:.2f} s, ratio {fit['memory'] / fit['plain']:.2f}")
+    print(
+        f"first step (compiles): plain {first['plain']:.2f} s, with memory {first['memory']:.2f} s, "
+        f"ratio {first['memory'] / first['plain']:.2f} (goal <= 1.2)"
+    )
+    print(
+        f"steady step: plain {step['plain'] * 1e3:.0f} ms, with memory {step['memory'] * 1e3:.0f} ms, "
+        f"ratio {step['memory'] / step['plain']:.2f} (goal <= 1.10)"
+    )
+    print(
+        f"later one-epoch fit ({args.steps} steps): plain {fit['plain']:.2f} s, with memory "
+        f"{fit['memory']:.2f} s, ratio {fit['memory'] / fit['plain']:.2f}"
+    )
 
 
 def _attach_costs(rng):
@@ -99,17 +134,25 @@ def _attach_costs(rng):
         memories = [_memory_of(model, rng) for _ in range(3)]
         merge_time = _timed(lambda: keras_memgeom.merge(memories))
         attach_time = _timed(
-            lambda: keras_memgeom.attach(model, memories, num_train_examples=100, strength=1.0)
+            lambda: keras_memgeom.attach(
+                model, memories, num_train_examples=100, strength=1.0
+            )
         )
-        print(f"{num_variables} variables x 10k parameters, 3 memories: merge {merge_time:.2f} s, "
-              f"attach {attach_time:.2f} s")
+        print(
+            f"{num_variables} variables x 10k parameters, 3 memories: merge {merge_time:.2f} s, "
+            f"attach {attach_time:.2f} s"
+        )
 
 
 def main():
     print_environment()
-    parser = argparse.ArgumentParser(description="Training step cost of a memory.")
+    parser = argparse.ArgumentParser(
+        description="Training step cost of a memory."
+    )
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8, help="steps per timed epoch")
+    parser.add_argument(
+        "--steps", type=int, default=8, help="steps per timed epoch"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)

@@ -21,12 +21,12 @@ import time
 
 import keras
 import numpy as np
+from _environment import print_environment
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from keras_memgeom.layers import OrthoPolynomial
 from keras_memgeom.layers import PolynomialDense
-from _environment import print_environment
 
 
 def build(kind, basis):
@@ -77,9 +77,16 @@ def main():
             )
             model.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
             start = time.perf_counter()
-            model.fit(x_train, y_train, epochs=args.epochs - 1, batch_size=32,
-                      verbose=0)
-            seconds[kind].append((time.perf_counter() - start) / (args.epochs - 1))
+            model.fit(
+                x_train,
+                y_train,
+                epochs=args.epochs - 1,
+                batch_size=32,
+                verbose=0,
+            )
+            seconds[kind].append(
+                (time.perf_counter() - start) / (args.epochs - 1)
+            )
             accuracy[kind].append(model.evaluate(x_test, y_test, verbose=0)[1])
             # Trainable only: the pre-pruned mask is a non-trainable weight.
             parameters[kind] = sum(

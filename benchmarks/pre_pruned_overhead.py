@@ -22,10 +22,10 @@ import time
 
 import keras
 import numpy as np
+from _environment import print_environment
 
 from keras_memgeom.layers import PrePrunedDense
 from keras_memgeom.pruning import fold_mask
-from _environment import print_environment
 
 
 def build(layer_class, inputs, width, **kwargs):
@@ -59,14 +59,18 @@ def main():
 
     keras.utils.set_random_seed(0)
     dense = build(keras.layers.Dense, args.inputs, args.width)
-    pruned = build(PrePrunedDense, args.inputs, args.width, zero_rate=0.5, seed=0)
+    pruned = build(
+        PrePrunedDense, args.inputs, args.width, zero_rate=0.5, seed=0
+    )
     folded = fold_mask(pruned)
     models = {"dense": dense, "pre-pruned": pruned, "folded": folded}
     np.testing.assert_allclose(
         folded.predict_on_batch(x), pruned.predict_on_batch(x), atol=1e-4
     )
     for model in models.values():
-        model.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy")
+        model.compile(
+            keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy"
+        )
         for _ in range(3):  # compile and warm up
             model.train_on_batch(x, y)
             model.predict_on_batch(x)

@@ -28,6 +28,7 @@ import time
 
 import keras
 import numpy as np
+from _environment import print_environment
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -37,7 +38,6 @@ from keras_memgeom.symmetry import align
 from keras_memgeom.symmetry import count_equivalent_optima
 from keras_memgeom.symmetry import distance
 from keras_memgeom.symmetry import reorder
-from _environment import print_environment
 
 # "dense-wide" has the pre-pruned widths without a mask: a control that
 # separates the effect of the mask from the effect of the width.
@@ -125,16 +125,32 @@ def main():
             f"{count_equivalent_optima(template):.1f}"
         )
         r = results[kind]
-        for name in ("accuracy", "raw", "lexicographic", "maximin", "aligned",
-                     "retrain", "retrain_reordered", "retrain_accuracy"):
+        for name in (
+            "accuracy",
+            "raw",
+            "lexicographic",
+            "maximin",
+            "aligned",
+            "retrain",
+            "retrain_reordered",
+            "retrain_accuracy",
+        ):
             r[name] = []
         for seed in range(args.seeds):
             pair = []
             for init_seed in (2 * seed + 1, 2 * seed + 2):
                 model = build(kind, init_seed, args.width, args.zero_rate)
-                train(model, x_train, y_train, args.epochs, init_seed,
-                      args.learning_rate)
-                r["accuracy"].append(model.evaluate(x_test, y_test, verbose=0)[1])
+                train(
+                    model,
+                    x_train,
+                    y_train,
+                    args.epochs,
+                    init_seed,
+                    args.learning_rate,
+                )
+                r["accuracy"].append(
+                    model.evaluate(x_test, y_test, verbose=0)[1]
+                )
                 pair.append(model)
             a, b = pair
             r["raw"].append(distance(a, b).overall)
@@ -150,8 +166,14 @@ def main():
             index = np.arange(len(x_train))
             chosen = rng.choice(len(x_train), int(resampled), replace=False)
             index[chosen] = rng.integers(0, len(x_train), len(chosen))
-            retrained = train(copy(a), x_train[index], y_train[index],
-                              args.retrain_epochs, 100 + seed, args.learning_rate)
+            retrained = train(
+                copy(a),
+                x_train[index],
+                y_train[index],
+                args.retrain_epochs,
+                100 + seed,
+                args.learning_rate,
+            )
             r["retrain"].append(distance(a, retrained).overall)
             r["retrain_reordered"].append(
                 distance(reorder(a), reorder(retrained)).overall
@@ -170,9 +192,15 @@ def main():
         ("  after reorder lexicographic", "retrain_reordered"),
         ("test accuracy after re-train", "retrain_accuracy"),
     ]
-    print(f"\n{'':42}" + "".join(f" {kind:>17}" for kind in KINDS) + "  pruned/dense")
+    print(
+        f"\n{'':42}"
+        + "".join(f" {kind:>17}" for kind in KINDS)
+        + "  pruned/dense"
+    )
     for label, key in rows:
-        ratio = np.mean(results["pre-pruned"][key]) / np.mean(results["dense"][key])
+        ratio = np.mean(results["pre-pruned"][key]) / np.mean(
+            results["dense"][key]
+        )
         cells = "".join(f" {summary(results[kind][key]):>17}" for kind in KINDS)
         print(f"{label:42}{cells}  {ratio:.3f}")
     print("\nper seed, Phi after reorder (lexicographic), dense vs pre-pruned:")

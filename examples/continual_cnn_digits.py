@@ -32,7 +32,9 @@ def make_tasks(scenario, num_tasks, seed=0):
     for t in range(num_tasks):
         if scenario == "rotated":
             angle = 180.0 * t / num_tasks
-            changed = ndimage.rotate(images, angle, axes=(1, 2), reshape=False, order=1)
+            changed = ndimage.rotate(
+                images, angle, axes=(1, 2), reshape=False, order=1
+            )
         else:
             order = np.arange(64) if t == 0 else rng.permutation(64)
             changed = images.reshape(-1, 64)[:, order].reshape(images.shape)
@@ -77,13 +79,24 @@ def run(
         methods: names of the methods to compare.
         progress: `None`, or a callable taking one line of progress text.
     """
-    tasks = [(x[:max_examples], y[:max_examples]) for x, y in make_tasks(scenario, num_tasks)]
-    stream = continual.TaskStream.from_arrays(tasks, name=f"{scenario}-digits", seed=0)
+    tasks = [
+        (x[:max_examples], y[:max_examples])
+        for x, y in make_tasks(scenario, num_tasks)
+    ]
+    stream = continual.TaskStream.from_arrays(
+        tasks, name=f"{scenario}-digits", seed=0
+    )
     harness = continual.Harness(
-        stream, model=make_cnn(), epochs=epochs, batch_size=32, repeats=seeds, progress=progress
+        stream,
+        model=make_cnn(),
+        epochs=epochs,
+        batch_size=32,
+        repeats=seeds,
+        progress=progress,
     )
     strategies = [
-        continual.get_strategy(name, strength=strength) if name in ("ewc", "online-ewc", "online")
+        continual.get_strategy(name, strength=strength)
+        if name in ("ewc", "online-ewc", "online")
         else continual.get_strategy(name)
         for name in methods
     ]
@@ -92,15 +105,21 @@ def run(
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("rotated", "permuted"), default="rotated")
+    parser.add_argument(
+        "--scenario", choices=("rotated", "permuted"), default="rotated"
+    )
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--strength", type=float, default=100.0)
     args = parser.parse_args()
-    document = run(args.scenario, args.tasks, args.epochs, args.seeds, args.strength)
-    print(f"backend: {keras.backend.backend()}; {args.scenario} digits, {args.tasks} tasks, "
-          f"CNN, {args.epochs} epochs per task, {args.seeds} init seed(s)")
+    document = run(
+        args.scenario, args.tasks, args.epochs, args.seeds, args.strength
+    )
+    print(
+        f"backend: {keras.backend.backend()}; {args.scenario} digits, {args.tasks} tasks, "
+        f"CNN, {args.epochs} epochs per task, {args.seeds} init seed(s)"
+    )
     print(continual.format_table(document))
 
 

@@ -21,7 +21,9 @@ def make_tasks(seed=0):
     """Task A (digits) and task B (pixel-permuted digits), train and test."""
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype("float32")
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.25, random_state=seed
+    )
     permutation = np.random.default_rng(seed).permutation(x.shape[1])
     task_a = (x_train, y_train, x_test, y_test)
     task_b = (x_train[:, permutation], y_train, x_test[:, permutation], y_test)
@@ -38,7 +40,9 @@ def make_model(width=128):
 
 def accuracy(model, task):
     _, _, x_test, y_test = task
-    return float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=-1) == y_test))
+    return float(
+        np.mean(np.argmax(model.predict(x_test, verbose=0), axis=-1) == y_test)
+    )
 
 
 def run(epochs=10, strength=100.0, seed=0, batch_size=32):
@@ -54,14 +58,29 @@ def run(epochs=10, strength=100.0, seed=0, batch_size=32):
         keras.utils.set_random_seed(seed)
         model = make_model()
         model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-        model.fit(task_a[0], task_a[1], epochs=epochs, batch_size=batch_size, verbose=0)
+        model.fit(
+            task_a[0],
+            task_a[1],
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+        )
         memory = keras_memgeom.FisherMemory.estimate(model, task_a[:2])
         regularizers = [memory] if method == "memory" else []
         model.compile(
-            keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"],
-            regularizers=regularizers, strength=strength,
+            keras.optimizers.Adam(1e-3),
+            loss,
+            metrics=["accuracy"],
+            regularizers=regularizers,
+            strength=strength,
         )
-        model.fit(task_b[0], task_b[1], epochs=epochs, batch_size=batch_size, verbose=0)
+        model.fit(
+            task_b[0],
+            task_b[1],
+            epochs=epochs,
+            batch_size=batch_size,
+            verbose=0,
+        )
         results[method] = (accuracy(model, task_a), accuracy(model, task_b))
     return results
 

@@ -47,7 +47,9 @@ def main():
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--strengths", type=_floats, default=[10.0, 100.0, 1000.0])
+    parser.add_argument(
+        "--strengths", type=_floats, default=[10.0, 100.0, 1000.0]
+    )
     parser.add_argument("--lambdas", type=_floats, default=[1.0])
     parser.add_argument("--fractions", type=_floats, default=[0.5])
     parser.add_argument("--information-epochs", type=int, default=3)
@@ -60,14 +62,21 @@ def main():
     methods = args.methods.split(",")
     forget = {"no": [False], "yes": [True], "both": [False, True]}[args.forget]
 
-    stream = continual.TaskStream.make("permuted", "digits", num_tasks=args.tasks, seed=args.seed)
-    harness = continual.Harness(stream, width=args.width, epochs=args.epochs, seed=args.seed)
+    stream = continual.TaskStream.make(
+        "permuted", "digits", num_tasks=args.tasks, seed=args.seed
+    )
+    harness = continual.Harness(
+        stream, width=args.width, epochs=args.epochs, seed=args.seed
+    )
     print(
         f"backend {keras.backend.backend()}, permuted digits, {args.tasks} tasks, "
         f"2x{args.width} ReLU, {args.epochs} epochs per task, seed {args.seed}",
         flush=True,
     )
-    print(f"{'run':<44} {'avg':>6} {'learn':>6} {'bwt':>7} {'d_eff':>6}", flush=True)
+    print(
+        f"{'run':<44} {'avg':>6} {'learn':>6} {'bwt':>7} {'d_eff':>6}",
+        flush=True,
+    )
     runs = {}
 
     def record(label, strategy):
@@ -82,12 +91,16 @@ def main():
         record("finetune", continual.Finetune())
     if "online" in methods:
         for strength in args.strengths:
-            record(f"online s={strength:g}", continual.Online(strength=strength))
+            record(
+                f"online s={strength:g}", continual.Online(strength=strength)
+            )
     if "frontal-lobe" in methods:
         for strength, lam, fraction, drop in itertools.product(
             args.strengths, args.lambdas, args.fractions, forget
         ):
-            label = f"frontal-lobe s={strength:g} lambda={lam:g} frac={fraction:g}"
+            label = (
+                f"frontal-lobe s={strength:g} lambda={lam:g} frac={fraction:g}"
+            )
             label += " forget" if drop else ""
             record(
                 label,
@@ -103,23 +116,43 @@ def main():
 
     def best(prefix):
         labels = [k for k in runs if k.startswith(prefix)]
-        return max(labels, key=lambda k: runs[k]["average_accuracy"]) if labels else None
+        return (
+            max(labels, key=lambda k: runs[k]["average_accuracy"])
+            if labels
+            else None
+        )
 
     best_online, best_lobe = best("online"), best("frontal-lobe")
     if best_online and best_lobe:
-        gap = runs[best_lobe]["average_accuracy"] - runs[best_online]["average_accuracy"]
-        print(f"\nbest online: {best_online}; best frontal lobe: {best_lobe}; "
-              f"difference {100 * gap:+.1f} points of average accuracy")
+        gap = (
+            runs[best_lobe]["average_accuracy"]
+            - runs[best_online]["average_accuracy"]
+        )
+        print(
+            f"\nbest online: {best_online}; best frontal lobe: {best_lobe}; "
+            f"difference {100 * gap:+.1f} points of average accuracy"
+        )
     for label in (best_online, best_lobe):
         if label:
-            dims = " ".join(f"{d:.0f}" for d in runs[label]["effective_dimension"])
+            dims = " ".join(
+                f"{d:.0f}" for d in runs[label]["effective_dimension"]
+            )
             print(f"effective dimension per task, {label}: {dims}")
     if best_lobe:
-        print(f"frontal-lobe Fisher trace per task (end of phase 1 -> end of phase 2), {best_lobe}:")
+        print(
+            f"frontal-lobe Fisher trace per task (end of phase 1 -> end of phase 2), {best_lobe}:"
+        )
         for task, records in enumerate(runs[best_lobe]["records"]):
-            traces = [r["frontal_lobe_fisher_trace"] for r in records if "frontal_lobe_fisher_trace" in r]
+            traces = [
+                r["frontal_lobe_fisher_trace"]
+                for r in records
+                if "frontal_lobe_fisher_trace" in r
+            ]
             dims = [
-                (r["frontal_lobe_effective_dimension"], r["rest_effective_dimension"])
+                (
+                    r["frontal_lobe_effective_dimension"],
+                    r["rest_effective_dimension"],
+                )
                 for r in records
                 if "rest_effective_dimension" in r
             ]

@@ -17,14 +17,12 @@ from keras_memgeom import layers  # noqa: E402
 from keras_memgeom import merging  # noqa: E402
 from keras_memgeom import pruning  # noqa: E402
 from keras_memgeom import symmetry  # noqa: E402
-from keras_memgeom.memory import (  # noqa: E402
-    FisherMemory,
-    FisherRegularizer,
-    KroneckerRegularizer,
-    attach,
-    detach,
-    merge,
-)
+from keras_memgeom.memory import FisherMemory  # noqa: E402
+from keras_memgeom.memory import FisherRegularizer  # noqa: E402
+from keras_memgeom.memory import KroneckerRegularizer  # noqa: E402
+from keras_memgeom.memory import attach  # noqa: E402
+from keras_memgeom.memory import detach  # noqa: E402
+from keras_memgeom.memory import merge  # noqa: E402
 from keras_memgeom.merging import merge_models  # noqa: E402
 from keras_memgeom.pruning.pre_prune import pre_prune  # noqa: E402
 from keras_memgeom.training.frontal_lobe import FrontalLobe  # noqa: E402

@@ -22,8 +22,10 @@ from keras_memgeom import backend
 from keras_memgeom import continual
 from keras_memgeom.continual.harness import DEFAULT_STRENGTH_GRID
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
-from keras_memgeom.continual.task_stream import SCENARIOS, SPLIT_SCENARIOS
-from keras_memgeom.memory.fisher import ESTIMATORS, STRUCTURES
+from keras_memgeom.continual.task_stream import SCENARIOS
+from keras_memgeom.continual.task_stream import SPLIT_SCENARIOS
+from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.memory.fisher import STRUCTURES
 from keras_memgeom.utils.atomic_write import check_writable_file_path
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.keras_backend import backend_choice
@@ -61,7 +63,9 @@ def _positive_int(text):
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}"
+        )
     return value
 
 
@@ -71,11 +75,17 @@ def _finite(describe, *, minimum=0.0, maximum=None):
     def parse(text):
         try:
             return check_number(
-                "value", float(text), minimum=minimum, maximum=maximum, inclusive_minimum=False
+                "value",
+                float(text),
+                minimum=minimum,
+                maximum=maximum,
+                inclusive_minimum=False,
             )
         except ValueError:
             # inf or nan would pass here and wreck a run tasks later.
-            raise argparse.ArgumentTypeError(f"expected {describe}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {describe}, got {text!r}"
+            ) from None
 
     return parse
 
@@ -118,7 +128,9 @@ def _fraction(text):
     except ValueError:
         value = -1.0
     if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1), got {text!r}"
+        )
     return value
 
 
@@ -129,7 +141,9 @@ def build_parser():
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,info,merge}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{demo,bench,info,merge}"
+    )
     demo = commands.add_parser(
         "demo",
         help="the main job: finetune vs online memory vs joint on permuted digits",
@@ -161,7 +175,10 @@ def build_parser():
         "one head per task), domain- or class-incremental (default: task)",
     )
     bench.add_argument(
-        "--tasks", type=_positive_int, default=5, help="number of tasks (default: 5)"
+        "--tasks",
+        type=_positive_int,
+        default=5,
+        help="number of tasks (default: 5)",
     )
     bench.add_argument(
         "--methods",
@@ -185,10 +202,16 @@ def build_parser():
         help="units in each of the two hidden ReLU layers (default: 400)",
     )
     bench.add_argument(
-        "--epochs", type=_positive_int, default=10, help="epochs per task (default: 10)"
+        "--epochs",
+        type=_positive_int,
+        default=10,
+        help="epochs per task (default: 10)",
     )
     bench.add_argument(
-        "--batch-size", type=_positive_int, default=32, help="batch size (default: 32)"
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="batch size (default: 32)",
     )
     bench.add_argument(
         "--learning-rate",
@@ -300,11 +323,28 @@ def _add_merge_parser(commands):
         "midpoint's accuracy over the endpoints' mean and the loss barrier before and "
         "after alignment, and writes merge.json and loss_path.png.",
     )
-    merge.add_argument("--dataset", default="digits", choices=["digits", "mnist5k"])
-    merge.add_argument("--width", type=_positive_int, default=16, help="hidden units (default: 16)")
-    merge.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default: 20)")
-    merge.add_argument("--out", metavar="DIR", default=None, help="folder for merge.json and "
-                       "loss_path.png (default: memgeom_runs/merge-<time>)")
+    merge.add_argument(
+        "--dataset", default="digits", choices=["digits", "mnist5k"]
+    )
+    merge.add_argument(
+        "--width",
+        type=_positive_int,
+        default=16,
+        help="hidden units (default: 16)",
+    )
+    merge.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=20,
+        help="training epochs (default: 20)",
+    )
+    merge.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="folder for merge.json and "
+        "loss_path.png (default: memgeom_runs/merge-<time>)",
+    )
 
 
 def _run_merge(args):
@@ -312,23 +352,35 @@ def _run_merge(args):
     from keras_memgeom.merging.plot_loss_path import plot_loss_path
 
     out = args.out or os.path.join(
-        "memgeom_runs", f"merge-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        "memgeom_runs",
+        f"merge-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}",
     )
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as error:
-        print(f"memgeom: error: argument --out: cannot create {out!r}: {error}", file=sys.stderr)
+        print(
+            f"memgeom: error: argument --out: cannot create {out!r}: {error}",
+            file=sys.stderr,
+        )
         return 2
-    result = merge_experiment(args.dataset, width=args.width, epochs=args.epochs)
+    result = merge_experiment(
+        args.dataset, width=args.width, epochs=args.epochs
+    )
     with open(os.path.join(out, "merge.json"), "w") as handle:
-        json.dump(dict(result, backend=keras.backend.backend()), handle, indent=1)
+        json.dump(
+            dict(result, backend=keras.backend.backend()), handle, indent=1
+        )
     plot_loss_path(result, os.path.join(out, "loss_path.png"))
-    print(f"{args.dataset}, width {args.width}: endpoints {result['endpoints'][0]:.3f} and "
-          f"{result['endpoints'][1]:.3f}; midpoint accuracy / endpoints' mean")
+    print(
+        f"{args.dataset}, width {args.width}: endpoints {result['endpoints'][0]:.3f} and "
+        f"{result['endpoints'][1]:.3f}; midpoint accuracy / endpoints' mean"
+    )
     for name, ratio in result["ratio"].items():
         print(f"  {name:16s} {ratio:6.3f}")
-    print(f"loss barrier: {result['barrier']['raw']:.3f} before alignment, "
-          f"{result['barrier']['aligned']:.3f} after")
+    print(
+        f"loss barrier: {result['barrier']['raw']:.3f} before alignment, "
+        f"{result['barrier']['aligned']:.3f} after"
+    )
     print(f"\nResults and plot in {out}/ (merge.json, loss_path.png)")
     return 0
 
@@ -367,11 +419,15 @@ def _add_common(parser):
         "are kept, an unfinished one is run again from its first task",
     )
     parser.add_argument(
-        "--quiet", action="store_true", help="print no progress, only the backend and the table"
+        "--quiet",
+        action="store_true",
+        help="print no progress, only the backend and the table",
     )
 
 
-def make_strategies(names, *, strength=(None, {}), estimator=(None, {}), **options):
+def make_strategies(
+    names, *, strength=(None, {}), estimator=(None, {}), **options
+):
     """Builds the strategies named on the command line.
 
     Every strategy gets the options its constructor accepts: `strength`
@@ -387,21 +443,34 @@ def make_strategies(names, *, strength=(None, {}), estimator=(None, {}), **optio
         raise ValueError("--methods names no method.")
     if len(set(names)) != len(names):
         raise ValueError(f"--methods names a method twice: {','.join(names)}.")
-    for flag, (_, by_method) in (("--strength", strength), ("--estimator", estimator)):
+    for flag, (_, by_method) in (
+        ("--strength", strength),
+        ("--estimator", estimator),
+    ):
         for name in by_method:
             if name not in names:
-                raise ValueError(f"{flag} sets {name!r}, which is not in --methods.")
+                raise ValueError(
+                    f"{flag} sets {name!r}, which is not in --methods."
+                )
     strategies = []
     for name in names:
         cls = continual.get_strategy_class(name)
         accepted = inspect.signature(cls).parameters
-        kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
-        if options.get("structure", "diagonal") != "diagonal" and "structure" not in accepted:
+        kwargs = {
+            k: v for k, v in options.items() if k in accepted and v is not None
+        }
+        if (
+            options.get("structure", "diagonal") != "diagonal"
+            and "structure" not in accepted
+        ):
             raise ValueError(
                 f"Method {name!r} keeps no Fisher memory of structure "
                 f"{options['structure']!r}; run it without --structure or drop it from --methods."
             )
-        for key, (default, by_method) in (("strength", strength), ("estimator", estimator)):
+        for key, (default, by_method) in (
+            ("strength", strength),
+            ("estimator", estimator),
+        ):
             value = by_method.get(name, default)
             if name in by_method and key not in accepted:
                 raise ValueError(f"Method {name!r} takes no {key}.")
@@ -417,7 +486,11 @@ def _progress(quiet):
     start = time.perf_counter()
 
     def report(message):
-        print(f"[{time.perf_counter() - start:7.1f}s] {message}", file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - start:7.1f}s] {message}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return report
 
@@ -436,7 +509,9 @@ def _check_output(parser, args):
     flag = "--out"
     previous = None
     if args.resume is not None:
-        if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        if args.out is not None and os.path.abspath(
+            args.out
+        ) != os.path.abspath(args.resume):
             _error(
                 parser,
                 f"argument --resume: the run continues in {args.resume!r}, not --out {args.out!r}",
@@ -453,17 +528,26 @@ def _check_output(parser, args):
         try:
             os.makedirs("memgeom_runs", exist_ok=True)
         except OSError as error:
-            _error(parser, f"cannot create the folder 'memgeom_runs' for the results: {error}")
+            _error(
+                parser,
+                f"cannot create the folder 'memgeom_runs' for the results: {error}",
+            )
     folder = os.path.abspath(out)
     if os.path.exists(folder) and not os.path.isdir(folder):
         _error(parser, f"argument {flag}: {out!r} is a file, not a folder")
     parent = os.path.dirname(folder)
     if not os.path.isdir(folder) and not os.path.isdir(parent):
         what = "is a file" if os.path.exists(parent) else "does not exist"
-        _error(parser, f"argument {flag}: cannot create {out!r}: its parent {parent!r} {what}")
+        _error(
+            parser,
+            f"argument {flag}: cannot create {out!r}: its parent {parent!r} {what}",
+        )
     try:
         check_writable_file_path(
-            os.path.join(folder if os.path.isdir(folder) else parent, "results.json"), "results"
+            os.path.join(
+                folder if os.path.isdir(folder) else parent, "results.json"
+            ),
+            "results",
         )
     except OSError as error:
         _error(parser, f"argument {flag}: {out!r} is not writable: {error}")
@@ -478,7 +562,12 @@ def _check_output(parser, args):
 
 def _holds_unfinished_run(folder):
     try:
-        return continual.load_results(os.path.join(folder, "results.json"))["complete"] is False
+        return (
+            continual.load_results(os.path.join(folder, "results.json"))[
+                "complete"
+            ]
+            is False
+        )
     except (OSError, ValueError, KeyError):
         return False
 
@@ -489,11 +578,17 @@ def _read_run(parser, folder):
     try:
         previous = continual.load_results(path)
     except FileNotFoundError:
-        _error(parser, f"argument --resume: no {path!r}; is {folder!r} a memgeom run's folder?")
+        _error(
+            parser,
+            f"argument --resume: no {path!r}; is {folder!r} a memgeom run's folder?",
+        )
     except (OSError, ValueError) as error:
         _error(parser, f"argument --resume: cannot read {path!r}: {error}")
     if "settings" not in previous["config"]:
-        _error(parser, f"argument --resume: {path!r} records no command settings to continue")
+        _error(
+            parser,
+            f"argument --resume: {path!r} records no command settings to continue",
+        )
     return previous
 
 
@@ -503,7 +598,9 @@ _NOT_SETTINGS = ("command", "out", "resume", "quiet")
 
 def _settings(args):
     """The options that shape the results, as they read back from JSON."""
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS}
+    options = {
+        k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS
+    }
     return json.loads(json.dumps(options))
 
 
@@ -517,7 +614,9 @@ def _check_resume(previous, settings, folder):
         if stored.get(key) != settings.get(key)
     ]
     if previous["backend"] != keras.backend.backend():
-        changed.append(f"backend {previous['backend']} (now {keras.backend.backend()})")
+        changed.append(
+            f"backend {previous['backend']} (now {keras.backend.backend()})"
+        )
     if changed:
         raise ValueError(
             f"--resume {folder}: the run was made with other settings: {'; '.join(changed)}. "
@@ -583,8 +682,11 @@ def main(argv=None):
             ["bench"]
             + [f"--{k}={v}" for k, v in settings.items()]
             + [f"--seed={args.seed}"]
-            + [f"--{k.replace('_', '-')}={v}" for k in ("data_seed", "init_seed")
-               if (v := getattr(args, k)) is not None]
+            + [
+                f"--{k.replace('_', '-')}={v}"
+                for k in ("data_seed", "init_seed")
+                if (v := getattr(args, k)) is not None
+            ]
             + ([f"--out={args.out}"] if args.out else [])
             + ([f"--resume={args.resume}"] if args.resume else [])
             + (["--quiet"] if args.quiet else []),
@@ -654,7 +756,9 @@ def main(argv=None):
             flush=True,
         )
     try:
-        document = harness.compare(strategies, previous=previous, on_update=save)
+        document = harness.compare(
+            strategies, previous=previous, on_update=save
+        )
     except KeyboardInterrupt:
         print(
             f"\nmemgeom: interrupted; the finished tasks are in {path}. "

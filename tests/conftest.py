@@ -36,4 +36,8 @@ def rng():
 
 @pytest.fixture
 def other_backends():
-    return [b for b in ("jax", "tensorflow", "torch") if b != keras.backend.backend()]
+    return [
+        b
+        for b in ("jax", "tensorflow", "torch")
+        if b != keras.backend.backend()
+    ]

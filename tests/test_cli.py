@@ -8,10 +8,21 @@ import keras
 import numpy as np
 import pytest
 
-from keras_memgeom import cli, continual
+from keras_memgeom import cli
+from keras_memgeom import continual
 from keras_memgeom.utils.keras_backend import PREFERENCE
 
-TINY = ["--tasks", "2", "--width", "8", "--epochs", "1", "--train-examples", "150", "--quiet"]
+TINY = [
+    "--tasks",
+    "2",
+    "--width",
+    "8",
+    "--epochs",
+    "1",
+    "--train-examples",
+    "150",
+    "--quiet",
+]
 
 
 def run_cli(args, capsys):
@@ -93,9 +104,16 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(continual.Harness, "compare", compare)
     code, _, err = run_cli(["demo", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 130 and f"--resume {tmp_path}" in err
-    assert seen["stream"].scenario == "permuted" and seen["stream"].dataset == "digits"
+    assert (
+        seen["stream"].scenario == "permuted"
+        and seen["stream"].dataset == "digits"
+    )
     assert len(seen["stream"].tasks) == 5
-    assert [s.name for s in seen["strategies"]] == ["finetune", "online", "joint"]
+    assert [s.name for s in seen["strategies"]] == [
+        "finetune",
+        "online",
+        "joint",
+    ]
     assert seen["strategies"][1].strength == 1000.0
     assert (seen["harness"].width, seen["harness"].epochs) == (400, 10)
 
@@ -107,35 +125,89 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
         (["bench", "--methods", "finetune,si"], "unknown method 'si'"),
         (["bench", "--methods", "ewc,ewc"], "names a method twice"),
         (["bench", "--scenario", "shuffled"], "invalid choice: 'shuffled'"),
-        (["bench", "--tasks", "0"], "argument --tasks: expected a positive integer, got '0'"),
-        (["bench", "--strength", "strong"], "argument --strength: expected a finite positive"),
-        (["bench", "--strength", "inf"], "argument --strength: expected a finite positive number"),
-        (["bench", "--strength", "nan"], "argument --strength: expected a finite positive number"),
-        (["bench", "--strength", "ewc=inf"], "argument --strength: expected a finite positive"),
-        (["bench", "--strength-grid", "1,inf"], "argument --strength-grid: expected a finite"),
-        (["bench", "--learning-rate", "inf"], "argument --learning-rate: expected a finite"),
-        (["bench", "--learning-rate", "0"], "argument --learning-rate: expected a finite"),
-        (["bench", "--decay", "nan"], "argument --decay: expected a finite number in (0, 1]"),
-        (["bench", "--prior-precision=-inf"], "argument --prior-precision: expected a"),
-        (["bench", "--validation-split", "nan"], "argument --validation-split: expected a"),
+        (
+            ["bench", "--tasks", "0"],
+            "argument --tasks: expected a positive integer, got '0'",
+        ),
+        (
+            ["bench", "--strength", "strong"],
+            "argument --strength: expected a finite positive",
+        ),
+        (
+            ["bench", "--strength", "inf"],
+            "argument --strength: expected a finite positive number",
+        ),
+        (
+            ["bench", "--strength", "nan"],
+            "argument --strength: expected a finite positive number",
+        ),
+        (
+            ["bench", "--strength", "ewc=inf"],
+            "argument --strength: expected a finite positive",
+        ),
+        (
+            ["bench", "--strength-grid", "1,inf"],
+            "argument --strength-grid: expected a finite",
+        ),
+        (
+            ["bench", "--learning-rate", "inf"],
+            "argument --learning-rate: expected a finite",
+        ),
+        (
+            ["bench", "--learning-rate", "0"],
+            "argument --learning-rate: expected a finite",
+        ),
+        (
+            ["bench", "--decay", "nan"],
+            "argument --decay: expected a finite number in (0, 1]",
+        ),
+        (
+            ["bench", "--prior-precision=-inf"],
+            "argument --prior-precision: expected a",
+        ),
+        (
+            ["bench", "--validation-split", "nan"],
+            "argument --validation-split: expected a",
+        ),
         (
             ["bench", "--validation-split", "0.999"],
             "validation_split=0.999 leaves task 'permuted-0' 1 training examples",
         ),
         (
-            ["bench", "--validation-split", "0.0001", "--train-examples", "100"],
+            [
+                "bench",
+                "--validation-split",
+                "0.0001",
+                "--train-examples",
+                "100",
+            ],
             "holds out no validation example of task 'permuted-0'",
         ),
-        (["bench", "--tasks", "100000000"], "--tasks 100000000: the task stream needs about"),
+        (
+            ["bench", "--tasks", "100000000"],
+            "--tasks 100000000: the task stream needs about",
+        ),
         (["bench", "--estimator", "kfac"], "unknown fisher estimator 'kfac'"),
         (
             ["bench", "--strength", "joint=10", "--methods", "joint"],
             "method 'joint' takes no strength",
         ),
-        (["bench", "--strength", "ewc=10"], "--strength sets 'ewc', which is not in --methods"),
-        (["bench", "--decay", "2"], "argument --decay: expected a finite number in (0, 1]"),
-        (["bench", "--scenario", "split", "--tasks", "3"], "divides its 10 classes"),
-        (["bench", "--strength", "auto", "--validation-split", "0"], "needs validation splits"),
+        (
+            ["bench", "--strength", "ewc=10"],
+            "--strength sets 'ewc', which is not in --methods",
+        ),
+        (
+            ["bench", "--decay", "2"],
+            "argument --decay: expected a finite number in (0, 1]",
+        ),
+        (
+            ["bench", "--scenario", "split", "--tasks", "3"],
+            "divides its 10 classes",
+        ),
+        (
+            ["bench", "--strength", "auto", "--validation-split", "0"],
+            "needs validation splits",
+        ),
         (["bench", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["train"], "invalid choice: 'train'"),
     ],
@@ -147,14 +219,24 @@ def test_bad_input_gives_a_clear_error(args, message, capsys):
     assert "Traceback" not in err
 
 
-def test_bad_output_folders_are_refused_before_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(continual.Harness, "compare", lambda *a, **k: pytest.fail("trained"))
+def test_bad_output_folders_are_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(
+        continual.Harness, "compare", lambda *a, **k: pytest.fail("trained")
+    )
     a_file = tmp_path / "file"
     a_file.write_text("")
     for out, message in [
         (a_file, f"argument --out: '{a_file}' is a file, not a folder"),
-        (a_file / "run", f"cannot create '{a_file / 'run'}': its parent '{a_file}' is a file"),
-        (tmp_path / "no" / "run", f"its parent '{tmp_path / 'no'}' does not exist"),
+        (
+            a_file / "run",
+            f"cannot create '{a_file / 'run'}': its parent '{a_file}' is a file",
+        ),
+        (
+            tmp_path / "no" / "run",
+            f"its parent '{tmp_path / 'no'}' does not exist",
+        ),
     ]:
         code, _, err = run_cli(["bench", *TINY, "--out", str(out)], capsys)
         assert code == 2 and message in err, err
@@ -162,7 +244,9 @@ def test_bad_output_folders_are_refused_before_training(tmp_path, capsys, monkey
     assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root may write into a read-only folder"
+)
 def test_read_only_output_folder_is_refused(tmp_path, capsys):
     read_only = tmp_path / "read-only"
     read_only.mkdir()
@@ -189,7 +273,9 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_keeps_its_results_and_resumes(tmp_path, capsys, monkeypatch):
+def test_interrupted_run_keeps_its_results_and_resumes(
+    tmp_path, capsys, monkeypatch
+):
     args = ["bench", *TINY, "--methods", "finetune,online"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli([*args, "--out", str(full)], capsys)[0] == 0
@@ -210,8 +296,13 @@ def test_interrupted_run_keeps_its_results_and_resumes(tmp_path, capsys, monkeyp
     # Re-running into the unfinished folder would lose it; resuming keeps it.
     monkeypatch.undo()
     code, _, err = run_cli([*args, "--out", str(cut)], capsys)
-    assert code == 2 and "holds an unfinished run; continue it with --resume" in err
-    code, _, err = run_cli([*args, "--epochs", "2", "--resume", str(cut)], capsys)
+    assert (
+        code == 2
+        and "holds an unfinished run; continue it with --resume" in err
+    )
+    code, _, err = run_cli(
+        [*args, "--epochs", "2", "--resume", str(cut)], capsys
+    )
     assert code == 2 and "other settings: --epochs 1 (now 2)" in err
     assert run_cli([*args, "--resume", str(cut)], capsys)[0] == 0
     resumed = continual.load_results(str(cut / "results.json"))
@@ -224,7 +315,9 @@ def test_interrupted_run_keeps_its_results_and_resumes(tmp_path, capsys, monkeyp
     for name, run in expected["methods"].items():
         again = resumed["methods"][name]
         assert set(again) == set(run)
-        assert np.allclose(again["accuracy_matrix"], run["accuracy_matrix"], atol=0.05)
+        assert np.allclose(
+            again["accuracy_matrix"], run["accuracy_matrix"], atol=0.05
+        )
 
 
 def test_help_explains_every_flag(capsys):
@@ -244,19 +337,31 @@ def test_info_says_backend_versions_and_devices(capsys):
     code, out, err = run_cli(["info"], capsys)
     assert code == 0 and not err
     backend, version, devices = out.splitlines()
-    assert backend.startswith(f"memgeom: Keras backend {keras.backend.backend()} (")
+    assert backend.startswith(
+        f"memgeom: Keras backend {keras.backend.backend()} ("
+    )
     assert version.endswith(f"keras {keras.__version__}")
-    assert devices.startswith(f"{keras.backend.backend()} ") and " on " in devices
+    assert (
+        devices.startswith(f"{keras.backend.backend()} ") and " on " in devices
+    )
 
 
 def test_every_command_prints_the_backend_first(capsys):
-    code, _, err = run_cli(["bench", "--methods", "finetune,si", "--quiet"], capsys)
+    code, _, err = run_cli(
+        ["bench", "--methods", "finetune,si", "--quiet"], capsys
+    )
     assert code == 2
-    assert err.splitlines()[0].startswith(f"memgeom: Keras backend {keras.backend.backend()} (")
+    assert err.splitlines()[0].startswith(
+        f"memgeom: Keras backend {keras.backend.backend()} ("
+    )
 
 
 def test_a_fresh_machine_says_which_backend_it_chose(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KERAS_BACKEND", "KERAS_HOME")
+    }
     result = subprocess.run(
         [sys.executable, "-m", "keras_memgeom", "info"],
         capture_output=True,
@@ -290,13 +395,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     code, out, _ = run_cli(["demo", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0
     methods = json.loads((tmp_path / "results.json").read_text())["methods"]
-    assert methods["online"]["average_accuracy"] > methods["finetune"]["average_accuracy"] + 0.1
-    assert methods["joint"]["average_accuracy"] > methods["online"]["average_accuracy"]
+    assert (
+        methods["online"]["average_accuracy"]
+        > methods["finetune"]["average_accuracy"] + 0.1
+    )
+    assert (
+        methods["joint"]["average_accuracy"]
+        > methods["online"]["average_accuracy"]
+    )
 
 
 @pytest.mark.slow
 def test_acceptance_permuted_mnist5k(tmp_path, capsys):
-    # About 3 minutes on 2 CPU cores with JAX; benchmarks/continual_acceptance.py.
+    # About 3 minutes on 2 CPU cores with JAX;
+    # benchmarks/continual_acceptance.py.
     code, _, _ = run_cli(
         [
             "bench",
@@ -318,16 +430,26 @@ def test_acceptance_permuted_mnist5k(tmp_path, capsys):
     methods = continual.load_results(str(tmp_path / "results.json"))["methods"]
     accuracy = {name: run["average_accuracy"] for name, run in methods.items()}
     assert accuracy["online"] >= 0.85
-    # finetune: 0.677 on JAX, 0.630 on TensorFlow, 0.702 on torch (docs/harness.md).
+    # finetune: 0.677 on JAX, 0.630 on TensorFlow, 0.702 on torch
+    # (docs/harness.md).
     assert accuracy["finetune"] < accuracy["online"] - 0.15
     assert accuracy["joint"] == max(accuracy.values())
 
 
 def test_merge_prints_every_method_and_writes_its_results(tmp_path, capsys):
-    code, out, _ = run_cli(["merge", "--width", "4", "--epochs", "1", "--out", str(tmp_path)], capsys)
+    code, out, _ = run_cli(
+        ["merge", "--width", "4", "--epochs", "1", "--out", str(tmp_path)],
+        capsys,
+    )
     assert code == 0
     result = json.loads((tmp_path / "merge.json").read_text())
-    for name in ("raw average", "average", "fisher+repair", "regmean", "regmean+repair"):
+    for name in (
+        "raw average",
+        "average",
+        "fisher+repair",
+        "regmean",
+        "regmean+repair",
+    ):
         assert name in out and name in result["ratio"]
     assert (tmp_path / "loss_path.png").stat().st_size > 0
     assert len(result["path"]["aligned"]["loss"]) == 11
@@ -335,13 +457,29 @@ def test_merge_prints_every_method_and_writes_its_results(tmp_path, capsys):
 
 def test_bench_strength_sweep_reports_every_grid_point(tmp_path, capsys):
     code, out, _ = run_cli(
-        ["bench", *TINY, "--methods", "finetune,online-ewc", "--strength", "sweep",
-         "--strength-grid", "1,100", "--gamma", "0.5", "--out", str(tmp_path)],
+        [
+            "bench",
+            *TINY,
+            "--methods",
+            "finetune,online-ewc",
+            "--strength",
+            "sweep",
+            "--strength-grid",
+            "1,100",
+            "--gamma",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ],
         capsys,
     )
     assert code == 0
     document = continual.load_results(str(tmp_path / "results.json"))
-    assert list(document["methods"]) == ["finetune", "online-ewc@1", "online-ewc@100"]
+    assert list(document["methods"]) == [
+        "finetune",
+        "online-ewc@1",
+        "online-ewc@100",
+    ]
     assert document["methods"]["online-ewc@1"]["config"]["gamma"] == 0.5
     grid = document["sweep"]["online-ewc"]["grid"]
     assert [point["strength"] for point in grid] == [1.0, 100.0]
@@ -351,11 +489,30 @@ def test_bench_strength_sweep_reports_every_grid_point(tmp_path, capsys):
 def test_bench_npz_data_with_separate_seeds_and_repeats(tmp_path, capsys):
     path = tmp_path / "mine.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, x=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8), y=np.arange(60) % 3)
+    np.savez(
+        path,
+        x=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+        y=np.arange(60) % 3,
+    )
     code, out, _ = run_cli(
-        ["bench", *TINY, "--dataset", str(path), "--scenario", "rotated", "--methods",
-         "finetune", "--data-seed", "4", "--init-seed", "7", "--repeats", "2",
-         "--out", str(tmp_path / "run")],
+        [
+            "bench",
+            *TINY,
+            "--dataset",
+            str(path),
+            "--scenario",
+            "rotated",
+            "--methods",
+            "finetune",
+            "--data-seed",
+            "4",
+            "--init-seed",
+            "7",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ],
         capsys,
     )
     assert code == 0

@@ -26,7 +26,9 @@ def test_license_file_matches_the_declared_license():
 def test_the_version_has_one_source():
     project = _pyproject()["project"]
     assert "version" not in project and "version" in project["dynamic"]
-    assert importlib.metadata.version("keras-memgeom") == keras_memgeom.__version__
+    assert (
+        importlib.metadata.version("keras-memgeom") == keras_memgeom.__version__
+    )
 
 
 def test_the_core_package_imports_without_the_harness_extras():
@@ -44,7 +46,11 @@ def test_the_core_package_imports_without_the_harness_extras():
         "else:\n"
         "    raise AssertionError('matplotlib was imported')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     dependencies = " ".join(_pyproject()["project"]["dependencies"])
-    assert "matplotlib" not in dependencies and "scikit-learn" not in dependencies
+    assert (
+        "matplotlib" not in dependencies and "scikit-learn" not in dependencies
+    )

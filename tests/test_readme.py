@@ -3,7 +3,9 @@
 import os
 import re
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"
+)
 
 
 def _python_blocks():
@@ -32,4 +34,6 @@ def test_readme_commands_name_existing_extras():
         pyproject = f.read()
     for extras in re.findall(r'-e "\.\[([^\]]+)\]"', text):
         for extra in extras.split(","):
-            assert re.search(rf"^{re.escape(extra)} = \[", pyproject, flags=re.M), extra
+            assert re.search(
+                rf"^{re.escape(extra)} = \[", pyproject, flags=re.M
+            ), extra

@@ -49,41 +49,35 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "jax":
-    from keras_memgeom.backend.jax import (
-        compile_function,
-        check_distribution,
-        device_constant,
-        device_description,
-        distribute_batch,
-        differentiable_linearize,
-        full_precision_matmul,
-        linearize,
-        vectorize,
-    )
+    from keras_memgeom.backend.jax import check_distribution
+    from keras_memgeom.backend.jax import compile_function
+    from keras_memgeom.backend.jax import device_constant
+    from keras_memgeom.backend.jax import device_description
+    from keras_memgeom.backend.jax import differentiable_linearize
+    from keras_memgeom.backend.jax import distribute_batch
+    from keras_memgeom.backend.jax import full_precision_matmul
+    from keras_memgeom.backend.jax import linearize
+    from keras_memgeom.backend.jax import vectorize
 elif _BACKEND == "tensorflow":
-    from keras_memgeom.backend.tensorflow import (
-        compile_function,
-        check_distribution,
-        device_constant,
-        device_description,
-        distribute_batch,
-        differentiable_linearize,
-        full_precision_matmul,
-        linearize,
-        vectorize,
-    )
+    from keras_memgeom.backend.tensorflow import check_distribution
+    from keras_memgeom.backend.tensorflow import compile_function
+    from keras_memgeom.backend.tensorflow import device_constant
+    from keras_memgeom.backend.tensorflow import device_description
+    from keras_memgeom.backend.tensorflow import differentiable_linearize
+    from keras_memgeom.backend.tensorflow import distribute_batch
+    from keras_memgeom.backend.tensorflow import full_precision_matmul
+    from keras_memgeom.backend.tensorflow import linearize
+    from keras_memgeom.backend.tensorflow import vectorize
 elif _BACKEND == "torch":
-    from keras_memgeom.backend.torch import (
-        compile_function,
-        check_distribution,
-        device_constant,
-        device_description,
-        distribute_batch,
-        differentiable_linearize,
-        full_precision_matmul,
-        linearize,
-        vectorize,
-    )
+    from keras_memgeom.backend.torch import check_distribution
+    from keras_memgeom.backend.torch import compile_function
+    from keras_memgeom.backend.torch import device_constant
+    from keras_memgeom.backend.torch import device_description
+    from keras_memgeom.backend.torch import differentiable_linearize
+    from keras_memgeom.backend.torch import distribute_batch
+    from keras_memgeom.backend.torch import full_precision_matmul
+    from keras_memgeom.backend.torch import linearize
+    from keras_memgeom.backend.torch import vectorize
 else:
     raise ImportError(
         f"keras_memgeom supports the jax, tensorflow and torch backends; "

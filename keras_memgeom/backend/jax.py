@@ -32,7 +32,10 @@ def full_precision_matmul():
 
 def device_description():
     devices = jax.devices()
-    names = ", ".join(str(d) if d.device_kind == d.platform else f"{d.device_kind} ({d})" for d in devices)
+    names = ", ".join(
+        str(d) if d.device_kind == d.platform else f"{d.device_kind} ({d})"
+        for d in devices
+    )
     return f"jax {jax.__version__} on {devices[0].platform}: {names}"
 
 
@@ -51,12 +54,18 @@ def distribute_batch(tree):
     if distribution is None:
         return tree
     mesh = distribution.device_mesh
-    shards = dict(zip(mesh.axis_names, mesh.shape)).get(distribution.batch_dim_name, 1)
+    shards = dict(zip(mesh.axis_names, mesh.shape)).get(
+        distribution.batch_dim_name, 1
+    )
 
     def place(x):
         if x.ndim == 0 or x.shape[0] % shards:
             return x  # a last batch that does not split evenly stays replicated
-        return distribute_data_input(x, distribution.get_data_layout(x.shape), distribution.batch_dim_name)
+        return distribute_data_input(
+            x,
+            distribution.get_data_layout(x.shape),
+            distribution.batch_dim_name,
+        )
 
     return jax.tree_util.tree_map(place, tree)
 

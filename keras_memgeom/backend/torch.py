@@ -53,12 +53,21 @@ def differentiable_linearize(fn, primals):
         with torch.enable_grad():
             grads = [
                 torch.autograd.grad(
-                    outputs, primals, grad_outputs=c, create_graph=True, allow_unused=True
+                    outputs,
+                    primals,
+                    grad_outputs=c,
+                    create_graph=True,
+                    allow_unused=True,
                 )
                 for c in cotangents
             ]
         return [
-            torch.stack([g[i] if g[i] is not None else torch.zeros_like(p) for g in grads])
+            torch.stack(
+                [
+                    g[i] if g[i] is not None else torch.zeros_like(p)
+                    for g in grads
+                ]
+            )
             for i, p in enumerate(primals)
         ]
 

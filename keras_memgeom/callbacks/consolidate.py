@@ -6,7 +6,8 @@ from keras_memgeom.memory.attach import attach
 from keras_memgeom.memory.fisher import ESTIMATORS
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.merge import merge
-from keras_memgeom.utils.checks import check_number, check_positive_int
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 
 class Consolidate(keras.callbacks.Callback):
@@ -76,24 +77,37 @@ class Consolidate(keras.callbacks.Callback):
     ):
         super().__init__()
         if not isinstance(data, tuple) or len(data) != 2:
-            raise ValueError("`data` must be an `(x, y)` tuple of the task's arrays.")
+            raise ValueError(
+                "`data` must be an `(x, y)` tuple of the task's arrays."
+            )
         if not isinstance(information_epochs, int) or information_epochs < 0:
             raise ValueError(
                 f"`information_epochs` must be a non-negative int; got {information_epochs!r}."
             )
         if period is not None and (not isinstance(period, int) or period < 1):
-            raise ValueError(f"`period` must be a positive int or None; got {period!r}.")
+            raise ValueError(
+                f"`period` must be a positive int or None; got {period!r}."
+            )
         if estimator not in ESTIMATORS:
-            raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
-        decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
+            raise ValueError(
+                f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}."
+            )
+        decay = check_number(
+            "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
+        )
         prior_precision = check_number(
-            "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+            "prior_precision",
+            prior_precision,
+            minimum=0.0,
+            inclusive_minimum=False,
         )
         self.data = data
         self.information_epochs = information_epochs
         self.period = period
         self.estimator = estimator
-        self.max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
+        self.max_examples = check_positive_int(
+            "max_examples", max_examples, allow_none=True
+        )
         self.decay = decay
         self.forget_frontal_lobe = bool(forget_frontal_lobe)
         self.prior_precision = prior_precision
@@ -117,7 +131,9 @@ class Consolidate(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         position = epoch % self._cycle
-        self.model.set_information_penalty(position >= self._cycle - self.information_epochs)
+        self.model.set_information_penalty(
+            position >= self._cycle - self.information_epochs
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
@@ -125,7 +141,12 @@ class Consolidate(keras.callbacks.Callback):
         position = epoch % self._cycle
         if position == self._cycle - self.information_epochs - 1:
             fisher, _ = self._fisher("exact")
-            self._record(epoch, "task", logs, traces=self.model.frontal_lobe.split(self.model, fisher))
+            self._record(
+                epoch,
+                "task",
+                logs,
+                traces=self.model.frontal_lobe.split(self.model, fisher),
+            )
         if position == self._cycle - 1:
             self._consolidate(epoch, logs)
 
@@ -138,22 +159,34 @@ class Consolidate(keras.callbacks.Callback):
 
     def _fisher(self, estimator):
         memory = FisherMemory.estimate(
-            self.model, self.data, estimator=estimator, max_examples=self.max_examples
+            self.model,
+            self.data,
+            estimator=estimator,
+            max_examples=self.max_examples,
         )
         return memory.fisher, memory
 
     def _consolidate(self, epoch, logs):
         model, frontal_lobe = self.model, self.model.frontal_lobe
         fisher, memory = self._fisher(self.estimator)
-        exact = fisher if self.estimator == "exact" else self._fisher("exact")[0]
-        self._record(epoch, "information", logs, traces=frontal_lobe.split(model, exact))
+        exact = (
+            fisher if self.estimator == "exact" else self._fisher("exact")[0]
+        )
+        self._record(
+            epoch, "information", logs, traces=frontal_lobe.split(model, exact)
+        )
         if self.forget_frontal_lobe:
             masks = frontal_lobe.masks(model)
             fisher = {
-                path: value * (1.0 - masks.get(path, 0.0)) for path, value in fisher.items()
+                path: value * (1.0 - masks.get(path, 0.0))
+                for path, value in fisher.items()
             }
-            memory = FisherMemory(memory.anchor, fisher, memory.num_examples, memory.estimator)
-        model.memories = [merge(list(model.memories) + [memory], decay=self.decay)]
+            memory = FisherMemory(
+                memory.anchor, fisher, memory.num_examples, memory.estimator
+            )
+        model.memories = [
+            merge(list(model.memories) + [memory], decay=self.decay)
+        ]
         attach(
             model,
             model.memories,
@@ -163,18 +196,33 @@ class Consolidate(keras.callbacks.Callback):
         model.make_train_function(force=True)
         precision = model.memories[0].precision
         occupied = {
-            variable.path: precision[path] / (precision[path] + self.prior_precision)
+            variable.path: precision[path]
+            / (precision[path] + self.prior_precision)
             for path, variable in model.memories[0].match(model)
         }
-        self._record(epoch, "consolidated", logs, dimensions=frontal_lobe.split(model, occupied))
+        self._record(
+            epoch,
+            "consolidated",
+            logs,
+            dimensions=frontal_lobe.split(model, occupied),
+        )
 
     def _record(self, epoch, phase, logs, traces=None, dimensions=None):
         record = {"epoch": epoch, "phase": phase}
         if traces is not None:
-            record["frontal_lobe_fisher_trace"], record["rest_fisher_trace"] = traces
-        if dimensions is not None:
-            record["frontal_lobe_effective_dimension"], record["rest_effective_dimension"] = (
-                dimensions
+            record["frontal_lobe_fisher_trace"], record["rest_fisher_trace"] = (
+                traces
             )
+        if dimensions is not None:
+            (
+                record["frontal_lobe_effective_dimension"],
+                record["rest_effective_dimension"],
+            ) = dimensions
         self.records.append(record)
-        logs.update({k: float(v) for k, v in record.items() if k not in ("epoch", "phase")})
+        logs.update(
+            {
+                k: float(v)
+                for k, v in record.items()
+                if k not in ("epoch", "phase")
+            }
+        )

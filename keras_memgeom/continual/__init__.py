@@ -22,26 +22,55 @@ from keras_memgeom.continual.frontal_lobe import FrontalLobe
 from keras_memgeom.continual.harness import Harness
 from keras_memgeom.continual.image_dataset import ImageDataset
 from keras_memgeom.continual.joint import Joint
-from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.masked_logits import MaskedLogits
+from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.online import Online
 from keras_memgeom.continual.online_ewc import OnlineEWC
 from keras_memgeom.continual.plots import plot_results
-from keras_memgeom.continual.results import (
-    RESULTS_SCHEMA,
-    format_table,
-    load_results,
-    make_document,
-    save_results,
-    summarize_runs,
-    validate_results,
-)
-from keras_memgeom.continual.strategy import (
-    Strategy,
-    TaskContext,
-    available_strategies,
-    get_strategy,
-    get_strategy_class,
-    register_strategy,
-)
-from keras_memgeom.continual.task_stream import Task, TaskStream
+from keras_memgeom.continual.results import RESULTS_SCHEMA
+from keras_memgeom.continual.results import format_table
+from keras_memgeom.continual.results import load_results
+from keras_memgeom.continual.results import make_document
+from keras_memgeom.continual.results import save_results
+from keras_memgeom.continual.results import summarize_runs
+from keras_memgeom.continual.results import validate_results
+from keras_memgeom.continual.strategy import Strategy
+from keras_memgeom.continual.strategy import TaskContext
+from keras_memgeom.continual.strategy import available_strategies
+from keras_memgeom.continual.strategy import get_strategy
+from keras_memgeom.continual.strategy import get_strategy_class
+from keras_memgeom.continual.strategy import register_strategy
+from keras_memgeom.continual.task_stream import Task
+from keras_memgeom.continual.task_stream import TaskStream
+
+__all__ = [
+    "EWC",
+    "Finetune",
+    "FrontalLobe",
+    "Harness",
+    "ImageDataset",
+    "Joint",
+    "MaskedLogits",
+    "MemoryStrategy",
+    "Online",
+    "OnlineEWC",
+    "RESULTS_SCHEMA",
+    "Strategy",
+    "Task",
+    "TaskContext",
+    "TaskStream",
+    "available_strategies",
+    "classifier",
+    "continual",
+    "format_table",
+    "get_strategy",
+    "get_strategy_class",
+    "load_results",
+    "make_document",
+    "metrics",
+    "plot_results",
+    "register_strategy",
+    "save_results",
+    "summarize_runs",
+    "validate_results",
+]

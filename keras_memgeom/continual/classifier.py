@@ -29,6 +29,8 @@ def classifier(stream, *, width=400, depth=2):
     inputs = keras.Input(stream.input_shape, name="inputs")
     hidden = keras.layers.Flatten(name="flatten")(inputs)
     for i in range(depth):
-        hidden = keras.layers.Dense(width, activation="relu", name=f"hidden_{i}")(hidden)
+        hidden = keras.layers.Dense(
+            width, activation="relu", name=f"hidden_{i}"
+        )(hidden)
     logits = keras.layers.Dense(stream.num_outputs, name="logits")(hidden)
     return keras.Model(inputs, logits, name="classifier")

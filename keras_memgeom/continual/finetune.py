@@ -1,6 +1,7 @@
 """Fine-tuning: learn each task in turn with nothing to protect the old."""
 
-from keras_memgeom.continual.strategy import Strategy, register_strategy
+from keras_memgeom.continual.strategy import Strategy
+from keras_memgeom.continual.strategy import register_strategy
 
 
 @register_strategy

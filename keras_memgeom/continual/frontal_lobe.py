@@ -3,7 +3,8 @@
 import keras_memgeom
 from keras_memgeom.callbacks.consolidate import Consolidate
 from keras_memgeom.continual.classifier import classifier
-from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH, MemoryStrategy
+from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
+from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
 from keras_memgeom.training.frontal_lobe import ESTIMATORS
 from keras_memgeom.utils.checks import check_number
@@ -63,14 +64,24 @@ class FrontalLobe(MemoryStrategy):
             raise ValueError(
                 "frontal-lobe consolidates inside `fit`, so it takes a numeric strength, not 'auto'."
             )
-        super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
-        decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
+        super().__init__(
+            strength=strength,
+            estimator=estimator,
+            fisher_examples=fisher_examples,
+        )
+        decay = check_number(
+            "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
+        )
         if information_estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown information_estimator {information_estimator!r}; expected one of {ESTIMATORS}."
             )
         fraction = check_number(
-            "fraction", fraction, minimum=0.0, inclusive_minimum=False, maximum=1.0
+            "fraction",
+            fraction,
+            minimum=0.0,
+            inclusive_minimum=False,
+            maximum=1.0,
         )
         information_strength = check_number(
             "information_strength", information_strength, minimum=0.0
@@ -88,7 +99,11 @@ class FrontalLobe(MemoryStrategy):
         return keras_memgeom.Model(base.input, base.output, name=base.name)
 
     def compile(self, model, *, optimizer, loss):
-        hidden = [layer.name for layer in model.layers if layer.name.startswith("hidden_")]
+        hidden = [
+            layer.name
+            for layer in model.layers
+            if layer.name.startswith("hidden_")
+        ]
         frontal_lobe = keras_memgeom.FrontalLobe(
             hidden,
             fraction=self.fraction,

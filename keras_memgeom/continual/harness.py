@@ -7,9 +7,11 @@ import time
 import keras
 import numpy as np
 
-from keras_memgeom.continual import metrics, results
+from keras_memgeom.continual import metrics
+from keras_memgeom.continual import results
 from keras_memgeom.continual.masked_logits import MaskedLoss
-from keras_memgeom.continual.strategy import Strategy, TaskContext
+from keras_memgeom.continual.strategy import Strategy
+from keras_memgeom.continual.strategy import TaskContext
 from keras_memgeom.utils.checks import check_number
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -96,9 +98,13 @@ class Harness:
             ("repeats", repeats),
         ):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+                raise ValueError(
+                    f"{name} must be a positive int, got {value!r}."
+                )
         if not strength_grid:
-            raise ValueError(f"strength_grid must hold positive numbers, got {strength_grid!r}.")
+            raise ValueError(
+                f"strength_grid must hold positive numbers, got {strength_grid!r}."
+            )
         self.stream = stream
         self.width = width
         self.epochs = epochs
@@ -107,18 +113,29 @@ class Harness:
             "learning_rate", learning_rate, minimum=0.0, inclusive_minimum=False
         )
         self.strength_grid = tuple(
-            check_number("strength_grid", s, minimum=0.0, inclusive_minimum=False)
+            check_number(
+                "strength_grid", s, minimum=0.0, inclusive_minimum=False
+            )
             for s in strength_grid
         )
         self.prior_precision = check_number(
-            "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+            "prior_precision",
+            prior_precision,
+            minimum=0.0,
+            inclusive_minimum=False,
         )
-        if not (model is None or isinstance(model, keras.Model) or callable(model)):
+        if not (
+            model is None or isinstance(model, keras.Model) or callable(model)
+        ):
             raise ValueError(
                 f"model must be a Keras model or a function that builds one, got {model!r}."
             )
-        if not (compile is None or isinstance(compile, dict) or callable(compile)):
-            raise ValueError(f"compile must be a dict or a callable, got {compile!r}.")
+        if not (
+            compile is None or isinstance(compile, dict) or callable(compile)
+        ):
+            raise ValueError(
+                f"compile must be a dict or a callable, got {compile!r}."
+            )
         self.model = model
         self.compile_hook = compile
         self.seed = seed
@@ -177,7 +194,9 @@ class Harness:
         if self.progress_bar:
             num_tasks = len(self.stream.tasks)
             bar = keras.utils.Progbar(
-                len(plan) * num_tasks, unit_name="task", stateful_metrics=["seen acc"]
+                len(plan) * num_tasks,
+                unit_name="task",
+                stateful_metrics=["seen acc"],
             )
             bar.update(len(runs) * num_tasks)
         for key, strategy, seed in plan:
@@ -209,8 +228,14 @@ class Harness:
                     variants.append((f"{strategy.name}@{strength:g}", variant))
             for label, variant in variants:
                 for repeat in range(self.repeats):
-                    key = label if self.repeats == 1 else f"{label}#seed{self.seed + repeat}"
-                    plan.append((key, copy.deepcopy(variant), self.seed + repeat))
+                    key = (
+                        label
+                        if self.repeats == 1
+                        else f"{label}#seed{self.seed + repeat}"
+                    )
+                    plan.append(
+                        (key, copy.deepcopy(variant), self.seed + repeat)
+                    )
         return plan
 
     def document(self, plan, runs):
@@ -249,7 +274,11 @@ class Harness:
         kept = {}
         for key, strategy, _ in plan:
             run = previous["methods"].get(key)
-            if run is None or run.get("tasks_done", config["num_tasks"]) < config["num_tasks"]:
+            if (
+                run is None
+                or run.get("tasks_done", config["num_tasks"])
+                < config["num_tasks"]
+            ):
                 continue
             if run["config"] != _as_json(strategy.get_config()):
                 raise ValueError(
@@ -271,12 +300,17 @@ class Harness:
         if len(set(names)) != len(names):
             raise ValueError(f"Each method may appear once, got {names}.")
         for strategy in strategies:
-            if strategy.strength == "auto" and not all(len(t.y_val) for t in self.stream.tasks):
+            if strategy.strength == "auto" and not all(
+                len(t.y_val) for t in self.stream.tasks
+            ):
                 raise ValueError(
                     f"{strategy.name}: strength 'auto' needs validation splits; "
                     "make the stream with validation_split > 0."
                 )
-            if self.model is not None and type(strategy).build_model is not Strategy.build_model:
+            if (
+                self.model is not None
+                and type(strategy).build_model is not Strategy.build_model
+            ):
                 raise ValueError(
                     f"{strategy.name} builds its own model, so it cannot train the model "
                     "given to the harness."
@@ -336,7 +370,10 @@ class Harness:
                 f"{label}: task {index + 1}/{len(tasks)} done, mean accuracy "
                 f"on tasks so far {matrix[index, : index + 1].mean():.3f}"
             )
-            wall_times = [a + b for a, b in zip(times["train"], times["memory"], strict=True)]
+            wall_times = [
+                a + b
+                for a, b in zip(times["train"], times["memory"], strict=True)
+            ]
             entry = {
                 "method": label,
                 "config": strategy.get_config(),
@@ -370,10 +407,14 @@ class Harness:
         else:
             model = self.model()
             if not isinstance(model, keras.Model):
-                raise ValueError(f"The model function returned {model!r}, not a Keras model.")
+                raise ValueError(
+                    f"The model function returned {model!r}, not a Keras model."
+                )
         if not model.built:
             model.build((None, *self.stream.input_shape))
-        shape = tuple(model.compute_output_shape((None, *self.stream.input_shape)))
+        shape = tuple(
+            model.compute_output_shape((None, *self.stream.input_shape))
+        )
         if shape[1:] != (self.stream.num_outputs,):
             raise ValueError(
                 f"Model {model.name!r} maps inputs {self.stream.input_shape} to outputs "
@@ -386,7 +427,9 @@ class Harness:
         """Fits one task; returns its context, with the strength used."""
         strength = strategy.strength
         if strength != "auto" or strategy.memory is None:
-            context = self._context(index, None if strength == "auto" else strength)
+            context = self._context(
+                index, None if strength == "auto" else strength
+            )
             self._fit(model, strategy, context)
             return context
         start = model.get_weights()
@@ -406,7 +449,9 @@ class Harness:
         return best[1]
 
     def _context(self, index, strength):
-        return TaskContext(self.stream, index, strength, self._compile_args()["loss"])
+        return TaskContext(
+            self.stream, index, strength, self._compile_args()["loss"]
+        )
 
     def _compile_args(self):
         """A fresh optimizer and the loss, from the `compile` hook."""
@@ -414,25 +459,35 @@ class Harness:
         args = dict(hook() if callable(hook) else hook or {})
         unknown = set(args) - {"optimizer", "loss"}
         if unknown:
-            raise ValueError(f"compile takes optimizer and loss, got {sorted(unknown)}.")
-        optimizer = args.get("optimizer") or keras.optimizers.Adam(self.learning_rate)
+            raise ValueError(
+                f"compile takes optimizer and loss, got {sorted(unknown)}."
+            )
+        optimizer = args.get("optimizer") or keras.optimizers.Adam(
+            self.learning_rate
+        )
         if isinstance(optimizer, keras.optimizers.Optimizer):
             # An optimizer holds state of one model: a new one per task.
             optimizer = type(optimizer).from_config(optimizer.get_config())
-        loss = args.get("loss") or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        loss = args.get("loss") or keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True
+        )
         return {"optimizer": keras.optimizers.get(optimizer), "loss": loss}
 
     def _fit(self, model, strategy, context):
         args = self._compile_args()
         classes = context.task.classes
         if classes is not None:
-            args["loss"] = MaskedLoss(args["loss"], classes, self.stream.num_outputs)
+            args["loss"] = MaskedLoss(
+                args["loss"], classes, self.stream.num_outputs
+            )
         strategy.compile(model, **args)
         strategy.before_task(model, context)
         x, y = strategy.training_data(context)
         callbacks = list(strategy.callbacks(context))
         if self.progress:
-            callbacks.append(_Progress(self.progress, strategy, context, self.epochs))
+            callbacks.append(
+                _Progress(self.progress, strategy, context, self.epochs)
+            )
         model.fit(
             x,
             y,
@@ -465,7 +520,11 @@ class Harness:
 def _model_name(model):
     if model is None:
         return "mlp"
-    return model.name if isinstance(model, keras.Model) else getattr(model, "__name__", "custom")
+    return (
+        model.name
+        if isinstance(model, keras.Model)
+        else getattr(model, "__name__", "custom")
+    )
 
 
 def _as_json(value):
@@ -486,4 +545,6 @@ class _Progress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss", float("nan"))
-        self.report(f"{self.prefix} epoch {epoch + 1}/{self.epochs} loss {loss:.4f}")
+        self.report(
+            f"{self.prefix} epoch {epoch + 1}/{self.epochs} loss {loss:.4f}"
+        )

@@ -90,7 +90,9 @@ class ImageDataset:
             return _load_tfds(name)
         if name.endswith(".npz"):
             return _load_npz(name, seed)
-        raise ValueError(f"Unknown data set {name!r}. Choose one of: {', '.join(DATASETS)}.")
+        raise ValueError(
+            f"Unknown data set {name!r}. Choose one of: {', '.join(DATASETS)}."
+        )
 
 
 def as_images(x):
@@ -113,14 +115,21 @@ def _load_npz(path, seed):
             x, y = as_images(arrays["x"]), np.asarray(arrays["y"])
     except (OSError, EOFError) as error:
         raise ValueError(f"Cannot read data set {path!r}: {error}") from error
-    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
+    if (
+        x.ndim != 4
+        or y.ndim != 1
+        or len(x) != len(y)
+        or not np.issubdtype(y.dtype, np.integer)
+    ):
         raise ValueError(
             f"Data set {path!r}: expected images x of shape (N, H, W[, C]) and integer "
             f"labels y of shape (N,), got x {x.shape} and y {y.shape} {y.dtype}."
         )
     num_test = int(round(0.2 * len(y)))
     if num_test < 1 or num_test == len(y):
-        raise ValueError(f"Data set {path!r} has too few examples ({len(y)}) to split.")
+        raise ValueError(
+            f"Data set {path!r} has too few examples ({len(y)}) to split."
+        )
     return _split(path, x, y, num_test, seed)
 
 

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from keras_memgeom.continual.strategy import Strategy, register_strategy
+from keras_memgeom.continual.strategy import Strategy
+from keras_memgeom.continual.strategy import register_strategy
 
 
 @register_strategy

@@ -38,7 +38,11 @@ class MaskedLogits(keras.layers.Layer):
         return logits + keras.ops.cast(self._offset, logits.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "classes": self.classes, "num_outputs": self.num_outputs}
+        return {
+            **super().get_config(),
+            "classes": self.classes,
+            "num_outputs": self.num_outputs,
+        }
 
 
 def masked_model(model, classes, num_outputs):
@@ -68,7 +72,9 @@ def masked_model(model, classes, num_outputs):
             f"Task-incremental streams mask the logits of model {model.name!r}, which needs "
             "a functional or Sequential model with known inputs."
         )
-    masked = MaskedLogits(classes, num_outputs, name="masked_logits")(outputs[0])
+    masked = MaskedLogits(classes, num_outputs, name="masked_logits")(
+        outputs[0]
+    )
     # One input as a tensor, not a list: the model is called on arrays.
     inputs = inputs[0] if len(inputs) == 1 else inputs
     return keras.Model(inputs, masked, name=f"{model.name}_masked")

@@ -2,8 +2,10 @@
 
 import keras_memgeom
 from keras_memgeom.continual.strategy import Strategy
-from keras_memgeom.memory.fisher import ESTIMATORS, STRUCTURES
-from keras_memgeom.utils.checks import check_number, check_positive_int
+from keras_memgeom.memory.fisher import ESTIMATORS
+from keras_memgeom.memory.fisher import STRUCTURES
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 DEFAULT_STRENGTH = 100.0
 
@@ -41,10 +43,17 @@ class MemoryStrategy(Strategy):
     """
 
     def __init__(
-        self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, structure="diagonal"
+        self,
+        *,
+        strength=DEFAULT_STRENGTH,
+        estimator="exact",
+        fisher_examples=None,
+        structure="diagonal",
     ):
         if not (isinstance(strength, str) and strength in ("auto", "sweep")):
-            strength = check_number("strength", strength, minimum=0.0, inclusive_minimum=False)
+            strength = check_number(
+                "strength", strength, minimum=0.0, inclusive_minimum=False
+            )
         if estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown Fisher estimator {estimator!r}. Choose one of: {', '.join(ESTIMATORS)}."

@@ -21,7 +21,11 @@ import numpy as np
 
 def _matrix(accuracy_matrix):
     matrix = np.asarray(accuracy_matrix, dtype="float64")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or not matrix.size:
+    if (
+        matrix.ndim != 2
+        or matrix.shape[0] != matrix.shape[1]
+        or not matrix.size
+    ):
         raise ValueError(
             f"The accuracy matrix must be square and non-empty, got shape {matrix.shape}."
         )
@@ -75,7 +79,9 @@ def forgetting(accuracy_matrix):
     matrix = _matrix(accuracy_matrix)
     if len(matrix) < 2:
         return None
-    drops = [matrix[j:-1, j].max() - matrix[-1, j] for j in range(len(matrix) - 1)]
+    drops = [
+        matrix[j:-1, j].max() - matrix[-1, j] for j in range(len(matrix) - 1)
+    ]
     return float(np.mean(drops))
 
 

@@ -1,7 +1,8 @@
 """Online consolidation: one Fisher memory, merged after each task."""
 
 import keras_memgeom
-from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH, MemoryStrategy
+from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
+from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
 from keras_memgeom.utils.checks import check_number
 
@@ -42,9 +43,14 @@ class Online(MemoryStrategy):
         decay=1.0,
     ):
         super().__init__(
-            strength=strength, estimator=estimator, fisher_examples=fisher_examples, structure=structure
+            strength=strength,
+            estimator=estimator,
+            fisher_examples=fisher_examples,
+            structure=structure,
         )
-        self.decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
+        self.decay = check_number(
+            "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
+        )
 
     def consolidate(self, memories, memory):
         if not memories:

@@ -1,7 +1,8 @@
 """Online EWC: one running importance, anchored at the latest weights."""
 
 import keras_memgeom
-from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH, MemoryStrategy
+from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
+from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
 from keras_memgeom.utils.checks import check_number
 
@@ -37,21 +38,36 @@ class OnlineEWC(MemoryStrategy):
     name = "online-ewc"
 
     def __init__(
-        self, *, strength=DEFAULT_STRENGTH, estimator="exact", fisher_examples=None, gamma=1.0
+        self,
+        *,
+        strength=DEFAULT_STRENGTH,
+        estimator="exact",
+        fisher_examples=None,
+        gamma=1.0,
     ):
-        super().__init__(strength=strength, estimator=estimator, fisher_examples=fisher_examples)
-        self.gamma = check_number("gamma", gamma, minimum=0.0, inclusive_minimum=False, maximum=1.0)
+        super().__init__(
+            strength=strength,
+            estimator=estimator,
+            fisher_examples=fisher_examples,
+        )
+        self.gamma = check_number(
+            "gamma", gamma, minimum=0.0, inclusive_minimum=False, maximum=1.0
+        )
 
     def consolidate(self, memories, memory):
         if not memories:
             return [memory]
         previous = memories[0].fisher
         importance = {
-            path: self.gamma * previous[path] + fisher for path, fisher in memory.fisher.items()
+            path: self.gamma * previous[path] + fisher
+            for path, fisher in memory.fisher.items()
         }
         return [
             keras_memgeom.FisherMemory(
-                memory.anchor, importance, memory.num_examples, estimator=memory.estimator
+                memory.anchor,
+                importance,
+                memory.num_examples,
+                estimator=memory.estimator,
             )
         ]
 

@@ -4,6 +4,7 @@ import os
 import re
 
 import numpy as np
+
 from keras_memgeom.continual.results import summarize_runs
 from keras_memgeom.utils.atomic_write import atomic_write
 from keras_memgeom.utils.figures import new_figure
@@ -36,7 +37,9 @@ def plot_results(document, directory):
     for name, run in runs.items():
         if "average_accuracy" not in run:
             continue
-        file_name = re.sub(r"[^A-Za-z0-9_.@-]", "_", f"accuracy_matrix_{name}.png")
+        file_name = re.sub(
+            r"[^A-Za-z0-9_.@-]", "_", f"accuracy_matrix_{name}.png"
+        )
         paths.append(_save(_heat_map(name, run), directory, file_name))
     summary = document.get("summary") or summarize_runs(runs)["summary"]
     paths.append(
@@ -47,7 +50,9 @@ def plot_results(document, directory):
         )
     )
     with_memory = {
-        n: r for n, r in runs.items() if any(d is not None for d in r["effective_dimension"])
+        n: r
+        for n, r in runs.items()
+        if any(d is not None for d in r["effective_dimension"])
     }
     if with_memory:
         paths.append(
@@ -68,7 +73,10 @@ def plot_results(document, directory):
 def _heat_map(name, run):
     matrix = np.asarray(run["accuracy_matrix"])
     num_tasks = len(matrix)
-    figure = new_figure(figsize=(1.2 + 0.55 * num_tasks, 1.0 + 0.5 * num_tasks), layout="constrained")
+    figure = new_figure(
+        figsize=(1.2 + 0.55 * num_tasks, 1.0 + 0.5 * num_tasks),
+        layout="constrained",
+    )
     axes = figure.add_subplot()
     image = axes.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     if num_tasks <= 12:
@@ -101,7 +109,12 @@ def _mean_curves(summary, label, document):
         std = np.asarray(entry["average_accuracy_curve"]["std"])
         steps = np.arange(1, len(mean) + 1)
         runs = len(entry["runs"])
-        axes.plot(steps, mean, marker="o", label=name if runs == 1 else f"{name} ({runs} seeds)")
+        axes.plot(
+            steps,
+            mean,
+            marker="o",
+            label=name if runs == 1 else f"{name} ({runs} seeds)",
+        )
         if runs > 1:
             axes.fill_between(steps, mean - std, mean + std, alpha=0.2)
     _decorate(axes, label, document)
@@ -110,7 +123,9 @@ def _mean_curves(summary, label, document):
 
 def _decorate(axes, label, document):
     config = document["config"]
-    axes.set_title(f"{config['scenario']} {config['dataset']}, {config['num_tasks']} tasks")
+    axes.set_title(
+        f"{config['scenario']} {config['dataset']}, {config['num_tasks']} tasks"
+    )
     axes.set_xlabel("tasks trained")
     axes.set_ylabel(label)
     axes.xaxis.get_major_locator().set_params(integer=True)

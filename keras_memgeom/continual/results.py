@@ -81,7 +81,11 @@ _METHOD_SCHEMA = {
             "minItems": 1,
             "items": {"type": "array", "minItems": 1, "items": _PROBABILITY},
         },
-        "initial_accuracy": {"type": "array", "minItems": 1, "items": _PROBABILITY},
+        "initial_accuracy": {
+            "type": "array",
+            "minItems": 1,
+            "items": _PROBABILITY,
+        },
         "average_accuracy": _PROBABILITY,
         "average_accuracy_curve": {"type": "array", "items": _PROBABILITY},
         "backward_transfer": _TRANSFER,
@@ -103,13 +107,24 @@ RESULTS_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "keras_memgeom continual-learning results",
     "type": "object",
-    "required": ["schema_version", "created", "backend", "versions", "seed", "config", "methods"],
+    "required": [
+        "schema_version",
+        "created",
+        "backend",
+        "versions",
+        "seed",
+        "config",
+        "methods",
+    ],
     "properties": {
         "schema_version": {"enum": [1, SCHEMA_VERSION]},
         "complete": {"type": "boolean"},
         "created": {"type": "string"},
         "backend": {"type": "string"},
-        "versions": {"type": "object", "additionalProperties": {"type": "string"}},
+        "versions": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+        },
         "seed": {"type": "integer"},
         "config": {
             "type": "object",
@@ -158,21 +173,31 @@ def schema_errors(instance, schema, path="$"):
     if types is not None:
         types = [types] if isinstance(types, str) else types
         if not any(_TYPES[t](instance) for t in types):
-            return [f"{path}: expected {' or '.join(types)}, got {type(instance).__name__}"]
+            return [
+                f"{path}: expected {' or '.join(types)}, got {type(instance).__name__}"
+            ]
     errors = []
     if "enum" in schema and instance not in schema["enum"]:
         errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
     if _TYPES["number"](instance):
         if "minimum" in schema and instance < schema["minimum"]:
-            errors.append(f"{path}: {instance} is below the minimum {schema['minimum']}")
+            errors.append(
+                f"{path}: {instance} is below the minimum {schema['minimum']}"
+            )
         if "maximum" in schema and instance > schema["maximum"]:
-            errors.append(f"{path}: {instance} is above the maximum {schema['maximum']}")
+            errors.append(
+                f"{path}: {instance} is above the maximum {schema['maximum']}"
+            )
     if isinstance(instance, dict):
         errors += [
-            f"{path}: missing {key!r}" for key in schema.get("required", []) if key not in instance
+            f"{path}: missing {key!r}"
+            for key in schema.get("required", [])
+            if key not in instance
         ]
         if len(instance) < schema.get("minProperties", 0):
-            errors.append(f"{path}: needs at least {schema['minProperties']} entries")
+            errors.append(
+                f"{path}: needs at least {schema['minProperties']} entries"
+            )
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         for key, value in instance.items():
@@ -233,9 +258,13 @@ def _progress_errors(document):
             if len(run[key]) != done
         ]
         if done == num_tasks:
-            errors += [f"{path}: missing {key!r}" for key in _SUMMARY if key not in run]
+            errors += [
+                f"{path}: missing {key!r}" for key in _SUMMARY if key not in run
+            ]
         elif complete:
-            errors.append(f"{path}: {done} of {num_tasks} tasks done in a complete document")
+            errors.append(
+                f"{path}: {done} of {num_tasks} tasks done in a complete document"
+            )
     if complete:
         if not document["methods"]:
             errors.append("$.methods: needs at least 1 entries")
@@ -263,15 +292,21 @@ def make_document(config, seed, runs):
     backend = keras.backend.backend()
     versions = {"python": platform.python_version()}
     for module in ("numpy", "keras", "keras_memgeom", backend):
-        versions[module] = str(getattr(importlib.import_module(module), "__version__", "unknown"))
+        versions[module] = str(
+            getattr(importlib.import_module(module), "__version__", "unknown")
+        )
     planned = config.get("methods", list(runs))
     complete = bool(planned) and all(
-        name in runs and runs[name].get("tasks_done", config["num_tasks"]) == config["num_tasks"]
+        name in runs
+        and runs[name].get("tasks_done", config["num_tasks"])
+        == config["num_tasks"]
         for name in planned
     )
     document = {
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(
+            timespec="seconds"
+        ),
         "backend": backend,
         "versions": versions,
         "seed": seed,
@@ -284,8 +319,13 @@ def make_document(config, seed, runs):
     return document
 
 
-_SPREAD = ("average_accuracy", "backward_transfer", "forward_transfer", "forgetting",
-           "learning_accuracy")
+_SPREAD = (
+    "average_accuracy",
+    "backward_transfer",
+    "forward_transfer",
+    "forgetting",
+    "learning_accuracy",
+)
 
 
 def run_group(key):
@@ -321,7 +361,9 @@ def summarize_runs(runs):
             "init_seeds": [run.get("init_seed") for _, run in members],
         }
         for metric in _SPREAD:
-            values = [run[metric] for _, run in members if run.get(metric) is not None]
+            values = [
+                run[metric] for _, run in members if run.get(metric) is not None
+            ]
             entry[metric] = _spread(values) if values else None
         curves = np.array([run["average_accuracy_curve"] for _, run in members])
         entry["average_accuracy_curve"] = {
@@ -329,7 +371,9 @@ def summarize_runs(runs):
             "std": _std(curves).tolist(),
         }
         for part in ("train", "memory", "eval"):
-            times = [sum(run.get(f"{part}_time_per_task", [])) for _, run in members]
+            times = [
+                sum(run.get(f"{part}_time_per_task", [])) for _, run in members
+            ]
             entry[f"{part}_time"] = float(np.mean(times))
         summary[group] = entry
     sweep = {}
@@ -340,21 +384,36 @@ def summarize_runs(runs):
         strength = groups[group][0][1]["config"].get("strength")
         accuracy = entry["average_accuracy"]
         sweep.setdefault(method, {"grid": []})["grid"].append(
-            {"strength": strength, "average_accuracy": accuracy["mean"], "std": accuracy["std"]}
+            {
+                "strength": strength,
+                "average_accuracy": accuracy["mean"],
+                "std": accuracy["std"],
+            }
         )
     for method, entry in sweep.items():
         best = max(entry["grid"], key=lambda point: point["average_accuracy"])
-        entry["best"] = {"strength": best["strength"], "average_accuracy": best["average_accuracy"]}
+        entry["best"] = {
+            "strength": best["strength"],
+            "average_accuracy": best["average_accuracy"],
+        }
     return {"summary": summary, "sweep": sweep}
 
 
 def _std(values):
     values = np.asarray(values, "float64")
-    return values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+    return (
+        values.std(axis=0, ddof=1)
+        if len(values) > 1
+        else np.zeros(values.shape[1:])
+    )
 
 
 def _spread(values):
-    return {"mean": float(np.mean(values)), "std": float(_std(values)), "values": list(values)}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(_std(values)),
+        "values": list(values),
+    }
 
 
 def save_results(document, path):
@@ -397,7 +456,10 @@ def format_table(document):
         sweep adds one line per swept method with every grid point and
         the best.
     """
-    summary = document.get("summary") or summarize_runs(document["methods"])["summary"]
+    summary = (
+        document.get("summary")
+        or summarize_runs(document["methods"])["summary"]
+    )
     if any(len(entry["runs"]) > 1 for entry in summary.values()):
         lines = _table(*_group_rows(document, summary))
     else:
@@ -405,7 +467,8 @@ def format_table(document):
     sweep = document.get("sweep") or {}
     for method, entry in sweep.items():
         points = ", ".join(
-            f"{p['strength']:g}: {p['average_accuracy']:.3f}" for p in entry["grid"]
+            f"{p['strength']:g}: {p['average_accuracy']:.3f}"
+            for p in entry["grid"]
         )
         best = entry["best"]
         lines.append(
@@ -420,14 +483,26 @@ _TIMES = ("train s", "mem s", "eval s")
 
 def _run_rows(document):
     num_tasks = document["config"]["num_tasks"]
-    header = ("method", "avg acc", "BWT", "FWT", "forget", "learn acc", "eff dim", "strength",
-              "time s", *_TIMES)
+    header = (
+        "method",
+        "avg acc",
+        "BWT",
+        "FWT",
+        "forget",
+        "learn acc",
+        "eff dim",
+        "strength",
+        "time s",
+        *_TIMES,
+    )
     rows = []
     for name, run in document["methods"].items():
         done = run.get("tasks_done", num_tasks)
         rows.append(
             (
-                name if done == num_tasks else f"{name} ({done}/{num_tasks} tasks)",
+                name
+                if done == num_tasks
+                else f"{name} ({done}/{num_tasks} tasks)",
                 _number(run.get("average_accuracy")),
                 _number(run.get("backward_transfer")),
                 _number(run.get("forward_transfer")),
@@ -448,7 +523,16 @@ def _run_rows(document):
 
 
 def _group_rows(document, summary):
-    header = ("method", "runs", "avg acc", "BWT", "FWT", "forget", "learn acc", *_TIMES)
+    header = (
+        "method",
+        "runs",
+        "avg acc",
+        "BWT",
+        "FWT",
+        "forget",
+        "learn acc",
+        *_TIMES,
+    )
     rows = []
     for group, entry in summary.items():
         rows.append(
@@ -456,21 +540,28 @@ def _group_rows(document, summary):
                 group,
                 str(len(entry["runs"])),
                 *(_mean_std(entry[metric]) for metric in _SPREAD),
-                *(f"{entry[f'{part}_time']:.1f}" for part in ("train", "memory", "eval")),
+                *(
+                    f"{entry[f'{part}_time']:.1f}"
+                    for part in ("train", "memory", "eval")
+                ),
             )
         )
     return header, rows
 
 
 def _mean_std(spread):
-    return "-" if spread is None else f"{spread['mean']:.3f}±{spread['std']:.3f}"
+    return (
+        "-" if spread is None else f"{spread['mean']:.3f}±{spread['std']:.3f}"
+    )
 
 
 def _table(header, rows):
     rows = [header, *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        "  ".join(
+            cell.ljust(w) for cell, w in zip(row, widths, strict=True)
+        ).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))

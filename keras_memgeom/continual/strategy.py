@@ -45,7 +45,9 @@ class TaskContext:
         if self.task.classes is None:
             return model
         masked = masked_model(model, self.task.classes, self.stream.num_outputs)
-        loss = self.loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        loss = self.loss or keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True
+        )
         masked.compile(loss=loss)
         return masked
 
@@ -57,7 +59,9 @@ def register_strategy(cls):
         ValueError: if the class has no `name` or the name is taken.
     """
     if not cls.name or cls.name in _STRATEGIES:
-        raise ValueError(f"Strategy name {cls.name!r} is empty or already taken.")
+        raise ValueError(
+            f"Strategy name {cls.name!r} is empty or already taken."
+        )
     _STRATEGIES[cls.name] = cls
     return cls
 
@@ -179,5 +183,7 @@ class Strategy:
         return {"name": self.name}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        args = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_config().items() if k != "name"
+        )
         return f"{type(self).__name__}({args})"

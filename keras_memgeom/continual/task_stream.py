@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from keras_memgeom.continual.image_dataset import ImageDataset, as_images
+from keras_memgeom.continual.image_dataset import ImageDataset
+from keras_memgeom.continual.image_dataset import as_images
 from keras_memgeom.utils.checks import check_number
 
 SCENARIOS = ("permuted", "split", "rotated")
@@ -141,14 +142,19 @@ class TaskStream:
                 f"{', '.join(SPLIT_SCENARIOS)}."
             )
         if not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}.")
+            raise ValueError(
+                f"num_tasks must be a positive int, got {num_tasks!r}."
+            )
         _check_validation_split(validation_split)
         if not isinstance(dataset, ImageDataset):
             dataset = ImageDataset.load(dataset, seed=seed)
         rng = np.random.default_rng(seed)
         x_train, y_train = dataset.x_train, dataset.y_train
         if max_train_examples is not None:
-            x_train, y_train = x_train[:max_train_examples], y_train[:max_train_examples]
+            x_train, y_train = (
+                x_train[:max_train_examples],
+                y_train[:max_train_examples],
+            )
         num_val = int(round(validation_split * len(x_train)))
         splits = (
             (x_train[num_val:], y_train[num_val:]),
@@ -157,7 +163,9 @@ class TaskStream:
         )
         shape = tuple(dataset.image_shape)
         if scenario == "split":
-            stream = cls._split(dataset, splits, num_tasks, split_scenario, seed)
+            stream = cls._split(
+                dataset, splits, num_tasks, split_scenario, seed
+            )
             _check_splits(stream.tasks, validation_split)
             return stream
 
@@ -172,11 +180,24 @@ class TaskStream:
                 arrays = [a for x, y in splits for a in (_rotate(x, angle), y)]
             tasks.append(Task(f"{scenario}-{t}", *arrays))
             _check_splits(tasks[-1:], validation_split)
-        return cls(scenario, dataset.name, tuple(tasks), shape, dataset.num_classes, seed)
+        return cls(
+            scenario,
+            dataset.name,
+            tuple(tasks),
+            shape,
+            dataset.num_classes,
+            seed,
+        )
 
     @classmethod
     def from_arrays(
-        cls, tasks, *, test_split=0.2, validation_split=0.1, name="arrays", seed=0
+        cls,
+        tasks,
+        *,
+        test_split=0.2,
+        validation_split=0.1,
+        name="arrays",
+        seed=0,
     ):
         """Makes a task stream from your own arrays, one entry per task.
 
@@ -210,7 +231,11 @@ class TaskStream:
         if not tasks:
             raise ValueError("from_arrays needs at least one task, got none.")
         test_split = check_number(
-            "test_split", test_split, minimum=0.0, maximum=1.0, inclusive_minimum=False
+            "test_split",
+            test_split,
+            minimum=0.0,
+            maximum=1.0,
+            inclusive_minimum=False,
         )
         if test_split == 1.0:
             raise ValueError("`test_split` must be < 1, got 1.0.")
@@ -223,7 +248,10 @@ class TaskStream:
                     f"Task {t} must be (x, y) or (x_train, y_train, x_test, y_test), "
                     f"got {len(arrays)} arrays."
                 )
-            pairs = [_as_pair(t, *arrays[i : i + 2]) for i in range(0, len(arrays), 2)]
+            pairs = [
+                _as_pair(t, *arrays[i : i + 2])
+                for i in range(0, len(arrays), 2)
+            ]
             if len(pairs) == 1:
                 x, y = pairs[0]
                 order = rng.permutation(len(y))
@@ -240,11 +268,19 @@ class TaskStream:
                     f"other than task 0's {shape}."
                 )
             if not len(test[1]):
-                raise ValueError(f"Task {t} has no test example; use a larger test_split.")
+                raise ValueError(
+                    f"Task {t} has no test example; use a larger test_split."
+                )
             made.append(Task(f"{name}-{t}", *arrays))
         _check_splits(made, validation_split)
-        num_outputs = int(max(int(np.max(np.concatenate([t.y_train, t.y_test]))) for t in made))
-        return cls("custom", name, tuple(made), tuple(shape), num_outputs + 1, seed)
+        num_outputs = int(
+            max(
+                int(np.max(np.concatenate([t.y_train, t.y_test]))) for t in made
+            )
+        )
+        return cls(
+            "custom", name, tuple(made), tuple(shape), num_outputs + 1, seed
+        )
 
     @classmethod
     def from_datasets(cls, datasets, **kwargs):
@@ -267,11 +303,18 @@ class TaskStream:
         Raises:
             ValueError: for an entry that is neither, or as `from_arrays`.
         """
-        return cls.from_arrays([_dataset_arrays(t, d) for t, d in enumerate(datasets)], **kwargs)
+        return cls.from_arrays(
+            [_dataset_arrays(t, d) for t, d in enumerate(datasets)], **kwargs
+        )
 
     @staticmethod
     def estimate_nbytes(
-        dataset, scenario, num_tasks, *, split_scenario="task", max_train_examples=None
+        dataset,
+        scenario,
+        num_tasks,
+        *,
+        split_scenario="task",
+        max_train_examples=None,
     ):
         """Bytes of float32 inputs that `make` would hold, before making it.
 
@@ -314,10 +357,21 @@ class TaskStream:
             for x, y in splits:
                 keep = (y >= first) & (y < first + per_task)
                 y = y[keep]
-                arrays += [x[keep], y - first if split_scenario == "domain" else y]
-            classes = tuple(range(first, first + per_task)) if split_scenario == "task" else None
-            tasks.append(Task(f"split-{split_scenario}-{t}", *arrays, classes=classes))
-        num_outputs = per_task if split_scenario == "domain" else dataset.num_classes
+                arrays += [
+                    x[keep],
+                    y - first if split_scenario == "domain" else y,
+                ]
+            classes = (
+                tuple(range(first, first + per_task))
+                if split_scenario == "task"
+                else None
+            )
+            tasks.append(
+                Task(f"split-{split_scenario}-{t}", *arrays, classes=classes)
+            )
+        num_outputs = (
+            per_task if split_scenario == "domain" else dataset.num_classes
+        )
         return cls(
             f"split-{split_scenario}",
             dataset.name,
@@ -331,7 +385,9 @@ class TaskStream:
 def _check_splits(tasks, validation_split):
     """Refuses a validation split that leaves a task unusable."""
     for task in tasks:
-        num_classes = len(np.unique(np.concatenate([task.y_train, task.y_val, task.y_test])))
+        num_classes = len(
+            np.unique(np.concatenate([task.y_train, task.y_val, task.y_test]))
+        )
         if len(task.y_train) < num_classes:
             raise ValueError(
                 f"validation_split={validation_split} leaves task {task.name!r} "
@@ -349,7 +405,9 @@ def _check_splits(tasks, validation_split):
 
 def _check_validation_split(validation_split):
     if not 0 <= validation_split < 1:
-        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}.")
+        raise ValueError(
+            f"validation_split must be in [0, 1), got {validation_split!r}."
+        )
 
 
 def _permute(images, order):
@@ -362,8 +420,14 @@ def _as_pair(index, x, y):
     """Checks one task's `(x, y)` and returns them as float32 and int32."""
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
-        raise ValueError(f"Task {index} has {len(x)} inputs but {len(y)} labels.")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ValueError(
+            f"Task {index} has {len(x)} inputs but {len(y)} labels."
+        )
+    if (
+        y.ndim != 1
+        or not np.issubdtype(y.dtype, np.integer)
+        or (len(y) and y.min() < 0)
+    ):
         raise ValueError(
             f"Task {index}: labels must be a 1-D array of class indices >= 0, got "
             f"dtype {y.dtype} and shape {y.shape}."
@@ -375,7 +439,9 @@ def _dataset_arrays(index, data):
     """The arrays of one entry of `from_datasets`."""
     if hasattr(data, "as_dataset") and hasattr(data, "info"):  # A tfds builder.
         return tuple(
-            a for split in ("train", "test") for a in _to_arrays(
+            a
+            for split in ("train", "test")
+            for a in _to_arrays(
                 data.as_dataset(split=split, as_supervised=True)
             )
         )

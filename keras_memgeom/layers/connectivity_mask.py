@@ -29,7 +29,8 @@ def widened_units(units, zero_rate):
     >>> widened_units(64, 0.5)
     128
     """
-    # Rounded first so that float noise (e.g. 10 / 0.7 * 0.7) does not add a unit.
+    # Rounded first so that float noise (e.g. 10 / 0.7 * 0.7) does not add a
+    # unit.
     return math.ceil(round(units / (1.0 - zero_rate), 9))
 
 

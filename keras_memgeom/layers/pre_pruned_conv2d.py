@@ -42,7 +42,12 @@ class PrePrunedConv2D(MaskedKernelMixin, keras.layers.Conv2D):
     """
 
     def __init__(
-        self, filters, kernel_size, zero_rate=0.5, widen=False, seed=None,
+        self,
+        filters,
+        kernel_size,
+        zero_rate=0.5,
+        widen=False,
+        seed=None,
         **kwargs,
     ):
         validate_zero_rate(zero_rate)

@@ -1,15 +1,14 @@
-from keras_memgeom.memory.attach import attach, detach
+from keras_memgeom.memory.attach import attach
+from keras_memgeom.memory.attach import detach
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
-from keras_memgeom.memory.likelihood import (
-    Bernoulli,
-    Categorical,
-    Gaussian,
-    Likelihood,
-    likelihood_from_loss,
-)
+from keras_memgeom.memory.likelihood import Bernoulli
+from keras_memgeom.memory.likelihood import Categorical
+from keras_memgeom.memory.likelihood import Gaussian
+from keras_memgeom.memory.likelihood import Likelihood
+from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.memory.merge import merge
 
 __all__ = [

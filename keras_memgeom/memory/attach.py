@@ -7,7 +7,8 @@ from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
-from keras_memgeom.memory.merge import common_blocks, merge
+from keras_memgeom.memory.merge import common_blocks
+from keras_memgeom.memory.merge import merge
 from keras_memgeom.memory.penalty import penalty_scale
 from keras_memgeom.utils.checks import check_number
 
@@ -49,7 +50,9 @@ class Attachment:
 
     def set_num_train_examples(self, num_train_examples):
         """Rescales the penalty for a loss averaged over `num_train_examples`."""
-        self.scale.assign(penalty_scale(self.num_examples, num_train_examples, self.strength))
+        self.scale.assign(
+            penalty_scale(self.num_examples, num_train_examples, self.strength)
+        )
 
 
 def attach(model, memory, *, num_train_examples, strength=1.0):
@@ -108,7 +111,9 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         m.match(model)
     owners = None if _tracks_memories(model) else _regularizer_attributes(model)
     _remove_regularizers(model)
-    scale = keras.Variable(scale_value, trainable=False, dtype="float32", name="memory_scale")
+    scale = keras.Variable(
+        scale_value, trainable=False, dtype="float32", name="memory_scale"
+    )
     regularizers = []
 
     def add(variable, regularizer):
@@ -134,16 +139,27 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         terms = []
         for m in memories:
             anchor = m.anchor
-            matrix = anchor[kernel].reshape(kernel_matrix_shape(anchor[kernel].shape))
+            matrix = anchor[kernel].reshape(
+                kernel_matrix_shape(anchor[kernel].shape)
+            )
             bias = anchor[block.bias] if block.bias is not None else None
             own = m.kronecker[kernel]
-            terms.append((matrix, bias, own.a, own.g, m.num_examples / num_examples))
+            terms.append(
+                (matrix, bias, own.a, own.g, m.num_examples / num_examples)
+            )
         bias = variables[block.bias] if block.bias is not None else None
         regularizer = KroneckerRegularizer(
-            terms, bias, scale, mask=block.mask, base=variables[kernel].regularizer, like=variables[kernel]
+            terms,
+            bias,
+            scale,
+            mask=block.mask,
+            base=variables[kernel].regularizer,
+            like=variables[kernel],
         )
         add(variables[kernel], regularizer)
-    attachment = Attachment(memories, strength, regularizers, scale, num_examples)
+    attachment = Attachment(
+        memories, strength, regularizers, scale, num_examples
+    )
     object.__setattr__(model, _ATTACHMENT, attachment)
     if _tracks_memories(model):
         model._on_memories_attached(attachment, num_train_examples)
@@ -155,13 +171,19 @@ def _diagonal_parts(memories, blocks):
     """Each memory restricted to the variables no Kronecker block covers."""
     if not blocks:
         return memories
-    covered = set(blocks) | {b.bias for b in blocks.values() if b.bias is not None}
+    covered = set(blocks) | {
+        b.bias for b in blocks.values() if b.bias is not None
+    }
     parts = []
     for m in memories:
         anchor, fisher = m.anchor, m.fisher
         paths = [p for p in m.paths if p not in covered]
         parts.append(
-            FisherMemory({p: anchor[p] for p in paths}, {p: fisher[p] for p in paths}, m.num_examples)
+            FisherMemory(
+                {p: anchor[p] for p in paths},
+                {p: fisher[p] for p in paths},
+                m.num_examples,
+            )
         )
     return parts
 

@@ -37,16 +37,27 @@ def _patches(layer, x, output_shape):
     The last axis is ordered like the kernel `(kh, kw, in, out)`, so the
     per-example kernel gradient is `patches^T g` over positions.
     """
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+    (kh, kw), (sh, sw), (dh, dw) = (
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation_rate,
+    )
     out_h, out_w = output_shape[:2]
     if layer.padding == "same":
         pads = []
-        for size, out, k, s, d in zip(x.shape[1:3], (out_h, out_w), (kh, kw), (sh, sw), (dh, dw)):
+        for size, out, k, s, d in zip(
+            x.shape[1:3], (out_h, out_w), (kh, kw), (sh, sw), (dh, dw)
+        ):
             total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
             pads.append((total // 2, total - total // 2))
         x = ops.pad(x, [(0, 0), *pads, (0, 0)])
     columns = [
-        x[:, i * dh : i * dh + sh * (out_h - 1) + 1 : sh, j * dw : j * dw + sw * (out_w - 1) + 1 : sw, :]
+        x[
+            :,
+            i * dh : i * dh + sh * (out_h - 1) + 1 : sh,
+            j * dw : j * dw + sw * (out_w - 1) + 1 : sw,
+            :,
+        ]
         for i in range(kh)
         for j in range(kw)
     ]
@@ -102,7 +113,9 @@ class DenseTaps:
 
             def call(inputs, training=None):
                 outputs = original(inputs)
-                calls[id(layer)].append((len(inputs.shape), tuple(outputs.shape[1:])))
+                calls[id(layer)].append(
+                    (len(inputs.shape), tuple(outputs.shape[1:]))
+                )
                 return outputs
 
             return call
@@ -111,7 +124,9 @@ class DenseTaps:
             self.model(x, training=False)
         self.layers, self._output_shapes = [], []
         for layer in candidates:
-            if len(calls[id(layer)]) == 1 and calls[id(layer)][0][0] == _tap_rank(layer, self.conv2d):
+            if len(calls[id(layer)]) == 1 and calls[id(layer)][0][
+                0
+            ] == _tap_rank(layer, self.conv2d):
                 self.layers.append(layer)
                 self._output_shapes.append(calls[id(layer)][0][1])
         return self
@@ -127,7 +142,10 @@ class DenseTaps:
         return out
 
     def zeros(self, batch_size, dtype):
-        return [ops.zeros((batch_size, *shape), dtype=dtype) for shape in self._output_shapes]
+        return [
+            ops.zeros((batch_size, *shape), dtype=dtype)
+            for shape in self._output_shapes
+        ]
 
     @contextlib.contextmanager
     def active(self, taps):
@@ -166,23 +184,28 @@ class DenseTaps:
             A list aligned with `variables`.
         """
         out = []
-        for layer, x, g, shape in zip(self.layers, inputs, output_grads, self._output_shapes):
+        for layer, x, g, shape in zip(
+            self.layers, inputs, output_grads, self._output_shapes
+        ):
             if isinstance(layer, keras.layers.Dense):
                 g2 = ops.sum(ops.square(g), axis=0)
-                out.append(_masked(layer, ops.matmul(ops.transpose(ops.square(x)), g2)))
+                out.append(
+                    _masked(layer, ops.matmul(ops.transpose(ops.square(x)), g2))
+                )
                 if layer.use_bias:
                     out.append(ops.sum(g2, axis=0))
                 continue
             # Per-example gradients, (K, batch, kh*kw*in, out): small for
             # the kernels the rule meets, and never per-parameter vmapped.
             g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
-            per_example = ops.einsum("bpi,kbpo->kbio", _patches(layer, x, shape), g)
+            per_example = ops.einsum(
+                "bpi,kbpo->kbio", _patches(layer, x, shape), g
+            )
             kernel = ops.sum(ops.square(per_example), axis=(0, 1))
             out.append(_masked(layer, ops.reshape(kernel, layer.kernel.shape)))
             if layer.use_bias:
                 out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
         return out
-
 
     def kronecker_factors(self, inputs, output_grads):
         """Per-layer batch sums of the K-FAC factors' per-example terms.
@@ -201,7 +224,9 @@ class DenseTaps:
             A list of `(A, G)` sums over the batch, one pair per layer.
         """
         out = []
-        for layer, x, g, shape in zip(self.layers, inputs, output_grads, self._output_shapes):
+        for layer, x, g, shape in zip(
+            self.layers, inputs, output_grads, self._output_shapes
+        ):
             positions = 1
             if not isinstance(layer, keras.layers.Dense):
                 positions = shape[0] * shape[1]

@@ -98,9 +98,13 @@ def estimate_fisher(
             non-finite inputs or Fisher values.
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+        raise ValueError(
+            f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}."
+        )
     if structure not in STRUCTURES:
-        raise ValueError(f"Unknown structure {structure!r}; expected one of {STRUCTURES}.")
+        raise ValueError(
+            f"Unknown structure {structure!r}; expected one of {STRUCTURES}."
+        )
     if structure == "kfac" and estimator == "batched":
         raise ValueError(
             "The `batched` estimator has no per-example gradients to factor: use "
@@ -108,9 +112,13 @@ def estimate_fisher(
         )
     num_samples = check_positive_int("num_samples", num_samples)
     batch_size = check_positive_int("batch_size", batch_size)
-    max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
+    max_examples = check_positive_int(
+        "max_examples", max_examples, allow_none=True
+    )
     backend.check_distribution()
-    likelihood = likelihood or likelihood_from_loss(getattr(model, "loss", None))
+    likelihood = likelihood or likelihood_from_loss(
+        getattr(model, "loss", None)
+    )
     variables = list(model.trainable_variables)
     if not variables:
         raise ValueError(
@@ -123,22 +131,38 @@ def estimate_fisher(
     num_examples = 0
     for x, y in iterate_batches(data, batch_size, max_examples):
         for leaf in keras.tree.flatten(x):
-            if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+            if np.issubdtype(leaf.dtype, np.floating) and not np.all(
+                np.isfinite(leaf)
+            ):
                 raise ValueError("The data holds NaN or infinite inputs.")
         if step is None:
             _check_batch_axis(model, x)
-            step = _cached_step(model, variables, likelihood, estimator, num_samples, x, structure)
+            step = _cached_step(
+                model,
+                variables,
+                likelihood,
+                estimator,
+                num_samples,
+                x,
+                structure,
+            )
         y = likelihood.check_labels(y, step.output_dim)
         batch = len(y)
         noise = None
         if estimator == "sampled":
-            noise = likelihood.draw_noise(rng, batch, step.output_dim, num_samples)
+            noise = likelihood.draw_noise(
+                rng, batch, step.output_dim, num_samples
+            )
             noise = ops.convert_to_tensor(noise.astype("float32"))
-        x, y = backend.distribute_batch(keras.tree.map_structure(ops.convert_to_tensor, (x, y)))
+        x, y = backend.distribute_batch(
+            keras.tree.map_structure(ops.convert_to_tensor, (x, y))
+        )
         sums, checks = step.function([v.value for v in variables], x, y, noise)
         if totals is None:
             # The one host sync before the end: are probabilities probabilities?
-            likelihood.check_outputs([float(ops.convert_to_numpy(c)) for c in checks])
+            likelihood.check_outputs(
+                [float(ops.convert_to_numpy(c)) for c in checks]
+            )
             totals = sums
         else:
             # Totals stay on the device: no host round trip per batch.
@@ -146,11 +170,17 @@ def estimate_fisher(
         # The global batch: on several hosts each contributes its own rows.
         num_examples += int(ops.shape(y)[0])
     if num_examples == 0:
-        raise ValueError("The data is empty: a Fisher memory needs at least one example.")
-    diagonal_totals, factor_totals = totals if structure == "kfac" else (totals, [])
+        raise ValueError(
+            "The data is empty: a Fisher memory needs at least one example."
+        )
+    diagonal_totals, factor_totals = (
+        totals if structure == "kfac" else (totals, [])
+    )
     fisher = {}
     for index, total in zip(step.diagonal, diagonal_totals):
-        fisher[variables[index].path] = _mean(total, num_examples, variables[index].path, "float32")
+        fisher[variables[index].path] = _mean(
+            total, num_examples, variables[index].path, "float32"
+        )
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
@@ -170,12 +200,16 @@ def _kernel_mask(layer):
     """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`."""
     if not isinstance(layer, MaskedKernelMixin):
         return None
-    mask = np.broadcast_to(ops.convert_to_numpy(layer.mask), tuple(layer.kernel.shape))
+    mask = np.broadcast_to(
+        ops.convert_to_numpy(layer.mask), tuple(layer.kernel.shape)
+    )
     return mask.reshape(-1, layer.kernel.shape[-1]).astype("float32")
 
 
 def _mean(total, num_examples, path, dtype):
-    value = np.asarray(ops.convert_to_numpy(total), dtype="float64") / num_examples
+    value = (
+        np.asarray(ops.convert_to_numpy(total), dtype="float64") / num_examples
+    )
     if not np.all(np.isfinite(value)):
         raise ValueError(
             f"The Fisher of {path} is not finite: the model's outputs or weights "
@@ -205,7 +239,9 @@ def _check_batch_axis(model, x):
 class _BatchStep:
     """The compiled per-batch computation for one model and estimator."""
 
-    def __init__(self, model, variables, likelihood, estimator, example_x, structure):
+    def __init__(
+        self, model, variables, likelihood, estimator, example_x, structure
+    ):
         self.model = model
         self.variables = variables
         self.likelihood = likelihood
@@ -216,10 +252,14 @@ class _BatchStep:
         self.fast = [position[id(v)] for v in self.taps.variables]
         self.generic = sorted(set(range(len(variables))) - set(self.fast))
         # The variables whose diagonal the step returns, in its order.
-        self.diagonal = self.generic if structure == "kfac" else list(range(len(variables)))
+        self.diagonal = (
+            self.generic if structure == "kfac" else list(range(len(variables)))
+        )
         outputs = model(example_x, training=False)
         if len(keras.tree.flatten(outputs)) != 1:
-            names = getattr(model, "output_names", None) or len(keras.tree.flatten(outputs))
+            names = getattr(model, "output_names", None) or len(
+                keras.tree.flatten(outputs)
+            )
             raise ValueError(
                 f"A Fisher memory needs a model with one output; this model has "
                 f"outputs {names}. Estimate it on a model with a single output, "
@@ -250,7 +290,9 @@ class _BatchStep:
         if self.estimator == "sampled":
             labels = self.likelihood.sample(outputs, noise)
             num_samples = ops.cast(ops.shape(noise)[0], outputs.dtype)
-            return self.likelihood.score(outputs, labels) * (root / ops.sqrt(num_samples))
+            return self.likelihood.score(outputs, labels) * (
+                root / ops.sqrt(num_samples)
+            )
         labels = self.likelihood.prepare_labels(y, outputs)
         return self.likelihood.score(outputs, labels)[None] * root
 
@@ -268,17 +310,23 @@ class _BatchStep:
             return outputs, list(inputs)
 
         dtype = values[0].dtype
-        outputs, inputs, pullback = backend.linearize(forward, self.taps.zeros(batch, dtype))
+        outputs, inputs, pullback = backend.linearize(
+            forward, self.taps.zeros(batch, dtype)
+        )
         cotangents = ops.stop_gradient(self._cotangents(outputs, y, noise))
         checks = self.likelihood.output_checks(ops.stop_gradient(outputs))
         sums = [None] * len(self.variables)
         generic = []
         if self.generic:
-            generic = self._per_example(values, x, ops.transpose(cotangents, (1, 0, 2)))
+            generic = self._per_example(
+                values, x, ops.transpose(cotangents, (1, 0, 2))
+            )
         if self.structure == "kfac":
             factors = []
             if self.taps.layers:
-                factors = self.taps.kronecker_factors(inputs, pullback(cotangents))
+                factors = self.taps.kronecker_factors(
+                    inputs, pullback(cotangents)
+                )
             return (generic, factors), checks
         if self.taps.layers:
             fast = self.taps.squared_gradients(inputs, pullback(cotangents))
@@ -296,10 +344,14 @@ class _BatchStep:
                 current = list(values)
                 for i, v in zip(self.generic, generic_values):
                     current[i] = v
-                outputs = self._forward(current, keras.tree.map_structure(lambda a: a[None], x_b))
+                outputs = self._forward(
+                    current, keras.tree.map_structure(lambda a: a[None], x_b)
+                )
                 return outputs, ()
 
-            _, _, pullback = backend.linearize(forward, [values[i] for i in self.generic])
+            _, _, pullback = backend.linearize(
+                forward, [values[i] for i in self.generic]
+            )
             grads = pullback(u_b[:, None, :])
             return [ops.sum(ops.square(g), axis=0) for g in grads]
 
@@ -313,7 +365,9 @@ class _BatchStep:
         outputs, _, pullback = backend.linearize(forward, list(values))
         labels = self.likelihood.prepare_labels(y, outputs)
         batch = ops.cast(ops.shape(outputs)[0], outputs.dtype)
-        score = self.likelihood.score(outputs, labels) * self._loss_root(outputs)
+        score = self.likelihood.score(outputs, labels) * self._loss_root(
+            outputs
+        )
         grads = pullback(ops.stop_gradient(score)[None] / batch)
         # batch * (batch-mean gradient)^2 estimates the per-example Fisher; the
         # extra factor `batch` makes the sums average correctly over examples.
@@ -321,7 +375,9 @@ class _BatchStep:
         return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
 
 
-def _cached_step(model, variables, likelihood, estimator, num_samples, example_x, structure):
+def _cached_step(
+    model, variables, likelihood, estimator, num_samples, example_x, structure
+):
     # The number of cotangents is static in a traced step: one step per count.
     key = (
         estimator,
@@ -333,5 +389,7 @@ def _cached_step(model, variables, likelihood, estimator, num_samples, example_x
     )
     steps = _STEPS.setdefault(model, {})
     if key not in steps:
-        steps[key] = _BatchStep(model, variables, likelihood, estimator, example_x, structure)
+        steps[key] = _BatchStep(
+            model, variables, likelihood, estimator, example_x, structure
+        )
     return steps[key]

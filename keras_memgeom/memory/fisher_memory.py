@@ -6,15 +6,17 @@ import numpy as np
 from keras import ops
 
 from keras_memgeom.memory.fisher import estimate_fisher
-from keras_memgeom.memory.memory_file import read_memory_file, write_memory_file
-from keras_memgeom.memory.kronecker import (
-    KroneckerBlock,
-    block_diagonal,
-    kernel_matrix_shape,
-    kronecker_effective_dimension,
-)
-from keras_memgeom.memory.penalty import kronecker_penalty, penalty_scale, quadratic_penalty
-from keras_memgeom.utils.checks import check_number, check_positive_int
+from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker import block_diagonal
+from keras_memgeom.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.memory.kronecker import kronecker_effective_dimension
+from keras_memgeom.memory.memory_file import read_memory_file
+from keras_memgeom.memory.memory_file import write_memory_file
+from keras_memgeom.memory.penalty import kronecker_penalty
+from keras_memgeom.memory.penalty import penalty_scale
+from keras_memgeom.memory.penalty import quadratic_penalty
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 
 class FisherMemory:
@@ -52,9 +54,15 @@ class FisherMemory:
     >>> model.fit(x_b, y_b)
     """
 
-    def __init__(self, anchor, fisher, num_examples, estimator=None, kronecker=None):
-        kronecker = {k: KroneckerBlock(*block) for k, block in (kronecker or {}).items()}
-        in_blocks = set(kronecker) | {b.bias for b in kronecker.values() if b.bias is not None}
+    def __init__(
+        self, anchor, fisher, num_examples, estimator=None, kronecker=None
+    ):
+        kronecker = {
+            k: KroneckerBlock(*block) for k, block in (kronecker or {}).items()
+        }
+        in_blocks = set(kronecker) | {
+            b.bias for b in kronecker.values() if b.bias is not None
+        }
         if set(anchor) != set(fisher) | in_blocks or set(fisher) & in_blocks:
             raise ValueError(
                 "`anchor` and `fisher` must name the same variables (less those in "
@@ -66,7 +74,9 @@ class FisherMemory:
         for path in anchor:
             a = np.array(anchor[path], dtype="float32")
             if not np.all(np.isfinite(a)):
-                raise ValueError(f"The memory of {path} holds NaN or infinite values.")
+                raise ValueError(
+                    f"The memory of {path} holds NaN or infinite values."
+                )
             a.flags.writeable = False
             self._anchor[path] = a
         for path in fisher:
@@ -77,13 +87,17 @@ class FisherMemory:
                     f"Fisher has shape {f.shape}."
                 )
             if not np.all(np.isfinite(f)):
-                raise ValueError(f"The memory of {path} holds NaN or infinite values.")
+                raise ValueError(
+                    f"The memory of {path} holds NaN or infinite values."
+                )
             if np.any(f < 0):
                 raise ValueError(f"The Fisher of {path} has negative entries.")
             # Shared read-only: a memory is a value, and reading it stays O(1).
             f.flags.writeable = False
             self._fisher[path] = f
-        self._kronecker = {path: self._checked_block(path, b) for path, b in kronecker.items()}
+        self._kronecker = {
+            path: self._checked_block(path, b) for path, b in kronecker.items()
+        }
         self._diagonal = None
         self.num_examples = num_examples
         self.estimator = estimator
@@ -91,25 +105,42 @@ class FisherMemory:
     def _checked_block(self, path, block):
         fan_in, units = kernel_matrix_shape(self._anchor[path].shape)
         rows = fan_in + (block.bias is not None)
-        a, g = np.array(block.a, dtype="float64"), np.array(block.g, dtype="float64")
+        a, g = (
+            np.array(block.a, dtype="float64"),
+            np.array(block.g, dtype="float64"),
+        )
         if a.shape != (rows, rows) or g.shape != (units, units):
             raise ValueError(
                 f"The Kronecker factors of {path} must be {(rows, rows)} and "
                 f"{(units, units)}; got {a.shape} and {g.shape}."
             )
-        if block.bias is not None and self._anchor[block.bias].shape != (units,):
-            raise ValueError(f"The bias {block.bias} of {path} does not have shape {(units,)}.")
+        if block.bias is not None and self._anchor[block.bias].shape != (
+            units,
+        ):
+            raise ValueError(
+                f"The bias {block.bias} of {path} does not have shape {(units,)}."
+            )
         mask = None
         if block.mask is not None:
             mask = np.array(block.mask, dtype="float32")
-            if mask.shape != (fan_in, units) or not np.all((mask == 0) | (mask == 1)):
-                raise ValueError(f"The mask of {path} must be a 0/1 array of shape {(fan_in, units)}.")
+            if mask.shape != (fan_in, units) or not np.all(
+                (mask == 0) | (mask == 1)
+            ):
+                raise ValueError(
+                    f"The mask of {path} must be a 0/1 array of shape {(fan_in, units)}."
+                )
             mask.flags.writeable = False
         for name, factor in (("a", a), ("g", g)):
             if not np.all(np.isfinite(factor)):
-                raise ValueError(f"The Kronecker factor {name} of {path} holds NaN or infinite values.")
-            if not np.allclose(factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()):
-                raise ValueError(f"The Kronecker factor {name} of {path} is not symmetric.")
+                raise ValueError(
+                    f"The Kronecker factor {name} of {path} holds NaN or infinite values."
+                )
+            if not np.allclose(
+                factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
+            ):
+                raise ValueError(
+                    f"The Kronecker factor {name} of {path} is not symmetric."
+                )
             factor.flags.writeable = False
         return KroneckerBlock(block.bias, a, g, mask)
 
@@ -165,9 +196,20 @@ class FisherMemory:
             seed=seed,
             structure=structure,
         )
-        fisher, num_examples, kronecker = estimate if structure == "kfac" else (*estimate, None)
-        anchor = {v.path: ops.convert_to_numpy(v.value) for v in model.trainable_variables}
-        return cls(anchor, fisher, num_examples, estimator=estimator, kronecker=kronecker)
+        fisher, num_examples, kronecker = (
+            estimate if structure == "kfac" else (*estimate, None)
+        )
+        anchor = {
+            v.path: ops.convert_to_numpy(v.value)
+            for v in model.trainable_variables
+        }
+        return cls(
+            anchor,
+            fisher,
+            num_examples,
+            estimator=estimator,
+            kronecker=kronecker,
+        )
 
     @property
     def paths(self):
@@ -198,7 +240,9 @@ class FisherMemory:
         if self._diagonal is None:
             fisher = dict(self._fisher)
             for path, block in self._kronecker.items():
-                fisher[path], bias = block_diagonal(block, self._anchor[path].shape)
+                fisher[path], bias = block_diagonal(
+                    block, self._anchor[path].shape
+                )
                 if bias is not None:
                     fisher[block.bias] = bias
             for value in fisher.values():
@@ -215,7 +259,9 @@ class FisherMemory:
         """This memory with its Kronecker blocks replaced by their diagonals."""
         if not self._kronecker:
             return self
-        return FisherMemory(self._anchor, self.fisher, self.num_examples, self.estimator)
+        return FisherMemory(
+            self._anchor, self.fisher, self.num_examples, self.estimator
+        )
 
     def match(self, model):
         """Pairs each remembered variable with a trainable variable of `model`.
@@ -280,16 +326,31 @@ class FisherMemory:
         scale = penalty_scale(self.num_examples, num_train_examples, strength)
         variables = dict(self.match(model))
         terms = [
-            quadratic_penalty(variables[path].value, self._anchor[path], fisher, scale)
+            quadratic_penalty(
+                variables[path].value, self._anchor[path], fisher, scale
+            )
             for path, fisher in self._fisher.items()
         ]
         for path, block in self._kronecker.items():
-            bias = variables[block.bias].value if block.bias is not None else None
-            anchor_bias = self._anchor[block.bias] if block.bias is not None else None
-            anchor = self._anchor[path].reshape(kernel_matrix_shape(self._anchor[path].shape))
+            bias = (
+                variables[block.bias].value if block.bias is not None else None
+            )
+            anchor_bias = (
+                self._anchor[block.bias] if block.bias is not None else None
+            )
+            anchor = self._anchor[path].reshape(
+                kernel_matrix_shape(self._anchor[path].shape)
+            )
             terms.append(
                 kronecker_penalty(
-                    variables[path].value, bias, anchor, anchor_bias, block.a, block.g, scale, block.mask
+                    variables[path].value,
+                    bias,
+                    anchor,
+                    anchor_bias,
+                    block.a,
+                    block.g,
+                    scale,
+                    block.mask,
                 )
             )
         return ops.sum(ops.stack(terms))
@@ -311,11 +372,16 @@ class FisherMemory:
             ValueError: if `prior_precision` is not a finite positive number.
         """
         prior_precision = check_number(
-            "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+            "prior_precision",
+            prior_precision,
+            minimum=0.0,
+            inclusive_minimum=False,
         )
         per_variable = {
             path: float(np.sum(p / (p + prior_precision), dtype="float64"))
-            for path, p in ((k, self.num_examples * f) for k, f in self._fisher.items())
+            for path, p in (
+                (k, self.num_examples * f) for k, f in self._fisher.items()
+            )
         }
         for path, block in self._kronecker.items():
             # A layer's block counts once, under its kernel's path.
@@ -324,12 +390,19 @@ class FisherMemory:
             )
             if block.bias is not None:
                 per_variable[block.bias] = 0.0
-        return sum(per_variable.values()), {p: per_variable[p] for p in self._anchor}
+        return sum(per_variable.values()), {
+            p: per_variable[p] for p in self._anchor
+        }
 
     def save(self, path):
         """Writes the memory to `path` (versioned, atomic, checksummed)."""
         write_memory_file(
-            path, self._anchor, self._fisher, self.num_examples, self.estimator, self._kronecker
+            path,
+            self._anchor,
+            self._fisher,
+            self.num_examples,
+            self.estimator,
+            self._kronecker,
         )
 
     @classmethod
@@ -340,8 +413,16 @@ class FisherMemory:
             FileNotFoundError: if there is no file.
             ValueError: if it is corrupt, truncated or of a newer format.
         """
-        anchor, fisher, num_examples, estimator, kronecker = read_memory_file(path)
-        return cls(anchor, fisher, num_examples, estimator=estimator, kronecker=kronecker)
+        anchor, fisher, num_examples, estimator, kronecker = read_memory_file(
+            path
+        )
+        return cls(
+            anchor,
+            fisher,
+            num_examples,
+            estimator=estimator,
+            kronecker=kronecker,
+        )
 
     def __repr__(self):
         size = sum(a.size for a in self._anchor.values())

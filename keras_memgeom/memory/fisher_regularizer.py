@@ -11,7 +11,10 @@ from keras_memgeom.utils.checks import check_number
 
 def _encode(array):
     array = np.ascontiguousarray(array, dtype="float32")
-    return {"shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode("ascii")}
+    return {
+        "shape": list(array.shape),
+        "data": base64.b64encode(array.tobytes()).decode("ascii"),
+    }
 
 
 def _decode(config):
@@ -31,8 +34,12 @@ def memory_state(value, name, like=None):
     """
     layout = None
     if like is not None and tuple(like.shape) == tuple(np.shape(value)):
-        layout = like._layout  # Keras keeps a variable's distribution layout here
-    return keras.Variable(value, trainable=False, dtype="float32", name=name, layout=layout)
+        layout = (
+            like._layout
+        )  # Keras keeps a variable's distribution layout here
+    return keras.Variable(
+        value, trainable=False, dtype="float32", name=name, layout=layout
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
@@ -73,7 +80,9 @@ class FisherRegularizer(keras.regularizers.Regularizer):
     2.5
     """
 
-    def __init__(self, anchor, fisher, scale=1.0, offset=0.0, base=None, like=None):
+    def __init__(
+        self, anchor, fisher, scale=1.0, offset=0.0, base=None, like=None
+    ):
         anchor, fisher = _decode(anchor), _decode(fisher)
         if anchor.shape != fisher.shape:
             raise ValueError(
@@ -82,7 +91,9 @@ class FisherRegularizer(keras.regularizers.Regularizer):
         self.anchor = memory_state(anchor, "memory_anchor", like)
         self.fisher = memory_state(fisher, "memory_fisher", like)
         if not isinstance(scale, keras.Variable):
-            scale = memory_state(check_number("scale", scale, minimum=0.0), "memory_scale")
+            scale = memory_state(
+                check_number("scale", scale, minimum=0.0), "memory_scale"
+            )
         self.scale = scale
         self.offset = check_number("offset", offset)
         self.base = keras.regularizers.get(base)
@@ -93,7 +104,9 @@ class FisherRegularizer(keras.regularizers.Regularizer):
         return [self.anchor, self.fisher]
 
     def __call__(self, x):
-        value = quadratic_penalty(x, self.anchor, self.fisher, self.scale, self.offset)
+        value = quadratic_penalty(
+            x, self.anchor, self.fisher, self.scale, self.offset
+        )
         if self.base is not None:
             value = keras.ops.add(value, self.base(x))
         return value
@@ -107,5 +120,7 @@ class FisherRegularizer(keras.regularizers.Regularizer):
             "fisher": _encode(keras.ops.convert_to_numpy(self.fisher)),
             "scale": float(keras.ops.convert_to_numpy(self.scale)),
             "offset": self.offset,
-            "base": keras.regularizers.serialize(self.base) if self.base is not None else None,
+            "base": keras.regularizers.serialize(self.base)
+            if self.base is not None
+            else None,
         }

@@ -13,7 +13,9 @@ import collections
 
 import numpy as np
 
-KroneckerBlock = collections.namedtuple("KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None])
+KroneckerBlock = collections.namedtuple(
+    "KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None]
+)
 KroneckerBlock.__doc__ = """The Kronecker factors of one layer's kernel (and bias).
 
 Args:
@@ -63,7 +65,9 @@ def _joint_basis(m1, m2):
     information.
     """
     eigenvalues, vectors = np.linalg.eigh(m1 + m2)
-    kept = eigenvalues > _RELATIVE_TOLERANCE * max(float(eigenvalues.max()), 0.0)
+    kept = eigenvalues > _RELATIVE_TOLERANCE * max(
+        float(eigenvalues.max()), 0.0
+    )
     root = vectors[:, kept] / np.sqrt(eigenvalues[kept])
     mu, rotation = np.linalg.eigh(root.T @ m1 @ root)
     return root @ rotation, np.clip(mu, 0.0, 1.0)
@@ -139,6 +143,7 @@ def _gram_root(stack):
 def kronecker_effective_dimension(a, g, num_examples, prior_precision):
     """`sum_ij P_ij / (P_ij + alpha)` over the eigenvalues `n * lambda_i(a) mu_j(g)`."""
     precision = num_examples * np.outer(
-        np.maximum(np.linalg.eigvalsh(a), 0.0), np.maximum(np.linalg.eigvalsh(g), 0.0)
+        np.maximum(np.linalg.eigvalsh(a), 0.0),
+        np.maximum(np.linalg.eigvalsh(g), 0.0),
     )
     return float(np.sum(precision / (precision + prior_precision)))

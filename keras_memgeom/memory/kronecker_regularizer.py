@@ -38,13 +38,21 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
 
     def __init__(self, terms, bias, scale, mask=None, base=None, like=None):
         self.bias = bias
-        self.mask = memory_state(mask, "memory_mask", like) if mask is not None else None
+        self.mask = (
+            memory_state(mask, "memory_mask", like)
+            if mask is not None
+            else None
+        )
         self.scale = scale
         self.base = keras.regularizers.get(base)
         self.terms = [
             (
-                memory_state(np.asarray(kernel, "float32"), "memory_anchor", like),
-                memory_state(bias_anchor, "memory_anchor", bias) if bias_anchor is not None else None,
+                memory_state(
+                    np.asarray(kernel, "float32"), "memory_anchor", like
+                ),
+                memory_state(bias_anchor, "memory_anchor", bias)
+                if bias_anchor is not None
+                else None,
                 memory_state(np.asarray(a, "float32"), "memory_kronecker_a"),
                 memory_state(np.asarray(g, "float32"), "memory_kronecker_g"),
                 float(weight),
@@ -62,7 +70,14 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
         bias = self.bias.value if self.bias is not None else None
         values = [
             kronecker_penalty(
-                x, bias, kernel, bias_anchor, a, g, keras.ops.multiply(self.scale, w), self.mask
+                x,
+                bias,
+                kernel,
+                bias_anchor,
+                a,
+                g,
+                keras.ops.multiply(self.scale, w),
+                self.mask,
             )
             for kernel, bias_anchor, a, g, w in self.terms
         ]

@@ -119,7 +119,6 @@ class Likelihood:
 class Categorical(Likelihood):
     """Softmax classification: `y` one of `d` classes."""
 
-
     def __init__(self, from_logits=True, sparse=True, keras_loss=False):
         super().__init__(from_logits, keras_loss)
         self.sparse = sparse
@@ -165,7 +164,8 @@ class Categorical(Likelihood):
     def check_outputs(self, values):
         if values and (values[0] < 0 or values[1] > 1e-3):
             _warn_not_probabilities(
-                "categorical cross-entropy", "rows that are negative or do not sum to 1"
+                "categorical cross-entropy",
+                "rows that are negative or do not sum to 1",
             )
 
     def _probabilities(self, outputs):
@@ -178,7 +178,9 @@ class Categorical(Likelihood):
         num_classes = outputs.shape[-1]
         if self.sparse:
             labels = ops.reshape(labels, (-1,))
-            return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype=outputs.dtype)
+            return ops.one_hot(
+                ops.cast(labels, "int32"), num_classes, dtype=outputs.dtype
+            )
         return ops.cast(labels, outputs.dtype)
 
     def score(self, outputs, labels):
@@ -188,12 +190,16 @@ class Categorical(Likelihood):
         return labels / probs
 
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
-        return rng.gumbel(size=self.noise_shape(batch_size, output_dim, num_samples))
+        return rng.gumbel(
+            size=self.noise_shape(batch_size, output_dim, num_samples)
+        )
 
     def sample(self, outputs, noise):
         # Gumbel-max: argmax(log p + G) is a draw from p.
         log_probs = ops.log(self._probabilities(outputs))
-        labels = ops.argmax(log_probs[None] + ops.cast(noise, outputs.dtype), axis=-1)
+        labels = ops.argmax(
+            log_probs[None] + ops.cast(noise, outputs.dtype), axis=-1
+        )
         return ops.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
 
     def fisher_factors(self, outputs):
@@ -219,7 +225,9 @@ class Bernoulli(Likelihood):
 
     def check_outputs(self, values):
         if values and (values[0] < 0 or values[1] > 1):
-            _warn_not_probabilities("binary cross-entropy", "values outside [0, 1]")
+            _warn_not_probabilities(
+                "binary cross-entropy", "values outside [0, 1]"
+            )
 
     def _probabilities(self, outputs):
         if self.from_logits:
@@ -233,16 +241,22 @@ class Bernoulli(Likelihood):
         return labels / probs - (1.0 - labels) / (1.0 - probs)
 
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
-        return rng.uniform(size=self.noise_shape(batch_size, output_dim, num_samples))
+        return rng.uniform(
+            size=self.noise_shape(batch_size, output_dim, num_samples)
+        )
 
     def sample(self, outputs, noise):
         probs = self._probabilities(outputs)
-        return ops.cast(ops.cast(noise, outputs.dtype) < probs[None], outputs.dtype)
+        return ops.cast(
+            ops.cast(noise, outputs.dtype) < probs[None], outputs.dtype
+        )
 
     def fisher_factors(self, outputs):
         probs = self._probabilities(outputs)
         variance = probs * (1.0 - probs)
-        scale = ops.sqrt(variance) if self.from_logits else 1.0 / ops.sqrt(variance)
+        scale = (
+            ops.sqrt(variance) if self.from_logits else 1.0 / ops.sqrt(variance)
+        )
         eye = ops.eye(outputs.shape[-1], dtype=outputs.dtype)[:, None, :]
         return eye * ops.transpose(scale)[:, :, None]
 
@@ -261,7 +275,9 @@ class Gaussian(Likelihood):
         return labels - outputs
 
     def draw_noise(self, rng, batch_size, output_dim, num_samples):
-        return rng.standard_normal(self.noise_shape(batch_size, output_dim, num_samples))
+        return rng.standard_normal(
+            self.noise_shape(batch_size, output_dim, num_samples)
+        )
 
     def sample(self, outputs, noise):
         return outputs[None] + ops.cast(noise, outputs.dtype)
@@ -282,8 +298,12 @@ def _loss_key(loss):
 
 
 _LIKELIHOODS = {
-    "sparsecategoricalcrossentropy": lambda logits: Categorical(logits, sparse=True, keras_loss=True),
-    "categoricalcrossentropy": lambda logits: Categorical(logits, sparse=False, keras_loss=True),
+    "sparsecategoricalcrossentropy": lambda logits: Categorical(
+        logits, sparse=True, keras_loss=True
+    ),
+    "categoricalcrossentropy": lambda logits: Categorical(
+        logits, sparse=False, keras_loss=True
+    ),
     "binarycrossentropy": lambda logits: Bernoulli(logits, keras_loss=True),
     "meansquarederror": lambda logits: Gaussian(keras_loss=True),
     "mse": lambda logits: Gaussian(keras_loss=True),
@@ -328,7 +348,11 @@ def likelihood_from_loss(loss):
             "compile it with a cross-entropy or mean squared error loss, or "
             "pass `likelihood=`."
         )
-    make = None if isinstance(loss, (list, tuple, dict)) else _LIKELIHOODS.get(_loss_key(loss))
+    make = (
+        None
+        if isinstance(loss, (list, tuple, dict))
+        else _LIKELIHOODS.get(_loss_key(loss))
+    )
     if make is None:
         raise ValueError(
             f"Unsupported loss {loss!r}: a Fisher memory needs a single loss "

@@ -10,7 +10,8 @@ import zlib
 
 import numpy as np
 
-from keras_memgeom.utils.atomic_write import atomic_write, check_writable_file_path
+from keras_memgeom.utils.atomic_write import atomic_write
+from keras_memgeom.utils.atomic_write import check_writable_file_path
 
 FORMAT = "keras_memgeom.FisherMemory"
 # Version 2 adds Kronecker blocks; diagonal memories are still written as
@@ -30,7 +31,9 @@ def _digest(array):
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=None):
+def write_memory_file(
+    path, anchor, fisher, num_examples, estimator, kronecker=None
+):
     """Writes a memory to `path` atomically (see `atomic_write`).
 
     The file is a zip of `.npy` arrays and a `meta.json` with the format
@@ -57,7 +60,9 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=N
                 "shape": list(anchor[name].shape),
                 "dtype": str(anchor[name].dtype),
                 "anchor_sha256": _digest(anchor[name]),
-                "fisher_sha256": _digest(fisher[name]) if name in fisher else None,
+                "fisher_sha256": _digest(fisher[name])
+                if name in fisher
+                else None,
             }
             for name in anchor
         ],
@@ -72,7 +77,9 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=N
                 "g_shape": list(block.g.shape),
                 "a_sha256": _digest(block.a),
                 "g_sha256": _digest(block.g),
-                "mask_sha256": _digest(block.mask) if block.mask is not None else None,
+                "mask_sha256": _digest(block.mask)
+                if block.mask is not None
+                else None,
             }
             for kernel, block in kronecker.items()
         ]
@@ -82,10 +89,16 @@ def write_memory_file(path, anchor, fisher, num_examples, estimator, kronecker=N
         if name in fisher:
             members.append((f"fisher/{i}.npy", fisher[name]))
     for j, block in enumerate(kronecker.values()):
-        members += [(f"kronecker_a/{j}.npy", block.a), (f"kronecker_g/{j}.npy", block.g)]
+        members += [
+            (f"kronecker_a/{j}.npy", block.a),
+            (f"kronecker_g/{j}.npy", block.g),
+        ]
         if block.mask is not None:
             members.append((f"kronecker_mask/{j}.npy", block.mask))
-    with atomic_write(path, "memory file") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+    with (
+        atomic_write(path, "memory file") as f,
+        zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z,
+    ):
         z.writestr("meta.json", json.dumps(meta, indent=1))
         for member, array in members:
             buffer = io.BytesIO()
@@ -107,12 +120,16 @@ def _is_count(value):
 def _check_meta(path, meta):
     """Checks the metadata's structure; returns the variable entries."""
     if not isinstance(meta, dict):
-        raise _invalid(path, f"its metadata is a {type(meta).__name__}, not an object")
+        raise _invalid(
+            path, f"its metadata is a {type(meta).__name__}, not an object"
+        )
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a keras_memgeom memory file.")
     version = meta.get("version")
     if not _is_count(version) or version < 1:
-        raise _invalid(path, f"its format version is {version!r}, not a whole number >= 1")
+        raise _invalid(
+            path, f"its format version is {version!r}, not a whole number >= 1"
+        )
     if version > FORMAT_VERSION:
         raise ValueError(
             f"{path!r} was written by format version {version}; this "
@@ -120,7 +137,9 @@ def _check_meta(path, meta):
             "keras_memgeom to read it."
         )
     if not _is_count(meta.get("num_examples")) or meta["num_examples"] < 1:
-        raise _invalid(path, f"its number of examples is {meta.get('num_examples')!r}")
+        raise _invalid(
+            path, f"its number of examples is {meta.get('num_examples')!r}"
+        )
     entries = meta.get("variables")
     if not isinstance(entries, list):
         raise _invalid(path, "its metadata has no list of variables")
@@ -128,7 +147,9 @@ def _check_meta(path, meta):
     for entry in entries:
         keys = ("path", "shape", "dtype", "anchor_sha256", "fisher_sha256")
         if not isinstance(entry, dict) or not all(key in entry for key in keys):
-            raise _invalid(path, f"a variable entry lacks one of {keys}: {entry!r}")
+            raise _invalid(
+                path, f"a variable entry lacks one of {keys}: {entry!r}"
+            )
         name, shape = entry["path"], entry["shape"]
         if not isinstance(name, str):
             raise _invalid(path, f"a variable path is {name!r}, not a string")
@@ -144,22 +165,47 @@ def _check_meta(path, meta):
         raise _invalid(path, "its Kronecker blocks are not a list")
     covered = set()
     for block in blocks:
-        keys = ("kernel", "bias", "dtype", "a_shape", "g_shape", "a_sha256", "g_sha256")
+        keys = (
+            "kernel",
+            "bias",
+            "dtype",
+            "a_shape",
+            "g_shape",
+            "a_sha256",
+            "g_sha256",
+        )
         if not isinstance(block, dict) or not all(key in block for key in keys):
-            raise _invalid(path, f"a Kronecker block lacks one of {keys}: {block!r}")
+            raise _invalid(
+                path, f"a Kronecker block lacks one of {keys}: {block!r}"
+            )
         for role in ("kernel", "bias"):
             name = block[role]
-            if (role == "kernel" or name is not None) and (name not in seen or name in covered):
+            if (role == "kernel" or name is not None) and (
+                name not in seen or name in covered
+            ):
                 raise _invalid(path, f"a Kronecker block's {role} is {name!r}")
             covered.add(name)
         for shape in (block["a_shape"], block["g_shape"]):
-            if not (isinstance(shape, list) and len(shape) == 2 and all(_is_count(d) for d in shape)):
-                raise _invalid(path, f"the Kronecker factors of {block['kernel']!r} have shape {shape!r}")
+            if not (
+                isinstance(shape, list)
+                and len(shape) == 2
+                and all(_is_count(d) for d in shape)
+            ):
+                raise _invalid(
+                    path,
+                    f"the Kronecker factors of {block['kernel']!r} have shape {shape!r}",
+                )
         if block["dtype"] not in _DTYPES:
-            raise _invalid(path, f"the Kronecker factors of {block['kernel']!r} are {block['dtype']!r}")
+            raise _invalid(
+                path,
+                f"the Kronecker factors of {block['kernel']!r} are {block['dtype']!r}",
+            )
     for entry in entries:
         if (entry["fisher_sha256"] is None) != (entry["path"] in covered):
-            raise _invalid(path, f"{entry['path']!r} has both or neither a diagonal Fisher and a block")
+            raise _invalid(
+                path,
+                f"{entry['path']!r} has both or neither a diagonal Fisher and a block",
+            )
     return entries, blocks
 
 
@@ -170,7 +216,10 @@ def _checked_info(path, z, member, min_bytes, max_bytes):
     except KeyError:
         raise _invalid(path, f"it has no {member}") from None
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise _invalid(path, f"{member} uses an unsupported compression ({info.compress_type})")
+        raise _invalid(
+            path,
+            f"{member} uses an unsupported compression ({info.compress_type})",
+        )
     if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
         raise _invalid(
             path,
@@ -190,7 +239,13 @@ def _read_array(path, z, member, entry):
     """Reads one `.npy` member after checking its header against the metadata."""
     dtype = np.dtype(entry["dtype"])
     nbytes = math.prod(entry["shape"]) * dtype.itemsize
-    _checked_info(path, z, member, nbytes + _MIN_NPY_HEADER_BYTES, nbytes + _MAX_NPY_HEADER_BYTES)
+    _checked_info(
+        path,
+        z,
+        member,
+        nbytes + _MIN_NPY_HEADER_BYTES,
+        nbytes + _MAX_NPY_HEADER_BYTES,
+    )
     with z.open(member) as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -201,7 +256,9 @@ def _read_array(path, z, member, entry):
             )
             shape, fortran_order, stored_dtype = read_header(f)
         except ValueError as error:
-            raise _invalid(path, f"{member} is not a readable .npy array ({error})") from None
+            raise _invalid(
+                path, f"{member} is not a readable .npy array ({error})"
+            ) from None
         if list(shape) != entry["shape"] or stored_dtype != dtype:
             raise _invalid(
                 path,
@@ -210,9 +267,15 @@ def _read_array(path, z, member, entry):
             )
         data = f.read(nbytes + 1)
     if len(data) != nbytes:
-        raise EOFError(f"{member} holds {len(data)} bytes of data where {nbytes} are due")
+        raise EOFError(
+            f"{member} holds {len(data)} bytes of data where {nbytes} are due"
+        )
     order = "F" if fortran_order else "C"
-    return np.frombuffer(data, dtype=dtype).reshape(entry["shape"], order=order).copy()
+    return (
+        np.frombuffer(data, dtype=dtype)
+        .reshape(entry["shape"], order=order)
+        .copy()
+    )
 
 
 def _read_checked(path, z, member, entry, kind):
@@ -255,22 +318,30 @@ def read_memory_file(path):
                 for kind, arrays in (("anchor", anchor), ("fisher", fisher)):
                     if entry[f"{kind}_sha256"] is not None:
                         member = f"{kind}/{i}.npy"
-                        arrays[entry["path"]] = _read_checked(path, z, member, entry, kind)
+                        arrays[entry["path"]] = _read_checked(
+                            path, z, member, entry, kind
+                        )
             for j, block in enumerate(blocks):
                 a, g = (
                     _read_checked(
                         path,
                         z,
                         f"kronecker_{kind}/{j}.npy",
-                        {"path": block["kernel"], "shape": block[f"{kind}_shape"],
-                         "dtype": block["dtype"], f"{kind}_sha256": block[f"{kind}_sha256"]},
+                        {
+                            "path": block["kernel"],
+                            "shape": block[f"{kind}_shape"],
+                            "dtype": block["dtype"],
+                            f"{kind}_sha256": block[f"{kind}_sha256"],
+                        },
                         kind,
                     )
                     for kind in ("a", "g")
                 )
                 mask = None
                 if block.get("mask_sha256") is not None:
-                    kernel_entry = next(e for e in entries if e["path"] == block["kernel"])
+                    kernel_entry = next(
+                        e for e in entries if e["path"] == block["kernel"]
+                    )
                     fan_in = math.prod(kernel_entry["shape"][:-1])
                     mask_entry = {
                         "path": block["kernel"],
@@ -278,7 +349,9 @@ def read_memory_file(path):
                         "dtype": "float32",
                         "mask_sha256": block["mask_sha256"],
                     }
-                    mask = _read_checked(path, z, f"kronecker_mask/{j}.npy", mask_entry, "mask")
+                    mask = _read_checked(
+                        path, z, f"kronecker_mask/{j}.npy", mask_entry, "mask"
+                    )
                 kronecker[block["kernel"]] = (block["bias"], a, g, mask)
     except (
         zipfile.BadZipFile,
@@ -291,4 +364,10 @@ def read_memory_file(path):
         raise ValueError(
             f"{path!r} is corrupt or truncated and was not read ({error})."
         ) from error
-    return anchor, fisher, meta["num_examples"], meta.get("estimator"), kronecker
+    return (
+        anchor,
+        fisher,
+        meta["num_examples"],
+        meta.get("estimator"),
+        kronecker,
+    )

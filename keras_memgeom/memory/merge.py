@@ -3,12 +3,10 @@
 import numpy as np
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
-from keras_memgeom.memory.kronecker import (
-    KroneckerBlock,
-    kernel_matrix_shape,
-    merge_anchor,
-    nearest_kronecker,
-)
+from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.memory.kronecker import merge_anchor
+from keras_memgeom.memory.kronecker import nearest_kronecker
 from keras_memgeom.utils.checks import check_number
 
 
@@ -46,8 +44,12 @@ def merge(memories, *, decay=1.0):
         raise ValueError("`merge` needs at least one memory.")
     for memory in memories:
         if not isinstance(memory, FisherMemory):
-            raise ValueError(f"`merge` takes FisherMemory objects; got {type(memory).__name__}.")
-    decay = check_number("decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0)
+            raise ValueError(
+                f"`merge` takes FisherMemory objects; got {type(memory).__name__}."
+            )
+    decay = check_number(
+        "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
+    )
     paths = memories[0].paths
     anchors = [m.anchor for m in memories]
     fishers = [m.fisher for m in memories]
@@ -67,7 +69,9 @@ def merge(memories, *, decay=1.0):
     weights = [decay ** (len(memories) - 1 - k) for k in range(len(memories))]
     num_examples = sum(m.num_examples for m in memories)
     blocks = common_blocks(memories)
-    covered = set(blocks) | {b.bias for b in blocks.values() if b.bias is not None}
+    covered = set(blocks) | {
+        b.bias for b in blocks.values() if b.bias is not None
+    }
     anchor, fisher, kronecker = {}, {}, {}
     for kernel, block in blocks.items():
         anchor[kernel], bias_anchor, kronecker[kernel] = _merge_block(
@@ -84,7 +88,9 @@ def merge(memories, *, decay=1.0):
             precision += p
             moment += p * a[path]
         held = precision > 0
-        anchor[path] = np.where(held, moment / np.where(held, precision, 1.0), newest)
+        anchor[path] = np.where(
+            held, moment / np.where(held, precision, 1.0), newest
+        )
         fisher[path] = precision / num_examples
     estimators = {m.estimator for m in memories}
     return FisherMemory(
@@ -99,7 +105,10 @@ def merge(memories, *, decay=1.0):
 def common_blocks(memories):
     """The Kronecker blocks all `memories` share, or an error naming the difference."""
     layouts = [
-        {k: (b.bias, None if b.mask is None else b.mask.tobytes()) for k, b in m.kronecker.items()}
+        {
+            k: (b.bias, None if b.mask is None else b.mask.tobytes())
+            for k, b in m.kronecker.items()
+        }
         for m in memories
     ]
     for k, layout in enumerate(layouts[1:], start=1):
@@ -125,10 +134,19 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
 
     def stacked(a):
         matrix = a[kernel].reshape(kernel_matrix_shape(shape)).astype("float64")
-        return np.concatenate([matrix, a[bias][None]], axis=0) if bias is not None else matrix
+        return (
+            np.concatenate([matrix, a[bias][None]], axis=0)
+            if bias is not None
+            else matrix
+        )
 
     first = memories[0].kronecker[kernel]
-    anchor, weight, a, g = stacked(anchors[0]), weights[0] * memories[0].num_examples, first.a, first.g
+    anchor, weight, a, g = (
+        stacked(anchors[0]),
+        weights[0] * memories[0].num_examples,
+        first.a,
+        first.g,
+    )
     for w, memory, other in zip(weights[1:], memories[1:], anchors[1:]):
         block = memory.kronecker[kernel]
         newer = (stacked(other), w * memory.num_examples, block.a, block.g)
@@ -139,4 +157,8 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     a = a * (weight / num_examples)
     fan_in = kernel_matrix_shape(shape)[0]
     bias_anchor = anchor[fan_in] if bias is not None else None
-    return anchor[:fan_in].reshape(shape), bias_anchor, KroneckerBlock(bias, a, g, first.mask)
+    return (
+        anchor[:fan_in].reshape(shape),
+        bias_anchor,
+        KroneckerBlock(bias, a, g, first.mask),
+    )

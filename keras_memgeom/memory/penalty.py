@@ -2,7 +2,8 @@
 
 from keras import ops
 
-from keras_memgeom.utils.checks import check_number, check_positive_int
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 
 def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
@@ -24,8 +25,12 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     """
     value = ops.convert_to_tensor(value)
     diff = ops.subtract(value, ops.cast(anchor, value.dtype))
-    quadratic = held_quadratic(diff, ops.multiply(ops.cast(fisher, value.dtype), diff))
-    return ops.multiply(ops.add(quadratic, offset), ops.cast(scale, value.dtype))
+    quadratic = held_quadratic(
+        diff, ops.multiply(ops.cast(fisher, value.dtype), diff)
+    )
+    return ops.multiply(
+        ops.add(quadratic, offset), ops.cast(scale, value.dtype)
+    )
 
 
 def held_quadratic(diff, metric_diff):
@@ -42,7 +47,9 @@ def held_quadratic(diff, metric_diff):
     return ops.subtract(ops.multiply(linear, 2.0), ops.stop_gradient(linear))
 
 
-def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None):
+def kronecker_penalty(
+    kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None
+):
     """`scale * vec(D)^T (a (x) g) vec(D)` for the layer's weights `D = W~ - anchor`.
 
     `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
@@ -67,13 +74,20 @@ def kronecker_penalty(kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mas
     """
     kernel = ops.convert_to_tensor(kernel)
     dtype = kernel.dtype
-    diff = ops.subtract(ops.reshape(kernel, ops.shape(anchor_kernel)), ops.cast(anchor_kernel, dtype))
+    diff = ops.subtract(
+        ops.reshape(kernel, ops.shape(anchor_kernel)),
+        ops.cast(anchor_kernel, dtype),
+    )
     if mask is not None:
         diff = ops.multiply(diff, ops.cast(mask, dtype))
     if bias is not None:
-        bias_diff = ops.subtract(ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype))
+        bias_diff = ops.subtract(
+            ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype)
+        )
         diff = ops.concatenate([diff, bias_diff[None]], axis=0)
-    product = ops.matmul(ops.matmul(ops.cast(a, dtype), diff), ops.cast(g, dtype))
+    product = ops.matmul(
+        ops.matmul(ops.cast(a, dtype), diff), ops.cast(g, dtype)
+    )
     return ops.multiply(held_quadratic(diff, product), ops.cast(scale, dtype))
 
 
@@ -84,6 +98,8 @@ def penalty_scale(num_examples, num_train_examples, strength):
         ValueError: if `num_train_examples` is not a positive whole number
             or `strength` is not a finite non-negative number.
     """
-    num_train_examples = check_positive_int("num_train_examples", num_train_examples)
+    num_train_examples = check_positive_int(
+        "num_train_examples", num_train_examples
+    )
     strength = check_number("strength", strength, minimum=0.0)
     return 0.5 * strength * num_examples / num_train_examples

@@ -52,7 +52,14 @@ def layer_inputs(model, data, *, batch_size=256):
             if isinstance(layer, keras.layers.InputLayer):
                 continue
             if any(layer is w for w in weight_layers):
-                rows.append(_kernel_rows(layer, np.asarray(ops.convert_to_numpy(hidden), dtype="float64")))
+                rows.append(
+                    _kernel_rows(
+                        layer,
+                        np.asarray(
+                            ops.convert_to_numpy(hidden), dtype="float64"
+                        ),
+                    )
+                )
             hidden = layer(hidden, training=False)
         yield rows
 
@@ -64,8 +71,12 @@ def _check_rows(layer):
             "expansion of its inputs, not the inputs; it cannot be merged or repaired "
             "from its inputs."
         )
-    if isinstance(layer, keras.layers.Conv2D) and tuple(layer.dilation_rate) != (1, 1):
-        raise ValueError(f"Layer {layer.name!r} (Conv2D) is dilated; only dilation_rate 1 is supported.")
+    if isinstance(layer, keras.layers.Conv2D) and tuple(
+        layer.dilation_rate
+    ) != (1, 1):
+        raise ValueError(
+            f"Layer {layer.name!r} (Conv2D) is dilated; only dilation_rate 1 is supported."
+        )
 
 
 def _kernel_rows(layer, x):
@@ -79,6 +90,11 @@ def _kernel_rows(layer, x):
             total = max((-(-size // s) - 1) * s + k - size, 0)
             pads.append((total // 2, total - total // 2))
         x = np.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
-    # (batch, out_h, out_w, channels, kh, kw) -> rows in kernel order (kh, kw, channels).
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * x.shape[-1])
+    # (batch, out_h, out_w, channels, kh, kw) -> rows in kernel order (kh, kw,
+    # channels).
+    windows = np.lib.stride_tricks.sliding_window_view(
+        x, (kh, kw), axis=(1, 2)
+    )[:, ::sh, ::sw]
+    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(
+        -1, kh * kw * x.shape[-1]
+    )

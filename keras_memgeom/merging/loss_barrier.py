@@ -41,15 +41,24 @@ def interpolate(model_a, model_b, t):
         ValueError: if the weight shapes differ.
     """
     weights_a, weights_b = model_a.get_weights(), model_b.get_weights()
-    shapes_a, shapes_b = [w.shape for w in weights_a], [w.shape for w in weights_b]
+    shapes_a, shapes_b = (
+        [w.shape for w in weights_a],
+        [w.shape for w in weights_b],
+    )
     if shapes_a != shapes_b:
-        raise ValueError(f"The models' weight shapes differ: {shapes_a} vs {shapes_b}.")
+        raise ValueError(
+            f"The models' weight shapes differ: {shapes_a} vs {shapes_b}."
+        )
     model = keras.models.clone_model(model_a)
-    model.set_weights([(1.0 - t) * a + t * b for a, b in zip(weights_a, weights_b)])
+    model.set_weights(
+        [(1.0 - t) * a + t * b for a, b in zip(weights_a, weights_b)]
+    )
     return model
 
 
-def loss_barrier(model_a, model_b, data, *, loss=None, num_points=11, batch_size=256):
+def loss_barrier(
+    model_a, model_b, data, *, loss=None, num_points=11, batch_size=256
+):
     """Evaluates the loss on the line between two models (a loss barrier).
 
     Independently trained networks usually sit in different basins: the
@@ -77,7 +86,9 @@ def loss_barrier(model_a, model_b, data, *, loss=None, num_points=11, batch_size
     """
     loss = keras.losses.get(loss or getattr(model_a, "loss", None))
     if loss is None:
-        raise ValueError("`loss_barrier` needs a loss: compile `model_a` or pass `loss=`.")
+        raise ValueError(
+            "`loss_barrier` needs a loss: compile `model_a` or pass `loss=`."
+        )
     if num_points < 2:
         raise ValueError(f"`num_points` must be at least 2; got {num_points}.")
     batches = list(iterate_batches(data, batch_size))
@@ -88,12 +99,18 @@ def loss_barrier(model_a, model_b, data, *, loss=None, num_points=11, batch_size
         total_loss, correct, count, classifier = 0.0, 0, 0, True
         for x, y in batches:
             outputs = model(x, training=False)
-            values = ops.convert_to_numpy(loss(ops.convert_to_tensor(y), outputs))
+            values = ops.convert_to_numpy(
+                loss(ops.convert_to_tensor(y), outputs)
+            )
             total_loss += float(np.mean(values)) * len(y)
             outputs = ops.convert_to_numpy(outputs)
             classifier = outputs.ndim == 2 and outputs.shape[-1] > 1
             if classifier:
-                labels = y.reshape(-1) if y.ndim == 1 or y.shape[-1] == 1 else np.argmax(y, axis=-1)
+                labels = (
+                    y.reshape(-1)
+                    if y.ndim == 1 or y.shape[-1] == 1
+                    else np.argmax(y, axis=-1)
+                )
                 correct += int(np.sum(np.argmax(outputs, axis=-1) == labels))
             count += len(y)
         losses.append(total_loss / count)

@@ -4,11 +4,14 @@ import keras
 import numpy as np
 
 from keras_memgeom.merging.loss_barrier import loss_barrier
-from keras_memgeom.merging.merge_models import METHODS, merge_models
+from keras_memgeom.merging.merge_models import METHODS
+from keras_memgeom.merging.merge_models import merge_models
 from keras_memgeom.symmetry.align import align
 
 
-def merge_experiment(dataset="digits", *, width=32, seeds=(1, 2), epochs=20, num_points=11):
+def merge_experiment(
+    dataset="digits", *, width=32, seeds=(1, 2), epochs=20, num_points=11
+):
     """Trains two MLPs on one data set and merges them with every method.
 
     Two MLPs with two hidden ReLU layers of `width` units are trained with
@@ -40,24 +43,37 @@ def merge_experiment(dataset="digits", *, width=32, seeds=(1, 2), epochs=20, num
     a, b = (train_mlp(width, seed, x_train, y_train, epochs) for seed in seeds)
     ends = [_accuracy(a, x_test, y_test), _accuracy(b, x_test, y_test)]
     data = [(x_train, y_train)] * 2
-    merged = {"raw average": merge_models([a, b], method="average", align=False)}
+    merged = {
+        "raw average": merge_models([a, b], method="average", align=False)
+    }
     for method in METHODS:
         for repair in (False, True):
             name = method + ("+repair" if repair else "")
-            merged[name] = merge_models([a, b], method=method, data=data, repair=repair)
+            merged[name] = merge_models(
+                [a, b], method=method, data=data, repair=repair
+            )
     mean = float(np.mean(ends))
     paths = {
         "raw": loss_barrier(a, b, (x_test, y_test), num_points=num_points),
-        "aligned": loss_barrier(a, align(b, a), (x_test, y_test), num_points=num_points),
+        "aligned": loss_barrier(
+            a, align(b, a), (x_test, y_test), num_points=num_points
+        ),
     }
     return {
         "dataset": dataset,
         "width": width,
         "endpoints": ends,
-        "ratio": {name: _accuracy(m, x_test, y_test) / mean for name, m in merged.items()},
+        "ratio": {
+            name: _accuracy(m, x_test, y_test) / mean
+            for name, m in merged.items()
+        },
         "barrier": {name: p.barrier for name, p in paths.items()},
         "path": {
-            name: {"t": p.t.tolist(), "loss": p.loss.tolist(), "accuracy": p.accuracy.tolist()}
+            name: {
+                "t": p.t.tolist(),
+                "loss": p.loss.tolist(),
+                "accuracy": p.accuracy.tolist(),
+            }
             for name, p in paths.items()
         },
     }
@@ -78,8 +94,12 @@ def load_split(dataset):
         x, y = mnist_data()
         x = x / 255.0
     else:
-        raise ValueError(f"Unknown dataset {dataset!r}; expected 'digits' or 'mnist5k'.")
-    return train_test_split(x.astype("float32"), y, test_size=0.2, random_state=0)
+        raise ValueError(
+            f"Unknown dataset {dataset!r}; expected 'digits' or 'mnist5k'."
+        )
+    return train_test_split(
+        x.astype("float32"), y, test_size=0.2, random_state=0
+    )
 
 
 def train_mlp(width, seed, x, y, epochs, model=None):
@@ -94,7 +114,9 @@ def train_mlp(width, seed, x, y, epochs, model=None):
                 keras.layers.Dense(10),
             ]
         )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     return model
 

@@ -6,13 +6,19 @@ from keras import ops
 from scipy.optimize import linear_sum_assignment
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
-from keras_memgeom.memory.kronecker import KroneckerBlock, kernel_matrix_shape, merge_anchor
+from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.memory.kronecker import merge_anchor
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.merging.layer_inputs import layer_inputs
 from keras_memgeom.merging.regmean import regmean
 from keras_memgeom.merging.repair import repair as repair_units
 from keras_memgeom.symmetry.align import align as align_units
-from keras_memgeom.symmetry.unit_chain import copy_model, incoming_weights, permute_units, unit_chain, write_chain
+from keras_memgeom.symmetry.unit_chain import copy_model
+from keras_memgeom.symmetry.unit_chain import incoming_weights
+from keras_memgeom.symmetry.unit_chain import permute_units
+from keras_memgeom.symmetry.unit_chain import unit_chain
+from keras_memgeom.symmetry.unit_chain import write_chain
 from keras_memgeom.utils.checks import check_number
 
 METHODS = ("average", "fisher", "regmean", "kfac")
@@ -116,11 +122,17 @@ def merge_models(
     """
     models = list(models)
     if len(models) < 2:
-        raise ValueError(f"`merge_models` needs at least two models; got {len(models)}.")
+        raise ValueError(
+            f"`merge_models` needs at least two models; got {len(models)}."
+        )
     if method is None:
-        method = "fisher" if data is not None or memories is not None else "average"
+        method = (
+            "fisher" if data is not None or memories is not None else "average"
+        )
     if method not in METHODS:
-        raise ValueError(f"Unknown merge method {method!r}; expected one of {METHODS}.")
+        raise ValueError(
+            f"Unknown merge method {method!r}; expected one of {METHODS}."
+        )
     if isinstance(data, tuple) and any(hasattr(d, "shape") for d in data):
         raise ValueError(
             "`data` must be a list with one data set per model; got one `(x, y)` "
@@ -135,12 +147,19 @@ def merge_models(
         raise ValueError(
             f"method={method!r} needs `memories` (one FisherMemory per model) or `data` to estimate them on."
         )
-    for needs, flag in ((method == "regmean", "method='regmean'"), (repair, "repair=True")):
+    for needs, flag in (
+        (method == "regmean", "method='regmean'"),
+        (repair, "repair=True"),
+    ):
         if needs and data is None:
             raise ValueError(f"{flag} needs `data`: one data set per model.")
     weights = _normalized_weights(weights, len(models))
-    prior_precision = check_number("prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False)
-    regmean_alpha = check_number("regmean_alpha", regmean_alpha, minimum=0.0, maximum=1.0)
+    prior_precision = check_number(
+        "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
+    )
+    regmean_alpha = check_number(
+        "regmean_alpha", regmean_alpha, minimum=0.0, maximum=1.0
+    )
     _check_same_layers(models)
     if method == "regmean":
         _check_regmean_layers(models[0])
@@ -148,22 +167,34 @@ def merge_models(
     structure = "kfac" if method == "kfac" else "diagonal"
     likelihoods = None
     if method in MEMORY_METHODS and memories is None:
-        likelihoods = [likelihood_from_loss(getattr(m, "loss", None)) for m in models]
+        likelihoods = [
+            likelihood_from_loss(getattr(m, "loss", None)) for m in models
+        ]
     curvatures = None
     if method in MEMORY_METHODS and memories is not None:
-        curvatures = [_memory_curvature(m, memory, structure) for m, memory in zip(models, memories)]
+        curvatures = [
+            _memory_curvature(m, memory, structure)
+            for m, memory in zip(models, memories)
+        ]
     if align:
         reference = models[0]
         aligned = [reference] + [align_units(m, reference) for m in models[1:]]
         if curvatures is not None:
             curvatures = [curvatures[0]] + [
-                _permuted_like(model, a, *c) for model, a, c in zip(models[1:], aligned[1:], curvatures[1:])
+                _permuted_like(model, a, *c)
+                for model, a, c in zip(models[1:], aligned[1:], curvatures[1:])
             ]
         models = aligned
     if method in MEMORY_METHODS and curvatures is None:
         curvatures = []
         for m, d, likelihood in zip(models, data, likelihoods):
-            memory = FisherMemory.estimate(m, d, estimator=estimator, likelihood=likelihood, structure=structure)
+            memory = FisherMemory.estimate(
+                m,
+                d,
+                estimator=estimator,
+                likelihood=likelihood,
+                structure=structure,
+            )
             curvatures.append(_memory_curvature(m, memory, structure))
     merged = keras.models.clone_model(models[0])
     _set_average(merged, models, weights)
@@ -171,7 +202,9 @@ def merge_models(
         fishers = [diagonal for diagonal, _ in curvatures]
         _set_fisher_weighted(merged, models, fishers, weights, prior_precision)
     if method == "kfac":
-        _set_kronecker_weighted(merged, models, [blocks for _, blocks in curvatures], weights)
+        _set_kronecker_weighted(
+            merged, models, [blocks for _, blocks in curvatures], weights
+        )
     elif method == "regmean":
         _set_regmean(merged, models, data, weights, regmean_alpha)
     if repair:
@@ -184,7 +217,11 @@ def _check_same_layers(models):
 
     def signature(model):
         return [
-            (layer, type(layer).__name__, [tuple(w.shape) for w in layer.weights])
+            (
+                layer,
+                type(layer).__name__,
+                [tuple(w.shape) for w in layer.weights],
+            )
             for layer in model.layers
             if layer.weights
         ]
@@ -192,7 +229,9 @@ def _check_same_layers(models):
     reference = signature(models[0])
     for model in models[1:]:
         other = signature(model)
-        for (layer_a, type_a, shapes_a), (layer_b, type_b, shapes_b) in zip(reference, other):
+        for (layer_a, type_a, shapes_a), (layer_b, type_b, shapes_b) in zip(
+            reference, other
+        ):
             if (type_a, shapes_a) != (type_b, shapes_b):
                 raise ValueError(
                     f"Model {model.name!r} does not share the architecture of {models[0].name!r}: "
@@ -200,7 +239,9 @@ def _check_same_layers(models):
                     f"{layer_a.name!r} ({type_a}, weights {shapes_a})."
                 )
         if len(other) != len(reference):
-            extra = (other if len(other) > len(reference) else reference)[min(len(other), len(reference))][0]
+            extra = (other if len(other) > len(reference) else reference)[
+                min(len(other), len(reference))
+            ][0]
             raise ValueError(
                 f"Model {model.name!r} does not share the architecture of {models[0].name!r}: "
                 f"they have {len(other)} and {len(reference)} layers with weights; layer "
@@ -213,10 +254,19 @@ def _normalized_weights(weights, count):
         return np.full(count, 1.0 / count)
     weights = list(weights)
     if len(weights) != count:
-        raise ValueError(f"`weights` needs one weight per model: {count} models, {len(weights)} weights.")
-    weights = np.array([check_number(f"weights[{k}]", w, minimum=0.0) for k, w in enumerate(weights)])
+        raise ValueError(
+            f"`weights` needs one weight per model: {count} models, {len(weights)} weights."
+        )
+    weights = np.array(
+        [
+            check_number(f"weights[{k}]", w, minimum=0.0)
+            for k, w in enumerate(weights)
+        ]
+    )
     if weights.sum() <= 0:
-        raise ValueError(f"`weights` must have a positive sum; got {weights.tolist()}.")
+        raise ValueError(
+            f"`weights` must have a positive sum; got {weights.tolist()}."
+        )
     return weights / weights.sum()
 
 
@@ -224,7 +274,10 @@ def _check_regmean_layers(model):
     """Refuses, by name, a weight layer RegMean cannot merge in closed form."""
     for unit_layer in unit_chain(model):
         layer = unit_layer.layer
-        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) or unit_layer.mask is not None:
+        if (
+            not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+            or unit_layer.mask is not None
+        ):
             raise ValueError(
                 f"method='regmean' merges unmasked Dense and Conv2D layers in closed form; layer {layer.name!r} "
                 f"({type(layer).__name__}) cannot be merged this way. Use 'average' or 'fisher'."
@@ -240,16 +293,23 @@ def _memory_curvature(model, memory, structure):
     of the precision, `n A (x) G`; for `"diagonal"` it is empty.
     """
     if not isinstance(memory, FisherMemory):
-        raise ValueError(f"`memories` takes FisherMemory objects; got {type(memory).__name__}.")
+        raise ValueError(
+            f"`memories` takes FisherMemory objects; got {type(memory).__name__}."
+        )
     if structure == "kfac" and memory.structure != "kfac":
         raise ValueError(
             "method='kfac' needs Kronecker-factored memories, "
             "`FisherMemory.estimate(model, data, structure='kfac')`; got a diagonal one."
         )
     pairs = memory.match(model)
-    by_variable = {id(v): memory.num_examples * memory.fisher[path] for path, v in pairs}
+    by_variable = {
+        id(v): memory.num_examples * memory.fisher[path] for path, v in pairs
+    }
     variables = model.trainable_variables
-    diagonal = [by_variable.get(id(v), np.zeros(tuple(v.shape), "float32")) for v in variables]
+    diagonal = [
+        by_variable.get(id(v), np.zeros(tuple(v.shape), "float32"))
+        for v in variables
+    ]
     if structure != "kfac":
         return diagonal, {}
     index = {id(v): i for i, v in enumerate(variables)}
@@ -283,7 +343,11 @@ def _permuted_like(model, aligned, values, blocks=None):
     permutations = []
     for index in range(len(chain) - 1):
         source, wanted = _unit_rows(chain[index]), _unit_rows(target[index])
-        cost = (wanted**2).sum(1)[:, None] + (source**2).sum(1)[None] - 2.0 * wanted @ source.T
+        cost = (
+            (wanted**2).sum(1)[:, None]
+            + (source**2).sum(1)[None]
+            - 2.0 * wanted @ source.T
+        )
         permutation = linear_sum_assignment(cost)[1]
         permute_units(chain, index, permutation)
         permutations.append(permutation)
@@ -295,7 +359,12 @@ def _permuted_like(model, aligned, values, blocks=None):
     indices = _carried(
         model,
         permutations,
-        [np.arange(np.prod(v.shape)).reshape(v.shape) if i in blocks else np.zeros(v.shape) for i, v in enumerate(variables)],
+        [
+            np.arange(np.prod(v.shape)).reshape(v.shape)
+            if i in blocks
+            else np.zeros(v.shape)
+            for i, v in enumerate(variables)
+        ],
     )
     permuted = {}
     for i, block in blocks.items():
@@ -303,9 +372,16 @@ def _permuted_like(model, aligned, values, blocks=None):
         moved = np.rint(indices[i]).astype("int64").reshape(-1, units)
         rows, columns = moved[:, 0] // units, moved[0] % units
         a_rows = np.append(rows, len(rows)) if block.bias is not None else rows
-        mask = None if block.mask is None else np.asarray(block.mask)[rows][:, columns]
+        mask = (
+            None
+            if block.mask is None
+            else np.asarray(block.mask)[rows][:, columns]
+        )
         permuted[i] = KroneckerBlock(
-            block.bias, block.a[a_rows][:, a_rows], block.g[columns][:, columns], mask
+            block.bias,
+            block.a[a_rows][:, a_rows],
+            block.g[columns][:, columns],
+            mask,
         )
     return values, permuted
 
@@ -332,7 +408,9 @@ def _unit_rows(unit_layer):
 def _set_average(merged, models, weights):
     merged.set_weights(
         [
-            sum(w * np.asarray(v, "float64") for w, v in zip(weights, values)).astype(values[0].dtype)
+            sum(
+                w * np.asarray(v, "float64") for w, v in zip(weights, values)
+            ).astype(values[0].dtype)
             for values in zip(*(m.get_weights() for m in models))
         ]
     )
@@ -344,14 +422,24 @@ def _set_fisher_weighted(merged, models, fishers, weights, prior_precision):
         for w, model, fisher in zip(weights, models, fishers):
             p = w * (np.asarray(fisher[index], "float64") + prior_precision)
             precision = precision + p
-            moment = moment + p * ops.convert_to_numpy(model.trainable_variables[index])
+            moment = moment + p * ops.convert_to_numpy(
+                model.trainable_variables[index]
+            )
         variable.assign((moment / precision).astype(variable.dtype))
 
 
 def _set_kronecker_weighted(merged, models, blocks, weights):
     """Sets every Kronecker-covered layer to the minimizer of the summed quadratics."""
-    layouts = [{i: (b.bias, None if b.mask is None else np.asarray(b.mask).tobytes()) for i, b in k.items()}
-               for k in blocks]
+    layouts = [
+        {
+            i: (
+                b.bias,
+                None if b.mask is None else np.asarray(b.mask).tobytes(),
+            )
+            for i, b in k.items()
+        }
+        for k in blocks
+    ]
     if any(layout != layouts[0] for layout in layouts[1:]):
         raise ValueError(
             "method='kfac' needs the memories' Kronecker blocks (with their biases and masks) on the same "
@@ -363,24 +451,41 @@ def _set_kronecker_weighted(merged, models, blocks, weights):
         shape = kernel_matrix_shape(tuple(variables[i].shape))
 
         def stacked(model):
-            kernel = ops.convert_to_numpy(model.trainable_variables[i]).reshape(shape).astype("float64")
+            kernel = (
+                ops.convert_to_numpy(model.trainable_variables[i])
+                .reshape(shape)
+                .astype("float64")
+            )
             if bias is None:
                 return kernel
-            return np.concatenate([kernel, ops.convert_to_numpy(model.trainable_variables[bias])[None]], axis=0)
+            return np.concatenate(
+                [
+                    kernel,
+                    ops.convert_to_numpy(model.trainable_variables[bias])[None],
+                ],
+                axis=0,
+            )
 
-        terms = [(stacked(m), w, b[i].a, b[i].g) for m, w, b in zip(models, weights, blocks)]
+        terms = [
+            (stacked(m), w, b[i].a, b[i].g)
+            for m, w, b in zip(models, weights, blocks)
+        ]
         if len(terms) == 2 and block.mask is None:
             # `merge_anchor` keeps the newer anchor where neither quadratic
             # constrains the weights; weighing both orders keeps the average.
             first, second = terms
-            solution = weights[1] * merge_anchor(first, second) + weights[0] * merge_anchor(second, first)
+            solution = weights[1] * merge_anchor(first, second) + weights[
+                0
+            ] * merge_anchor(second, first)
         else:
             start = sum(w * anchor for anchor, w, _, _ in terms)
             solution = _kronecker_sum_solve(terms, start, block.mask)
         if bias is not None:
             variables[bias].assign(solution[-1].astype(variables[bias].dtype))
             solution = solution[:-1]
-        variables[i].assign(solution.reshape(variables[i].shape).astype(variables[i].dtype))
+        variables[i].assign(
+            solution.reshape(variables[i].shape).astype(variables[i].dtype)
+        )
 
 
 def _kronecker_sum_solve(terms, start, mask=None, tolerance=1e-10):
@@ -416,9 +521,21 @@ def _kronecker_sum_solve(terms, start, mask=None, tolerance=1e-10):
 
     def apply(y):
         d = move(y)
-        return r_a.T @ (full * sum(w * (a @ d @ g) for _, w, a, g in terms)) @ r_g
+        return (
+            r_a.T @ (full * sum(w * (a @ d @ g) for _, w, a, g in terms)) @ r_g
+        )
 
-    residual = r_a.T @ (full * sum(w * (a @ (full * (anchor - start)) @ g) for anchor, w, a, g in terms)) @ r_g
+    residual = (
+        r_a.T
+        @ (
+            full
+            * sum(
+                w * (a @ (full * (anchor - start)) @ g)
+                for anchor, w, a, g in terms
+            )
+        )
+        @ r_g
+    )
     goal = tolerance * np.linalg.norm(residual)
     y, direction, norm = np.zeros_like(residual), residual, np.sum(residual**2)
     # Exact arithmetic needs one iteration per unknown; rounding, a few more.
@@ -445,7 +562,9 @@ _RELATIVE_TOLERANCE = 1e-6
 def _whitening(matrix):
     """`R` (`p x k`) with `R^T matrix R = I` on the range of a PSD `matrix`."""
     eigenvalues, vectors = np.linalg.eigh(matrix)
-    kept = eigenvalues > _RELATIVE_TOLERANCE * max(float(eigenvalues.max()), 0.0)
+    kept = eigenvalues > _RELATIVE_TOLERANCE * max(
+        float(eigenvalues.max()), 0.0
+    )
     return vectors[:, kept] / np.sqrt(eigenvalues[kept])
 
 
@@ -454,7 +573,9 @@ def _set_regmean(merged, models, data, weights, alpha):
     chains = [unit_chain(m) for m in models]
     for index, unit_layer in enumerate(unit_chain(merged)):
         kernels = [_with_bias(chain[index]) for chain in chains]
-        kernel = regmean(kernels, [g[index] for g in grams], weights=weights, alpha=alpha)
+        kernel = regmean(
+            kernels, [g[index] for g in grams], weights=weights, alpha=alpha
+        )
         layer, shape = unit_layer.layer, unit_layer.kernel.shape
         dtype = unit_layer.kernel.dtype
         if unit_layer.bias is not None:

@@ -26,7 +26,9 @@ def plot_loss_path(result, path):
         axes.plot(line["t"], line["loss"], marker="o", label=label)
     axes.set_xlabel("t: (1 - t) model A + t model B")
     axes.set_ylabel("test loss")
-    axes.set_title(f"{result['dataset']}, width {result['width']}: loss between two models")
+    axes.set_title(
+        f"{result['dataset']}, width {result['width']}: loss between two models"
+    )
     axes.legend()
     figure.tight_layout()
     temporary = f"{path}.tmp.png"

@@ -49,14 +49,23 @@ def regmean(kernels, grams, *, weights=None, alpha=0.9):
     """
     alpha = check_number("alpha", alpha, minimum=0.0, maximum=1.0)
     if len(kernels) != len(grams):
-        raise ValueError(f"`regmean` needs one Gram matrix per kernel: {len(kernels)} kernels, {len(grams)} Gram matrices.")
-    weights = np.full(len(kernels), 1.0 / len(kernels)) if weights is None else np.asarray(weights, "float64")
+        raise ValueError(
+            f"`regmean` needs one Gram matrix per kernel: {len(kernels)} kernels, {len(grams)} Gram matrices."
+        )
+    weights = (
+        np.full(len(kernels), 1.0 / len(kernels))
+        if weights is None
+        else np.asarray(weights, "float64")
+    )
     size = kernels[0].shape[0]
     precision = np.zeros((size, size))
     moment = np.zeros(kernels[0].shape)
     average = np.zeros(kernels[0].shape)
     for w, kernel, gram in zip(weights, kernels, grams):
-        kernel, gram = np.asarray(kernel, "float64"), np.asarray(gram, "float64")
+        kernel, gram = (
+            np.asarray(kernel, "float64"),
+            np.asarray(gram, "float64"),
+        )
         if gram.shape != (size, size) or kernel.shape != kernels[0].shape:
             raise ValueError(
                 f"`regmean` needs kernels of one shape and Gram matrices matching their rows; got a kernel "
@@ -66,5 +75,9 @@ def regmean(kernels, grams, *, weights=None, alpha=0.9):
         precision += w * gram
         moment += w * gram @ kernel
         average += w * kernel
-    ridge = _RIDGE * max(float(np.mean(np.diag(precision))), np.finfo("float64").tiny)
-    return np.linalg.solve(precision + ridge * np.eye(size), moment + ridge * average)
+    ridge = _RIDGE * max(
+        float(np.mean(np.diag(precision))), np.finfo("float64").tiny
+    )
+    return np.linalg.solve(
+        precision + ridge * np.eye(size), moment + ridge * average
+    )

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 
 from keras_memgeom.merging.layer_inputs import layer_inputs
-from keras_memgeom.symmetry.unit_chain import copy_model, unit_chain
+from keras_memgeom.symmetry.unit_chain import copy_model
+from keras_memgeom.symmetry.unit_chain import unit_chain
 
 # A unit whose pre-activation barely varies in the merged model is only
 # shifted: scaling it up would blow up its weights off the data.
@@ -52,11 +53,18 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
     Example:
     >>> repaired = repair(merge_models([a, b]), [a, align(b, a)], [(x, y)] * 2)
     """
-    weights = np.full(len(models), 1.0 / len(models)) if weights is None else np.asarray(weights, "float64")
+    weights = (
+        np.full(len(models), 1.0 / len(models))
+        if weights is None
+        else np.asarray(weights, "float64")
+    )
     hidden = unit_chain(merged)[:-1]
     for unit_layer in hidden:
         layer = unit_layer.layer
-        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) or unit_layer.bias is None:
+        if (
+            not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+            or unit_layer.bias is None
+        ):
             raise ValueError(
                 f"REPAIR corrects Dense and Conv2D layers with a bias; layer {layer.name!r} "
                 f"({type(layer).__name__}) is not one."
@@ -71,9 +79,15 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
         # Measured after the layers before it were corrected.
         mean, std = _unit_statistics(result, data, batch_size, upto=index + 1)
         unit_layer = unit_chain(result)[index]
-        scale = np.where(std[index] > _MIN_STD, target_std[index] / np.maximum(std[index], _MIN_STD), 1.0)
+        scale = np.where(
+            std[index] > _MIN_STD,
+            target_std[index] / np.maximum(std[index], _MIN_STD),
+            1.0,
+        )
         layer = unit_layer.layer
-        layer.kernel.assign((unit_layer.kernel * scale).astype(unit_layer.kernel.dtype))
+        layer.kernel.assign(
+            (unit_layer.kernel * scale).astype(unit_layer.kernel.dtype)
+        )
         bias = (unit_layer.bias - mean[index]) * scale + target_mean[index]
         layer.bias.assign(bias.astype(unit_layer.bias.dtype))
     return result
@@ -92,12 +106,21 @@ def _unit_statistics(model, data, batch_size, upto=None):
     for d in data:
         for rows in layer_inputs(model, d, batch_size=batch_size):
             for i, unit_layer in enumerate(hidden):
-                z = rows[i] @ unit_layer.effective_kernel().reshape(-1, unit_layer.units) + unit_layer.bias
+                z = (
+                    rows[i]
+                    @ unit_layer.effective_kernel().reshape(
+                        -1, unit_layer.units
+                    )
+                    + unit_layer.bias
+                )
                 count[i] += len(z)
                 total[i] = total[i] + z.sum(axis=0)
                 square[i] = square[i] + (z * z).sum(axis=0)
     means = [t / n for t, n in zip(total, count)]
-    stds = [np.sqrt(np.maximum(s / n - m * m, 0.0)) for s, n, m in zip(square, count, means)]
+    stds = [
+        np.sqrt(np.maximum(s / n - m * m, 0.0))
+        for s, n, m in zip(square, count, means)
+    ]
     return _ragged(means), _ragged(stds)
 
 

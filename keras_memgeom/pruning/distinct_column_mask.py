@@ -79,9 +79,13 @@ def validate_zero_rate(zero_rate):
         ValueError: naming `zero_rate`, if it is not a finite number (e.g.
             the string `"0.5"`) or is outside (0, 1).
     """
-    value = check_number("zero_rate", zero_rate, minimum=0.0, inclusive_minimum=False)
+    value = check_number(
+        "zero_rate", zero_rate, minimum=0.0, inclusive_minimum=False
+    )
     if value >= 1.0:
-        raise ValueError(f"`zero_rate` must be strictly between 0 and 1; got {zero_rate!r}.")
+        raise ValueError(
+            f"`zero_rate` must be strictly between 0 and 1; got {zero_rate!r}."
+        )
     return value
 
 

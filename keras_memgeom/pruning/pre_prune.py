@@ -8,9 +8,7 @@ from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
 
 
-def pre_prune(
-    model, *, zero_rate, widen=True, seed=None, prune_output=False
-):
+def pre_prune(model, *, zero_rate, widen=True, seed=None, prune_output=False):
     """Return a new model whose hidden Dense / Conv2D layers are pre-pruned.
 
     Every plain `keras.layers.Dense` becomes a `PrePrunedDense` and every

@@ -44,16 +44,19 @@ def align(model, reference, method="weight_matching", max_sweeps=100):
     True
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+        raise ValueError(
+            f"Unknown method {method!r}; expected one of {METHODS}."
+        )
     result = copy_model(model)
     chain, reference_chain = unit_chain(result), unit_chain(reference)
     check_same_architecture(chain, reference_chain)
     for _ in range(max_sweeps):
         changed = False
         for index in range(len(chain) - 1):
-            similarity = unit_features(reference_chain, index).astype(
-                "float64"
-            ) @ unit_features(chain, index).astype("float64").T
+            similarity = (
+                unit_features(reference_chain, index).astype("float64")
+                @ unit_features(chain, index).astype("float64").T
+            )
             _, permutation = linear_sum_assignment(similarity, maximize=True)
             if np.any(permutation != np.arange(len(permutation))):
                 permute_units(chain, index, permutation)

@@ -45,7 +45,9 @@ def reorder(model, method="lexicographic"):
     >>> distance(canonical_a, canonical_b).overall
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+        raise ValueError(
+            f"Unknown method {method!r}; expected one of {METHODS}."
+        )
     result = copy_model(model)
     chain = unit_chain(result)
     for index in range(len(chain) - 1):

@@ -57,19 +57,29 @@ class FrontalLobe:
     ...               frontal_lobe=frontal_lobe)
     """
 
-    def __init__(self, layers, *, fraction=None, strength=1.0, estimator="empirical"):
+    def __init__(
+        self, layers, *, fraction=None, strength=1.0, estimator="empirical"
+    ):
         if isinstance(layers, str):
             layers = [layers]
         layers = list(layers)
         if not layers or not all(isinstance(name, str) for name in layers):
-            raise ValueError(f"`layers` must be a non-empty list of layer names; got {layers!r}.")
+            raise ValueError(
+                f"`layers` must be a non-empty list of layer names; got {layers!r}."
+            )
         if fraction is not None:
             fraction = check_number(
-                "fraction", fraction, minimum=0.0, inclusive_minimum=False, maximum=1.0
+                "fraction",
+                fraction,
+                minimum=0.0,
+                inclusive_minimum=False,
+                maximum=1.0,
             )
         strength = check_number("strength", strength, minimum=0.0)
         if estimator not in ESTIMATORS:
-            raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+            raise ValueError(
+                f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}."
+            )
         self.layers = layers
         self.fraction = fraction
         self.strength = strength
@@ -103,7 +113,10 @@ class FrontalLobe:
             ValueError: if a name is not a layer of `model`, or the layer is
                 not a built Dense layer.
         """
-        by_name = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+        by_name = {
+            layer.name: layer
+            for layer in model._flatten_layers(include_self=False)
+        }
         masks = {}
         for name in self.layers:
             if name not in by_name:
@@ -122,11 +135,17 @@ class FrontalLobe:
                 continue
             units = np.zeros(layer.units, "float32")
             units[: max(1, round(self.fraction * layer.units))] = 1.0
-            _add(masks, layer.kernel, np.broadcast_to(units, layer.kernel.shape))
+            _add(
+                masks, layer.kernel, np.broadcast_to(units, layer.kernel.shape)
+            )
             if layer.use_bias:
                 _add(masks, layer.bias, units)
             for consumer in _consumers(model, layer):
-                _add(masks, consumer.kernel, np.broadcast_to(units[:, None], consumer.kernel.shape))
+                _add(
+                    masks,
+                    consumer.kernel,
+                    np.broadcast_to(units[:, None], consumer.kernel.shape),
+                )
         return masks
 
     def fisher_trace(self, model, x, y, sample_weight=None):
@@ -171,7 +190,9 @@ class FrontalLobe:
             cotangents = likelihood.score(outputs, labels)[None]
         per_example = 0.0
         grads = pullback(cotangents)
-        for (kernel_mask, bias_mask), layer_input, grad in zip(masks, inputs, grads):
+        for (kernel_mask, bias_mask), layer_input, grad in zip(
+            masks, inputs, grads
+        ):
             squares = ops.sum(ops.square(grad), axis=0)
             if kernel_mask is not None:
                 reach = ops.matmul(ops.square(layer_input), kernel_mask)
@@ -179,7 +200,9 @@ class FrontalLobe:
             if bias_mask is not None:
                 per_example = per_example + ops.matmul(squares, bias_mask)
         if sample_weight is not None:
-            per_example = per_example * ops.reshape(ops.cast(sample_weight, dtype), (-1,))
+            per_example = per_example * ops.reshape(
+                ops.cast(sample_weight, dtype), (-1,)
+            )
         return ops.mean(per_example)
 
     def split(self, model, values):
@@ -223,10 +246,17 @@ class FrontalLobe:
         dtype = taps.layers[0].kernel.dtype
 
         def on_device(path):
-            return None if path not in masks else backend.device_constant(masks[path], dtype)
+            return (
+                None
+                if path not in masks
+                else backend.device_constant(masks[path], dtype)
+            )
 
         layer_masks = [
-            (on_device(layer.kernel.path), on_device(layer.bias.path) if layer.use_bias else None)
+            (
+                on_device(layer.kernel.path),
+                on_device(layer.bias.path) if layer.use_bias else None,
+            )
             for layer in taps.layers
         ]
         self._cache = (model, taps, layer_masks)
@@ -240,7 +270,9 @@ class FrontalLobe:
 
 
 def _add(masks, variable, mask):
-    masks[variable.path] = np.maximum(masks.get(variable.path, 0.0), mask).astype("float32")
+    masks[variable.path] = np.maximum(
+        masks.get(variable.path, 0.0), mask
+    ).astype("float32")
 
 
 def _consumers(model, layer):
@@ -255,4 +287,3 @@ def _consumers(model, layer):
                 out.append(other)
                 break
     return out
-

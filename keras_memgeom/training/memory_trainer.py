@@ -7,17 +7,16 @@ import keras
 from keras import ops
 
 from keras_memgeom import backend
-from keras_memgeom.memory.attach import (
-    attach,
-    attached_regularizers,
-    attachment_of,
-    detach,
-    memory_list,
-)
+from keras_memgeom.memory.attach import attach
+from keras_memgeom.memory.attach import attached_regularizers
+from keras_memgeom.memory.attach import attachment_of
+from keras_memgeom.memory.attach import detach
+from keras_memgeom.memory.attach import memory_list
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.training.frontal_lobe import FrontalLobe
 from keras_memgeom.training.train_examples import count_train_examples
-from keras_memgeom.utils.checks import check_number, check_positive_int
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 
 class MemoryTrainer:
@@ -95,11 +94,15 @@ class MemoryTrainer:
                 `frontal_lobe` is not a `FrontalLobe`, or a memory does not
                 fit the model.
         """
-        if frontal_lobe is not None and not isinstance(frontal_lobe, FrontalLobe):
+        if frontal_lobe is not None and not isinstance(
+            frontal_lobe, FrontalLobe
+        ):
             raise ValueError(
                 f"`frontal_lobe` takes a FrontalLobe; got {type(frontal_lobe).__name__}."
             )
-        if regularizers is not None and not isinstance(regularizers, (list, tuple)):
+        if regularizers is not None and not isinstance(
+            regularizers, (list, tuple)
+        ):
             raise ValueError(
                 "`regularizers` takes a list of FisherMemory objects; got "
                 f"{type(regularizers).__name__}. Write `regularizers=[memory]`."
@@ -117,8 +120,13 @@ class MemoryTrainer:
         self._memory_num_train_examples = None
         self.frontal_lobe = frontal_lobe
         self.information_penalty_active = frontal_lobe is not None
-        if frontal_lobe is not None and self.information_penalty_tracker is None:
-            self.information_penalty_tracker = keras.metrics.Mean(name="information_penalty")
+        if (
+            frontal_lobe is not None
+            and self.information_penalty_tracker is None
+        ):
+            self.information_penalty_tracker = keras.metrics.Mean(
+                name="information_penalty"
+            )
         if self.memories and self.built and num_train_examples is not None:
             self._attach_memories(num_train_examples)
 
@@ -149,10 +157,13 @@ class MemoryTrainer:
     def fit(self, x=None, y=None, *args, **kwargs):
         backend.check_distribution()
         if self.memories:
-            arguments = _FIT_SIGNATURE.bind(self, x, y, *args, **kwargs).arguments
+            arguments = _FIT_SIGNATURE.bind(
+                self, x, y, *args, **kwargs
+            ).arguments
             split = arguments.get("validation_split", 0.0)
             self._attach_memories(
-                self.num_train_examples or count_train_examples(x, validation_split=split)
+                self.num_train_examples
+                or count_train_examples(x, validation_split=split)
             )
         return super().fit(x, y, *args, **kwargs)
 
@@ -168,18 +179,25 @@ class MemoryTrainer:
         self._attach_memories()
         return super().evaluate(*args, **kwargs)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
         if self.memories and attachment_of(self) is None:
             raise ValueError(_UNKNOWN_NUM_TRAIN_EXAMPLES)
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        loss = super().compute_loss(
+            x, y, y_pred, sample_weight, training=training
+        )
         if training and self.information_penalty_active:
-            information = self.frontal_lobe.strength * self.frontal_lobe.fisher_trace(
-                self, x, y, sample_weight
+            information = (
+                self.frontal_lobe.strength
+                * self.frontal_lobe.fisher_trace(self, x, y, sample_weight)
             )
             self.information_penalty_tracker.update_state(information)
             loss = ops.add(loss, ops.cast(information, loss.dtype))
         # Evaluated again for the metric; traced steps dedupe the arithmetic.
-        terms = [reg(variable.value) for variable, reg in attached_regularizers(self)]
+        terms = [
+            reg(variable.value) for variable, reg in attached_regularizers(self)
+        ]
         if terms:
             self.memory_penalty_tracker.update_state(ops.sum(ops.stack(terms)))
         return loss
@@ -189,7 +207,9 @@ class MemoryTrainer:
         if not self.memories:
             return
         num_train_examples = (
-            num_train_examples or self.num_train_examples or self._memory_num_train_examples
+            num_train_examples
+            or self.num_train_examples
+            or self._memory_num_train_examples
         )
         if num_train_examples is None:
             raise ValueError(_UNKNOWN_NUM_TRAIN_EXAMPLES)
@@ -236,7 +256,9 @@ class MemoryTrainer:
                 self.num_train_examples or self._memory_num_train_examples
             )
             if self.frontal_lobe is not None:
-                config["frontal_lobe"] = keras.saving.serialize_keras_object(self.frontal_lobe)
+                config["frontal_lobe"] = keras.saving.serialize_keras_object(
+                    self.frontal_lobe
+                )
         return config
 
     def compile_from_config(self, config):
@@ -254,7 +276,9 @@ class MemoryTrainer:
             (n for n in os.listdir(dir_path) if n.endswith(".memory")),
             key=lambda n: int(n.split("_")[1].split(".")[0]),
         )
-        self.memories = [FisherMemory.load(os.path.join(dir_path, n)) for n in names]
+        self.memories = [
+            FisherMemory.load(os.path.join(dir_path, n)) for n in names
+        ]
         if self.memories and self.built and self.num_train_examples is not None:
             self._attach_memories()
 

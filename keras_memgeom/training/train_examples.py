@@ -42,7 +42,9 @@ def count_train_examples(x, *, validation_split=0.0):
 
 
 def _is_tf_dataset(x):
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "cardinality")
+    return type(x).__module__.startswith("tensorflow") and hasattr(
+        x, "cardinality"
+    )
 
 
 def _count_dataset(dataset):
@@ -53,5 +55,9 @@ def _count_dataset(dataset):
             "The training dataset is infinite, so the number of examples the "
             "loss averages over is unknown: pass `num_train_examples=` to `compile`."
         )
-    sizes = dataset.map(lambda *batch: tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0])
-    return int(sizes.reduce(tf.constant(0, tf.int64), lambda total, size: total + size))
+    sizes = dataset.map(
+        lambda *batch: tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+    )
+    return int(
+        sizes.reduce(tf.constant(0, tf.int64), lambda total, size: total + size)
+    )

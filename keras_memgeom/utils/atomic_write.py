@@ -30,7 +30,9 @@ def _pid_alive(pid):
 def _remove_stale_temporaries(directory, name):
     # Temporaries of writers that were killed (SIGKILL, power loss) carry
     # their pid; those whose process is gone are removed.
-    for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+    for stale in glob.glob(
+        os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")
+    ):
         try:
             pid = int(os.path.basename(stale)[len(name) + 2 :].split(".", 1)[0])
         except ValueError:
@@ -58,7 +60,9 @@ def check_writable_file_path(path, what="file"):
     path = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(path)
     if os.path.isdir(path):
-        raise IsADirectoryError(f"Cannot write the {what} to {path!r}: it is a folder.")
+        raise IsADirectoryError(
+            f"Cannot write the {what} to {path!r}: it is a folder."
+        )
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"Cannot write the {what} to {path!r}: the folder {directory!r} does not exist."
@@ -98,7 +102,9 @@ def atomic_write(path, what="file"):
     path = check_writable_file_path(path, what)
     directory, name = os.path.split(path)
     _remove_stale_temporaries(directory, name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

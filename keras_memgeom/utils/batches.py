@@ -37,9 +37,16 @@ def _endless(what):
 def _dataset_batches(data, max_examples):
     import tensorflow as tf  # only reached with a tf.data.Dataset
 
-    if max_examples is None and data.cardinality() == tf.data.INFINITE_CARDINALITY:
+    if (
+        max_examples is None
+        and data.cardinality() == tf.data.INFINITE_CARDINALITY
+    ):
         raise _endless("The tf.data.Dataset has infinite cardinality: it")
-    labels = keras.tree.flatten(data.element_spec[1]) if isinstance(data.element_spec, tuple) else []
+    labels = (
+        keras.tree.flatten(data.element_spec[1])
+        if isinstance(data.element_spec, tuple)
+        else []
+    )
     if any(spec.shape.rank == 0 for spec in labels):
         raise ValueError(
             "The tf.data.Dataset yields single examples (its labels have no batch "
@@ -51,7 +58,9 @@ def _dataset_batches(data, max_examples):
 def _py_dataset_batches(data, max_examples):
     if data.num_batches is None:
         if max_examples is None:
-            raise _endless("The PyDataset has no length (`num_batches` is None): it")
+            raise _endless(
+                "The PyDataset has no length (`num_batches` is None): it"
+            )
         return (_split(data[i]) for i in itertools.count())
     return (_split(data[i]) for i in range(data.num_batches))
 
@@ -82,7 +91,9 @@ def iterate_batches(data, batch_size=256, max_examples=None):
             length.
     """
     batch_size = check_positive_int("batch_size", batch_size)
-    max_examples = check_positive_int("max_examples", max_examples, allow_none=True)
+    max_examples = check_positive_int(
+        "max_examples", max_examples, allow_none=True
+    )
     if isinstance(data, tuple):
         arrays = keras.tree.map_structure(_to_numpy, _split(data))
         num_x, num_y = _num_rows(arrays[0]), len(arrays[1])
@@ -98,7 +109,9 @@ def iterate_batches(data, batch_size=256, max_examples=None):
         batches = _dataset_batches(data, max_examples)
     else:
         if max_examples is None and iter(data) is data:
-            raise _endless(f"The data is a one-shot iterator ({type(data).__name__}) that")
+            raise _endless(
+                f"The data is a one-shot iterator ({type(data).__name__}) that"
+            )
         batches = (_split(b) for b in data)
     seen = 0
     for x, y in batches:
@@ -116,4 +129,3 @@ def iterate_batches(data, batch_size=256, max_examples=None):
             x, y = keras.tree.map_structure(lambda a: a[:room], (x, y))
         seen += len(y)
         yield x, y
-

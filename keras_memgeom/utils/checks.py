@@ -4,7 +4,9 @@ import math
 import numbers
 
 
-def check_number(name, value, *, minimum=None, maximum=None, inclusive_minimum=True):
+def check_number(
+    name, value, *, minimum=None, maximum=None, inclusive_minimum=True
+):
     """Returns `value` as a float after checking it is a finite real number.
 
     Args:
@@ -23,14 +25,18 @@ def check_number(name, value, *, minimum=None, maximum=None, inclusive_minimum=T
             the argument and the value.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a number; got {value!r} ({type(value).__name__}).")
+        raise ValueError(
+            f"`{name}` must be a number; got {value!r} ({type(value).__name__})."
+        )
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be finite; got {value!r}.")
     if minimum is not None:
         if value < minimum or (value == minimum and not inclusive_minimum):
             bound = ">=" if inclusive_minimum else ">"
-            raise ValueError(f"`{name}` must be {bound} {minimum}; got {value!r}.")
+            raise ValueError(
+                f"`{name}` must be {bound} {minimum}; got {value!r}."
+            )
     if maximum is not None and value > maximum:
         raise ValueError(f"`{name}` must be <= {maximum}; got {value!r}.")
     return value
@@ -53,7 +59,9 @@ def check_positive_int(name, value, *, allow_none=False):
     if value is None and allow_none:
         return None
     integral = isinstance(value, numbers.Integral) or (
-        isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+        isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and float(value).is_integer()
     )
     if isinstance(value, bool) or not integral:
         raise ValueError(f"`{name}` must be a whole number; got {value!r}.")

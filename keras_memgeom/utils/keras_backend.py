@@ -42,7 +42,9 @@ _INSTALL = {
 _chosen = None
 
 
-class BackendChoice(collections.namedtuple("BackendChoice", ["backend", "source"])):
+class BackendChoice(
+    collections.namedtuple("BackendChoice", ["backend", "source"])
+):
     """The Keras backend in use and how it was chosen.
 
     Attributes:
@@ -77,7 +79,9 @@ def keras_config_path(environ=None):
     return os.path.expanduser(os.path.join(keras_dir, "keras.json"))
 
 
-def configure_backend(environ=None, find_spec=importlib.util.find_spec, modules=None):
+def configure_backend(
+    environ=None, find_spec=importlib.util.find_spec, modules=None
+):
     """Makes sure Keras will import a backend that is installed.
 
     - Keras already imported: its backend is kept.
@@ -110,7 +114,11 @@ def configure_backend(environ=None, find_spec=importlib.util.find_spec, modules=
     modules = sys.modules if modules is None else modules
     if "keras" in modules:
         backend = _imported_backend(modules)
-        imported = "from KERAS_BACKEND" if environ.get("KERAS_BACKEND") == backend else None
+        imported = (
+            "from KERAS_BACKEND"
+            if environ.get("KERAS_BACKEND") == backend
+            else None
+        )
         _chosen = BackendChoice(backend, imported or "Keras was imported first")
         return _chosen
     path = keras_config_path(environ)
@@ -120,7 +128,9 @@ def configure_backend(environ=None, find_spec=importlib.util.find_spec, modules=
     elif configured:
         backend, source = configured, f"from {path}"
     else:
-        installed = [b for b in PREFERENCE if find_spec(_MODULES[b]) is not None]
+        installed = [
+            b for b in PREFERENCE if find_spec(_MODULES[b]) is not None
+        ]
         if not installed:
             raise ImportError(
                 "No Keras backend is installed: keras_memgeom needs one of "
@@ -134,7 +144,11 @@ def configure_backend(environ=None, find_spec=importlib.util.find_spec, modules=
         return _chosen
     module = _MODULES.get(backend)
     if module is not None and find_spec(module) is None:
-        others = [b for b in PREFERENCE if b != backend and find_spec(_MODULES[b]) is not None]
+        others = [
+            b
+            for b in PREFERENCE
+            if b != backend and find_spec(_MODULES[b]) is not None
+        ]
         choose = (
             f"choose an installed one with KERAS_BACKEND={others[0]} "
             f"(installed: {', '.join(others)})"

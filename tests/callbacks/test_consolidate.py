@@ -11,8 +11,14 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 def model_and_data(rng, frontal_lobe=True, strength=10.0):
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(8, activation="relu", name="hidden_0")(inputs)
-    model = keras_memgeom.Model(inputs, keras.layers.Dense(3, name="logits")(hidden))
-    lobe = keras_memgeom.FrontalLobe(["hidden_0"], fraction=0.5) if frontal_lobe else None
+    model = keras_memgeom.Model(
+        inputs, keras.layers.Dense(3, name="logits")(hidden)
+    )
+    lobe = (
+        keras_memgeom.FrontalLobe(["hidden_0"], fraction=0.5)
+        if frontal_lobe
+        else None
+    )
     model.compile("adam", LOSS, frontal_lobe=lobe, strength=strength)
     x = rng.normal(size=(40, 6)).astype("float32")
     return model, x, rng.integers(0, 3, 40)
@@ -21,11 +27,17 @@ def model_and_data(rng, frontal_lobe=True, strength=10.0):
 def test_phases_and_consolidation_at_the_task_boundary(rng):
     model, x, y = model_and_data(rng)
     callback = Consolidate((x, y), information_epochs=2)
-    history = model.fit(x, y, epochs=4, batch_size=20, verbose=0, callbacks=[callback])
+    history = model.fit(
+        x, y, epochs=4, batch_size=20, verbose=0, callbacks=[callback]
+    )
 
     penalty = history.history["information_penalty"]
     assert penalty[:2] == [0.0, 0.0] and min(penalty[2:]) > 0
-    assert [r["phase"] for r in callback.records] == ["task", "information", "consolidated"]
+    assert [r["phase"] for r in callback.records] == [
+        "task",
+        "information",
+        "consolidated",
+    ]
     assert len(model.memories) == 1 and model.memories[0].num_examples == 40
     for key in ("frontal_lobe_fisher_trace", "rest_fisher_trace"):
         assert len(history.history[key]) == 2
@@ -36,7 +48,9 @@ def test_phases_and_consolidation_at_the_task_boundary(rng):
 
     # The next task: phase 1 again, with the memory attached and merged into.
     callback = Consolidate((x, y), information_epochs=1)
-    history = model.fit(x, y, epochs=2, batch_size=20, verbose=0, callbacks=[callback])
+    history = model.fit(
+        x, y, epochs=2, batch_size=20, verbose=0, callbacks=[callback]
+    )
     assert history.history["information_penalty"][0] == 0.0
     assert history.history["memory_penalty"][0] > 0
     assert len(model.memories) == 1 and model.memories[0].num_examples == 80
@@ -44,7 +58,9 @@ def test_phases_and_consolidation_at_the_task_boundary(rng):
 
 def test_every_k_epochs_and_forgetting_the_frontal_lobe(rng):
     model, x, y = model_and_data(rng)
-    callback = Consolidate((x, y), information_epochs=1, period=2, forget_frontal_lobe=True)
+    callback = Consolidate(
+        (x, y), information_epochs=1, period=2, forget_frontal_lobe=True
+    )
     model.fit(x, y, epochs=4, batch_size=20, verbose=0, callbacks=[callback])
     assert [r["phase"] for r in callback.records].count("consolidated") == 2
     assert model.memories[0].num_examples == 80
@@ -61,7 +77,13 @@ def test_bad_arguments_and_models_are_named(rng):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[Consolidate((x, y))])
     model, x, y = model_and_data(rng)
     with pytest.raises(ValueError, match="longer than a cycle"):
-        model.fit(x, y, epochs=2, verbose=0, callbacks=[Consolidate((x, y), information_epochs=3)])
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            verbose=0,
+            callbacks=[Consolidate((x, y), information_epochs=3)],
+        )
     for kwargs, message in [
         ({"information_epochs": -1}, "information_epochs"),
         ({"period": 0}, "period"),
@@ -81,13 +103,19 @@ def test_bad_arguments_and_models_are_named(rng):
 def test_early_stopping_inside_the_cycle_still_consolidates(rng):
     model, x, y = model_and_data(rng)
     callback = Consolidate((x, y), information_epochs=2)
-    # The information penalty is 0 in phase 1, so this stops after 2 of 6 epochs.
+    # The information penalty is 0 in phase 1, so this stops after 2 of 6
+    # epochs.
     stop = keras.callbacks.EarlyStopping(
         monitor="information_penalty", mode="min", patience=0
     )
-    history = model.fit(x, y, epochs=6, batch_size=20, verbose=0, callbacks=[callback, stop])
+    history = model.fit(
+        x, y, epochs=6, batch_size=20, verbose=0, callbacks=[callback, stop]
+    )
     assert len(history.history["loss"]) == 2
-    assert [r["phase"] for r in callback.records] == ["information", "consolidated"]
+    assert [r["phase"] for r in callback.records] == [
+        "information",
+        "consolidated",
+    ]
     assert callback.records[-1]["epoch"] == 1
     assert len(model.memories) == 1 and model.memories[0].num_examples == 40
 
@@ -100,6 +128,8 @@ def test_epochs_left_over_after_the_last_period_are_consolidated(rng):
     model, x, y = model_and_data(rng)
     callback = Consolidate((x, y), information_epochs=1, period=2)
     model.fit(x, y, epochs=3, batch_size=20, verbose=0, callbacks=[callback])
-    consolidated = [r["epoch"] for r in callback.records if r["phase"] == "consolidated"]
+    consolidated = [
+        r["epoch"] for r in callback.records if r["phase"] == "consolidated"
+    ]
     assert consolidated == [1, 2]
     assert model.memories[0].num_examples == 80

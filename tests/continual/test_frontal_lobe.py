@@ -8,12 +8,20 @@ def test_frontal_lobe_runs_in_the_harness():
     stream = continual.TaskStream.make(
         "permuted", "digits", num_tasks=2, max_train_examples=200, seed=0
     )
-    strategy = continual.get_strategy("frontal-lobe", strength=10.0, information_epochs=1)
+    strategy = continual.get_strategy(
+        "frontal-lobe", strength=10.0, information_epochs=1
+    )
     run = continual.Harness(stream, width=8, epochs=2).run(strategy)
     assert run["config"]["fraction"] == 0.5
     assert all(d is not None for d in run["effective_dimension"])
-    assert [r["phase"] for r in strategy.records[-1]] == ["task", "information", "consolidated"]
-    assert strategy.memory.num_examples == sum(len(t.y_train) for t in stream.tasks)
+    assert [r["phase"] for r in strategy.records[-1]] == [
+        "task",
+        "information",
+        "consolidated",
+    ]
+    assert strategy.memory.num_examples == sum(
+        len(t.y_train) for t in stream.tasks
+    )
 
 
 def test_frontal_lobe_refuses_auto_strength():
@@ -29,7 +37,10 @@ def test_frontal_lobe_refuses_auto_strength():
         ({"strength": float("inf")}, "`strength` must be finite"),
         ({"strength": float("nan")}, "`strength` must be finite"),
         ({"information_strength": -1.0}, "`information_strength` must be >= 0"),
-        ({"information_strength": float("inf")}, "`information_strength` must be finite"),
+        (
+            {"information_strength": float("inf")},
+            "`information_strength` must be finite",
+        ),
         ({"decay": float("nan")}, "`decay` must be finite"),
         ({"fraction": "0.5"}, "`fraction` must be a number"),
     ],

@@ -42,7 +42,9 @@ def test_same_seed_same_results(tiny_stream, tiny_document):
 
 def test_memory_protects_the_first_task():
     # Large enough that the first task is learned, small enough for CI.
-    stream = continual.TaskStream.make("permuted", "digits", num_tasks=2, max_train_examples=600)
+    stream = continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2, max_train_examples=600
+    )
     harness = continual.Harness(stream, width=64, epochs=5, batch_size=64)
     finetune = harness.run(continual.Finetune())
     online = harness.run(continual.Online(strength=1000))
@@ -56,7 +58,9 @@ def test_memory_protects_the_first_task():
 def test_memory_penalty_is_attached_for_the_second_task(tiny_stream):
     strategy = continual.Online(strength=7)
     model = strategy.build_model(tiny_stream, width=8)
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     first, second = (continual.TaskContext(tiny_stream, i, 7.0) for i in (0, 1))
     strategy.before_task(model, first)
     assert strategy.memory is None
@@ -94,7 +98,11 @@ def test_harness_rejects_bad_settings(tiny_stream):
     with pytest.raises(ValueError, match="`prior_precision` must be > 0"):
         continual.Harness(tiny_stream, prior_precision=0.0)
     no_validation = continual.TaskStream.make(
-        "permuted", "digits", num_tasks=2, max_train_examples=100, validation_split=0
+        "permuted",
+        "digits",
+        num_tasks=2,
+        max_train_examples=100,
+        validation_split=0,
     )
     with pytest.raises(ValueError, match="needs validation splits"):
         continual.Harness(no_validation).run(continual.Online(strength="auto"))
@@ -105,17 +113,27 @@ def test_harness_rejects_bad_settings(tiny_stream):
 
 def test_progress_names_task_method_and_epoch(tiny_document, tiny_progress):
     assert "finetune: task 1/2 epoch 1/1 loss" in tiny_progress[0]
-    assert "online: task 2/2 (strength 1000) epoch 1/1 loss" in "\n".join(tiny_progress)
-    assert any("online: strength 1: validation accuracy" in line for line in tiny_progress)
+    assert "online: task 2/2 (strength 1000) epoch 1/1 loss" in "\n".join(
+        tiny_progress
+    )
+    assert any(
+        "online: strength 1: validation accuracy" in line
+        for line in tiny_progress
+    )
     assert any("ewc: task 2/2 done" in line for line in tiny_progress)
 
 
 @pytest.mark.parametrize(
-    "scenario, split_scenario", [("split", "task"), ("split", "class"), ("rotated", "task")]
+    "scenario, split_scenario",
+    [("split", "task"), ("split", "class"), ("rotated", "task")],
 )
 def test_other_scenarios_run_with_a_memory(scenario, split_scenario):
     stream = continual.TaskStream.make(
-        scenario, "digits", num_tasks=2, split_scenario=split_scenario, max_train_examples=200
+        scenario,
+        "digits",
+        num_tasks=2,
+        split_scenario=split_scenario,
+        max_train_examples=200,
     )
     run = continual.Harness(stream, width=8, epochs=1).run(continual.Online())
     assert np.shape(run["accuracy_matrix"]) == (2, 2)

@@ -12,7 +12,9 @@ def test_kfac_memories_run_through_the_harness(tiny_stream, strategy):
     run = document["methods"][method.name]
     assert run["config"]["structure"] == "kfac"
     assert len(run["accuracy_matrix"]) == 2
-    assert run["effective_dimension"][0] > 0  # from the Kronecker blocks' eigenvalues
+    assert (
+        run["effective_dimension"][0] > 0
+    )  # from the Kronecker blocks' eigenvalues
 
 
 def test_methods_without_a_kronecker_memory_refuse_it_by_name():

@@ -17,7 +17,9 @@ def test_average_accuracy():
 
 
 def test_average_accuracy_curve():
-    assert metrics.average_accuracy_curve(R) == pytest.approx([0.9, 0.75, 2.0 / 3])
+    assert metrics.average_accuracy_curve(R) == pytest.approx(
+        [0.9, 0.75, 2.0 / 3]
+    )
 
 
 def test_backward_transfer():
@@ -34,7 +36,9 @@ def test_forgetting_uses_best_earlier_accuracy():
     # Task 0: best 0.9, final 0.5; task 1: best 0.8, final 0.6.
     assert metrics.forgetting(R) == pytest.approx(0.3)
     # Accuracy that rose before falling counts from its peak, not its start.
-    assert metrics.forgetting([[0.5, 0, 0], [0.9, 0.8, 0], [0.4, 0.8, 1]]) == pytest.approx(0.25)
+    assert metrics.forgetting(
+        [[0.5, 0, 0], [0.9, 0.8, 0], [0.4, 0.8, 1]]
+    ) == pytest.approx(0.25)
 
 
 def test_learning_accuracy():

@@ -16,7 +16,9 @@ class _Recording(continual.OnlineEWC):
         task = context.task
         data = (task.x_train, task.y_train)
         self.fishers.append(keras_memgeom.FisherMemory.estimate(model, data))
-        self.weights.append({v.path: np.array(v.numpy()) for v in model.trainable_variables})
+        self.weights.append(
+            {v.path: np.array(v.numpy()) for v in model.trainable_variables}
+        )
         super().after_task(model, context)
 
 
@@ -28,9 +30,14 @@ def test_importance_and_anchor_follow_the_formula(tiny_stream):
     # F*_2 = gamma F_1 + F_2, anchored at the weights after task 2.
     for path, importance in memory.fisher.items():
         np.testing.assert_allclose(
-            importance, 0.5 * first.fisher[path] + second.fisher[path], rtol=1e-5, atol=1e-12
+            importance,
+            0.5 * first.fisher[path] + second.fisher[path],
+            rtol=1e-5,
+            atol=1e-12,
         )
-        np.testing.assert_array_equal(memory.anchor[path], strategy.weights[1][path])
+        np.testing.assert_array_equal(
+            memory.anchor[path], strategy.weights[1][path]
+        )
     assert memory.num_examples == len(tiny_stream.tasks[1].y_train)
     assert strategy.get_config()["gamma"] == 0.5
 

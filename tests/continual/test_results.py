@@ -22,13 +22,19 @@ def test_document_follows_the_schema(tiny_document):
     "change, message",
     [
         (lambda d: d.pop("seed"), "$: missing 'seed'"),
-        (lambda d: d["methods"]["ewc"].update(average_accuracy=1.5), "above the maximum"),
+        (
+            lambda d: d["methods"]["ewc"].update(average_accuracy=1.5),
+            "above the maximum",
+        ),
         (
             lambda d: d["methods"]["ewc"].update(strength="x"),
             "$.methods.ewc.strength: expected array",
         ),
         (lambda d: d.update(seed=True), "$.seed: expected integer"),
-        (lambda d: d["methods"]["ewc"]["accuracy_matrix"].pop(), "shape (1, 2)"),
+        (
+            lambda d: d["methods"]["ewc"]["accuracy_matrix"].pop(),
+            "shape (1, 2)",
+        ),
         (lambda d: d.update(methods={}), "at least 1"),
     ],
 )
@@ -43,7 +49,9 @@ def test_invalid_documents_are_rejected(tiny_document, change, message):
 def test_save_and_load(tiny_document, tmp_path):
     path = tmp_path / "results.json"
     continual.save_results(tiny_document, str(path))
-    assert continual.load_results(str(path)) == json.loads(json.dumps(tiny_document))
+    assert continual.load_results(str(path)) == json.loads(
+        json.dumps(tiny_document)
+    )
     assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
 
 
@@ -58,7 +66,12 @@ def test_invalid_document_is_not_written(tiny_document, tmp_path):
 def test_table(tiny_document):
     table = continual.format_table(tiny_document).splitlines()
     assert table[0].split()[:3] == ["method", "avg", "acc"]
-    assert [line.split()[0] for line in table[2:]] == ["finetune", "joint", "ewc", "online"]
+    assert [line.split()[0] for line in table[2:]] == [
+        "finetune",
+        "joint",
+        "ewc",
+        "online",
+    ]
     ewc = tiny_document["methods"]["ewc"]
     assert f"{ewc['average_accuracy']:.3f}" in table[4]
     assert "auto" in table[5]
@@ -68,17 +81,30 @@ def test_unfinished_runs_are_valid_and_marked(tiny_document):
     document = copy.deepcopy(tiny_document)
     assert document["complete"] is True and document["schema_version"] == 2
     ewc = document["methods"]["ewc"]
-    for key in ("average_accuracy", "average_accuracy_curve", "backward_transfer"):
+    for key in (
+        "average_accuracy",
+        "average_accuracy_curve",
+        "backward_transfer",
+    ):
         del ewc[key]
-    for key in ("accuracy_matrix", "strength", "effective_dimension", "wall_time_per_task"):
+    for key in (
+        "accuracy_matrix",
+        "strength",
+        "effective_dimension",
+        "wall_time_per_task",
+    ):
         ewc[key].pop()
     ewc["tasks_done"] = 1
-    with pytest.raises(ValueError, match="1 of 2 tasks done in a complete document"):
+    with pytest.raises(
+        ValueError, match="1 of 2 tasks done in a complete document"
+    ):
         continual.validate_results(document)
     document["complete"] = False
     continual.validate_results(document)
     ewc["strength"].append(None)
-    with pytest.raises(ValueError, match=r"\$.methods.ewc.strength: 2 entries, expected 1"):
+    with pytest.raises(
+        ValueError, match=r"\$.methods.ewc.strength: 2 entries, expected 1"
+    ):
         continual.validate_results(document)
 
 
@@ -89,7 +115,9 @@ def test_complete_documents_need_every_method_and_metric(tiny_document):
         continual.validate_results(document)
     document = copy.deepcopy(tiny_document)
     del document["methods"]["joint"]["forgetting"]
-    with pytest.raises(ValueError, match=r"\$.methods.joint: missing 'forgetting'"):
+    with pytest.raises(
+        ValueError, match=r"\$.methods.joint: missing 'forgetting'"
+    ):
         continual.validate_results(document)
 
 

@@ -6,7 +6,9 @@ from keras_memgeom import continual
 
 
 def test_registry_lists_the_methods():
-    assert {"finetune", "joint", "ewc", "online"} <= set(continual.available_strategies())
+    assert {"finetune", "joint", "ewc", "online"} <= set(
+        continual.available_strategies()
+    )
     assert isinstance(continual.get_strategy("ewc", strength=5), continual.EWC)
     assert continual.get_strategy_class("online") is continual.Online
 
@@ -52,7 +54,9 @@ def test_a_new_method_is_one_small_class(tiny_stream):
 
 def test_names_are_unique():
     with pytest.raises(ValueError, match="already taken"):
-        continual.register_strategy(type("Again", (continual.Strategy,), {"name": "ewc"}))
+        continual.register_strategy(
+            type("Again", (continual.Strategy,), {"name": "ewc"})
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from keras_memgeom.continual import ImageDataset, TaskStream
+from keras_memgeom.continual import ImageDataset
+from keras_memgeom.continual import TaskStream
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +15,9 @@ def test_digits_split(digits):
     assert digits.x_test.shape == (360, 8, 8, 1)
     assert digits.num_classes == 10
     assert 0.0 <= digits.x_train.min() and digits.x_train.max() <= 1.0
-    assert digits.x_train.dtype == np.float32 and digits.y_train.dtype == np.int32
+    assert (
+        digits.x_train.dtype == np.float32 and digits.y_train.dtype == np.int32
+    )
 
 
 def test_mnist5k_split():
@@ -33,7 +36,11 @@ def test_unknown_dataset():
 def test_permuted(digits):
     stream = TaskStream.make("permuted", digits, num_tasks=3, seed=1)
     first, second = stream.tasks[0], stream.tasks[1]
-    assert (stream.input_shape, stream.input_dim, stream.num_outputs) == ((8, 8, 1), 64, 10)
+    assert (stream.input_shape, stream.input_dim, stream.num_outputs) == (
+        (8, 8, 1),
+        64,
+        10,
+    )
     assert not stream.task_incremental
     # Images keep their shape.
     np.testing.assert_array_equal(first.x_test, digits.x_test)
@@ -42,7 +49,8 @@ def test_permuted(digits):
     assert not np.array_equal(first.x_test, second.x_test)
     flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
     np.testing.assert_array_equal(
-        np.sort(flat(second.x_test), axis=1), np.sort(flat(first.x_test), axis=1)
+        np.sort(flat(second.x_test), axis=1),
+        np.sort(flat(first.x_test), axis=1),
     )
     np.testing.assert_array_equal(second.y_test, first.y_test)
     # 10% of the training examples are held out for validation.
@@ -51,21 +59,31 @@ def test_permuted(digits):
 
 def test_rotated(digits):
     stream = TaskStream.make("rotated", digits, num_tasks=2)
-    np.testing.assert_allclose(stream.tasks[0].x_train, digits.x_train[144:], atol=1e-6)
+    np.testing.assert_allclose(
+        stream.tasks[0].x_train, digits.x_train[144:], atol=1e-6
+    )
     assert stream.tasks[1].x_train.shape == (1437 - 144, 8, 8, 1)
     assert not np.allclose(stream.tasks[1].x_train, stream.tasks[0].x_train)
     # Task 1 of 2 turns the images by 90 degrees.
     np.testing.assert_allclose(
-        stream.tasks[1].x_train, np.rot90(digits.x_train[144:], axes=(1, 2)), atol=1e-5
+        stream.tasks[1].x_train,
+        np.rot90(digits.x_train[144:], axes=(1, 2)),
+        atol=1e-5,
     )
 
 
 @pytest.mark.parametrize(
     "split_scenario, num_outputs, labels, classes",
-    [("task", 10, [2, 3], (2, 3)), ("domain", 2, [0, 1], None), ("class", 10, [2, 3], None)],
+    [
+        ("task", 10, [2, 3], (2, 3)),
+        ("domain", 2, [0, 1], None),
+        ("class", 10, [2, 3], None),
+    ],
 )
 def test_split(digits, split_scenario, num_outputs, labels, classes):
-    stream = TaskStream.make("split", digits, num_tasks=5, split_scenario=split_scenario)
+    stream = TaskStream.make(
+        "split", digits, num_tasks=5, split_scenario=split_scenario
+    )
     assert (stream.input_shape, stream.num_outputs) == ((8, 8, 1), num_outputs)
     task = stream.tasks[1]
     assert sorted(np.unique(task.y_train)) == labels
@@ -84,7 +102,9 @@ def test_deterministic_for_a_seed():
 
 
 def test_max_train_examples(digits):
-    stream = TaskStream.make("permuted", digits, num_tasks=1, max_train_examples=100)
+    stream = TaskStream.make(
+        "permuted", digits, num_tasks=1, max_train_examples=100
+    )
     assert len(stream.tasks[0].x_train) + len(stream.tasks[0].x_val) == 100
 
 
@@ -119,7 +139,12 @@ def test_tfds_under_mock_data():
         data = ImageDataset.load("tfds:mnist")
         stream = TaskStream.make("permuted", data, num_tasks=2)
     assert data.name == "tfds:mnist"
-    assert data.x_train.shape == (24, 28, 28, 1) and data.x_test.shape == (24, 28, 28, 1)
+    assert data.x_train.shape == (24, 28, 28, 1) and data.x_test.shape == (
+        24,
+        28,
+        28,
+        1,
+    )
     assert data.num_classes == 10
     assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
     assert stream.input_dim == 784 and len(stream.tasks[1].x_test) == 24
@@ -134,13 +159,22 @@ def test_tfds_unknown_name():
 def test_from_arrays_keeps_shapes_and_splits(digits):
     x, y = digits.x_train[:100], digits.y_train[:100]
     stream = TaskStream.from_arrays(
-        [(x[:50], y[:50]), (x[50:], y[50:])], test_split=0.2, validation_split=0.1, name="mine"
+        [(x[:50], y[:50]), (x[50:], y[50:])],
+        test_split=0.2,
+        validation_split=0.1,
+        name="mine",
     )
-    assert (stream.scenario, stream.dataset, stream.input_shape) == ("custom", "mine", (8, 8, 1))
+    assert (stream.scenario, stream.dataset, stream.input_shape) == (
+        "custom",
+        "mine",
+        (8, 8, 1),
+    )
     task = stream.tasks[1]
     # 50 examples: 10 test, 4 of the other 40 for validation, 36 to train.
     assert (len(task.y_test), len(task.y_val), len(task.y_train)) == (10, 4, 36)
-    assert task.x_train.shape == (36, 8, 8, 1) and task.x_train.dtype == np.float32
+    assert (
+        task.x_train.shape == (36, 8, 8, 1) and task.x_train.dtype == np.float32
+    )
     assert stream.num_outputs == int(y.max()) + 1
     # A task given with its own test split keeps it.
     kept = TaskStream.from_arrays([(x[:40], y[:40], x[40:50], y[40:50])])
@@ -150,10 +184,16 @@ def test_from_arrays_keeps_shapes_and_splits(digits):
 @pytest.mark.parametrize(
     "tasks, match",
     [
-        ([(np.zeros((4, 8, 8, 1)), np.zeros(3, int))], "Task 0 has 4 inputs but 3 labels"),
+        (
+            [(np.zeros((4, 8, 8, 1)), np.zeros(3, int))],
+            "Task 0 has 4 inputs but 3 labels",
+        ),
         ([(np.zeros((4, 8, 8, 1)), np.zeros(4))], "Task 0: labels must be"),
         (
-            [(np.zeros((10, 8, 8, 1)), np.arange(10) % 2), (np.zeros((10, 4)), np.arange(10) % 2)],
+            [
+                (np.zeros((10, 8, 8, 1)), np.arange(10) % 2),
+                (np.zeros((10, 4)), np.arange(10) % 2),
+            ],
             r"Task 1 has inputs of shape \(4,\), other than task 0's \(8, 8, 1\)",
         ),
         ([], "at least one task"),
@@ -172,11 +212,22 @@ def test_from_datasets_reads_tf_data_and_tfds_builders():
     unbatched = tf.data.Dataset.from_tensor_slices((x, y))
     with tfds.testing.mock_data(num_examples=12):
         builder = tfds.builder("mnist")
-        stream = TaskStream.from_datasets([unbatched, unbatched.batch(7)], seed=0)
+        stream = TaskStream.from_datasets(
+            [unbatched, unbatched.batch(7)], seed=0
+        )
         mnist = TaskStream.from_datasets([builder], validation_split=0)
     assert stream.input_shape == (8, 8, 1) and stream.num_outputs == 3
-    assert sum(len(getattr(stream.tasks[1], f"y_{s}")) for s in ("train", "val", "test")) == 30
-    assert 0 <= stream.tasks[0].x_train.min() and stream.tasks[0].x_train.max() <= 1
+    assert (
+        sum(
+            len(getattr(stream.tasks[1], f"y_{s}"))
+            for s in ("train", "val", "test")
+        )
+        == 30
+    )
+    assert (
+        0 <= stream.tasks[0].x_train.min()
+        and stream.tasks[0].x_train.max() <= 1
+    )
     assert mnist.input_shape == (28, 28, 1) and len(mnist.tasks[0].y_test) == 12
     with pytest.raises(ValueError, match="Task 0: expected a tf.data.Dataset"):
         TaskStream.from_datasets([x])
@@ -185,11 +236,17 @@ def test_from_datasets_reads_tf_data_and_tfds_builders():
 def test_scenarios_on_an_npz_file(tmp_path):
     path = str(tmp_path / "blobs.npz")
     rng = np.random.default_rng(0)
-    np.savez(path, x=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8), y=np.arange(40) % 4)
+    np.savez(
+        path,
+        x=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8),
+        y=np.arange(40) % 4,
+    )
     data = ImageDataset.load(path, seed=0)
     assert data.x_train.shape == (32, 6, 6, 1) and data.num_classes == 4
     for scenario in ("permuted", "rotated", "split"):
-        stream = TaskStream.make(scenario, path, num_tasks=2, validation_split=0)
+        stream = TaskStream.make(
+            scenario, path, num_tasks=2, validation_split=0
+        )
         assert stream.tasks[1].x_test.shape[1:] == (6, 6, 1)
     np.savez(path, images=np.zeros((4, 6, 6)))
     with pytest.raises(ValueError, match="must hold arrays 'x' and 'y'"):

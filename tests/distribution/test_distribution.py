@@ -55,7 +55,12 @@ def _run(script, env_extra, tmp_path):
     path = tmp_path / "script.py"
     path.write_text(_COMMON + textwrap.dedent(script))
     result = subprocess.run(
-        [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+        [sys.executable, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -95,7 +100,10 @@ def test_data_and_model_parallel_memories_equal_one_device(tmp_path):
             np.savez("expected.npz", *fisher_list(memory))
         print("ok")
         """,
-        {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        {
+            "KERAS_BACKEND": "jax",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        },
         tmp_path,
     )
     assert "ok" in out
@@ -106,7 +114,9 @@ def test_data_and_model_parallel_memories_equal_one_device(tmp_path):
         np.testing.assert_array_equal(loaded.fisher[path], expected[f"arr_{i}"])
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute runs on TensorFlow")
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="tf.distribute runs on TensorFlow"
+)
 def test_mirrored_strategy_memories_equal_one_device(tmp_path):
     out = _run(
         """
@@ -135,10 +145,14 @@ def test_a_distribution_on_torch_is_refused_not_ignored(rng):
     from keras.src.distribution import distribution_lib
 
     model = keras_memgeom.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x = rng.normal(size=(8, 5)).astype("float32")
     y = rng.integers(0, 3, 8)
-    mesh = keras.distribution.DeviceMesh(shape=(1,), axis_names=["batch"], devices=["cpu:0"])
+    mesh = keras.distribution.DeviceMesh(
+        shape=(1,), axis_names=["batch"], devices=["cpu:0"]
+    )
     # Keras accepts this on torch, then runs on one device.
     with keras.distribution.DataParallel(device_mesh=mesh).scope():
         with pytest.raises(NotImplementedError, match="torch"):

@@ -4,7 +4,9 @@ import importlib.util
 import os
 
 EXAMPLE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ),
     "examples",
     "continual_digits.py",
 )

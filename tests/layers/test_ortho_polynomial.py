@@ -33,7 +33,9 @@ def test_matches_numpy_per_unit(basis):
         ],
         axis=1,
     )
-    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("basis", sorted(REFERENCE))
@@ -41,7 +43,9 @@ def test_starts_as_the_domain_map(basis):
     x = np.linspace(-2, 2, 9, dtype="float32")[:, None]
     domain_map, _ = REFERENCE[basis]
     np.testing.assert_allclose(
-        to_numpy(OrthoPolynomial(degree=3, basis=basis)(x)), domain_map(x), atol=1e-5
+        to_numpy(OrthoPolynomial(degree=3, basis=basis)(x)),
+        domain_map(x),
+        atol=1e-5,
     )
 
 

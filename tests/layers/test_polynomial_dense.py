@@ -19,7 +19,9 @@ def test_output_is_sum_over_inputs_and_basis():
     # y_j = sum_i sum_k c_ijk P_k(tanh x_i), with numpy's Legendre values.
     phi = np.polynomial.legendre.legvander(np.tanh(x.astype("float64")), 4)
     expected = np.einsum("bik,kij->bj", phi, coefficients)
-    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_pre_pruned_connections_stay_zero():
@@ -40,7 +42,9 @@ def test_pre_pruned_connections_stay_zero():
     # A masked input does not reach the units it is cut from.
     changed = x.copy()
     changed[:, 0] += 1.0
-    difference = np.abs(to_numpy(layer(changed)) - to_numpy(layer(x))).max(axis=0)
+    difference = np.abs(to_numpy(layer(changed)) - to_numpy(layer(x))).max(
+        axis=0
+    )
     np.testing.assert_array_equal(difference[mask[0] == 0], 0.0)
 
 
@@ -75,7 +79,9 @@ def test_bad_arguments():
         PolynomialDense(2, 3, zero_rate=0.0)
     with pytest.raises(ValueError, match="basis"):
         PolynomialDense(2, 3, basis="spline")
-    with pytest.raises(ValueError, match="`zero_rate` must be a number; got '0.5'"):
+    with pytest.raises(
+        ValueError, match="`zero_rate` must be a number; got '0.5'"
+    ):
         PolynomialDense(2, 3, zero_rate="0.5")
     for units in (0, -3, 2.5):
         with pytest.raises(ValueError, match="`units` must be"):

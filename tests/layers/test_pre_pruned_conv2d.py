@@ -33,7 +33,12 @@ def test_mask_acts_on_channel_connectivity():
 def test_masked_entries_get_exactly_zero_gradient():
     layer = PrePrunedConv2D(4, 3, zero_rate=0.5, seed=0)
     model = keras.Sequential(
-        [keras.Input((5, 5, 3)), layer, keras.layers.Flatten(), keras.layers.Dense(1)]
+        [
+            keras.Input((5, 5, 3)),
+            layer,
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
     )
     start = np.random.default_rng(0).normal(size=(3, 3, 3, 4)).astype("float32")
     layer.kernel.assign(start)
@@ -56,7 +61,9 @@ def test_widen_and_save_load_round_trip(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert loaded.layers[0].filters == 8
-    np.testing.assert_array_equal(to_numpy(loaded.layers[0].mask), to_numpy(layer.mask))
+    np.testing.assert_array_equal(
+        to_numpy(loaded.layers[0].mask), to_numpy(layer.mask)
+    )
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 5)).astype("float32")
     np.testing.assert_allclose(
         to_numpy(loaded(x, training=False)),

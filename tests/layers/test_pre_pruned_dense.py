@@ -52,7 +52,8 @@ def test_masked_entries_get_exactly_zero_gradient():
 
 
 @pytest.mark.parametrize(
-    "units, zero_rate, expected", [(64, 0.5, 128), (10, 0.3, 15), (10, 0.75, 40)]
+    "units, zero_rate, expected",
+    [(64, 0.5, 128), (10, 0.3, 15), (10, 0.75, 40)],
 )
 def test_widen(units, zero_rate, expected):
     layer = PrePrunedDense(units, zero_rate=zero_rate, widen=True)
@@ -63,7 +64,11 @@ def test_widen(units, zero_rate, expected):
 
 def test_save_load_round_trip(tmp_path):
     model = keras.Sequential(
-        [keras.Input((6,)), PrePrunedDense(8, zero_rate=0.5), keras.layers.Dense(2)]
+        [
+            keras.Input((6,)),
+            PrePrunedDense(8, zero_rate=0.5),
+            keras.layers.Dense(2),
+        ]
     )
     x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
     path = tmp_path / "model.keras"
@@ -82,13 +87,17 @@ def test_save_load_round_trip(tmp_path):
 def test_errors():
     with pytest.raises(ValueError, match="zero_rate"):
         PrePrunedDense(4, zero_rate=1.0)
-    with pytest.raises(ValueError, match="`zero_rate` must be a number; got '0.5'"):
+    with pytest.raises(
+        ValueError, match="`zero_rate` must be a number; got '0.5'"
+    ):
         PrePrunedDense(4, zero_rate="0.5")
     for units in (0, -2):
         with pytest.raises(ValueError, match="`units` must be at least 1"):
             PrePrunedDense(units, widen=True)
     with pytest.raises(ValueError, match="pre_pruned_dense.*distinct"):
-        PrePrunedDense(8, zero_rate=0.5, name="pre_pruned_dense").build((None, 2))
+        PrePrunedDense(8, zero_rate=0.5, name="pre_pruned_dense").build(
+            (None, 2)
+        )
     layer = PrePrunedDense(4)
     layer.build((None, 4))
     with pytest.raises(NotImplementedError, match="fold"):

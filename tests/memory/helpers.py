@@ -7,9 +7,14 @@ import numpy as np
 def softmax_regression(num_features=5, num_classes=3, from_logits=True):
     activation = None if from_logits else "softmax"
     model = keras.Sequential(
-        [keras.Input((num_features,)), keras.layers.Dense(num_classes, activation=activation)]
+        [
+            keras.Input((num_features,)),
+            keras.layers.Dense(num_classes, activation=activation),
+        ]
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    )
     return model
 
 
@@ -27,13 +32,17 @@ def classification_data(rng, num_examples=300, num_features=5, num_classes=3):
 
 
 def flat_weights(model):
-    return np.concatenate([w.ravel() for w in model.get_weights()]).astype("float64")
+    return np.concatenate([w.ravel() for w in model.get_weights()]).astype(
+        "float64"
+    )
 
 
 def set_flat_weights(model, flat):
     weights, start = [], 0
     for w in model.get_weights():
-        weights.append(flat[start : start + w.size].reshape(w.shape).astype(w.dtype))
+        weights.append(
+            flat[start : start + w.size].reshape(w.shape).astype(w.dtype)
+        )
         start += w.size
     model.set_weights(weights)
 

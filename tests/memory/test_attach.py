@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 
 import keras_memgeom
-from keras_memgeom import FisherMemory, FisherRegularizer, attach, detach
+from keras_memgeom import FisherMemory
+from keras_memgeom import FisherRegularizer
+from keras_memgeom import attach
+from keras_memgeom import detach
 from keras_memgeom.memory.attach import attached_regularizers
 from tests.memory.helpers import classification_data
 
@@ -12,9 +15,16 @@ pytestmark = pytest.mark.usefixtures("full_precision")
 
 def _mlp():
     model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(3),
+        ]
     )
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -38,20 +48,39 @@ def test_attach_after_fit_changes_the_next_update(rng):
     penalized = _fit_once(model, x, y)
     # SGD: the difference of the updates is -lr * the penalty's gradient.
     scale = 50.0 * 0.5 * memory.num_examples / len(x)
-    for v, w, du_plain, du_pen in zip(model.trainable_variables, start, plain, penalized):
-        expected = -0.1 * 2 * scale * memory.fisher[v.path] * (w - memory.anchor[v.path])
-        np.testing.assert_allclose(du_pen - du_plain, expected, rtol=1e-3, atol=1e-6)
+    for v, w, du_plain, du_pen in zip(
+        model.trainable_variables, start, plain, penalized
+    ):
+        expected = (
+            -0.1
+            * 2
+            * scale
+            * memory.fisher[v.path]
+            * (w - memory.anchor[v.path])
+        )
+        np.testing.assert_allclose(
+            du_pen - du_plain, expected, rtol=1e-3, atol=1e-6
+        )
     detach(model)
     model.set_weights(start)
-    np.testing.assert_allclose(_fit_once(model, x, y)[0], plain[0], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        _fit_once(model, x, y)[0], plain[0], rtol=1e-4, atol=1e-7
+    )
 
 
 def test_attach_keeps_existing_regularizers_and_detach_restores_them(rng):
     x, y = classification_data(rng, num_examples=32)
     model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.1))]
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(
+                3, kernel_regularizer=keras.regularizers.L2(0.1)
+            ),
+        ]
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     memory = FisherMemory.estimate(model, (x, y))
     kernel = model.layers[0].kernel
     l2 = kernel.regularizer
@@ -70,11 +99,21 @@ def test_several_memories_sum_their_penalties(rng):
     model = _mlp()
     memories = []
     for _ in range(3):
-        model.set_weights([w + rng.normal(size=w.shape).astype("float32") * 0.3 for w in model.get_weights()])
+        model.set_weights(
+            [
+                w + rng.normal(size=w.shape).astype("float32") * 0.3
+                for w in model.get_weights()
+            ]
+        )
         memories.append(FisherMemory.estimate(model, (x, y)))
     model.set_weights([w + 0.2 for w in model.get_weights()])
     expected = sum(
-        float(keras.ops.convert_to_numpy(m.penalty(model, num_train_examples=40, strength=4.0))) for m in memories
+        float(
+            keras.ops.convert_to_numpy(
+                m.penalty(model, num_train_examples=40, strength=4.0)
+            )
+        )
+        for m in memories
     )
     attach(model, memories, num_train_examples=40, strength=4.0)
     got = sum(float(keras.ops.convert_to_numpy(l)) for l in model.losses)
@@ -87,7 +126,11 @@ def test_attached_penalty_survives_save_and_load(tmp_path, rng):
     memory = FisherMemory.estimate(model, (x, y))
     model.set_weights([w + 0.3 for w in model.get_weights()])
     attach(model, memory, num_train_examples=40, strength=10.0)
-    expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=40, strength=10.0)))
+    expected = float(
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=40, strength=10.0)
+        )
+    )
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -96,12 +139,18 @@ def test_attached_penalty_survives_save_and_load(tmp_path, rng):
 
 
 def test_regularizer_config_round_trip():
-    reg = FisherRegularizer(np.arange(6.0).reshape(2, 3), np.ones((2, 3)), scale=0.5, offset=1.0)
+    reg = FisherRegularizer(
+        np.arange(6.0).reshape(2, 3), np.ones((2, 3)), scale=0.5, offset=1.0
+    )
     again = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again.anchor), np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(again.anchor), np.arange(6.0).reshape(2, 3)
+    )
     value = np.zeros((2, 3), "float32")
     np.testing.assert_allclose(
-        float(keras.ops.convert_to_numpy(again(value))), 0.5 * (np.sum(np.arange(6.0) ** 2) + 1.0), rtol=1e-6
+        float(keras.ops.convert_to_numpy(again(value))),
+        0.5 * (np.sum(np.arange(6.0) ** 2) + 1.0),
+        rtol=1e-6,
     )
     with pytest.raises(ValueError, match="shape"):
         FisherRegularizer(np.zeros(2), np.zeros(3))
@@ -116,7 +165,9 @@ def test_attach_refuses_a_memory_of_another_model(rng):
 
 
 @pytest.mark.parametrize(
-    "strength", [float("nan"), float("inf"), -1.0, "abc", None], ids=["nan", "inf", "negative", "str", "none"]
+    "strength",
+    [float("nan"), float("inf"), -1.0, "abc", None],
+    ids=["nan", "inf", "negative", "str", "none"],
 )
 def test_attach_refuses_a_bad_strength(rng, strength):
     x, y = classification_data(rng, num_examples=10)
@@ -158,5 +209,11 @@ def test_attached_memory_is_device_state(rng):
     memory = FisherMemory.estimate(model, (x, y))
     attach(model, memory, num_train_examples=10)
     for _, regularizer in attached_regularizers(model):
-        assert isinstance(regularizer.anchor, keras.Variable) and not regularizer.anchor.trainable
-        assert isinstance(regularizer.fisher, keras.Variable) and not regularizer.fisher.trainable
+        assert (
+            isinstance(regularizer.anchor, keras.Variable)
+            and not regularizer.anchor.trainable
+        )
+        assert (
+            isinstance(regularizer.fisher, keras.Variable)
+            and not regularizer.fisher.trainable
+        )

@@ -4,7 +4,9 @@ import pytest
 
 from keras_memgeom import FisherMemory
 from keras_memgeom.memory.fisher import estimate_fisher
-from tests.memory.helpers import classification_data, softmax_probabilities, softmax_regression
+from tests.memory.helpers import classification_data
+from tests.memory.helpers import softmax_probabilities
+from tests.memory.helpers import softmax_regression
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -16,15 +18,21 @@ def _kernel_bias(fisher, model):
 
 def _closed_form_exact(x, p):
     variance = p * (1 - p)
-    return np.mean(x[:, :, None] ** 2 * variance[:, None, :], axis=0), variance.mean(axis=0)
+    return np.mean(
+        x[:, :, None] ** 2 * variance[:, None, :], axis=0
+    ), variance.mean(axis=0)
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
-def test_exact_fisher_of_softmax_regression_matches_closed_form(rng, from_logits):
+def test_exact_fisher_of_softmax_regression_matches_closed_form(
+    rng, from_logits
+):
     x, y = classification_data(rng)
     model = softmax_regression(from_logits=from_logits)
     kernel, bias = _closed_form_exact(x, softmax_probabilities(model, x))
-    fisher, n = estimate_fisher(model, (x, y), estimator="exact", batch_size=128)
+    fisher, n = estimate_fisher(
+        model, (x, y), estimator="exact", batch_size=128
+    )
     assert n == len(x)
     got_kernel, got_bias = _kernel_bias(fisher, model)
     np.testing.assert_allclose(got_kernel, kernel, rtol=1e-5)
@@ -32,7 +40,9 @@ def test_exact_fisher_of_softmax_regression_matches_closed_form(rng, from_logits
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
-def test_empirical_fisher_of_softmax_regression_matches_closed_form(rng, from_logits):
+def test_empirical_fisher_of_softmax_regression_matches_closed_form(
+    rng, from_logits
+):
     x, y = classification_data(rng)
     model = softmax_regression(from_logits=from_logits)
     score = np.eye(3)[y] - softmax_probabilities(model, x)
@@ -49,9 +59,13 @@ def test_sampled_fisher_converges_to_exact(rng):
     exact, _ = estimate_fisher(model, (x, y), estimator="exact")
     errors = []
     for num_samples in (1, 100):
-        sampled, _ = estimate_fisher(model, (x, y), estimator="sampled", num_samples=num_samples)
+        sampled, _ = estimate_fisher(
+            model, (x, y), estimator="sampled", num_samples=num_samples
+        )
         path = model.layers[-1].kernel.path
-        errors.append(np.mean(np.abs(sampled[path] - exact[path]) / exact[path]))
+        errors.append(
+            np.mean(np.abs(sampled[path] - exact[path]) / exact[path])
+        )
     assert errors[1] < 0.05
     assert errors[1] < errors[0] / 3
 
@@ -60,9 +74,13 @@ def test_batched_fisher_of_single_examples_is_empirical(rng):
     x, y = classification_data(rng, num_examples=40)
     model = softmax_regression()
     empirical, _ = estimate_fisher(model, (x, y), estimator="empirical")
-    batched, _ = estimate_fisher(model, (x, y), estimator="batched", batch_size=1)
+    batched, _ = estimate_fisher(
+        model, (x, y), estimator="batched", batch_size=1
+    )
     for path in empirical:
-        np.testing.assert_allclose(batched[path], empirical[path], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(
+            batched[path], empirical[path], rtol=1e-4, atol=1e-7
+        )
 
 
 def test_binary_cross_entropy_fisher_is_logistic_regression_closed_form(rng):
@@ -70,14 +88,25 @@ def test_binary_cross_entropy_fisher_is_logistic_regression_closed_form(rng):
     y = rng.integers(0, 2, (200, 1)).astype("float32")
     for from_logits in (True, False):
         model = keras.Sequential(
-            [keras.Input((4,)), keras.layers.Dense(1, activation=None if from_logits else "sigmoid")]
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(
+                    1, activation=None if from_logits else "sigmoid"
+                ),
+            ]
         )
-        model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=from_logits))
+        model.compile(
+            loss=keras.losses.BinaryCrossentropy(from_logits=from_logits)
+        )
         kernel, bias = model.get_weights()
         p = 1 / (1 + np.exp(-(x.astype("float64") @ kernel + bias)))
         fisher, _ = estimate_fisher(model, (x, y))
         got_kernel, _ = _kernel_bias(fisher, model)
-        np.testing.assert_allclose(got_kernel, np.mean(x[:, :, None] ** 2 * (p * (1 - p))[:, None, :], 0), rtol=1e-5)
+        np.testing.assert_allclose(
+            got_kernel,
+            np.mean(x[:, :, None] ** 2 * (p * (1 - p))[:, None, :], 0),
+            rtol=1e-5,
+        )
 
 
 def test_mean_squared_error_fisher_is_gaussian_closed_form(rng):
@@ -87,7 +116,9 @@ def test_mean_squared_error_fisher_is_gaussian_closed_form(rng):
     model.compile(loss="mse")
     fisher, _ = estimate_fisher(model, (x, y))
     got_kernel, got_bias = _kernel_bias(fisher, model)
-    np.testing.assert_allclose(got_kernel, np.repeat(np.mean(x**2, 0)[:, None], 2, 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        got_kernel, np.repeat(np.mean(x**2, 0)[:, None], 2, 1), rtol=1e-5
+    )
     np.testing.assert_allclose(got_bias, np.ones(2), rtol=1e-6)
 
 
@@ -98,7 +129,9 @@ class _DenseSubclass(keras.layers.Dense):
 def test_generic_path_matches_closed_form(rng):
     x, y = classification_data(rng, num_examples=64)
     model = keras.Sequential([keras.Input((5,)), _DenseSubclass(3)])
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     kernel, bias = _closed_form_exact(x, softmax_probabilities(model, x))
     fisher, _ = estimate_fisher(model, (x, y), batch_size=32)
     got_kernel, got_bias = _kernel_bias(fisher, model)
@@ -119,16 +152,24 @@ def test_generic_and_fast_paths_agree_on_a_convolutional_model(rng):
             keras.layers.Dense(3),
         ]
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    fisher, _ = estimate_fisher(model, (x, y), estimator="empirical", batch_size=4)
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    fisher, _ = estimate_fisher(
+        model, (x, y), estimator="empirical", batch_size=4
+    )
     # Reference: per-example squared gradients, one example at a time.
     reference = {v.path: 0.0 for v in model.trainable_variables}
     for i in range(len(x)):
-        one, _ = estimate_fisher(model, (x[i : i + 1], y[i : i + 1]), estimator="batched")
+        one, _ = estimate_fisher(
+            model, (x[i : i + 1], y[i : i + 1]), estimator="batched"
+        )
         for path in reference:
             reference[path] = reference[path] + one[path] / len(x)
     for path, value in reference.items():
-        np.testing.assert_allclose(fisher[path], value, rtol=1e-4, atol=1e-8, err_msg=path)
+        np.testing.assert_allclose(
+            fisher[path], value, rtol=1e-4, atol=1e-8, err_msg=path
+        )
 
 
 def test_data_forms_give_the_same_fisher(rng):
@@ -160,17 +201,25 @@ def test_data_forms_give_the_same_fisher(rng):
 def test_max_examples_limits_the_data(rng):
     x, y = classification_data(rng, num_examples=100)
     model = softmax_regression()
-    memory = FisherMemory.estimate(model, (x, y), max_examples=30, batch_size=16)
+    memory = FisherMemory.estimate(
+        model, (x, y), max_examples=30, batch_size=16
+    )
     assert memory.num_examples == 30
     expected, _ = estimate_fisher(model, (x[:30], y[:30]))
-    np.testing.assert_allclose(memory.fisher[model.layers[0].kernel.path], expected[model.layers[0].kernel.path], rtol=1e-5)
+    np.testing.assert_allclose(
+        memory.fisher[model.layers[0].kernel.path],
+        expected[model.layers[0].kernel.path],
+        rtol=1e-5,
+    )
 
 
 def test_memory_estimate_keeps_current_weights_as_anchor(rng):
     x, y = classification_data(rng, num_examples=20)
     model = softmax_regression()
     memory = FisherMemory.estimate(model, (x, y), estimator="empirical")
-    np.testing.assert_array_equal(memory.anchor[model.layers[0].kernel.path], model.get_weights()[0])
+    np.testing.assert_array_equal(
+        memory.anchor[model.layers[0].kernel.path], model.get_weights()[0]
+    )
     assert memory.estimator == "empirical"
 
 
@@ -207,7 +256,9 @@ def test_bad_inputs_are_refused(rng):
     sequence = keras.Sequential([keras.Input((4, 5)), keras.layers.Dense(3)])
     sequence.compile(loss="mse")
     with pytest.raises(ValueError, match=r"\(batch, d\)"):
-        estimate_fisher(sequence, (rng.normal(size=(6, 4, 5)), rng.normal(size=(6, 4, 3))))
+        estimate_fisher(
+            sequence, (rng.normal(size=(6, 4, 5)), rng.normal(size=(6, 4, 3)))
+        )
 
 
 @pytest.mark.parametrize("estimator", ["empirical", "batched"])
@@ -215,7 +266,9 @@ def test_bad_inputs_are_refused(rng):
 def test_out_of_range_labels_are_refused(rng, estimator, bad_label):
     x, y = classification_data(rng, num_examples=10)
     y[4] = bad_label  # 3 is also what 1-based labels reach with 3 classes
-    with pytest.raises(ValueError, match=rf"Label {bad_label} is out of range for 3 classes"):
+    with pytest.raises(
+        ValueError, match=rf"Label {bad_label} is out of range for 3 classes"
+    ):
         estimate_fisher(softmax_regression(), (x, y), estimator=estimator)
 
 
@@ -223,22 +276,33 @@ def test_integer_labels_for_a_categorical_loss_are_refused(rng):
     x, y = classification_data(rng, num_examples=10)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    with pytest.raises(ValueError, match=r"one-hot labels of shape \(N, 3\).*sparse_categorical"):
+    with pytest.raises(
+        ValueError,
+        match=r"one-hot labels of shape \(N, 3\).*sparse_categorical",
+    ):
         estimate_fisher(model, (x, y[:, None]))
 
 
 def test_one_hot_labels_for_a_sparse_loss_are_refused(rng):
     x, y = classification_data(rng, num_examples=10)
-    with pytest.raises(ValueError, match="one-hot labels use categorical_crossentropy"):
-        estimate_fisher(softmax_regression(), (x, np.eye(3)[y]), estimator="empirical")
+    with pytest.raises(
+        ValueError, match="one-hot labels use categorical_crossentropy"
+    ):
+        estimate_fisher(
+            softmax_regression(), (x, np.eye(3)[y]), estimator="empirical"
+        )
 
 
 def test_regression_targets_of_the_wrong_shape_are_refused(rng):
     x = rng.normal(size=(10, 5)).astype("float32")
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
     model.compile(loss="mse")
-    with pytest.raises(ValueError, match=r"shape \(10, 3\) do not fit a model with 2 outputs"):
-        estimate_fisher(model, (x, rng.normal(size=(10, 3))), estimator="empirical")
+    with pytest.raises(
+        ValueError, match=r"shape \(10, 3\) do not fit a model with 2 outputs"
+    ):
+        estimate_fisher(
+            model, (x, rng.normal(size=(10, 3))), estimator="empirical"
+        )
 
 
 @pytest.mark.parametrize(
@@ -250,9 +314,15 @@ def test_regression_targets_of_the_wrong_shape_are_refused(rng):
 )
 def test_logits_given_to_a_probability_loss_warn(rng, loss, activation):
     x, y = classification_data(rng, num_examples=20)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation=activation)])
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(3, activation=activation)]
+    )
     model.compile(loss=loss)
-    labels = y if isinstance(loss, keras.losses.SparseCategoricalCrossentropy) else np.eye(3)[y]
+    labels = (
+        y
+        if isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+        else np.eye(3)[y]
+    )
     with pytest.warns(UserWarning, match="from_logits=True"):
         estimate_fisher(model, (x, labels))
 
@@ -278,7 +348,12 @@ def test_probabilities_given_to_a_probability_loss_do_not_warn(rng):
 def test_bad_counts_are_refused(rng, argument, value, message):
     x, y = classification_data(rng, num_examples=10)
     with pytest.raises(ValueError, match=message):
-        estimate_fisher(softmax_regression(), (x, y), estimator="sampled", **{argument: value})
+        estimate_fisher(
+            softmax_regression(),
+            (x, y),
+            estimator="sampled",
+            **{argument: value},
+        )
 
 
 def test_unbatched_dataset_is_refused(rng):
@@ -286,17 +361,24 @@ def test_unbatched_dataset_is_refused(rng):
 
     x, y = classification_data(rng, num_examples=10)
     with pytest.raises(ValueError, match=r"batch it with `.batch\(...\)`"):
-        estimate_fisher(softmax_regression(), tf.data.Dataset.from_tensor_slices((x, y)))
+        estimate_fisher(
+            softmax_regression(), tf.data.Dataset.from_tensor_slices((x, y))
+        )
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     one_hot = tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y]))
-    with pytest.raises(ValueError, match="disagree in their first .batch. axis: is the data unbatched"):
+    with pytest.raises(
+        ValueError,
+        match="disagree in their first .batch. axis: is the data unbatched",
+    ):
         estimate_fisher(model, one_hot)
     # Five features and five classes: only the model's input rank tells.
     square = keras.Sequential([keras.Input((5,)), keras.layers.Dense(5)])
     square.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     one_hot = tf.data.Dataset.from_tensor_slices((x, np.eye(5)[y]))
-    with pytest.raises(ValueError, match=r"shape \(5,\) but the model takes .* no batch axis"):
+    with pytest.raises(
+        ValueError, match=r"shape \(5,\) but the model takes .* no batch axis"
+    ):
         estimate_fisher(square, one_hot)
 
 
@@ -319,7 +401,9 @@ def test_endless_data_needs_max_examples(rng):
             yield x, y
 
     forms = {
-        "infinite cardinality": tf.data.Dataset.from_tensor_slices((x, y)).batch(5).repeat(),
+        "infinite cardinality": tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(5)
+        .repeat(),
         "PyDataset has no length": Endless(),
         "one-shot iterator": generator(),
     }
@@ -338,9 +422,15 @@ def test_two_output_model_with_one_loss_is_refused(rng):
     x, y = classification_data(rng, num_examples=10)
     inputs = keras.Input((5,))
     model = keras.Model(
-        inputs, [keras.layers.Dense(3, name="first")(inputs), keras.layers.Dense(2, name="second")(inputs)]
+        inputs,
+        [
+            keras.layers.Dense(3, name="first")(inputs),
+            keras.layers.Dense(2, name="second")(inputs),
+        ],
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     with pytest.raises(ValueError, match=r"one output.*\['first', 'second'\]"):
         estimate_fisher(model, (x, y))
 
@@ -365,11 +455,22 @@ def test_conv2d_fast_path_matches_per_example_gradients(rng, conv):
             keras.layers.Dense(3),
         ]
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    fisher, _ = estimate_fisher(model, (x, y), estimator="empirical", batch_size=4)
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    fisher, _ = estimate_fisher(
+        model, (x, y), estimator="empirical", batch_size=4
+    )
     # Reference: plain whole-model gradients of single examples (`batched`
     # never uses the taps).
-    singles = [estimate_fisher(model, (x[i : i + 1], y[i : i + 1]), estimator="batched")[0] for i in range(6)]
+    singles = [
+        estimate_fisher(
+            model, (x[i : i + 1], y[i : i + 1]), estimator="batched"
+        )[0]
+        for i in range(6)
+    ]
     for path in fisher:
         expected = np.mean([single[path] for single in singles], axis=0)
-        np.testing.assert_allclose(fisher[path], expected, rtol=1e-4, atol=1e-8, err_msg=path)
+        np.testing.assert_allclose(
+            fisher[path], expected, rtol=1e-4, atol=1e-8, err_msg=path
+        )

@@ -11,7 +11,8 @@ import pytest
 
 from keras_memgeom import FisherMemory
 from keras_memgeom.memory import memory_file
-from tests.memory.helpers import classification_data, softmax_regression
+from tests.memory.helpers import classification_data
+from tests.memory.helpers import softmax_regression
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -24,25 +25,43 @@ def _memory_of(model, rng, n=50):
 def test_penalty_equals_formula(rng):
     model = softmax_regression()
     memory = _memory_of(model, rng)
-    new = [w + rng.normal(size=w.shape).astype("float32") for w in model.get_weights()]
+    new = [
+        w + rng.normal(size=w.shape).astype("float32")
+        for w in model.get_weights()
+    ]
     model.set_weights(new)
     expected = sum(
         np.sum(memory.fisher[v.path] * (w - memory.anchor[v.path]) ** 2)
         for v, w in zip(model.trainable_variables, new)
     )
     expected *= 3.0 * 0.5 * memory.num_examples / 200
-    got = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=200, strength=3.0)))
+    got = float(
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=200, strength=3.0)
+        )
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_penalty_is_zero_at_the_anchor(rng):
     model = softmax_regression()
     memory = _memory_of(model, rng)
-    assert float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=10))) == 0.0
+    assert (
+        float(
+            keras.ops.convert_to_numpy(
+                memory.penalty(model, num_train_examples=10)
+            )
+        )
+        == 0.0
+    )
 
 
 def test_effective_dimension(rng):
-    memory = FisherMemory({"a": np.zeros(3), "b": np.zeros(2)}, {"a": [1.0, 3.0, 0.0], "b": [0.5, 0.5]}, 2)
+    memory = FisherMemory(
+        {"a": np.zeros(3), "b": np.zeros(2)},
+        {"a": [1.0, 3.0, 0.0], "b": [0.5, 0.5]},
+        2,
+    )
     total, per_variable = memory.effective_dimension(2.0)
     np.testing.assert_allclose(per_variable["a"], 2 / 4 + 6 / 8 + 0.0)
     np.testing.assert_allclose(per_variable["b"], 2 * (1 / 3))
@@ -74,15 +93,21 @@ def test_memory_matches_a_rebuilt_model_by_order_and_shape(rng):
     assert set(v.path for v in rebuilt.trainable_variables) != set(memory.paths)
     with pytest.warns(UserWarning, match="by order and shape"):
         pairs = memory.match(rebuilt)
-    assert [v.path for _, v in pairs] == [v.path for v in rebuilt.trainable_variables]
+    assert [v.path for _, v in pairs] == [
+        v.path for v in rebuilt.trainable_variables
+    ]
 
 
 def test_memory_that_does_not_fit_names_the_variable(rng):
     memory = _memory_of(softmax_regression(), rng)
     with pytest.raises(ValueError, match="kernel.*shape"):
         memory.match(softmax_regression(num_features=6))
-    deeper = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(3)])
-    with pytest.raises(ValueError, match="is not among the model's trainable variables"):
+    deeper = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(3)]
+    )
+    with pytest.raises(
+        ValueError, match="is not among the model's trainable variables"
+    ):
         memory.match(deeper)
     with pytest.raises(ValueError, match="num_train_examples"):
         memory.penalty(softmax_regression(), num_train_examples=0)
@@ -95,11 +120,16 @@ def test_save_and_load_round_trip(tmp_path, rng):
     memory.save(path)
     loaded = FisherMemory.load(path)
     assert loaded.paths == memory.paths
-    assert loaded.num_examples == memory.num_examples and loaded.estimator == "exact"
+    assert (
+        loaded.num_examples == memory.num_examples
+        and loaded.estimator == "exact"
+    )
     for p in memory.paths:
         np.testing.assert_array_equal(loaded.anchor[p], memory.anchor[p])
         np.testing.assert_array_equal(loaded.fisher[p], memory.fisher[p])
-    assert [n for n in os.listdir(tmp_path)] == ["a.memory"]  # no temporary left
+    assert [n for n in os.listdir(tmp_path)] == [
+        "a.memory"
+    ]  # no temporary left
 
 
 def test_corrupt_truncated_and_newer_files_are_refused(tmp_path, rng):
@@ -119,7 +149,10 @@ def test_corrupt_truncated_and_newer_files_are_refused(tmp_path, rng):
         FisherMemory.load(garbage)
 
     tampered = tmp_path / "tampered.memory"
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tampered, "w") as target:
+    with (
+        zipfile.ZipFile(path) as source,
+        zipfile.ZipFile(tampered, "w") as target,
+    ):
         for item in source.namelist():
             data = source.read(item)
             if item == "fisher/0.npy":
@@ -137,7 +170,9 @@ def test_corrupt_truncated_and_newer_files_are_refused(tmp_path, rng):
                 meta["version"] = memory_file.FORMAT_VERSION + 1
                 data = json.dumps(meta)
             target.writestr(item, data)
-    with pytest.raises(ValueError, match=f"version {memory_file.FORMAT_VERSION + 1}"):
+    with pytest.raises(
+        ValueError, match=f"version {memory_file.FORMAT_VERSION + 1}"
+    ):
         FisherMemory.load(newer)
     with pytest.raises(FileNotFoundError):
         FisherMemory.load(tmp_path / "missing.memory")
@@ -167,9 +202,15 @@ def test_memory_and_fisher_agree_across_backends(tmp_path, rng, other_backends):
     memory = FisherMemory.estimate(model, (x, y))
     weights = [w + 0.1 for w in model.get_weights()]
     model.set_weights(weights)
-    expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=30, strength=2.0)))
+    expected = float(
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=30, strength=2.0)
+        )
+    )
     memory.save(tmp_path / "a.memory")
-    np.savez(tmp_path / "data.npz", x=x, y=y, kernel=weights[0], bias=weights[1])
+    np.savez(
+        tmp_path / "data.npz", x=x, y=y, kernel=weights[0], bias=weights[1]
+    )
     script = textwrap.dedent(
         f"""
         import warnings
@@ -191,9 +232,15 @@ def test_memory_and_fisher_agree_across_backends(tmp_path, rng, other_backends):
     for backend in other_backends:
         env = dict(os.environ, KERAS_BACKEND=backend)
         out = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
         )
         penalty, fisher = out.stdout.strip().splitlines()[-2:]
         np.testing.assert_allclose(float(penalty), expected, rtol=1e-5)
-        np.testing.assert_allclose(np.array(fisher.split(), dtype="float64"), here, rtol=1e-5)
+        np.testing.assert_allclose(
+            np.array(fisher.split(), dtype="float64"), here, rtol=1e-5
+        )

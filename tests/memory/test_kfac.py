@@ -3,15 +3,21 @@ import numpy as np
 import pytest
 
 import keras_memgeom
-from keras_memgeom import FisherMemory, merge
+from keras_memgeom import FisherMemory
+from keras_memgeom import merge
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
 
 def _softmax_regression(bias):
-    model = keras_memgeom.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=bias)])
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras_memgeom.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, use_bias=bias)]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -25,7 +31,9 @@ def _probabilities(model, x):
 def test_one_example_without_bias_equals_the_dense_fisher(rng, estimator):
     x, y = classification_data(rng, num_examples=1, num_features=4)
     model = _softmax_regression(bias=False)
-    memory = FisherMemory.estimate(model, (x, y), estimator=estimator, structure="kfac", num_samples=4)
+    memory = FisherMemory.estimate(
+        model, (x, y), estimator=estimator, structure="kfac", num_samples=4
+    )
     kernel = model.layers[0].kernel.path
     block = memory.kronecker[kernel]
     p = _probabilities(model, x)[0]
@@ -34,23 +42,35 @@ def test_one_example_without_bias_equals_the_dense_fisher(rng, estimator):
         g = np.diag(p) - np.outer(p, p)
     else:
         # One score per (drawn) label: the factor is its outer product.
-        assert np.linalg.matrix_rank(block.g, tol=1e-6) <= (4 if estimator == "sampled" else 1)
+        assert np.linalg.matrix_rank(block.g, tol=1e-6) <= (
+            4 if estimator == "sampled" else 1
+        )
         g = block.g
-    np.testing.assert_allclose(np.kron(block.a, block.g), np.kron(a, g), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.kron(block.a, block.g), np.kron(a, g), rtol=1e-5, atol=1e-7
+    )
     # Its diagonal is the diagonal memory's Fisher.
-    diagonal = FisherMemory.estimate(model, (x, y), estimator=estimator, num_samples=4)
-    np.testing.assert_allclose(memory.fisher[kernel], diagonal.fisher[kernel], rtol=1e-5, atol=1e-8)
+    diagonal = FisherMemory.estimate(
+        model, (x, y), estimator=estimator, num_samples=4
+    )
+    np.testing.assert_allclose(
+        memory.fisher[kernel], diagonal.fisher[kernel], rtol=1e-5, atol=1e-8
+    )
 
 
 def _linear_gaussian(rng, num_outputs):
-    model = keras_memgeom.Sequential([keras.Input((3,)), keras.layers.Dense(num_outputs)])
+    model = keras_memgeom.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(num_outputs)]
+    )
     model.compile(keras.optimizers.SGD(0.05), "mean_squared_error")
     mixing = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.3, -0.5, 0.8]])
     true = rng.normal(size=(4, num_outputs))
 
     def task(n, shift):
         x = (rng.normal(size=(n, 3)) + shift) @ mixing  # correlated inputs
-        y = np.c_[x, np.ones(n)] @ true + 0.3 * rng.normal(size=(n, num_outputs))
+        y = np.c_[x, np.ones(n)] @ true + 0.3 * rng.normal(
+            size=(n, num_outputs)
+        )
         return x.astype("float32"), y.astype("float32")
 
     return model, task(60, 0.0), task(40, 1.5)
@@ -70,7 +90,9 @@ def test_sequential_bayes_lands_on_the_joint_fit(rng, num_outputs):
     memory = FisherMemory.estimate(model, task_a, structure="kfac")
     # MSE over d outputs is 2/d times the unit-Gaussian NLL: G = 2/d I.
     block = memory.kronecker[model.layers[0].kernel.path]
-    np.testing.assert_allclose(block.g, 2.0 / num_outputs * np.eye(num_outputs), atol=1e-6)
+    np.testing.assert_allclose(
+        block.g, 2.0 / num_outputs * np.eye(num_outputs), atol=1e-6
+    )
     x_a = np.c_[task_a[0], np.ones(len(task_a[0]))]
     np.testing.assert_allclose(block.a, x_a.T @ x_a / len(x_a), rtol=1e-5)
     model.compile(
@@ -84,7 +106,9 @@ def test_sequential_bayes_lands_on_the_joint_fit(rng, num_outputs):
     def full_batch_step(weights):
         model.set_weights(weights)
         model.train_on_batch(*task_b)
-        return np.concatenate([(w - v).ravel() for w, v in zip(model.get_weights(), weights)])
+        return np.concatenate(
+            [(w - v).ravel() for w, v in zip(model.get_weights(), weights)]
+        )
 
     # At the joint least-squares fit, loss_B + penalty has zero gradient.
     at_joint = full_batch_step(_least_squares(task_a, task_b))
@@ -96,17 +120,31 @@ def test_penalty_gradient_matches_finite_differences(rng):
     x, y = classification_data(rng, num_examples=30, num_features=4)
     model = _softmax_regression(bias=True)
     memory = FisherMemory.estimate(model, (x, y), structure="kfac")
-    model.set_weights([w + rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    model.set_weights(
+        [
+            w + rng.normal(size=w.shape).astype("float32")
+            for w in model.get_weights()
+        ]
+    )
     start = [w.astype("float64") for w in model.get_weights()]
     keras_memgeom.attach(model, memory, num_train_examples=30, strength=3.0)
-    model.compile(keras.optimizers.SGD(1e-3), lambda y_true, y_pred: 0.0 * keras.ops.mean(y_pred),
-                  regularizers=[memory], strength=3.0, num_train_examples=30)
+    model.compile(
+        keras.optimizers.SGD(1e-3),
+        lambda y_true, y_pred: 0.0 * keras.ops.mean(y_pred),
+        regularizers=[memory],
+        strength=3.0,
+        num_train_examples=30,
+    )
     model.train_on_batch(x, y)
     step = [(w - s) / -1e-3 for w, s in zip(model.get_weights(), start)]
 
     def penalty(weights):
         model.set_weights(weights)
-        return float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=30, strength=3.0)))
+        return float(
+            keras.ops.convert_to_numpy(
+                memory.penalty(model, num_train_examples=30, strength=3.0)
+            )
+        )
 
     eps = 1e-2
     for index in range(2):
@@ -116,7 +154,9 @@ def test_penalty_gradient_matches_finite_differences(rng):
             plus[index].flat[flat] += eps
             minus[index].flat[flat] -= eps
             numeric = (penalty(plus) - penalty(minus)) / (2 * eps)
-            np.testing.assert_allclose(step[index].flat[flat], numeric, rtol=2e-3, atol=1e-5)
+            np.testing.assert_allclose(
+                step[index].flat[flat], numeric, rtol=2e-3, atol=1e-5
+            )
 
 
 def test_merge_of_two_kfac_memories(rng):
@@ -124,15 +164,25 @@ def test_merge_of_two_kfac_memories(rng):
     model = _softmax_regression(bias=True)
     memories = []
     for shift in (0.0, 1.0):
-        model.set_weights([w + rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
-        memories.append(FisherMemory.estimate(model, (x + shift, y), structure="kfac"))
+        model.set_weights(
+            [
+                w + rng.normal(size=w.shape).astype("float32")
+                for w in model.get_weights()
+            ]
+        )
+        memories.append(
+            FisherMemory.estimate(model, (x + shift, y), structure="kfac")
+        )
     merged = merge(memories)
     kernel, bias = model.layers[0].kernel.path, model.layers[0].bias.path
 
     def stacked(m):
         return np.r_[m.anchor[kernel], m.anchor[bias][None]].astype("float64")
 
-    precisions = [m.num_examples * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g) for m in memories]
+    precisions = [
+        m.num_examples * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g)
+        for m in memories
+    ]
     # The merged anchor minimizes the exact sum (a softmax's G is singular,
     # so the normal equations are checked, not a solve).
     moment = sum(p @ stacked(m).ravel() for p, m in zip(precisions, memories))
@@ -141,20 +191,28 @@ def test_merge_of_two_kfac_memories(rng):
     # The merged precision is the nearest single product to the sum.
     block = merged.kronecker[kernel]
     approximation = merged.num_examples * np.kron(block.a, block.g)
-    error = np.linalg.norm(approximation - sum(precisions)) / np.linalg.norm(sum(precisions))
+    error = np.linalg.norm(approximation - sum(precisions)) / np.linalg.norm(
+        sum(precisions)
+    )
     assert error < 0.5
     assert merged.structure == "kfac" and merged.num_examples == 100
 
 
-def test_kfac_memory_saves_loads_and_is_refused_with_a_diagonal_one(tmp_path, rng):
+def test_kfac_memory_saves_loads_and_is_refused_with_a_diagonal_one(
+    tmp_path, rng
+):
     x, y = classification_data(rng, num_examples=20, num_features=4)
     model = _softmax_regression(bias=True)
     memory = FisherMemory.estimate(model, (x, y), structure="kfac")
     memory.save(tmp_path / "k.memory")
     loaded = FisherMemory.load(tmp_path / "k.memory")
     kernel = model.layers[0].kernel.path
-    np.testing.assert_array_equal(loaded.kronecker[kernel].a, memory.kronecker[kernel].a)
-    np.testing.assert_array_equal(loaded.kronecker[kernel].g, memory.kronecker[kernel].g)
+    np.testing.assert_array_equal(
+        loaded.kronecker[kernel].a, memory.kronecker[kernel].a
+    )
+    np.testing.assert_array_equal(
+        loaded.kronecker[kernel].g, memory.kronecker[kernel].g
+    )
     assert loaded.kronecker[kernel].bias == model.layers[0].bias.path
     diagonal = FisherMemory.estimate(model, (x, y))
     with pytest.raises(ValueError, match="different structures"):
@@ -162,7 +220,9 @@ def test_kfac_memory_saves_loads_and_is_refused_with_a_diagonal_one(tmp_path, rn
     merged = merge([memory.diagonal(), diagonal])
     assert merged.structure == "diagonal"
     with pytest.raises(ValueError, match="batched"):
-        FisherMemory.estimate(model, (x, y), structure="kfac", estimator="batched")
+        FisherMemory.estimate(
+            model, (x, y), structure="kfac", estimator="batched"
+        )
     with pytest.raises(ValueError, match="structure"):
         FisherMemory.estimate(model, (x, y), structure="full")
 
@@ -172,9 +232,18 @@ def test_model_with_a_kfac_memory_survives_save_and_load(tmp_path, rng):
     model = _softmax_regression(bias=True)
     memory = FisherMemory.estimate(model, (x, y), structure="kfac")
     model.set_weights([w + 0.3 for w in model.get_weights()])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  regularizers=[memory], strength=5.0, num_train_examples=40)
-    expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=40, strength=5.0)))
+    model.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        regularizers=[memory],
+        strength=5.0,
+        num_train_examples=40,
+    )
+    expected = float(
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=40, strength=5.0)
+        )
+    )
     logs = model.evaluate(x, y, verbose=0, return_dict=True)
     np.testing.assert_allclose(logs["memory_penalty"], expected, rtol=1e-5)
     model.save(tmp_path / "m.keras")
@@ -188,12 +257,25 @@ def test_conv_kfac_on_a_one_by_one_kernel_is_the_dense_kfac_of_its_pixels(rng):
     # A 1x1 convolution on a 1x1 image is a Dense layer.
     x, y = classification_data(rng, num_examples=16, num_features=4)
     conv = keras_memgeom.Sequential(
-        [keras.Input((1, 1, 4)), keras.layers.Conv2D(3, 1), keras.layers.Flatten()]
+        [
+            keras.Input((1, 1, 4)),
+            keras.layers.Conv2D(3, 1),
+            keras.layers.Flatten(),
+        ]
     )
     dense = _softmax_regression(bias=True)
-    conv.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    conv.set_weights([w.reshape(v.shape) for w, v in zip(dense.get_weights(), conv.get_weights())])
-    from_conv = FisherMemory.estimate(conv, (x.reshape(-1, 1, 1, 4), y), structure="kfac")
+    conv.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    conv.set_weights(
+        [
+            w.reshape(v.shape)
+            for w, v in zip(dense.get_weights(), conv.get_weights())
+        ]
+    )
+    from_conv = FisherMemory.estimate(
+        conv, (x.reshape(-1, 1, 1, 4), y), structure="kfac"
+    )
     from_dense = FisherMemory.estimate(dense, (x, y), structure="kfac")
     a = from_conv.kronecker[conv.layers[0].kernel.path]
     b = from_dense.kronecker[dense.layers[0].kernel.path]
@@ -206,11 +288,15 @@ def test_pre_pruned_layers_keep_their_mask_in_the_memory(tmp_path, rng):
     model = keras_memgeom.Sequential(
         [
             keras.Input((6,)),
-            keras_memgeom.layers.PrePrunedDense(4, zero_rate=0.5, seed=0, activation="tanh"),
+            keras_memgeom.layers.PrePrunedDense(
+                4, zero_rate=0.5, seed=0, activation="tanh"
+            ),
             keras.layers.Dense(3),
         ]
     )
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     layer = model.layers[0]
     mask = np.asarray(keras.ops.convert_to_numpy(layer.mask))
     memory = FisherMemory.estimate(model, (x, y), structure="kfac")
@@ -218,29 +304,54 @@ def test_pre_pruned_layers_keep_their_mask_in_the_memory(tmp_path, rng):
     np.testing.assert_array_equal(block.mask, mask)
     # One example: K-FAC is exact, masked entries carry no information.
     diagonal = FisherMemory.estimate(model, (x, y))
-    np.testing.assert_allclose(memory.fisher[layer.kernel.path], diagonal.fisher[layer.kernel.path], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        memory.fisher[layer.kernel.path],
+        diagonal.fisher[layer.kernel.path],
+        rtol=1e-5,
+        atol=1e-9,
+    )
     assert np.all(diagonal.fisher[layer.kernel.path][mask == 0] == 0)
     # Moving a masked entry costs nothing.
     weights = model.get_weights()
-    before = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=1)))
+    before = float(
+        keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=1))
+    )
     weights[0] = weights[0] + 5.0 * (1 - mask)
     model.set_weights(weights)
-    after = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=1)))
+    after = float(
+        keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=1))
+    )
     np.testing.assert_allclose(after, before, atol=1e-6)
     memory.save(tmp_path / "p.memory")
-    np.testing.assert_array_equal(FisherMemory.load(tmp_path / "p.memory").kronecker[layer.kernel.path].mask, mask)
+    np.testing.assert_array_equal(
+        FisherMemory.load(tmp_path / "p.memory")
+        .kronecker[layer.kernel.path]
+        .mask,
+        mask,
+    )
 
 
-def test_a_plain_keras_model_trains_with_a_kfac_memory_but_refuses_to_save_it(tmp_path, rng):
+def test_a_plain_keras_model_trains_with_a_kfac_memory_but_refuses_to_save_it(
+    tmp_path, rng
+):
     x, y = classification_data(rng, num_examples=20, num_features=4)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     memory = FisherMemory.estimate(model, (x, y), structure="kfac")
     model.set_weights([w + 0.3 for w in model.get_weights()])
     keras_memgeom.attach(model, memory, num_train_examples=20, strength=2.0)
-    expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=20, strength=2.0)))
+    expected = float(
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=20, strength=2.0)
+        )
+    )
     np.testing.assert_allclose(
-        sum(float(keras.ops.convert_to_numpy(l)) for l in model.losses), expected, rtol=1e-5
+        sum(float(keras.ops.convert_to_numpy(l)) for l in model.losses),
+        expected,
+        rtol=1e-5,
     )
     # The block couples kernel and bias, which a layer config cannot say:
     # saving is refused by name instead of silently dropping the memory.

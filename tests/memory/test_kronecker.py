@@ -1,12 +1,10 @@
 import numpy as np
 import pytest
 
-from keras_memgeom.memory.kronecker import (
-    kronecker_effective_dimension,
-    kronecker_quadratic,
-    merge_anchor,
-    nearest_kronecker,
-)
+from keras_memgeom.memory.kronecker import kronecker_effective_dimension
+from keras_memgeom.memory.kronecker import kronecker_quadratic
+from keras_memgeom.memory.kronecker import merge_anchor
+from keras_memgeom.memory.kronecker import nearest_kronecker
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -19,12 +17,19 @@ def _psd(rng, size, rank=None):
 def test_quadratic_equals_the_dense_kronecker_form(rng):
     a, g, delta = _psd(rng, 5), _psd(rng, 3), rng.normal(size=(5, 3))
     dense = delta.ravel() @ np.kron(a, g) @ delta.ravel()
-    np.testing.assert_allclose(kronecker_quadratic(a, g, delta), dense, rtol=1e-12)
+    np.testing.assert_allclose(
+        kronecker_quadratic(a, g, delta), dense, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("rank", [None, 2], ids=["full", "singular"])
 def test_merged_anchor_minimizes_the_exact_sum(rng, rank):
-    a1, g1, a2, g2 = _psd(rng, 5), _psd(rng, 3), _psd(rng, 5, rank), _psd(rng, 3)
+    a1, g1, a2, g2 = (
+        _psd(rng, 5),
+        _psd(rng, 3),
+        _psd(rng, 5, rank),
+        _psd(rng, 3),
+    )
     t1, t2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
     merged = merge_anchor((t1, 3.0, a1, g1), (t2, 2.0, a2, g2))
     p1, p2 = 3.0 * np.kron(a1, g1), 2.0 * np.kron(a2, g2)
@@ -43,23 +48,34 @@ def test_directions_no_memory_constrains_keep_the_newer_anchor(rng):
 
 
 def test_nearest_kronecker_is_the_best_rank_one_rearrangement(rng):
-    terms = [(3.0, _psd(rng, 4), _psd(rng, 3)), (2.0, _psd(rng, 4), _psd(rng, 3))]
+    terms = [
+        (3.0, _psd(rng, 4), _psd(rng, 3)),
+        (2.0, _psd(rng, 4), _psd(rng, 3)),
+    ]
     a, g = nearest_kronecker(terms)
     # Van Loan & Pitsianis: the rearranged sum's leading singular pair.
     rearranged = sum(w * np.outer(x.ravel(), y.ravel()) for w, x, y in terms)
     u, s, vt = np.linalg.svd(rearranged)
-    np.testing.assert_allclose(np.outer(a.ravel(), g.ravel()), s[0] * np.outer(u[:, 0], vt[0]), atol=1e-10)
+    np.testing.assert_allclose(
+        np.outer(a.ravel(), g.ravel()),
+        s[0] * np.outer(u[:, 0], vt[0]),
+        atol=1e-10,
+    )
     assert np.linalg.eigvalsh(a).min() > 0 and np.linalg.eigvalsh(g).min() > 0
 
 
 def test_nearest_kronecker_is_exact_when_one_factor_is_shared(rng):
     a1, a2, g = _psd(rng, 4), _psd(rng, 4, 1), _psd(rng, 3)
     a, g_fit = nearest_kronecker([(1.0, a1, g), (2.0, a2, 0.5 * g)])
-    np.testing.assert_allclose(np.kron(a, g_fit), np.kron(a1 + a2, g), atol=1e-12)
+    np.testing.assert_allclose(
+        np.kron(a, g_fit), np.kron(a1 + a2, g), atol=1e-12
+    )
 
 
 def test_effective_dimension_uses_the_product_eigenvalues(rng):
     a, g = _psd(rng, 4), _psd(rng, 3)
     eigenvalues = 10 * np.linalg.eigvalsh(np.kron(a, g))
     expected = np.sum(eigenvalues / (eigenvalues + 2.0))
-    np.testing.assert_allclose(kronecker_effective_dimension(a, g, 10, 2.0), expected, rtol=1e-10)
+    np.testing.assert_allclose(
+        kronecker_effective_dimension(a, g, 10, 2.0), expected, rtol=1e-10
+    )

@@ -8,17 +8,18 @@ import keras_memgeom
 from keras_memgeom import FisherMemory
 from keras_memgeom.memory.fisher import estimate_fisher
 from keras_memgeom.memory.likelihood import likelihood_from_loss
-from tests.memory.helpers import (
-    flat_weights,
-    minimize_quadratic,
-    set_flat_weights,
-    training_gradient,
-)
+from tests.memory.helpers import flat_weights
+from tests.memory.helpers import minimize_quadratic
+from tests.memory.helpers import set_flat_weights
+from tests.memory.helpers import training_gradient
 
 
 def _linear(num_features, num_outputs, loss, activation=None):
     model = keras.Sequential(
-        [keras.Input((num_features,)), keras.layers.Dense(num_outputs, activation=activation)]
+        [
+            keras.Input((num_features,)),
+            keras.layers.Dense(num_outputs, activation=activation),
+        ]
     )
     model.compile(keras.optimizers.SGD(1.0), loss)
     return model
@@ -37,9 +38,13 @@ def test_mean_squared_error_fisher_is_the_loss_curvature(rng, num_outputs):
     layer = model.layers[0]
     scale = 2.0 / num_outputs
     exact, _ = estimate_fisher(model, (x, y), estimator="exact")
-    expected = scale * np.repeat(np.mean(x.astype("float64") ** 2, 0)[:, None], num_outputs, 1)
+    expected = scale * np.repeat(
+        np.mean(x.astype("float64") ** 2, 0)[:, None], num_outputs, 1
+    )
     np.testing.assert_allclose(exact[layer.kernel.path], expected, rtol=1e-5)
-    np.testing.assert_allclose(exact[layer.bias.path], np.full(num_outputs, scale), rtol=1e-6)
+    np.testing.assert_allclose(
+        exact[layer.bias.path], np.full(num_outputs, scale), rtol=1e-6
+    )
     residual = y - model.predict(x, verbose=0)
     empirical, _ = estimate_fisher(model, (x, y), estimator="empirical")
     np.testing.assert_allclose(
@@ -55,9 +60,13 @@ def test_one_dimensional_targets_of_a_one_output_regression_are_accepted(rng):
     model = _linear(3, 1, keras.losses.MeanSquaredError())
     residual = y - model.predict(x, verbose=0)[:, 0]
     for estimator in ("empirical", "batched"):
-        fisher, _ = estimate_fisher(model, (x, y), estimator=estimator, batch_size=1)
+        fisher, _ = estimate_fisher(
+            model, (x, y), estimator=estimator, batch_size=1
+        )
         expected = 2.0 * np.mean(x**2 * residual[:, None] ** 2, 0)[:, None]
-        np.testing.assert_allclose(fisher[model.layers[0].kernel.path], expected, rtol=1e-4)
+        np.testing.assert_allclose(
+            fisher[model.layers[0].kernel.path], expected, rtol=1e-4
+        )
 
 
 def test_binary_cross_entropy_fisher_is_the_hessian_of_the_mean_loss(rng):
@@ -67,7 +76,9 @@ def test_binary_cross_entropy_fisher_is_the_hessian_of_the_mean_loss(rng):
     y = rng.integers(0, 2, (200, 3)).astype("float32")
     for from_logits in (True, False):
         model = _linear(
-            4, 3, keras.losses.BinaryCrossentropy(from_logits=from_logits),
+            4,
+            3,
+            keras.losses.BinaryCrossentropy(from_logits=from_logits),
             activation=None if from_logits else "sigmoid",
         )
         kernel, bias = model.get_weights()
@@ -79,7 +90,9 @@ def test_binary_cross_entropy_fisher_is_the_hessian_of_the_mean_loss(rng):
             np.mean(x[:, :, None] ** 2 * (p * (1 - p))[:, None, :], 0) / 3,
             rtol=1e-5,
         )
-        np.testing.assert_allclose(fisher[layer.bias.path], np.mean(p * (1 - p), 0) / 3, rtol=1e-5)
+        np.testing.assert_allclose(
+            fisher[layer.bias.path], np.mean(p * (1 - p), 0) / 3, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -96,7 +109,9 @@ def test_loss_scale_of_each_loss(loss, scale):
     assert likelihood_from_loss(loss).loss_scale(5) == pytest.approx(scale)
 
 
-@pytest.mark.parametrize("reduction", ["sum", None, "none", "mean_with_sample_weight"])
+@pytest.mark.parametrize(
+    "reduction", ["sum", None, "none", "mean_with_sample_weight"]
+)
 def test_losses_not_averaged_over_the_batch_are_refused(reduction):
     with pytest.raises(ValueError, match=f"reduction {reduction!r}"):
         likelihood_from_loss(keras.losses.MeanSquaredError(reduction=reduction))
@@ -111,17 +126,28 @@ def _orthogonal_design(rng, num_examples, scales):
 
 
 @pytest.mark.parametrize("num_outputs", [1, 4])
-def test_sequential_laplace_equals_joint_least_squares_at_strength_one(rng, num_outputs):
+def test_sequential_laplace_equals_joint_least_squares_at_strength_one(
+    rng, num_outputs
+):
     n_a, n_b = 120, 80
     x_a = _orthogonal_design(rng, n_a, [1.0, 2.0, 0.5])
     mixing = np.array([[1.0, 0.8, 0.3], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
-    x_b = (rng.normal(size=(n_b, 3)) @ mixing + 0.3).astype("float32")  # correlated
+    x_b = (rng.normal(size=(n_b, 3)) @ mixing + 0.3).astype(
+        "float32"
+    )  # correlated
     true_w = rng.normal(size=(4, num_outputs))
-    y_a = (_with_ones(x_a) @ true_w + 0.5 * rng.normal(size=(n_a, num_outputs))).astype("float32")
-    y_b = (_with_ones(x_b) @ (true_w + 1.0) + 0.5 * rng.normal(size=(n_b, num_outputs))).astype("float32")
+    y_a = (
+        _with_ones(x_a) @ true_w + 0.5 * rng.normal(size=(n_a, num_outputs))
+    ).astype("float32")
+    y_b = (
+        _with_ones(x_b) @ (true_w + 1.0)
+        + 0.5 * rng.normal(size=(n_b, num_outputs))
+    ).astype("float32")
 
     model = _linear(3, num_outputs, "mse")
-    fit_a = np.linalg.lstsq(_with_ones(x_a), y_a.astype("float64"), rcond=None)[0]
+    fit_a = np.linalg.lstsq(_with_ones(x_a), y_a.astype("float64"), rcond=None)[
+        0
+    ]
     set_flat_weights(model, np.concatenate([fit_a[:3].ravel(), fit_a[3]]))
     memory = FisherMemory.estimate(model, (x_a, y_a), estimator="exact")
     keras_memgeom.attach(model, memory, num_train_examples=n_b, strength=1)
@@ -133,7 +159,9 @@ def test_sequential_laplace_equals_joint_least_squares_at_strength_one(rng, num_
         rcond=None,
     )[0]
     expected = np.concatenate([joint[:3].ravel(), joint[3]])
-    np.testing.assert_allclose(flat_weights(model), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        flat_weights(model), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 def _logistic_joint_map(x, y, steps=50):
@@ -157,14 +185,18 @@ def test_binary_cross_entropy_memory_at_strength_one_keeps_the_joint_map(rng):
     # 1/d scale of Keras's mean over outputs, and not without it.
     x_half = _orthogonal_design(rng, 200, [1.0, 1.5, 0.7])
     x_a = np.concatenate([x_half, x_half])
-    y_a = np.concatenate([np.zeros((200, 3)), np.ones((200, 3))]).astype("float32")
+    y_a = np.concatenate([np.zeros((200, 3)), np.ones((200, 3))]).astype(
+        "float32"
+    )
     x_b = rng.normal(size=(20, 3)).astype("float32")
     y_b = rng.integers(0, 2, (20, 3)).astype("float32")
 
     model = _linear(3, 3, keras.losses.BinaryCrossentropy(from_logits=True))
     set_flat_weights(model, np.zeros(12))
     memory = FisherMemory.estimate(model, (x_a, y_a), estimator="exact")
-    joint = _logistic_joint_map(np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b]))
+    joint = _logistic_joint_map(
+        np.concatenate([x_a, x_b]), np.concatenate([y_a, y_b])
+    )
     set_flat_weights(model, joint)
     loss_b_gradient = training_gradient(model, x_b, y_b)
 

@@ -24,7 +24,9 @@ def _format_1_file(path, names=None, **meta_changes):
     """Writes a format-1 file by hand: `meta.json` and one `.npy` per array."""
     rng = np.random.default_rng(0)
     names = names or ["dense/kernel", "dense/bias"]
-    arrays = {name: (rng.normal(size=(3, 2)).astype("float32"),) * 2 for name in names}
+    arrays = {
+        name: (rng.normal(size=(3, 2)).astype("float32"),) * 2 for name in names
+    }
     meta = {
         "format": "keras_memgeom.FisherMemory",
         "version": 1,
@@ -35,8 +37,12 @@ def _format_1_file(path, names=None, **meta_changes):
                 "path": name,
                 "shape": [3, 2],
                 "dtype": "float32",
-                "anchor_sha256": hashlib.sha256(arrays[name][0].tobytes()).hexdigest(),
-                "fisher_sha256": hashlib.sha256(np.abs(arrays[name][1]).tobytes()).hexdigest(),
+                "anchor_sha256": hashlib.sha256(
+                    arrays[name][0].tobytes()
+                ).hexdigest(),
+                "fisher_sha256": hashlib.sha256(
+                    np.abs(arrays[name][1]).tobytes()
+                ).hexdigest(),
             }
             for name in names
         ],
@@ -51,14 +57,21 @@ def _format_1_file(path, names=None, **meta_changes):
 
 
 def _memory():
-    return FisherMemory({"w": np.ones((3, 2))}, {"w": np.full((3, 2), 0.5)}, num_examples=10)
+    return FisherMemory(
+        {"w": np.ones((3, 2))}, {"w": np.full((3, 2), 0.5)}, num_examples=10
+    )
 
 
 def test_format_1_files_keep_loading(tmp_path):
     arrays = _format_1_file(tmp_path / "old.memory")
     memory = FisherMemory.load(tmp_path / "old.memory")
-    assert memory.paths == ["dense/kernel", "dense/bias"] and memory.num_examples == 40
-    np.testing.assert_array_equal(memory.anchor["dense/kernel"], arrays["dense/kernel"][0])
+    assert (
+        memory.paths == ["dense/kernel", "dense/bias"]
+        and memory.num_examples == 40
+    )
+    np.testing.assert_array_equal(
+        memory.anchor["dense/kernel"], arrays["dense/kernel"][0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,7 +91,9 @@ def test_malformed_metadata_is_refused(tmp_path, changes, message):
 def test_metadata_that_is_a_list_is_refused(tmp_path):
     path = tmp_path / "list.memory"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("meta.json", json.dumps([{"format": "keras_memgeom.FisherMemory"}]))
+        z.writestr(
+            "meta.json", json.dumps([{"format": "keras_memgeom.FisherMemory"}])
+        )
     with pytest.raises(ValueError, match="metadata is a list, not an object"):
         FisherMemory.load(path)
 
@@ -89,7 +104,9 @@ def test_a_duplicate_variable_path_is_refused(tmp_path):
         FisherMemory.load(tmp_path / "twice.memory")
 
 
-def test_a_small_file_declaring_a_huge_array_is_refused_before_reading(tmp_path, monkeypatch):
+def test_a_small_file_declaring_a_huge_array_is_refused_before_reading(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "bomb.memory"
     _format_1_file(path)
     with zipfile.ZipFile(path) as z:
@@ -108,10 +125,14 @@ def test_a_small_file_declaring_a_huge_array_is_refused_before_reading(tmp_path,
             z.writestr(name, data)
 
     def no_allocation(*args, **kwargs):
-        raise AssertionError("the reader decoded an array it should have refused")
+        raise AssertionError(
+            "the reader decoded an array it should have refused"
+        )
 
     monkeypatch.setattr(memory_file.np, "frombuffer", no_allocation)
-    with pytest.raises(ValueError, match=r"anchor/0.npy declares \d+ bytes where the metadata"):
+    with pytest.raises(
+        ValueError, match=r"anchor/0.npy declares \d+ bytes where the metadata"
+    ):
         FisherMemory.load(path)
 
 
@@ -156,9 +177,13 @@ def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
     assert FisherMemory.load(tmp_path / "a.memory").num_examples == 10
 
 
-def test_saving_to_a_folder_or_a_missing_folder_fails_before_any_work(tmp_path, monkeypatch):
+def test_saving_to_a_folder_or_a_missing_folder_fails_before_any_work(
+    tmp_path, monkeypatch
+):
     def no_work(*args, **kwargs):
-        raise AssertionError("the memory was serialized before the path was checked")
+        raise AssertionError(
+            "the memory was serialized before the path was checked"
+        )
 
     monkeypatch.setattr(memory_file, "_digest", no_work)
     with pytest.raises(IsADirectoryError, match="it is a folder"):

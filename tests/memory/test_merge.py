@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from keras_memgeom import FisherMemory, merge
+from keras_memgeom import FisherMemory
+from keras_memgeom import merge
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -13,7 +14,9 @@ def _memory(rng, n, shape=(4, 3), zero_fraction=0.0):
 
 
 def _quadratic(memory, theta):
-    return 0.5 * np.sum(memory.precision["w"] * (theta - memory.anchor["w"]) ** 2)
+    return 0.5 * np.sum(
+        memory.precision["w"] * (theta - memory.anchor["w"]) ** 2
+    )
 
 
 def test_merge_of_two_quadratics_is_their_sum(rng):
@@ -22,28 +25,38 @@ def test_merge_of_two_quadratics_is_their_sum(rng):
     assert merged.num_examples == 400
     p = a.precision["w"] + b.precision["w"]
     np.testing.assert_allclose(merged.precision["w"], p, rtol=1e-5)
-    anchor = (a.precision["w"] * a.anchor["w"] + b.precision["w"] * b.anchor["w"]) / p
+    anchor = (
+        a.precision["w"] * a.anchor["w"] + b.precision["w"] * b.anchor["w"]
+    ) / p
     np.testing.assert_allclose(merged.anchor["w"], anchor, rtol=1e-5)
     # The merged quadratic differs from the sum of the two by a constant only.
     thetas = [rng.normal(size=(4, 3)) for _ in range(3)]
-    gaps = [_quadratic(a, t) + _quadratic(b, t) - _quadratic(merged, t) for t in thetas]
+    gaps = [
+        _quadratic(a, t) + _quadratic(b, t) - _quadratic(merged, t)
+        for t in thetas
+    ]
     np.testing.assert_allclose(gaps, gaps[0], rtol=1e-4)
     # ... and its anchor is the minimizer of that sum.
-    gradient = a.precision["w"] * (merged.anchor["w"] - a.anchor["w"]) + b.precision["w"] * (
-        merged.anchor["w"] - b.anchor["w"]
-    )
+    gradient = a.precision["w"] * (
+        merged.anchor["w"] - a.anchor["w"]
+    ) + b.precision["w"] * (merged.anchor["w"] - b.anchor["w"])
     np.testing.assert_allclose(gradient, 0.0, atol=1e-3)
 
 
 def test_decay_scales_older_precision(rng):
     a, b, c = _memory(rng, 10), _memory(rng, 20), _memory(rng, 30)
     merged = merge([a, b, c], decay=0.5)
-    expected = 0.25 * a.precision["w"] + 0.5 * b.precision["w"] + c.precision["w"]
+    expected = (
+        0.25 * a.precision["w"] + 0.5 * b.precision["w"] + c.precision["w"]
+    )
     np.testing.assert_allclose(merged.precision["w"], expected, rtol=1e-5)
 
 
 def test_anchor_without_information_is_the_newest(rng):
-    a, b = _memory(rng, 10, zero_fraction=1.0), _memory(rng, 10, zero_fraction=1.0)
+    a, b = (
+        _memory(rng, 10, zero_fraction=1.0),
+        _memory(rng, 10, zero_fraction=1.0),
+    )
     np.testing.assert_allclose(merge([a, b]).anchor["w"], b.anchor["w"])
 
 
@@ -53,8 +66,12 @@ def test_online_merge_equals_merge_of_all(rng):
     for memory in memories[1:]:
         online = merge([online, memory])
     direct = merge(memories)
-    np.testing.assert_allclose(online.anchor["w"], direct.anchor["w"], rtol=1e-4)
-    np.testing.assert_allclose(online.precision["w"], direct.precision["w"], rtol=1e-5)
+    np.testing.assert_allclose(
+        online.anchor["w"], direct.anchor["w"], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        online.precision["w"], direct.precision["w"], rtol=1e-5
+    )
 
 
 def test_bad_merges_are_refused(rng):
@@ -74,5 +91,7 @@ def test_bad_merges_are_refused(rng):
 def test_memories_of_different_shapes_are_refused_by_name(rng):
     a = _memory(rng, 10, shape=(4, 3))
     b = _memory(rng, 10, shape=(3, 4))
-    with pytest.raises(ValueError, match=r"different shapes.*'w'.*\(4, 3\).*\(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"different shapes.*'w'.*\(4, 3\).*\(3, 4\)"
+    ):
         merge([a, b])

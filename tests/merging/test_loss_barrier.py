@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from keras_memgeom.merging import interpolate, loss_barrier
+from keras_memgeom.merging import interpolate
+from keras_memgeom.merging import loss_barrier
 from keras_memgeom.symmetry import align
-from tests.memory.helpers import classification_data, softmax_regression
+from tests.memory.helpers import classification_data
+from tests.memory.helpers import softmax_regression
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -13,7 +15,9 @@ pytestmark = pytest.mark.usefixtures("full_precision")
 def test_interpolation_is_linear_in_the_weights(rng):
     a, b = softmax_regression(), softmax_regression()
     middle = interpolate(a, b, 0.25)
-    for got, wa, wb in zip(middle.get_weights(), a.get_weights(), b.get_weights()):
+    for got, wa, wb in zip(
+        middle.get_weights(), a.get_weights(), b.get_weights()
+    ):
         np.testing.assert_allclose(got, 0.75 * wa + 0.25 * wb, rtol=1e-6)
 
 
@@ -33,7 +37,9 @@ def test_loss_barrier_refuses_bad_arguments(rng):
     with pytest.raises(ValueError, match="needs a loss"):
         loss_barrier(uncompiled, uncompiled, data)
     with pytest.raises(ValueError, match="num_points"):
-        loss_barrier(softmax_regression(), softmax_regression(), data, num_points=1)
+        loss_barrier(
+            softmax_regression(), softmax_regression(), data, num_points=1
+        )
 
 
 def test_alignment_lowers_the_barrier_between_independent_trainings():
@@ -43,12 +49,20 @@ def test_alignment_lowers_the_barrier_between_independent_trainings():
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
         model = keras.Sequential(
-            [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+            [
+                keras.Input((64,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10),
+            ]
         )
-        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         model.fit(x, y, epochs=8, batch_size=64, verbose=0)
         models.append(model)
     raw = loss_barrier(models[0], models[1], (x, y), num_points=5)
-    aligned = loss_barrier(models[0], align(models[1], models[0]), (x, y), num_points=5)
+    aligned = loss_barrier(
+        models[0], align(models[1], models[0]), (x, y), num_points=5
+    )
     assert aligned.barrier < 0.5 * raw.barrier, (raw.barrier, aligned.barrier)
     assert aligned.accuracy[2] > raw.accuracy[2]

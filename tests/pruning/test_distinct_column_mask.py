@@ -37,7 +37,9 @@ def test_zero_rate_is_respected_on_average():
 
 def test_seed_reproducible_and_seeds_differ():
     a = distinct_column_mask((16, 32), 0.5, seed=3)
-    np.testing.assert_array_equal(a, distinct_column_mask((16, 32), 0.5, seed=3))
+    np.testing.assert_array_equal(
+        a, distinct_column_mask((16, 32), 0.5, seed=3)
+    )
     assert not np.array_equal(a, distinct_column_mask((16, 32), 0.5, seed=4))
 
 
@@ -56,7 +58,11 @@ def test_zero_rate_outside_open_interval_raises(zero_rate):
 
 @pytest.mark.parametrize(
     "zero_rate, message",
-    [("0.5", "must be a number; got '0.5'"), (None, "must be a number"), (float("nan"), "must be finite")],
+    [
+        ("0.5", "must be a number; got '0.5'"),
+        (None, "must be a number"),
+        (float("nan"), "must be finite"),
+    ],
 )
 def test_zero_rate_that_is_not_a_number_is_named(zero_rate, message):
     with pytest.raises(ValueError, match=f"`zero_rate` {message}"):

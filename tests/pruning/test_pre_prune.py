@@ -38,7 +38,9 @@ def test_hidden_dense_layers_replaced_and_widened():
         memgeom_layers.PrePrunedDense,
         keras.layers.Dense,
     ]
-    assert [layer.units for layer in pruned.layers if hasattr(layer, "units")] == [
+    assert [
+        layer.units for layer in pruned.layers if hasattr(layer, "units")
+    ] == [
         16,
         20,
         3,
@@ -63,7 +65,9 @@ def test_functional_conv_model():
 
 def test_no_widen_and_pruned_output():
     pruned = pre_prune(_mlp(), zero_rate=0.5, widen=False, prune_output=True)
-    assert [layer.units for layer in pruned.layers if hasattr(layer, "units")] == [
+    assert [
+        layer.units for layer in pruned.layers if hasattr(layer, "units")
+    ] == [
         8,
         10,
         3,
@@ -74,8 +78,12 @@ def test_no_widen_and_pruned_output():
 def test_seed_gives_reproducible_per_layer_masks():
     a = pre_prune(_mlp(), zero_rate=0.5, seed=5)
     b = pre_prune(_mlp(), zero_rate=0.5, seed=5)
-    masks_a = [to_numpy(layer.mask) for layer in a.layers if hasattr(layer, "mask")]
-    masks_b = [to_numpy(layer.mask) for layer in b.layers if hasattr(layer, "mask")]
+    masks_a = [
+        to_numpy(layer.mask) for layer in a.layers if hasattr(layer, "mask")
+    ]
+    masks_b = [
+        to_numpy(layer.mask) for layer in b.layers if hasattr(layer, "mask")
+    ]
     for mask_a, mask_b in zip(masks_a, masks_b):
         np.testing.assert_array_equal(mask_a, mask_b)
 

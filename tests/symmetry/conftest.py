@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from tests.symmetry.symmetry_models import BUILDERS
 from tests.symmetry.symmetry_models import randomize
 

@@ -102,10 +102,13 @@ def permuted_copy(model, seed=0):
             if layer is not weight_layers[-1]:
                 permutation = rng.permutation(values["kernel"].shape[-1])
                 values = {
-                    name: value[..., permutation] for name, value in values.items()
+                    name: value[..., permutation]
+                    for name, value in values.items()
                 }
         elif permutation is not None and values:
-            values = {name: value[permutation] for name, value in values.items()}
+            values = {
+                name: value[permutation] for name, value in values.items()
+            }
         for variable in layer.weights:
             variable.assign(values[variable.path.split("/")[-1]])
     return copy
@@ -116,5 +119,9 @@ def _permute_rows(value, permutation, name):
         return value
     axis = value.ndim - 2  # kernel (..., inputs, units), mask (inputs, units)
     n = len(permutation)
-    grouped = value.reshape(value.shape[:axis] + (-1, n) + value.shape[axis + 1 :])
-    return grouped[(slice(None),) * (axis + 1) + (permutation,)].reshape(value.shape)
+    grouped = value.reshape(
+        value.shape[:axis] + (-1, n) + value.shape[axis + 1 :]
+    )
+    return grouped[(slice(None),) * (axis + 1) + (permutation,)].reshape(
+        value.shape
+    )

@@ -1,13 +1,13 @@
 import keras
 import numpy as np
 import pytest
+
+from keras_memgeom.symmetry import align
+from keras_memgeom.symmetry import distance
 from tests.symmetry.symmetry_models import BUILDERS
 from tests.symmetry.symmetry_models import permuted_copy
 from tests.symmetry.symmetry_models import randomize
 from tests.symmetry.symmetry_models import to_numpy
-
-from keras_memgeom.symmetry import align
-from keras_memgeom.symmetry import distance
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -29,7 +29,11 @@ def test_recovers_a_random_permutation_exactly(model_and_inputs):
 def test_independent_models_function_unchanged_and_closer(kind):
     build, input_shape = BUILDERS[kind]
     reference, model = randomize(build(), seed=0), randomize(build(), seed=1)
-    x = np.random.default_rng(2).normal(size=(8,) + input_shape).astype("float32")
+    x = (
+        np.random.default_rng(2)
+        .normal(size=(8,) + input_shape)
+        .astype("float32")
+    )
     aligned = align(model, reference)
     np.testing.assert_allclose(
         to_numpy(aligned(x, training=False)),
@@ -37,7 +41,10 @@ def test_independent_models_function_unchanged_and_closer(kind):
         atol=1e-5,
         rtol=1e-5,
     )
-    assert distance(aligned, reference).overall < distance(model, reference).overall
+    assert (
+        distance(aligned, reference).overall
+        < distance(model, reference).overall
+    )
 
 
 def test_unknown_method():

@@ -3,11 +3,11 @@ import math
 
 import keras
 import numpy as np
-from tests.symmetry.symmetry_models import BUILDERS
-from tests.symmetry.symmetry_models import to_numpy
 
 from keras_memgeom.layers import PrePrunedDense
 from keras_memgeom.symmetry import count_equivalent_optima
+from tests.symmetry.symmetry_models import BUILDERS
+from tests.symmetry.symmetry_models import to_numpy
 
 
 def test_plain_layers_count_factorials():
@@ -27,7 +27,9 @@ def test_plain_layers_count_factorials():
 def test_conv_filters_count():
     build, _ = BUILDERS["convnet"]
     # 5 and 4 filters, 6 hidden Dense units.
-    expected = math.log10(math.factorial(5) * math.factorial(4) * math.factorial(6))
+    expected = math.log10(
+        math.factorial(5) * math.factorial(4) * math.factorial(6)
+    )
     np.testing.assert_allclose(count_equivalent_optima(build()), expected)
 
 
@@ -51,7 +53,11 @@ def test_matches_brute_force_with_repeated_mask_columns():
     second = np.array([[1, 0, 1, 1, 0]] * 2 + [[0, 1, 1, 1, 1]] * 2, "float32")
     model.layers[0].mask.assign(first)
     model.layers[1].mask.assign(second)
-    masks = [to_numpy(model.layers[0].mask), to_numpy(model.layers[1].mask), None]
+    masks = [
+        to_numpy(model.layers[0].mask),
+        to_numpy(model.layers[1].mask),
+        None,
+    ]
 
     count = 1
     for index, units in enumerate([4, 5]):
@@ -67,4 +73,6 @@ def test_matches_brute_force_with_repeated_mask_columns():
     # Layer 1: columns 0=1 and 2=3, and layer 2's mask rows pair the same
     # units -> 2! * 2!; layer 2: columns 1=4 and 2=3 -> 2! * 2!.
     assert count == 16
-    np.testing.assert_allclose(count_equivalent_optima(model), math.log10(count))
+    np.testing.assert_allclose(
+        count_equivalent_optima(model), math.log10(count)
+    )

@@ -1,12 +1,12 @@
 import keras
 import numpy as np
 import pytest
+
+from keras_memgeom.symmetry import distance
 from tests.symmetry.symmetry_models import BUILDERS
 from tests.symmetry.symmetry_models import permuted_copy
 from tests.symmetry.symmetry_models import randomize
 from tests.symmetry.symmetry_models import to_numpy
-
-from keras_memgeom.symmetry import distance
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -37,7 +37,9 @@ def test_matches_formula_per_layer_and_pooled():
         )
     pooled_a = np.concatenate([k.ravel() for _, k, _ in kernels])
     pooled_b = np.concatenate([k.ravel() for _, _, k in kernels])
-    np.testing.assert_allclose(result.overall, _phi(pooled_a, pooled_b), rtol=1e-6)
+    np.testing.assert_allclose(
+        result.overall, _phi(pooled_a, pooled_b), rtol=1e-6
+    )
 
 
 def test_reference_values():
@@ -51,10 +53,18 @@ def test_reference_values():
 
 def test_mismatched_architectures():
     a = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(4, name="wide"), keras.layers.Dense(1)]
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, name="wide"),
+            keras.layers.Dense(1),
+        ]
     )
     b = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(5, name="wider"), keras.layers.Dense(1)]
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(5, name="wider"),
+            keras.layers.Dense(1),
+        ]
     )
     with pytest.raises(ValueError, match="'wide'"):
         distance(a, b)

@@ -1,11 +1,11 @@
 import keras
 import numpy as np
 import pytest
-from tests.symmetry.symmetry_models import permuted_copy
-from tests.symmetry.symmetry_models import to_numpy
 
 from keras_memgeom.symmetry import distance
 from keras_memgeom.symmetry import reorder
+from tests.symmetry.symmetry_models import permuted_copy
+from tests.symmetry.symmetry_models import to_numpy
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -19,7 +19,10 @@ def test_function_unchanged(model_and_inputs):
         reordered = reorder(model, method)
         assert distance(reordered, model).overall > 0.01  # units did move
         np.testing.assert_allclose(
-            to_numpy(reordered(x, training=False)), expected, atol=1e-5, rtol=1e-5
+            to_numpy(reordered(x, training=False)),
+            expected,
+            atol=1e-5,
+            rtol=1e-5,
         )
 
 

@@ -32,7 +32,9 @@ def test_normalization_across_other_axes_is_named():
         [
             keras.Input((5, 5, 2)),
             keras.layers.Conv2D(3, 3),
-            keras.layers.LayerNormalization(axis=[1, 2, 3], name="spatial_norm"),
+            keras.layers.LayerNormalization(
+                axis=[1, 2, 3], name="spatial_norm"
+            ),
             keras.layers.Flatten(),
             keras.layers.Dense(2),
         ]

@@ -15,8 +15,12 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def mlp(num_features=6, width=5, num_classes=3, activation="tanh"):
     inputs = keras.Input((num_features,))
-    hidden = keras.layers.Dense(width, activation=activation, name="hidden_0")(inputs)
-    hidden = keras.layers.Dense(width, activation=activation, name="hidden_1")(hidden)
+    hidden = keras.layers.Dense(width, activation=activation, name="hidden_0")(
+        inputs
+    )
+    hidden = keras.layers.Dense(width, activation=activation, name="hidden_1")(
+        hidden
+    )
     outputs = keras.layers.Dense(num_classes, name="logits")(hidden)
     return keras_memgeom.Model(inputs, outputs)
 
@@ -27,7 +31,12 @@ def tiny_data(rng, num_examples=12, num_features=6, num_classes=3):
 
 
 def flat(model):
-    return np.concatenate([np.ravel(ops.convert_to_numpy(v.value)) for v in model.trainable_variables])
+    return np.concatenate(
+        [
+            np.ravel(ops.convert_to_numpy(v.value))
+            for v in model.trainable_variables
+        ]
+    )
 
 
 def set_flat(model, vector):
@@ -45,7 +54,11 @@ def test_masks_whole_layers_and_unit_fractions():
     assert all(np.all(m == 1) for m in whole.values())
 
     half = FrontalLobe(["hidden_0"], fraction=0.5).masks(model)
-    assert sorted(half) == ["hidden_0/bias", "hidden_0/kernel", "hidden_1/kernel"]
+    assert sorted(half) == [
+        "hidden_0/bias",
+        "hidden_0/kernel",
+        "hidden_1/kernel",
+    ]
     np.testing.assert_array_equal(half["hidden_0/bias"], [1, 1, 0, 0])
     np.testing.assert_array_equal(half["hidden_0/kernel"][0], [1, 1, 0, 0])
     # Outgoing weights: the rows of the next layer's kernel.
@@ -89,11 +102,15 @@ def test_compile_checks_frontal_lobe_and_penalty_switch():
 
 
 @pytest.mark.parametrize("estimator", ["empirical", "exact"])
-def test_fisher_trace_is_the_estimated_fisher_summed_over_the_frontal_lobe(rng, estimator):
+def test_fisher_trace_is_the_estimated_fisher_summed_over_the_frontal_lobe(
+    rng, estimator
+):
     model = mlp()
     model.compile("sgd", LOSS)
     x, y = tiny_data(rng)
-    frontal_lobe = FrontalLobe(["hidden_0", "hidden_1"], fraction=0.4, estimator=estimator)
+    frontal_lobe = FrontalLobe(
+        ["hidden_0", "hidden_1"], fraction=0.4, estimator=estimator
+    )
     fisher, _ = estimate_fisher(model, (x, y), estimator=estimator)
     expected, rest = frontal_lobe.split(model, fisher)
     value = float(ops.convert_to_numpy(frontal_lobe.fisher_trace(model, x, y)))
@@ -108,7 +125,10 @@ def test_penalty_gradient_matches_finite_differences(rng, estimator):
     x, y = tiny_data(rng)
     strength = 2.0
     frontal_lobe = FrontalLobe(
-        ["hidden_0", "hidden_1"], fraction=0.6, strength=strength, estimator=estimator
+        ["hidden_0", "hidden_1"],
+        fraction=0.6,
+        strength=strength,
+        estimator=estimator,
     )
     # SGD with rate 1: each step moves the weights by minus the gradient.
     model.compile(keras.optimizers.SGD(1.0), LOSS, frontal_lobe=frontal_lobe)
@@ -123,20 +143,31 @@ def test_penalty_gradient_matches_finite_differences(rng, estimator):
 
     def trace(vector):
         set_flat(model, vector)
-        return float(ops.convert_to_numpy(frontal_lobe.fisher_trace(model, x, y)))
+        return float(
+            ops.convert_to_numpy(frontal_lobe.fisher_trace(model, x, y))
+        )
 
     assert np.linalg.norm(gradient) > 1e-3
-    for direction in (gradient / np.linalg.norm(gradient), rng.normal(size=start.shape)):
+    for direction in (
+        gradient / np.linalg.norm(gradient),
+        rng.normal(size=start.shape),
+    ):
         direction = (direction / np.linalg.norm(direction)).astype("float32")
         eps = 1e-2
-        numeric = (trace(start + eps * direction) - trace(start - eps * direction)) / (2 * eps)
+        numeric = (
+            trace(start + eps * direction) - trace(start - eps * direction)
+        ) / (2 * eps)
         analytic = float(gradient @ direction)
-        np.testing.assert_allclose(analytic, numeric, rtol=2e-2, atol=2e-3 * np.linalg.norm(gradient))
+        np.testing.assert_allclose(
+            analytic, numeric, rtol=2e-2, atol=2e-3 * np.linalg.norm(gradient)
+        )
 
 
 def test_save_and_load_keep_the_frontal_lobe(tmp_path, rng):
     model = mlp()
-    frontal_lobe = FrontalLobe(["hidden_0"], fraction=0.5, strength=3.0, estimator="exact")
+    frontal_lobe = FrontalLobe(
+        ["hidden_0"], fraction=0.5, strength=3.0, estimator="exact"
+    )
     model.compile("adam", LOSS, frontal_lobe=frontal_lobe)
     x, y = tiny_data(rng)
     model.fit(x, y, epochs=1, verbose=0)
@@ -144,7 +175,9 @@ def test_save_and_load_keep_the_frontal_lobe(tmp_path, rng):
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.frontal_lobe.get_config() == frontal_lobe.get_config()
     assert loaded.information_penalty_active
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(frontal_lobe))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(frontal_lobe)
+    )
     assert restored.get_config() == frontal_lobe.get_config()
 
 
@@ -166,23 +199,38 @@ def test_phase_two_halves_the_frontal_lobe_fisher_and_keeps_accuracy(
     hidden = keras.layers.Dense(32, activation="relu", name="hidden_1")(hidden)
     model = keras_memgeom.Model(inputs, keras.layers.Dense(10)(hidden))
     frontal_lobe = FrontalLobe(
-        ["hidden_0", "hidden_1"], fraction=0.5, strength=1.0, estimator=estimator
+        ["hidden_0", "hidden_1"],
+        fraction=0.5,
+        strength=1.0,
+        estimator=estimator,
     )
     model.compile(
-        keras.optimizers.Adam(learning_rate), LOSS, frontal_lobe=frontal_lobe, metrics=["accuracy"]
+        keras.optimizers.Adam(learning_rate),
+        LOSS,
+        frontal_lobe=frontal_lobe,
+        metrics=["accuracy"],
     )
 
     def measure():
-        fisher, _ = estimate_fisher(model, (x_train, y_train), estimator="exact")
-        return frontal_lobe.split(model, fisher)[0], model.evaluate(x_test, y_test, verbose=0)[1]
+        fisher, _ = estimate_fisher(
+            model, (x_train, y_train), estimator="exact"
+        )
+        return frontal_lobe.split(model, fisher)[0], model.evaluate(
+            x_test, y_test, verbose=0
+        )[1]
 
     model.set_information_penalty(False)
     model.fit(x_train, y_train, batch_size=64, epochs=task_epochs, verbose=0)
     trace_before, accuracy_before = measure()
     model.set_information_penalty(True)
-    history = model.fit(x_train, y_train, batch_size=64, epochs=information_epochs, verbose=0)
+    history = model.fit(
+        x_train, y_train, batch_size=64, epochs=information_epochs, verbose=0
+    )
     trace_after, accuracy_after = measure()
     penalty = history.history["information_penalty"]
     assert penalty[-1] < penalty[0]
     assert trace_after <= 0.5 * trace_before, (trace_before, trace_after)
-    assert accuracy_after >= accuracy_before - 0.02, (accuracy_before, accuracy_after)
+    assert accuracy_after >= accuracy_before - 0.02, (
+        accuracy_before,
+        accuracy_after,
+    )

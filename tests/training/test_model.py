@@ -14,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("full_precision")
 
 def _functional():
     inputs = keras.Input((5,))
-    outputs = keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inputs))
+    outputs = keras.layers.Dense(3)(
+        keras.layers.Dense(8, activation="relu")(inputs)
+    )
     return keras_memgeom.Model(inputs, outputs)
 
 
@@ -42,7 +44,11 @@ def test_compile_with_memories_reports_the_penalty(rng, make):
     history = model.fit(x, y, epochs=2, verbose=0)
     assert "memory_penalty" in history.history
     assert history.history["memory_penalty"][-1] > 0.0
-    expected = float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=64, strength=100.0)))
+    expected = float(
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=64, strength=100.0)
+        )
+    )
     total = sum(float(keras.ops.convert_to_numpy(l)) for l in model.losses)
     np.testing.assert_allclose(total, expected, rtol=1e-5)
 
@@ -72,7 +78,10 @@ def test_model_with_memories_survives_save_and_load(tmp_path, rng):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert isinstance(loaded, keras_memgeom.Model)
     assert loaded.memory_strength == 7.0 and len(loaded.memories) == 1
-    np.testing.assert_array_equal(loaded.memories[0].fisher[memory.paths[0]], memory.fisher[memory.paths[0]])
+    np.testing.assert_array_equal(
+        loaded.memories[0].fisher[memory.paths[0]],
+        memory.fisher[memory.paths[0]],
+    )
     history = loaded.fit(x, y, epochs=1, verbose=0)
     assert history.history["memory_penalty"][0] > 0.0
 
@@ -80,7 +89,9 @@ def test_model_with_memories_survives_save_and_load(tmp_path, rng):
 def _penalty(memory, model, num_train_examples, strength):
     return float(
         keras.ops.convert_to_numpy(
-            memory.penalty(model, num_train_examples=num_train_examples, strength=strength)
+            memory.penalty(
+                model, num_train_examples=num_train_examples, strength=strength
+            )
         )
     )
 
@@ -93,7 +104,9 @@ def _remembering(rng, make=_functional, num_examples=32, **compile_kwargs):
     model(x[:1])
     memory = FisherMemory.estimate(model, (x, y))
     model.set_weights([w + 0.3 for w in model.get_weights()])
-    model.compile(keras.optimizers.SGD(0.1), LOSS, regularizers=[memory], **compile_kwargs)
+    model.compile(
+        keras.optimizers.SGD(0.1), LOSS, regularizers=[memory], **compile_kwargs
+    )
     return model, memory, x, y
 
 
@@ -131,7 +144,9 @@ def test_a_memory_not_in_a_list_is_refused_with_the_fix(rng):
 
 
 def test_train_on_batch_applies_the_penalty(rng):
-    model, memory, x, y = _remembering(rng, num_train_examples=32, strength=20.0)
+    model, memory, x, y = _remembering(
+        rng, num_train_examples=32, strength=20.0
+    )
     start = model.get_weights()
     expected = _penalty(memory, model, 32, 20.0)
     logs = model.train_on_batch(x, y, return_dict=True)
@@ -146,7 +161,13 @@ def test_train_on_batch_applies_the_penalty(rng):
     plain = [w - s for w, s in zip(plain_model.get_weights(), start)]
     scale = 20.0 * 0.5 * memory.num_examples / 32
     for v, w, dp, dq in zip(model.trainable_variables, start, plain, penalized):
-        expected_step = -0.1 * 2 * scale * memory.fisher[v.path] * (w - memory.anchor[v.path])
+        expected_step = (
+            -0.1
+            * 2
+            * scale
+            * memory.fisher[v.path]
+            * (w - memory.anchor[v.path])
+        )
         np.testing.assert_allclose(dq - dp, expected_step, rtol=1e-3, atol=1e-6)
 
 
@@ -161,7 +182,9 @@ def test_compute_loss_in_a_custom_loop_includes_the_penalty(rng):
     y_pred = model(x)
     plain = float(keras.ops.convert_to_numpy(LOSS(y, y_pred)))
     total = float(keras.ops.convert_to_numpy(model.compute_loss(x, y, y_pred)))
-    np.testing.assert_allclose(total, plain + _penalty(memory, model, 32, 5.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        total, plain + _penalty(memory, model, 32, 5.0), rtol=1e-5
+    )
 
 
 def test_evaluate_reports_the_penalty(rng):
@@ -185,11 +208,17 @@ def test_detach_is_not_undone_by_fit(rng):
 
 def test_validation_split_is_not_counted_as_training_examples(rng):
     model, memory, x, y = _remembering(rng, num_examples=40, strength=3.0)
-    model.optimizer.learning_rate.assign(0.0)  # keep the weights: read the penalty
-    history = model.fit(x, y, epochs=1, batch_size=40, validation_split=0.25, verbose=0)
+    model.optimizer.learning_rate.assign(
+        0.0
+    )  # keep the weights: read the penalty
+    history = model.fit(
+        x, y, epochs=1, batch_size=40, validation_split=0.25, verbose=0
+    )
     # Keras trains on the first 30 of 40 examples; the loss averages over 30.
     np.testing.assert_allclose(
-        history.history["memory_penalty"][0], _penalty(memory, model, 30, 3.0), rtol=1e-5
+        history.history["memory_penalty"][0],
+        _penalty(memory, model, 30, 3.0),
+        rtol=1e-5,
     )
 
 
@@ -197,10 +226,14 @@ def test_a_finite_dataset_is_counted(rng):
     tf = pytest.importorskip("tensorflow")
     model, memory, x, y = _remembering(rng, num_examples=36, strength=3.0)
     model.optimizer.learning_rate.assign(0.0)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)  # 4 batches of 8, one of 4
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(
+        8
+    )  # 4 batches of 8, one of 4
     history = model.fit(dataset, epochs=1, verbose=0)
     np.testing.assert_allclose(
-        history.history["memory_penalty"][0], _penalty(memory, model, 36, 3.0), rtol=1e-5
+        history.history["memory_penalty"][0],
+        _penalty(memory, model, 36, 3.0),
+        rtol=1e-5,
     )
     with pytest.raises(ValueError, match="num_train_examples"):
         model.fit(dataset.repeat(), epochs=1, steps_per_epoch=2, verbose=0)
@@ -215,7 +248,9 @@ def test_refitting_does_not_retrace_the_train_step(rng):
     history = model.fit(x[:48], y[:48], epochs=1, batch_size=16, verbose=0)
     assert model.train_function is traced
     np.testing.assert_allclose(
-        history.history["memory_penalty"][0], _penalty(memory, model, 48, 3.0), rtol=1e-5
+        history.history["memory_penalty"][0],
+        _penalty(memory, model, 48, 3.0),
+        rtol=1e-5,
     )
 
 
@@ -224,7 +259,9 @@ def test_memory_is_state_of_the_steps_but_not_a_weight(rng):
     state = {id(v) for v in model.non_trainable_variables}
     weights = {id(v) for v in model.weights}
     for _, regularizer in attached_regularizers(model):
-        assert id(regularizer.anchor) in state and id(regularizer.fisher) in state
+        assert (
+            id(regularizer.anchor) in state and id(regularizer.fisher) in state
+        )
         assert id(regularizer.anchor) not in weights
 
 
@@ -239,14 +276,21 @@ def test_saved_model_keeps_memories_out_of_layer_configs(tmp_path, rng):
 
 def test_sequential_takes_memories_in_compile(tmp_path, rng):
     make = lambda: keras_memgeom.Sequential(  # noqa: E731
-        [keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(3),
+        ]
     )
     model, memory, x, y = _remembering(rng, make=make, strength=4.0)
     history = model.fit(x, y, epochs=1, verbose=0)
     assert history.history["memory_penalty"][0] > 0.0
     model.save(tmp_path / "s.keras")
     loaded = keras.saving.load_model(tmp_path / "s.keras")
-    assert isinstance(loaded, keras_memgeom.Sequential) and len(loaded.memories) == 1
+    assert (
+        isinstance(loaded, keras_memgeom.Sequential)
+        and len(loaded.memories) == 1
+    )
     loaded.fit(x, y, epochs=1, verbose=0)
     np.testing.assert_allclose(
         sum(float(keras.ops.convert_to_numpy(l)) for l in loaded.losses),

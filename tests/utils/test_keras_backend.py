@@ -9,9 +9,12 @@ import sys
 import pytest
 
 from keras_memgeom.utils import keras_backend
-from keras_memgeom.utils.keras_backend import configure_backend, keras_config_path
+from keras_memgeom.utils.keras_backend import configure_backend
+from keras_memgeom.utils.keras_backend import keras_config_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def finder(*installed):
@@ -21,7 +24,9 @@ def finder(*installed):
 
 def configure(tmp_path, environ=(), installed=("jax", "torch", "tensorflow")):
     environ = {"KERAS_HOME": str(tmp_path), **dict(environ)}
-    choice = configure_backend(environ, find_spec=finder(*installed), modules={})
+    choice = configure_backend(
+        environ, find_spec=finder(*installed), modules={}
+    )
     return choice, environ
 
 
@@ -37,7 +42,9 @@ def write_config(tmp_path, config):
         (("tensorflow",), "tensorflow"),
     ],
 )
-def test_nothing_configured_picks_the_first_installed_and_saves_it(tmp_path, installed, expected):
+def test_nothing_configured_picks_the_first_installed_and_saves_it(
+    tmp_path, installed, expected
+):
     choice, environ = configure(tmp_path, installed=installed)
     assert choice.backend == expected and environ["KERAS_BACKEND"] == expected
     assert "first installed of jax, torch, tensorflow" in choice.source
@@ -47,7 +54,10 @@ def test_nothing_configured_picks_the_first_installed_and_saves_it(tmp_path, ins
     config = json.loads((tmp_path / "keras.json").read_text())
     assert config["backend"] == expected and config["floatx"] == "float32"
     choice, _ = configure(tmp_path, installed=installed)
-    assert choice.backend == expected and choice.source == f"from {tmp_path / 'keras.json'}"
+    assert (
+        choice.backend == expected
+        and choice.source == f"from {tmp_path / 'keras.json'}"
+    )
 
 
 def test_keras_json_without_a_backend_is_left_alone(tmp_path):
@@ -55,7 +65,9 @@ def test_keras_json_without_a_backend_is_left_alone(tmp_path):
     choice, environ = configure(tmp_path, installed=("torch",))
     assert choice.backend == "torch" and environ["KERAS_BACKEND"] == "torch"
     assert "saved" not in choice.source
-    assert json.loads((tmp_path / "keras.json").read_text()) == {"floatx": "float64"}
+    assert json.loads((tmp_path / "keras.json").read_text()) == {
+        "floatx": "float64"
+    }
 
 
 def test_keras_backend_variable_wins_over_keras_json(tmp_path):
@@ -66,7 +78,9 @@ def test_keras_backend_variable_wins_over_keras_json(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["KERAS_BACKEND", "keras.json"])
-def test_a_configured_backend_that_is_not_installed_is_a_clear_error(tmp_path, where):
+def test_a_configured_backend_that_is_not_installed_is_a_clear_error(
+    tmp_path, where
+):
     environ = {}
     if where == "KERAS_BACKEND":
         environ["KERAS_BACKEND"] = "tensorflow"
@@ -76,14 +90,19 @@ def test_a_configured_backend_that_is_not_installed_is_a_clear_error(tmp_path, w
         configure(tmp_path, environ, installed=("jax",))
     message = str(info.value)
     assert "'tensorflow'" in message and "is not installed" in message
-    assert (where if where == "KERAS_BACKEND" else str(tmp_path / "keras.json")) in message
+    assert (
+        where if where == "KERAS_BACKEND" else str(tmp_path / "keras.json")
+    ) in message
     assert 'pip install "keras-memgeom[tensorflow]"' in message
     assert "KERAS_BACKEND=jax" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
 def test_no_backend_installed_is_a_clear_error(tmp_path):
-    with pytest.raises(ImportError, match=r"No Keras backend is installed.*keras-memgeom\[jax\]"):
+    with pytest.raises(
+        ImportError,
+        match=r"No Keras backend is installed.*keras-memgeom\[jax\]",
+    ):
         configure(tmp_path, installed=())
     assert not (tmp_path / "keras.json").exists()
 
@@ -91,7 +110,9 @@ def test_no_backend_installed_is_a_clear_error(tmp_path):
 def test_keras_imported_first_keeps_its_backend(tmp_path):
     import keras
 
-    choice = configure_backend({"KERAS_HOME": str(tmp_path)}, find_spec=finder())
+    choice = configure_backend(
+        {"KERAS_HOME": str(tmp_path)}, find_spec=finder()
+    )
     assert choice == (keras.backend.backend(), "Keras was imported first")
     assert not (tmp_path / "keras.json").exists()
 
@@ -100,8 +121,12 @@ def test_config_path_follows_keras(tmp_path, monkeypatch):
     from keras.src.backend import config
 
     # The path Keras settled on when it was imported, from the same environment.
-    assert keras_config_path() == os.path.join(config.keras_home(), "keras.json")
-    assert keras_config_path({"KERAS_HOME": str(tmp_path)}) == str(tmp_path / "keras.json")
+    assert keras_config_path() == os.path.join(
+        config.keras_home(), "keras.json"
+    )
+    assert keras_config_path({"KERAS_HOME": str(tmp_path)}) == str(
+        tmp_path / "keras.json"
+    )
     monkeypatch.setenv("HOME", str(tmp_path))
     assert keras_config_path({}) == str(tmp_path / ".keras" / "keras.json")
     tmp_path.chmod(0o500)
@@ -113,7 +138,11 @@ def test_config_path_follows_keras(tmp_path, monkeypatch):
 
 
 def run_python(code, home, **env):
-    environ = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KERAS_BACKEND", "KERAS_HOME")
+    }
     environ.update(HOME=str(home), **env)
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -131,7 +160,9 @@ def test_a_fresh_home_runs_twice_on_the_same_backend(tmp_path):
         "from keras_memgeom.utils.keras_backend import backend_choice\n"
         "print(keras.backend.backend()); print(backend_choice())\n"
     )
-    expected = next(b for b in keras_backend.PREFERENCE if importlib.util.find_spec(b))
+    expected = next(
+        b for b in keras_backend.PREFERENCE if importlib.util.find_spec(b)
+    )
     first = run_python(code, tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == expected
@@ -140,7 +171,10 @@ def test_a_fresh_home_runs_twice_on_the_same_backend(tmp_path):
     assert config["backend"] == expected
     second = run_python(code, tmp_path)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.splitlines()[0] == expected and "keras.json" in second.stdout
+    assert (
+        second.stdout.splitlines()[0] == expected
+        and "keras.json" in second.stdout
+    )
 
 
 def test_a_missing_configured_backend_fails_before_keras(tmp_path):
@@ -151,8 +185,13 @@ def test_a_missing_configured_backend_fails_before_keras(tmp_path):
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: The Keras backend 'tensorflow' (from KERAS_BACKEND)")
-    assert "ModuleNotFoundError" not in result.stderr and "/keras/src/" not in result.stderr
+    assert last.startswith(
+        "ImportError: The Keras backend 'tensorflow' (from KERAS_BACKEND)"
+    )
+    assert (
+        "ModuleNotFoundError" not in result.stderr
+        and "/keras/src/" not in result.stderr
+    )
     assert not (tmp_path / ".keras").exists()
 
 
