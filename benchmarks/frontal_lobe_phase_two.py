@@ -36,7 +36,7 @@ def run(estimator, learning_rate, task_epochs, information_epochs):
     frontal_lobe = keras_memgeom.FrontalLobe(
         ["hidden_0", "hidden_1"],
         fraction=0.5,
-        strength=1.0,
+        information_strength=1.0,
         estimator=estimator,
     )
     model.compile(

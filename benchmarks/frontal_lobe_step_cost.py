@@ -44,7 +44,7 @@ def build(width, estimator, x, y):
     frontal_lobe = keras_memgeom.FrontalLobe(
         ["hidden_0", "hidden_1"],
         fraction=0.5,
-        strength=1.0,
+        information_strength=1.0,
         estimator=estimator,
     )
     model.compile(

@@ -26,7 +26,7 @@ import json
 import keras
 
 from keras_memgeom import continual
-from keras_memgeom.continual.frontal_lobe import FrontalLobe
+from keras_memgeom.continual.frontal_lobe_strategy import FrontalLobeStrategy
 
 
 def _floats(text):
@@ -104,7 +104,7 @@ def main():
             label += " forget" if drop else ""
             record(
                 label,
-                FrontalLobe(
+                FrontalLobeStrategy(
                     strength=strength,
                     information_strength=lam,
                     fraction=fraction,

@@ -18,7 +18,7 @@ from keras_memgeom.continual import metrics
 from keras_memgeom.continual.classifier import classifier
 from keras_memgeom.continual.ewc import EWC
 from keras_memgeom.continual.finetune import Finetune
-from keras_memgeom.continual.frontal_lobe import FrontalLobe
+from keras_memgeom.continual.frontal_lobe_strategy import FrontalLobeStrategy
 from keras_memgeom.continual.harness import Harness
 from keras_memgeom.continual.image_dataset import ImageDataset
 from keras_memgeom.continual.joint import Joint
@@ -46,7 +46,7 @@ from keras_memgeom.continual.task_stream import TaskStream
 __all__ = [
     "EWC",
     "Finetune",
-    "FrontalLobe",
+    "FrontalLobeStrategy",
     "Harness",
     "ImageDataset",
     "Joint",

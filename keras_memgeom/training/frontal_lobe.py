@@ -19,7 +19,7 @@ class FrontalLobe:
     Memories pin the parameters that hold information, so after enough tasks
     a small network has no free dimension left. A frontal lobe is a part of
     the network kept free: after each task its information is pushed into
-    the rest of the network by the penalty `strength * trace(F_FL)`, the
+    the rest of the network by the penalty `information_strength * trace(F_FL)`, the
     trace of the diagonal Fisher of the frontal-lobe parameters (for a
     positive semi-definite block the trace is its nuclear norm), and then
     consolidated into long-term memory (see `keras_memgeom.callbacks.Consolidate`).
@@ -41,7 +41,7 @@ class FrontalLobe:
             inputs).
         fraction: `None` for whole layers, or a float in `(0, 1]`: the share
             of each layer's units that forms the working space.
-        strength: `lambda >= 0`, the weight of the information penalty.
+        information_strength: `lambda >= 0`, the weight of the information penalty.
         estimator: `"empirical"` (squared score of the true label: one
             extra backward pass, the cheap proxy) or `"exact"` (expectation
             over the model's predictive distribution: one backward pass per
@@ -49,16 +49,22 @@ class FrontalLobe:
 
     Raises:
         ValueError: for an empty `layers`, a `fraction` outside `(0, 1]`, a
-            negative or non-finite `strength` or an unknown `estimator`.
+            negative or non-finite `information_strength` or an unknown `estimator`.
 
     Example:
-    >>> frontal_lobe = keras_memgeom.FrontalLobe(["hidden_0", "hidden_1"], fraction=0.5, strength=1.0)
+    >>> frontal_lobe = keras_memgeom.FrontalLobe(
+    ...     ["hidden_0", "hidden_1"], fraction=0.5, information_strength=1.0)
     >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     ...               frontal_lobe=frontal_lobe)
     """
 
     def __init__(
-        self, layers, *, fraction=None, strength=1.0, estimator="empirical"
+        self,
+        layers,
+        *,
+        fraction=None,
+        information_strength=1.0,
+        estimator="empirical",
     ):
         if isinstance(layers, str):
             layers = [layers]
@@ -75,14 +81,16 @@ class FrontalLobe:
                 inclusive_minimum=False,
                 maximum=1.0,
             )
-        strength = check_number("strength", strength, minimum=0.0)
+        information_strength = check_number(
+            "information_strength", information_strength, minimum=0.0
+        )
         if estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}."
             )
         self.layers = layers
         self.fraction = fraction
-        self.strength = strength
+        self.information_strength = information_strength
         self.estimator = estimator
         self._cache = None
 
@@ -90,7 +98,7 @@ class FrontalLobe:
         return {
             "layers": list(self.layers),
             "fraction": self.fraction,
-            "strength": self.strength,
+            "information_strength": self.information_strength,
             "estimator": self.estimator,
         }
 
@@ -265,7 +273,7 @@ class FrontalLobe:
     def __repr__(self):
         return (
             f"FrontalLobe({self.layers!r}, fraction={self.fraction}, "
-            f"strength={self.strength}, estimator={self.estimator!r})"
+            f"information_strength={self.information_strength}, estimator={self.estimator!r})"
         )
 
 

@@ -189,7 +189,7 @@ class MemoryTrainer:
         )
         if training and self.information_penalty_active:
             information = (
-                self.frontal_lobe.strength
+                self.frontal_lobe.information_strength
                 * self.frontal_lobe.fisher_trace(self, x, y, sample_weight)
             )
             self.information_penalty_tracker.update_state(information)

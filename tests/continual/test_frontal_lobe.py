@@ -26,9 +26,9 @@ def test_frontal_lobe_runs_in_the_harness():
 
 def test_frontal_lobe_refuses_auto_strength():
     with pytest.raises(ValueError, match="numeric strength"):
-        continual.FrontalLobe(strength="auto")
+        continual.FrontalLobeStrategy(strength="auto")
     with pytest.raises(ValueError, match="fraction"):
-        continual.FrontalLobe(fraction=2.0)
+        continual.FrontalLobeStrategy(fraction=2.0)
 
 
 @pytest.mark.parametrize(
@@ -47,15 +47,24 @@ def test_frontal_lobe_refuses_auto_strength():
 )
 def test_bad_numbers_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        continual.FrontalLobe(**kwargs)
+        continual.FrontalLobeStrategy(**kwargs)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"strength": float("inf")}, "`strength` must be finite"),
-        ({"strength": float("nan")}, "`strength` must be finite"),
-        ({"strength": -1.0}, "`strength` must be >= 0"),
+        (
+            {"information_strength": float("inf")},
+            "`information_strength` must be finite",
+        ),
+        (
+            {"information_strength": float("nan")},
+            "`information_strength` must be finite",
+        ),
+        (
+            {"information_strength": -1.0},
+            "`information_strength` must be >= 0",
+        ),
         ({"fraction": float("nan")}, "`fraction` must be finite"),
         ({"fraction": 0.0}, "`fraction` must be > 0"),
         ({"fraction": 1.5}, "`fraction` must be <= 1"),

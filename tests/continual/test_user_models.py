@@ -90,7 +90,7 @@ def test_a_model_with_the_wrong_outputs_is_refused(image_stream):
         harness.run(continual.Finetune())
     with pytest.raises(ValueError, match="frontal-lobe builds its own model"):
         continual.Harness(image_stream, model=_cnn()).check(
-            [continual.FrontalLobe()]
+            [continual.FrontalLobeStrategy()]
         )
 
 

@@ -72,7 +72,10 @@ def test_masks_whole_layers_and_unit_fractions():
         ({"layers": []}, "non-empty list"),
         ({"layers": ["hidden_0"], "fraction": 0.0}, "fraction"),
         ({"layers": ["hidden_0"], "fraction": 1.5}, "fraction"),
-        ({"layers": ["hidden_0"], "strength": -1.0}, "strength"),
+        (
+            {"layers": ["hidden_0"], "information_strength": -1.0},
+            "information_strength",
+        ),
         ({"layers": ["hidden_0"], "estimator": "batched"}, "estimator"),
     ],
 )
@@ -127,7 +130,7 @@ def test_penalty_gradient_matches_finite_differences(rng, estimator):
     frontal_lobe = FrontalLobe(
         ["hidden_0", "hidden_1"],
         fraction=0.6,
-        strength=strength,
+        information_strength=strength,
         estimator=estimator,
     )
     # SGD with rate 1: each step moves the weights by minus the gradient.
@@ -166,7 +169,7 @@ def test_penalty_gradient_matches_finite_differences(rng, estimator):
 def test_save_and_load_keep_the_frontal_lobe(tmp_path, rng):
     model = mlp()
     frontal_lobe = FrontalLobe(
-        ["hidden_0"], fraction=0.5, strength=3.0, estimator="exact"
+        ["hidden_0"], fraction=0.5, information_strength=3.0, estimator="exact"
     )
     model.compile("adam", LOSS, frontal_lobe=frontal_lobe)
     x, y = tiny_data(rng)
@@ -201,7 +204,7 @@ def test_phase_two_halves_the_frontal_lobe_fisher_and_keeps_accuracy(
     frontal_lobe = FrontalLobe(
         ["hidden_0", "hidden_1"],
         fraction=0.5,
-        strength=1.0,
+        information_strength=1.0,
         estimator=estimator,
     )
     model.compile(

@@ -11,7 +11,7 @@ from keras_memgeom.utils.checks import check_number
 
 
 @register_strategy
-class FrontalLobe(MemoryStrategy):
+class FrontalLobeStrategy(MemoryStrategy):
     """Keeps a frontal lobe of working space free, task after task.
 
     The model is a `keras_memgeom.Model` with a frontal lobe made of a
@@ -42,7 +42,7 @@ class FrontalLobe(MemoryStrategy):
         ValueError: for `strength="auto"` or bad arguments.
 
     Example:
-    >>> Harness(TaskStream.make("permuted", num_tasks=3), width=32).run(FrontalLobe(strength=100))
+    >>> Harness(TaskStream.make("permuted", num_tasks=3), width=32).run(FrontalLobeStrategy(strength=100))
     """
 
     name = "frontal-lobe"
@@ -107,7 +107,7 @@ class FrontalLobe(MemoryStrategy):
         frontal_lobe = keras_memgeom.FrontalLobe(
             hidden,
             fraction=self.fraction,
-            strength=self.information_strength,
+            information_strength=self.information_strength,
             estimator=self.information_estimator,
         )
         model.compile(
