@@ -22,10 +22,25 @@ and, for second-order autodiff inside a training step:
 
 and, for work spread over devices:
 
-- `distribute_batch(tree)`: the tensors of a batch placed for the active
-  `keras.distribution` (split over its batch axis, so per-example work runs
-  on every device and sums are reduced on the devices); unchanged without
-  one.
+- `batch_step(function, variables)`: a step `step(totals, batch)` that
+  sums `function(values, *batch) -> (sums, checks)` over batches where the
+  work runs. `batch` is a tuple of host arrays (nested structures allowed)
+  sharing a leading batch axis; `values` are the current values of
+  `variables`. Under the active `keras.distribution` (jax) the batch is
+  placed with its data layout, split over the batch axis, so per-example
+  work runs on every device and the sums are reduced inside the compiled
+  step; under a `tf.distribute` strategy with several replicas
+  (tensorflow) the rows are dealt to the replicas and `strategy.run`
+  computes each replica's share, every replica keeping its own running
+  sums. The step returns the new `totals` (`None` the first time) and the
+  device `checks`, one list per device share. Torch refuses a
+  distribution (`check_distribution`).
+- `batch_total(totals)`: the totals of `batch_step` as one structure of
+  tensors, reduced across replicas once (tensorflow); unchanged elsewhere.
+- `global_batch_position(local_batch_size)`: `(offset, global_size)`: where
+  this process's rows start in the global batch and its size. Several
+  jax processes under a `keras.distribution` each hold `local_batch_size`
+  rows, laid out in process order; elsewhere `(0, local_batch_size)`.
 - `check_distribution()`: raises a `NotImplementedError` where a
   `keras.distribution` is set but Keras cannot distribute the backend
   (torch), rather than silently running on one device.
@@ -49,33 +64,39 @@ import keras
 _BACKEND = keras.backend.backend()
 
 if _BACKEND == "jax":
+    from keras_memgeom.backend.jax import batch_step
+    from keras_memgeom.backend.jax import batch_total
     from keras_memgeom.backend.jax import check_distribution
     from keras_memgeom.backend.jax import compile_function
     from keras_memgeom.backend.jax import device_constant
     from keras_memgeom.backend.jax import device_description
     from keras_memgeom.backend.jax import differentiable_linearize
-    from keras_memgeom.backend.jax import distribute_batch
     from keras_memgeom.backend.jax import full_precision_matmul
+    from keras_memgeom.backend.jax import global_batch_position
     from keras_memgeom.backend.jax import linearize
     from keras_memgeom.backend.jax import vectorize
 elif _BACKEND == "tensorflow":
+    from keras_memgeom.backend.tensorflow import batch_step
+    from keras_memgeom.backend.tensorflow import batch_total
     from keras_memgeom.backend.tensorflow import check_distribution
     from keras_memgeom.backend.tensorflow import compile_function
     from keras_memgeom.backend.tensorflow import device_constant
     from keras_memgeom.backend.tensorflow import device_description
     from keras_memgeom.backend.tensorflow import differentiable_linearize
-    from keras_memgeom.backend.tensorflow import distribute_batch
     from keras_memgeom.backend.tensorflow import full_precision_matmul
+    from keras_memgeom.backend.tensorflow import global_batch_position
     from keras_memgeom.backend.tensorflow import linearize
     from keras_memgeom.backend.tensorflow import vectorize
 elif _BACKEND == "torch":
+    from keras_memgeom.backend.torch import batch_step
+    from keras_memgeom.backend.torch import batch_total
     from keras_memgeom.backend.torch import check_distribution
     from keras_memgeom.backend.torch import compile_function
     from keras_memgeom.backend.torch import device_constant
     from keras_memgeom.backend.torch import device_description
     from keras_memgeom.backend.torch import differentiable_linearize
-    from keras_memgeom.backend.torch import distribute_batch
     from keras_memgeom.backend.torch import full_precision_matmul
+    from keras_memgeom.backend.torch import global_batch_position
     from keras_memgeom.backend.torch import linearize
     from keras_memgeom.backend.torch import vectorize
 else:
@@ -85,13 +106,15 @@ else:
     )
 
 __all__ = [
+    "batch_step",
+    "batch_total",
     "check_distribution",
     "compile_function",
     "device_constant",
     "device_description",
-    "distribute_batch",
     "differentiable_linearize",
     "full_precision_matmul",
+    "global_batch_position",
     "linearize",
     "vectorize",
 ]

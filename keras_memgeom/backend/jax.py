@@ -46,10 +46,11 @@ def device_constant(value, dtype):
         return jnp.asarray(value, dtype=dtype)
 
 
-def distribute_batch(tree):
+def _distribute_batch(tree):
     from keras.src.backend.jax.distribution_lib import distribute_data_input
     from keras.src.distribution import distribution_lib
 
+    tree = jax.tree_util.tree_map(jnp.asarray, tree)
     distribution = distribution_lib.distribution()
     if distribution is None:
         return tree
@@ -68,6 +69,36 @@ def distribute_batch(tree):
         )
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def batch_step(function, variables):
+    compiled = jax.jit(function)
+
+    def step(totals, batch):
+        # Placed with the distribution's data layout, the batch is split
+        # over the devices; the sums are reduced inside the compiled step.
+        sums, checks = compiled(
+            [v.value for v in variables], *_distribute_batch(batch)
+        )
+        if totals is not None:
+            sums = jax.tree_util.tree_map(jnp.add, totals, sums)
+        return sums, [checks]
+
+    return step
+
+
+def batch_total(totals):
+    return totals
+
+
+def global_batch_position(local_batch_size):
+    from keras.src.distribution import distribution_lib
+
+    if distribution_lib.distribution() is None:
+        return 0, local_batch_size
+    # Keras lays the processes' batches out in process order.
+    index, count = jax.process_index(), jax.process_count()
+    return index * local_batch_size, count * local_batch_size
 
 
 def check_distribution():

@@ -1,4 +1,5 @@
 import contextlib
+import weakref
 
 import tensorflow as tf
 
@@ -58,9 +59,9 @@ def device_description():
         return f"tensorflow {tf.__version__} on cpu: " + ", ".join(
             d.name for d in tf.config.list_physical_devices("CPU")
         )
+    details = tf.config.experimental.get_device_details
     names = ", ".join(
-        f"{tf.config.experimental.get_device_details(d).get('device_name', 'GPU')} ({d.name})"
-        for d in gpus
+        f"{details(d).get('device_name', 'GPU')} ({d.name})" for d in gpus
     )
     return f"tensorflow {tf.__version__} on gpu: {names}"
 
@@ -71,10 +72,78 @@ def device_constant(value, dtype):
         return tf.constant(value, dtype=dtype)
 
 
-def distribute_batch(tree):
-    # Under a tf.distribute strategy the batch is computed where the
-    # strategy's scope puts it; Keras's distribution API is JAX-only here.
-    return tree
+def batch_step(function, variables):
+    compiled = compile_function(function)
+    replicated = weakref.WeakKeyDictionary()
+
+    def step(totals, batch):
+        strategy = tf.distribute.get_strategy()
+        if strategy.num_replicas_in_sync == 1:
+            batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
+            sums, checks = compiled([v.value for v in variables], *batch)
+            if totals is not None:
+                sums = tf.nest.map_structure(tf.add, totals, sums)
+            return sums, [checks]
+        if strategy not in replicated:
+            replicated[strategy] = _replicated(strategy, function, variables)
+        totals, checks = replicated[strategy](
+            totals, _split_per_replica(strategy, batch)
+        )
+        local = [strategy.experimental_local_results(c) for c in checks]
+        return totals, [list(values) for values in zip(*local)]
+
+    return step
+
+
+def _replicated(strategy, function, variables):
+    """`strategy.run` of `function` on every replica's share of a batch."""
+
+    def on_replica(totals, batch):
+        # Each replica reads its own copy of the mirrored variables and
+        # keeps its own running sums: nothing crosses replicas per batch.
+        sums, checks = function([v.value for v in variables], *batch)
+        if totals is not None:
+            sums = tf.nest.map_structure(tf.add, totals, sums)
+        return sums, checks
+
+    @tf.function(reduce_retracing=True)
+    def run(totals, batch):
+        return strategy.run(on_replica, args=(totals, batch))
+
+    return run
+
+
+def _split_per_replica(strategy, batch):
+    """The rows of a host batch dealt to the replicas, in replica order."""
+    count = strategy.num_replicas_in_sync
+    rows = len(tf.nest.flatten(batch)[0])
+    bounds = [rows * i // count for i in range(count + 1)]
+
+    def share(context):
+        i = context.replica_id_in_sync_group
+        return tf.nest.map_structure(
+            lambda a: tf.convert_to_tensor(a[bounds[i] : bounds[i + 1]]), batch
+        )
+
+    return strategy.experimental_distribute_values_from_function(share)
+
+
+def batch_total(totals):
+    def reduce(total):
+        if not isinstance(total, tf.distribute.DistributedValues):
+            return total
+        # The one reduction across replicas, after the last batch.
+        return tf.distribute.get_strategy().reduce(
+            tf.distribute.ReduceOp.SUM, total, axis=None
+        )
+
+    return tf.nest.map_structure(reduce, totals)
+
+
+def global_batch_position(local_batch_size):
+    # A tf.distribute strategy splits the batch it is given: one global
+    # batch per process.
+    return 0, local_batch_size
 
 
 def check_distribution():

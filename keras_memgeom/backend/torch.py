@@ -121,12 +121,31 @@ def check_distribution():
 
     if distribution_lib.distribution() is not None:
         raise NotImplementedError(
-            "keras.distribution does not distribute the torch backend in this Keras "
-            f"({keras.__version__}): the work would silently run on one device. Use "
-            "the jax backend for DataParallel or ModelParallel, or unset the distribution."
+            "keras.distribution does not distribute the torch backend in "
+            f"this Keras ({keras.__version__}): the work would silently run "
+            "on one device. Use the jax backend for DataParallel or "
+            "ModelParallel, or unset the distribution."
         )
 
 
-def distribute_batch(tree):
-    check_distribution()
-    return tree
+def batch_step(function, variables):
+    def step(totals, batch):
+        check_distribution()
+        batch = keras.tree.map_structure(
+            keras_torch_core.convert_to_tensor, batch
+        )
+        sums, checks = function([v.value for v in variables], *batch)
+        if totals is not None:
+            sums = keras.tree.map_structure(torch.add, totals, sums)
+        return sums, [checks]
+
+    return step
+
+
+def batch_total(totals):
+    return totals
+
+
+def global_batch_position(local_batch_size):
+    # Keras does not distribute the torch backend: one process, one batch.
+    return 0, local_batch_size

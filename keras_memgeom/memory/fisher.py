@@ -1,4 +1,4 @@
-"""The Fisher information of a Keras model (diagonal or Kronecker-factored), per example."""
+"""The per-example Fisher of a Keras model, diagonal or Kronecker-factored."""
 
 import math
 import weakref
@@ -66,7 +66,9 @@ def estimate_fisher(
             (Keras's `mean_squared_error` is `2/d` times the Gaussian
             negative log-likelihood, `binary_crossentropy` `1/d` times).
         seed: seed of the labels drawn by `sampled`, identical on every
-            backend.
+            backend; an example's label depends only on its position in
+            the data (see `sampled_noise`), so batch sizes, devices and
+            processes do not change the draw.
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
             every Dense and Conv2D layer the fast path covers, from the same
@@ -107,8 +109,9 @@ def estimate_fisher(
         )
     if structure == "kfac" and estimator == "batched":
         raise ValueError(
-            "The `batched` estimator has no per-example gradients to factor: use "
-            "`exact`, `sampled` or `empirical` with structure='kfac'."
+            "The `batched` estimator has no per-example gradients to "
+            "factor: use `exact`, `sampled` or `empirical` with "
+            "structure='kfac'."
         )
     num_samples = check_positive_int("num_samples", num_samples)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -125,7 +128,6 @@ def estimate_fisher(
             "The model has no trainable variables: build it (call it on data "
             "or give it an input shape) before estimating its Fisher."
         )
-    rng = np.random.default_rng(seed)
     step = None
     totals = None
     num_examples = 0
@@ -147,32 +149,35 @@ def estimate_fisher(
                 structure,
             )
         y = likelihood.check_labels(y, step.output_dim)
-        batch = len(y)
-        noise = None
+        # On several processes each holds its rows of one global batch.
+        offset, global_batch = backend.global_batch_position(len(y))
+        batch = (x, y)
         if estimator == "sampled":
-            noise = likelihood.draw_noise(
-                rng, batch, step.output_dim, num_samples
+            batch += (
+                sampled_noise(
+                    likelihood,
+                    seed,
+                    num_examples + offset,
+                    len(y),
+                    step.output_dim,
+                    num_samples,
+                ),
             )
-            noise = ops.convert_to_tensor(noise.astype("float32"))
-        x, y = backend.distribute_batch(
-            keras.tree.map_structure(ops.convert_to_tensor, (x, y))
-        )
-        sums, checks = step.function([v.value for v in variables], x, y, noise)
-        if totals is None:
-            # The one host sync before the end: are probabilities probabilities?
-            likelihood.check_outputs(
-                [float(ops.convert_to_numpy(c)) for c in checks]
-            )
-            totals = sums
-        else:
-            # Totals stay on the device: no host round trip per batch.
-            totals = keras.tree.map_structure(ops.add, totals, sums)
-        # The global batch: on several hosts each contributes its own rows.
-        num_examples += int(ops.shape(y)[0])
+        first = totals is None
+        totals, checks = step.run(totals, batch)
+        if first:
+            # The one host sync before the end: are probabilities
+            # probabilities? (on every device's share of the batch)
+            for device_checks in checks:
+                likelihood.check_outputs(
+                    [float(ops.convert_to_numpy(c)) for c in device_checks]
+                )
+        num_examples += global_batch
     if num_examples == 0:
         raise ValueError(
             "The data is empty: a Fisher memory needs at least one example."
         )
+    totals = backend.batch_total(totals)
     diagonal_totals, factor_totals = (
         totals if structure == "kfac" else (totals, [])
     )
@@ -196,6 +201,59 @@ def estimate_fisher(
     return fisher, num_examples, kronecker
 
 
+# Examples per generator of `sampled_noise`: small enough that a batch
+# draws little beyond its own rows, large enough that making generators
+# costs little next to the per-example gradients.
+NOISE_BLOCK = 64
+
+
+def sampled_noise(likelihood, seed, start, size, output_dim, num_samples):
+    """The noise behind the labels `sampled` draws for a run of examples.
+
+    Examples are numbered over the whole data, the global batches of all
+    processes one after another. Each block of `NOISE_BLOCK` consecutive
+    examples has its own generator, seeded by `(seed, block)`, so an
+    example's noise depends only on its number: not on the batch size, nor
+    on how processes or devices share a batch. The union of what every
+    process draws for its rows is what one process draws for all of them.
+
+    Args:
+        likelihood: the `Likelihood` whose `sample` reads the noise.
+        seed: the estimation's seed.
+        start: the number of the first example.
+        size: how many consecutive examples.
+        output_dim: the model's output dimension.
+        num_samples: labels drawn per example.
+
+    Returns:
+        A float32 array of shape `(size, num_samples, output_dim)`.
+
+    Example:
+
+    ```python
+    from keras_memgeom.memory.likelihood import Categorical
+
+    whole = sampled_noise(Categorical(), 0, 0, 10, 3, 2)
+    half = sampled_noise(Categorical(), 0, 5, 5, 3, 2)
+    assert (whole[5:] == half).all()
+    ```
+    """
+    first = start // NOISE_BLOCK
+    last = (start + size - 1) // NOISE_BLOCK
+    blocks = [
+        likelihood.draw_noise(
+            np.random.default_rng([seed, block]),
+            NOISE_BLOCK,
+            output_dim,
+            num_samples,
+        )
+        for block in range(first, last + 1)
+    ]
+    skip = start - first * NOISE_BLOCK
+    noise = np.concatenate(blocks, axis=1)[:, skip : skip + size]
+    return np.ascontiguousarray(np.moveaxis(noise, 1, 0), dtype="float32")
+
+
 def _kernel_mask(layer):
     """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`."""
     if not isinstance(layer, MaskedKernelMixin):
@@ -212,8 +270,8 @@ def _mean(total, num_examples, path, dtype):
     )
     if not np.all(np.isfinite(value)):
         raise ValueError(
-            f"The Fisher of {path} is not finite: the model's outputs or weights "
-            "hold NaN or infinite values."
+            f"The Fisher of {path} is not finite: the model's outputs or "
+            "weights hold NaN or infinite values."
         )
     return value.astype(dtype)
 
@@ -230,9 +288,9 @@ def _check_batch_axis(model, x):
     for leaf, spec in zip(leaves, specs):
         if np.ndim(leaf) == len(spec.shape) - 1:
             raise ValueError(
-                f"An input batch has shape {np.shape(leaf)} but the model takes "
-                f"batches of shape {tuple(spec.shape)}: the data has no batch "
-                "axis. Batch a tf.data.Dataset with `.batch(...)` first."
+                f"An input batch has shape {np.shape(leaf)} but the model "
+                f"takes batches of shape {tuple(spec.shape)}: the data has no "
+                "batch axis. Batch a tf.data.Dataset with `.batch(...)` first."
             )
 
 
@@ -261,9 +319,9 @@ class _BatchStep:
                 keras.tree.flatten(outputs)
             )
             raise ValueError(
-                f"A Fisher memory needs a model with one output; this model has "
-                f"outputs {names}. Estimate it on a model with a single output, "
-                "or pass `likelihood=` for a single-output sub-model."
+                "A Fisher memory needs a model with one output; this model "
+                f"has outputs {names}. Estimate it on a model with a single "
+                "output, or pass `likelihood=` for a single-output sub-model."
             )
         if len(outputs.shape) != 2:
             raise ValueError(
@@ -271,7 +329,9 @@ class _BatchStep:
                 f"this model outputs shape {tuple(outputs.shape)}."
             )
         self.output_dim = outputs.shape[-1]
-        self.function = backend.compile_function(self._squared_gradients)
+        # Sums kept where they are computed (on every device or replica)
+        # from batch to batch, reduced once by `backend.batch_total`.
+        self.run = backend.batch_step(self._squared_gradients, variables)
 
     def _forward(self, values, x):
         mapping = list(zip(self.variables, values))
@@ -283,7 +343,7 @@ class _BatchStep:
         return math.sqrt(self.likelihood.loss_scale(outputs.shape[-1]))
 
     def _cotangents(self, outputs, y, noise):
-        """`(K, batch, d)` output cotangents whose squared pullbacks sum to F."""
+        """`(K, batch, d)` output cotangents; squared pullbacks sum to F."""
         root = self._loss_root(outputs)
         if self.estimator == "exact":
             return self.likelihood.fisher_factors(outputs) * root
@@ -296,10 +356,16 @@ class _BatchStep:
         labels = self.likelihood.prepare_labels(y, outputs)
         return self.likelihood.score(outputs, labels)[None] * root
 
-    def _squared_gradients(self, values, x, y, noise):
-        """Per-variable sums of squared per-example gradients, and output checks."""
+    def _squared_gradients(self, values, x, y, noise=None):
+        """Per-variable sums of squared per-example gradients, and checks.
+
+        `noise` (for `sampled`) comes per example, `(batch, samples, d)`,
+        so that it is split with the batch.
+        """
         if self.estimator == "batched":
             return self._batched(values, x, y)
+        if noise is not None:
+            noise = ops.transpose(noise, (1, 0, 2))
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
 
         def forward(taps):

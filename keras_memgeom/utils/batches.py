@@ -30,7 +30,8 @@ def _split(batch):
 
 def _endless(what):
     return ValueError(
-        f"{what} may never end: pass `max_examples` to say how many examples to use."
+        f"{what} may never end: pass `max_examples` to say how many "
+        "examples to use."
     )
 
 
@@ -49,8 +50,8 @@ def _dataset_batches(data, max_examples):
     )
     if any(spec.shape.rank == 0 for spec in labels):
         raise ValueError(
-            "The tf.data.Dataset yields single examples (its labels have no batch "
-            "axis): batch it with `.batch(...)` first."
+            "The tf.data.Dataset yields single examples (its labels have "
+            "no batch axis): batch it with `.batch(...)` first."
         )
     return (_split(b) for b in data.as_numpy_iterator())
 
@@ -118,9 +119,11 @@ def iterate_batches(data, batch_size=256, max_examples=None):
         x, y = keras.tree.map_structure(_to_numpy, x), _to_numpy(y)
         if y.ndim == 0 or _num_rows(x) != len(y):
             raise ValueError(
-                f"A batch has inputs of shape {np.shape(keras.tree.flatten(x)[0])} and "
-                f"labels of shape {y.shape}, which disagree in their first (batch) "
-                "axis: is the data unbatched? Batch a tf.data.Dataset with `.batch(...)`."
+                "A batch has inputs of shape "
+                f"{np.shape(keras.tree.flatten(x)[0])} and labels of shape "
+                f"{y.shape}, which disagree in their first (batch) axis: is "
+                "the data unbatched? Batch a tf.data.Dataset with "
+                "`.batch(...)`."
             )
         if max_examples is not None:
             room = max_examples - seen
