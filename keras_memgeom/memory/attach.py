@@ -1,4 +1,4 @@
-"""Attach memories to any Keras model as weight regularizers, and detach them."""
+"""Attaches memories to any Keras model as weight regularizers, or not."""
 
 import keras
 import numpy as np
@@ -42,14 +42,14 @@ class Attachment:
 
     @property
     def variables(self):
-        """The state the penalty reads: anchors, Fishers or factors, and the scale."""
+        """The state the penalty reads: anchors, Fishers or factors, scale."""
         out = [self.scale]
         for _, regularizer in self.regularizers:
             out.extend(regularizer.variables)
         return out
 
     def set_num_train_examples(self, num_train_examples):
-        """Rescales the penalty for a loss averaged over `num_train_examples`."""
+        """Rescales the penalty for a mean loss over `num_train_examples`."""
         self.scale.assign(
             penalty_scale(self.num_examples, num_train_examples, self.strength)
         )
@@ -95,8 +95,28 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
             examples).
 
     Example:
-    >>> keras_memgeom.attach(model, memory, num_train_examples=len(x_b), strength=100)
-    >>> model.fit(x_b, y_b, epochs=5)
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, epochs=2, verbose=0)
+    memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
+
+    x_b = x[:, ::-1]  # a second task
+    keras_memgeom.attach(
+        model, memory, num_train_examples=len(x_b), strength=100
+    )
+    model.fit(x_b, y, epochs=2, verbose=0)
+    ```
     """
     memories = memory_list(memory, "memory")
     strength = check_number("strength", strength, minimum=0.0)
@@ -199,6 +219,27 @@ def detach(model):
 
     Returns:
         The model.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(x, y, epochs=1, verbose=0)
+    memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
+    keras_memgeom.attach(model, memory, num_train_examples=len(x))
+    keras_memgeom.detach(model)
+    print(model.layers[0].kernel_regularizer)  # None
+    ```
     """
     _remove_regularizers(model)
     if _tracks_memories(model):
@@ -226,12 +267,13 @@ def attached_regularizers(model):
 
 
 def memory_list(memories, name):
-    """`memories` as a list of `FisherMemory`, or a `ValueError` naming `name`."""
+    """`memories` as a list of `FisherMemory`; a `ValueError` names `name`."""
     if isinstance(memories, FisherMemory):
         memories = [memories]
     if not isinstance(memories, (list, tuple)):
         raise ValueError(
-            f"`{name}` takes a FisherMemory or a list of them; got {type(memories).__name__}."
+            f"`{name}` takes a FisherMemory or a list of them; got "
+            f"{type(memories).__name__}."
         )
     for m in memories:
         if not isinstance(m, FisherMemory):
@@ -243,8 +285,11 @@ def memory_list(memories, name):
 
 
 def _ewc_offsets(memories, combined):
-    """Per path, the constant (per unit scale) that makes the merged quadratic
-    equal to the sum of the memories' quadratics."""
+    """Per path, the constant (per unit scale) that completes the merge.
+
+    Added to the merged quadratic, it makes it equal to the sum of the
+    memories' quadratics.
+    """
     offsets = {}
     merged_anchor, merged_fisher = combined.anchor, combined.fisher
     views = [(m.num_examples, m.anchor, m.fisher) for m in memories]
@@ -273,7 +318,7 @@ def _remove_regularizers(model):
 
 
 def _regularizer_attributes(model):
-    """Maps each variable to the layer attribute that serializes its regularizer."""
+    """Maps each variable to the layer attribute serializing its regularizer."""
     owners = {}
     for layer in model._flatten_layers(include_self=True):
         for variable in layer._trainable_variables:

@@ -242,7 +242,7 @@ class DenseTaps:
 
 
 def masked_kernel(layer):
-    """The kernel a layer computes with: `kernel * mask` for a pre-pruned layer."""
+    """The kernel a layer computes with: `kernel * mask` if pre-pruned."""
     return _masked(layer, layer.kernel)
 
 

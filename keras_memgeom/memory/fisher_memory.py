@@ -49,9 +49,26 @@ class FisherMemory:
             wrong size, or `num_examples` is not a positive whole number.
 
     Example:
-    >>> memory = FisherMemory.estimate(model, (x_a, y_a))
-    >>> keras_memgeom.attach(model, memory, num_train_examples=len(x_b))
-    >>> model.fit(x_b, y_b)
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    model = keras_memgeom.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)
+
+    memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
+    print(memory.num_examples)  # 64
+    # Learn a second task, remembering the first.
+    model.compile("adam", loss, regularizers=[memory], strength=100)
+    model.fit(x[:, ::-1], y, epochs=2, verbose=0)
+    ```
     """
 
     def __init__(
@@ -65,9 +82,9 @@ class FisherMemory:
         }
         if set(anchor) != set(fisher) | in_blocks or set(fisher) & in_blocks:
             raise ValueError(
-                "`anchor` and `fisher` must name the same variables (less those in "
-                "Kronecker blocks, which `fisher` leaves out); they differ in "
-                f"{sorted(set(anchor) ^ (set(fisher) | in_blocks))}."
+                "`anchor` and `fisher` must name the same variables (less "
+                "those in Kronecker blocks, which `fisher` leaves out); they "
+                f"differ in {sorted(set(anchor) ^ (set(fisher) | in_blocks))}."
             )
         num_examples = check_positive_int("num_examples", num_examples)
         self._anchor, self._fisher = {}, {}
@@ -83,8 +100,9 @@ class FisherMemory:
             f = np.array(fisher[path], dtype="float32")
             if f.shape != self._anchor[path].shape:
                 raise ValueError(
-                    f"The anchor of {path} has shape {self._anchor[path].shape} but its "
-                    f"Fisher has shape {f.shape}."
+                    f"The anchor of {path} has shape "
+                    f"{self._anchor[path].shape} but its Fisher has shape "
+                    f"{f.shape}."
                 )
             if not np.all(np.isfinite(f)):
                 raise ValueError(
@@ -118,7 +136,8 @@ class FisherMemory:
             units,
         ):
             raise ValueError(
-                f"The bias {block.bias} of {path} does not have shape {(units,)}."
+                f"The bias {block.bias} of {path} does not have shape "
+                f"{(units,)}."
             )
         mask = None
         if block.mask is not None:
@@ -127,13 +146,15 @@ class FisherMemory:
                 (mask == 0) | (mask == 1)
             ):
                 raise ValueError(
-                    f"The mask of {path} must be a 0/1 array of shape {(fan_in, units)}."
+                    f"The mask of {path} must be a 0/1 array of shape "
+                    f"{(fan_in, units)}."
                 )
             mask.flags.writeable = False
         for name, factor in (("a", a), ("g", g)):
             if not np.all(np.isfinite(factor)):
                 raise ValueError(
-                    f"The Kronecker factor {name} of {path} holds NaN or infinite values."
+                    f"The Kronecker factor {name} of {path} holds NaN or "
+                    "infinite values."
                 )
             if not np.allclose(
                 factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
@@ -228,7 +249,7 @@ class FisherMemory:
 
     @property
     def kronecker(self):
-        """Dict from a kernel's path to its `KroneckerBlock` (empty if diagonal)."""
+        """Dict from a kernel's path to its `KroneckerBlock` (or empty)."""
         return dict(self._kronecker)
 
     @property
@@ -294,9 +315,10 @@ class FisherMemory:
         else:
             missing = next(path for path in self._anchor if path not in by_path)
             raise ValueError(
-                f"The memory does not fit the model: variable {missing!r} is not "
-                f"among the model's trainable variables, and the memory has "
-                f"{len(self._anchor)} variables where the model has {len(variables)}."
+                f"The memory does not fit the model: variable {missing!r} is "
+                "not among the model's trainable variables, and the memory has "
+                f"{len(self._anchor)} variables where the model has "
+                f"{len(variables)}."
             )
         for path, variable in pairs:
             if tuple(variable.shape) != self._anchor[path].shape:
@@ -428,5 +450,6 @@ class FisherMemory:
         size = sum(a.size for a in self._anchor.values())
         return (
             f"<FisherMemory {len(self._anchor)} variables, {size} parameters, "
-            f"n={self.num_examples}, estimator={self.estimator}, structure={self.structure}>"
+            f"n={self.num_examples}, estimator={self.estimator}, "
+            f"structure={self.structure}>"
         )

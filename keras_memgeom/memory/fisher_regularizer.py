@@ -44,7 +44,7 @@ def memory_state(value, name, like=None):
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
 class FisherRegularizer(keras.regularizers.Regularizer):
-    """Penalty `scale * (sum(fisher * (w - anchor)^2) + offset)` on one variable.
+    """Penalty `scale * (sum(fisher * (w - anchor)^2) + offset)` on a variable.
 
     The Laplace approximation of a remembered task: `fisher` is the
     per-example diagonal Fisher at `anchor`, and for a memory of `n` examples
@@ -75,9 +75,17 @@ class FisherRegularizer(keras.regularizers.Regularizer):
             `offset` is not a finite number.
 
     Example:
-    >>> reg = FisherRegularizer(anchor=np.zeros(3), fisher=np.ones(3), scale=0.5)
-    >>> float(reg(np.array([1.0, 2.0, 0.0])))
-    2.5
+
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    regularizer = keras_memgeom.FisherRegularizer(
+        anchor=np.zeros(3), fisher=np.ones(3), scale=0.5
+    )
+    print(float(regularizer(np.array([1.0, 2.0, 0.0]))))  # 2.5
+    ```
     """
 
     def __init__(
@@ -86,7 +94,8 @@ class FisherRegularizer(keras.regularizers.Regularizer):
         anchor, fisher = _decode(anchor), _decode(fisher)
         if anchor.shape != fisher.shape:
             raise ValueError(
-                f"`anchor` has shape {anchor.shape} but `fisher` has shape {fisher.shape}."
+                f"`anchor` has shape {anchor.shape} but `fisher` has shape "
+                f"{fisher.shape}."
             )
         self.anchor = memory_state(anchor, "memory_anchor", like)
         self.fisher = memory_state(fisher, "memory_fisher", like)

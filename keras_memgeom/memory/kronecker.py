@@ -16,7 +16,7 @@ import numpy as np
 KroneckerBlock = collections.namedtuple(
     "KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None]
 )
-KroneckerBlock.__doc__ = """The Kronecker factors of one layer's kernel (and bias).
+KroneckerBlock.__doc__ = """The Kronecker factors of a layer's kernel and bias.
 
 Args:
     bias: the path of the layer's bias, or `None` without one.
@@ -28,11 +28,31 @@ Args:
     mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
         layer: masked entries carry no information, so the precision acts on
         `mask * (W - anchor)`.
+
+Example:
+
+```python
+import keras
+import numpy as np
+
+import keras_memgeom
+
+x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+model.compile(
+    "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+)
+memory = keras_memgeom.FisherMemory.estimate(
+    model, (x, np.arange(32) % 3), structure="kfac"
+)
+block = memory.kronecker[model.layers[0].kernel.path]
+print(block.a.shape, block.g.shape)  # (5, 5) (3, 3): a bias row in `a`
+```
 """
 
 
 def kernel_matrix_shape(kernel_shape):
-    """`(fan_in, units)`: a kernel as the matrix its Kronecker factors act on."""
+    """`(fan_in, units)`: a kernel as the matrix its factors act on."""
     return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
 
 
@@ -49,7 +69,7 @@ def block_diagonal(block, kernel_shape):
 
 
 def kronecker_quadratic(a, g, delta):
-    """`vec(delta)^T (a (x) g) vec(delta)` for `delta` of shape `(len(a), len(g))`."""
+    """`vec(delta)^T (a (x) g) vec(delta)`, `delta`: `(len(a), len(g))`."""
     return float(np.sum(delta * (a @ delta @ g)))
 
 
@@ -101,7 +121,7 @@ def merge_anchor(older, newer):
 
 
 def nearest_kronecker(terms):
-    """The Kronecker product nearest, in Frobenius norm, to a weighted sum of them.
+    """The Kronecker product nearest (Frobenius norm) to a weighted sum of them.
 
     `sum_k w_k a_k (x) g_k` rearranged (Van Loan & Pitsianis 1993) is the
     rank-`K` matrix `sum_k w_k vec(a_k) vec(g_k)^T`; its best rank-one
@@ -134,14 +154,14 @@ def nearest_kronecker(terms):
 
 
 def _gram_root(stack):
-    """A square `R` with `R^T R = stack @ stack.T`, also where it is singular."""
+    """A square `R` with `R^T R = stack @ stack.T`, even if singular."""
     gram = stack @ stack.T
     eigenvalues, vectors = np.linalg.eigh(gram)
     return (vectors * np.sqrt(np.maximum(eigenvalues, 0.0))).T
 
 
 def kronecker_effective_dimension(a, g, num_examples, prior_precision):
-    """`sum_ij P_ij / (P_ij + alpha)` over the eigenvalues `n * lambda_i(a) mu_j(g)`."""
+    """`sum_ij P_ij / (P_ij + alpha)`, `P_ij = n * lambda_i(a) mu_j(g)`."""
     precision = num_examples * np.outer(
         np.maximum(np.linalg.eigvalsh(a), 0.0),
         np.maximum(np.linalg.eigvalsh(g), 0.0),

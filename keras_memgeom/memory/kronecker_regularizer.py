@@ -8,7 +8,7 @@ from keras_memgeom.memory.penalty import kronecker_penalty
 
 
 class KroneckerRegularizer(keras.regularizers.Regularizer):
-    """Penalty `scale * sum_k w_k vec(D_k)^T (A_k (x) G_k) vec(D_k)` on one layer.
+    """Penalty `scale * sum_k w_k vec(D_k)^T (A_k (x) G_k) vec(D_k)` on a layer.
 
     Set on the layer's kernel, it also reads the layer's bias (the factors
     couple them: `D_k` is the kernel as a `(fan_in, units)` matrix with the
@@ -26,14 +26,39 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
             `(units,)` or `None`, the factors, and the term's share `w_k`.
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask.
         bias: the layer's bias variable, or `None`.
-        scale: a scalar `keras.Variable`, `strength / 2 * n / num_train_examples`.
+        scale: a scalar `keras.Variable`, `strength / 2 * n /
+            num_train_examples`.
         base: another regularizer of the kernel to add, or `None`.
         like: the kernel variable, whose distribution layout the anchor
             takes where shapes agree (the factors are replicated).
 
+    Raises:
+        ValueError: from `get_config`: the penalty refers to the layer's bias,
+            so it cannot be saved in a layer's config.
+
     Example:
-    >>> # Built by `keras_memgeom.attach` for Kronecker-factored memories.
-    >>> keras_memgeom.attach(model, kfac_memory, num_train_examples=len(x_b))
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    model = keras_memgeom.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)
+
+    # `attach` builds one per Dense layer of a Kronecker-factored memory.
+    memory = keras_memgeom.FisherMemory.estimate(
+        model, (x, y), structure="kfac"
+    )
+    keras_memgeom.attach(model, memory, num_train_examples=len(x))
+    kernel = model.layers[0].kernel
+    print(type(kernel.regularizer).__name__)  # KroneckerRegularizer
+    ```
     """
 
     def __init__(self, terms, bias, scale, mask=None, base=None, like=None):
@@ -88,8 +113,8 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
 
     def get_config(self):
         raise NotImplementedError(
-            "A Kronecker-factored memory penalty couples a layer's kernel and bias and "
-            "cannot be saved in a layer's config. Use keras_memgeom.Model or "
-            "keras_memgeom.Sequential, which save memories with the model, or detach "
-            "the memory before saving."
+            "A Kronecker-factored memory penalty couples a layer's kernel and "
+            "bias and cannot be saved in a layer's config. Use "
+            "keras_memgeom.Model or keras_memgeom.Sequential, which save "
+            "memories with the model, or detach the memory before saving."
         )

@@ -34,6 +34,23 @@ class Likelihood:
         keras_loss: whether the per-example training loss is Keras's loss for
             this family (`mean_squared_error`, `binary_crossentropy`: a mean
             over the outputs) rather than the negative log-likelihood.
+
+    Raises:
+        NotImplementedError: from the family's methods, on the base class
+            itself.
+
+    Example:
+
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    likelihood = keras_memgeom.memory.Categorical(from_logits=True)
+    outputs = np.zeros((2, 3), "float32")
+    labels = likelihood.prepare_labels(np.array([0, 2]), outputs)
+    print(likelihood.score(outputs, labels))  # labels - softmax(outputs)
+    ```
     """
 
     # The Keras loss of the family, summed over outputs, per unit of NLL.
@@ -117,7 +134,36 @@ class Likelihood:
 
 
 class Categorical(Likelihood):
-    """Softmax classification: `y` one of `d` classes."""
+    """Softmax classification: `y` one of `d` classes.
+
+    Args:
+        from_logits: whether the model outputs logits (`True`) or class
+            probabilities (`False`).
+        sparse: whether labels are class indices (`True`) or one-hot rows.
+        keras_loss: whether the training loss is Keras's cross-entropy (the same
+            as the negative log-likelihood for this family).
+
+    Raises:
+        ValueError: from `check_labels`, if labels have the wrong shape, are
+            not whole numbers, or are out of range (the label is named).
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    likelihood = keras_memgeom.memory.Categorical(from_logits=True)
+    memory = keras_memgeom.FisherMemory.estimate(
+        model, (x, np.arange(32) % 3), likelihood=likelihood
+    )
+    ```
+    """
 
     def __init__(self, from_logits=True, sparse=True, keras_loss=False):
         super().__init__(from_logits, keras_loss)
@@ -128,30 +174,33 @@ class Categorical(Likelihood):
         if not self.sparse:
             if labels.ndim < 2 or labels.shape[1:] != (output_dim,):
                 raise ValueError(
-                    f"categorical_crossentropy expects one-hot labels of shape "
-                    f"(N, {output_dim}); got labels of shape {labels.shape}. For "
-                    "integer class labels use sparse_categorical_crossentropy."
+                    "categorical_crossentropy expects one-hot labels of shape "
+                    f"(N, {output_dim}); got labels of shape {labels.shape}. "
+                    "For integer class labels use "
+                    "sparse_categorical_crossentropy."
                 )
             return labels
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1:
             raise ValueError(
-                f"sparse_categorical_crossentropy expects integer class labels of "
-                f"shape (N,) or (N, 1); got labels of shape {labels.shape}. For "
-                "one-hot labels use categorical_crossentropy (or take their argmax)."
+                "sparse_categorical_crossentropy expects integer class labels "
+                f"of shape (N,) or (N, 1); got labels of shape {labels.shape}. "
+                "For one-hot labels use categorical_crossentropy (or take "
+                "their argmax)."
             )
         if labels.size and not np.all(np.mod(labels, 1) == 0):
             raise ValueError(
                 "sparse_categorical_crossentropy expects integer class labels; "
-                f"got the non-integer label {labels[np.mod(labels, 1) != 0][0].item()!r}."
+                "got the non-integer label "
+                f"{labels[np.mod(labels, 1) != 0][0].item()!r}."
             )
         bad = labels[(labels < 0) | (labels >= output_dim)]
         if bad.size:
             raise ValueError(
-                f"Label {bad[0].item()!r} is out of range for {output_dim} classes: "
-                f"labels must be in [0, {output_dim - 1}] (labels counted from 1 "
-                "must be shifted down by one)."
+                f"Label {bad[0].item()!r} is out of range for {output_dim} "
+                f"classes: labels must be in [0, {output_dim - 1}] (labels "
+                "counted from 1 must be shifted down by one)."
             )
         return labels
 
@@ -214,7 +263,35 @@ class Categorical(Likelihood):
 
 
 class Bernoulli(Likelihood):
-    """Independent binary outputs (sigmoid / binary cross-entropy)."""
+    """Independent binary outputs (sigmoid / binary cross-entropy).
+
+    Args:
+        from_logits: whether the model outputs logits (`True`) or
+            probabilities (`False`).
+        keras_loss: whether the training loss is Keras's `binary_crossentropy`
+            (a mean over the outputs) rather than the negative log-likelihood.
+
+    Raises:
+        ValueError: from `check_labels`, if labels do not have the outputs'
+            shape.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", "binary_crossentropy")
+    likelihood = keras_memgeom.memory.Bernoulli(keras_loss=True)
+    memory = keras_memgeom.FisherMemory.estimate(
+        model, (x, np.ones((32, 2))), likelihood=likelihood
+    )
+    ```
+    """
 
     _mean_over_outputs = True
 
@@ -262,7 +339,34 @@ class Bernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """Unit-variance Gaussian around the output (mean squared error)."""
+    """Unit-variance Gaussian around the output (mean squared error).
+
+    Args:
+        from_logits: ignored: the output is the mean.
+        keras_loss: whether the training loss is Keras's `mean_squared_error`
+            (a mean over the outputs) rather than the negative log-likelihood.
+
+    Raises:
+        ValueError: from `check_labels`, if labels do not have the outputs'
+            shape.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", "mean_squared_error")
+    likelihood = keras_memgeom.memory.Gaussian(keras_loss=True)
+    memory = keras_memgeom.FisherMemory.estimate(
+        model, (x, np.zeros((32, 2))), likelihood=likelihood
+    )
+    ```
+    """
 
     # (1/d) sum (y - f)^2 = (2/d) * [1/2 sum (y - f)^2].
     _loss_per_nll = 2.0
@@ -341,6 +445,19 @@ def likelihood_from_loss(loss):
         ValueError: if there is no loss, several losses, a loss that is not a
             log-likelihood the package knows, or a reduction other than a
             mean over the batch.
+
+    Example:
+
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    likelihood = keras_memgeom.memory.likelihood_from_loss(
+        keras.losses.BinaryCrossentropy(from_logits=True)
+    )
+    print(type(likelihood).__name__, likelihood.loss_scale(4))  # Bernoulli 0.25
+    ```
     """
     if loss is None:
         raise ValueError(
@@ -356,17 +473,18 @@ def likelihood_from_loss(loss):
     if make is None:
         raise ValueError(
             f"Unsupported loss {loss!r}: a Fisher memory needs a single loss "
-            "that is a negative log-likelihood (sparse_categorical_crossentropy, "
-            "categorical_crossentropy, binary_crossentropy or "
-            "mean_squared_error). Pass `likelihood=` for another model."
+            "that is a negative log-likelihood "
+            "(sparse_categorical_crossentropy, categorical_crossentropy, "
+            "binary_crossentropy or mean_squared_error). Pass `likelihood=` "
+            "for another model."
         )
     # Strings and loss functions average over the batch, as in Keras.
     reduction = getattr(loss, "reduction", "sum_over_batch_size")
     if reduction not in _BATCH_MEAN_REDUCTIONS:
         raise ValueError(
-            f"Unsupported loss reduction {reduction!r}: a Fisher memory's penalty "
-            "assumes the loss is averaged over the batch; compile the loss with "
-            "reduction='sum_over_batch_size' (the default)."
+            f"Unsupported loss reduction {reduction!r}: a Fisher memory's "
+            "penalty assumes the loss is averaged over the batch; compile the "
+            "loss with reduction='sum_over_batch_size' (the default)."
         )
     # Strings and loss functions mean probabilities, as in Keras.
     return make(bool(getattr(loss, "from_logits", False)))

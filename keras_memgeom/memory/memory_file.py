@@ -193,24 +193,27 @@ def _check_meta(path, meta):
             ):
                 raise _invalid(
                     path,
-                    f"the Kronecker factors of {block['kernel']!r} have shape {shape!r}",
+                    f"the Kronecker factors of {block['kernel']!r} have shape "
+                    f"{shape!r}",
                 )
         if block["dtype"] not in _DTYPES:
             raise _invalid(
                 path,
-                f"the Kronecker factors of {block['kernel']!r} are {block['dtype']!r}",
+                f"the Kronecker factors of {block['kernel']!r} are "
+                f"{block['dtype']!r}",
             )
     for entry in entries:
         if (entry["fisher_sha256"] is None) != (entry["path"] in covered):
             raise _invalid(
                 path,
-                f"{entry['path']!r} has both or neither a diagonal Fisher and a block",
+                f"{entry['path']!r} has both or neither a diagonal Fisher and "
+                "a block",
             )
     return entries, blocks
 
 
 def _checked_info(path, z, member, min_bytes, max_bytes):
-    """The member's zip entry, after checking its sizes before any decompression."""
+    """The member's zip entry, its sizes checked before any decompression."""
     try:
         info = z.getinfo(member)
     except KeyError:
@@ -223,20 +226,21 @@ def _checked_info(path, z, member, min_bytes, max_bytes):
     if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
         raise _invalid(
             path,
-            f"{member} declares {info.file_size} bytes from {info.compress_size} "
-            "compressed bytes, more than compression can give",
+            f"{member} declares {info.file_size} bytes from "
+            f"{info.compress_size} compressed bytes, more than compression can "
+            "give",
         )
     if not min_bytes <= info.file_size <= max_bytes:
         raise _invalid(
             path,
-            f"{member} declares {info.file_size} bytes where the metadata allows "
-            f"{min_bytes} to {max_bytes}",
+            f"{member} declares {info.file_size} bytes where the metadata "
+            f"allows {min_bytes} to {max_bytes}",
         )
     return info
 
 
 def _read_array(path, z, member, entry):
-    """Reads one `.npy` member after checking its header against the metadata."""
+    """Reads one `.npy` member, its header checked against the metadata."""
     dtype = np.dtype(entry["dtype"])
     nbytes = math.prod(entry["shape"]) * dtype.itemsize
     _checked_info(
@@ -262,8 +266,9 @@ def _read_array(path, z, member, entry):
         if list(shape) != entry["shape"] or stored_dtype != dtype:
             raise _invalid(
                 path,
-                f"{member} holds a {stored_dtype} array of shape {shape} where the "
-                f"metadata of {entry['path']!r} says {dtype} {tuple(entry['shape'])}",
+                f"{member} holds a {stored_dtype} array of shape {shape} where "
+                f"the metadata of {entry['path']!r} says {dtype} "
+                f"{tuple(entry['shape'])}",
             )
         data = f.read(nbytes + 1)
     if len(data) != nbytes:

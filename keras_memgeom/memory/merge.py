@@ -37,7 +37,26 @@ def merge(memories, *, decay=1.0):
             (the variable is named).
 
     Example:
-    >>> memory = merge([memory_a, memory_b])
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    model = keras_memgeom.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)
+
+    memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
+    model.fit(x[:, ::-1], y, epochs=2, verbose=0)
+    memory_b = keras_memgeom.FisherMemory.estimate(model, (x[:, ::-1], y))
+    merged = keras_memgeom.merge([memory_a, memory_b], decay=0.9)
+    print(merged.num_examples)  # 128
+    ```
     """
     memories = list(memories)
     if not memories:
@@ -45,7 +64,8 @@ def merge(memories, *, decay=1.0):
     for memory in memories:
         if not isinstance(memory, FisherMemory):
             raise ValueError(
-                f"`merge` takes FisherMemory objects; got {type(memory).__name__}."
+                "`merge` takes FisherMemory objects; got "
+                f"{type(memory).__name__}."
             )
     decay = check_number(
         "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
@@ -62,9 +82,9 @@ def merge(memories, *, decay=1.0):
         for path in paths:
             if anchors[k][path].shape != anchors[0][path].shape:
                 raise ValueError(
-                    f"Memories of different shapes cannot be merged: {path!r} has shape "
-                    f"{anchors[0][path].shape} in memory 0 but {anchors[k][path].shape} "
-                    f"in memory {k}."
+                    f"Memories of different shapes cannot be merged: {path!r} "
+                    f"has shape {anchors[0][path].shape} in memory 0 but "
+                    f"{anchors[k][path].shape} in memory {k}."
                 )
     weights = [decay ** (len(memories) - 1 - k) for k in range(len(memories))]
     num_examples = sum(m.num_examples for m in memories)
@@ -103,7 +123,7 @@ def merge(memories, *, decay=1.0):
 
 
 def common_blocks(memories):
-    """The Kronecker blocks all `memories` share, or an error naming the difference."""
+    """The Kronecker blocks all `memories` share; errors name a difference."""
     layouts = [
         {
             k: (b.bias, None if b.mask is None else b.mask.tobytes())
@@ -114,10 +134,10 @@ def common_blocks(memories):
     for k, layout in enumerate(layouts[1:], start=1):
         if layout != layouts[0]:
             raise ValueError(
-                "Memories of different structures cannot be combined: memory 0 has "
-                f"Kronecker blocks (with their biases and masks) on {sorted(layouts[0])} "
-                f"but memory {k} on {sorted(layout)}. `memory.diagonal()` makes a "
-                "diagonal memory of either."
+                "Memories of different structures cannot be combined: memory 0 "
+                "has Kronecker blocks (with their biases and masks) on "
+                f"{sorted(layouts[0])} but memory {k} on {sorted(layout)}. "
+                "`memory.diagonal()` makes a diagonal memory of either."
             )
     return memories[-1].kronecker
 

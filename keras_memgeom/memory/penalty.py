@@ -34,7 +34,7 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
 
 
 def held_quadratic(diff, metric_diff):
-    """`sum(diff * metric_diff)` whose gradient is `2 * metric_diff`, held constant.
+    """`sum(diff * metric_diff)`, with the constant gradient `2 * metric_diff`.
 
     For a symmetric metric `M` and `metric_diff = M diff`, the gradient of
     the quadratic form is `2 M diff`, which the forward pass has already
@@ -50,7 +50,7 @@ def held_quadratic(diff, metric_diff):
 def kronecker_penalty(
     kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None
 ):
-    """`scale * vec(D)^T (a (x) g) vec(D)` for the layer's weights `D = W~ - anchor`.
+    """`scale * vec(D)^T (a (x) g) vec(D)` for the weights `D = W~ - anchor`.
 
     `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
     extra row. The form is `sum(D * (a @ D @ g))`: two matmuls, `a (x) g` is
