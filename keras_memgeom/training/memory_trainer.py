@@ -1,4 +1,4 @@
-"""What the package's models add to Keras training: memories and a frontal lobe."""
+"""What the package's models add to Keras training: memories, a frontal lobe."""
 
 import inspect
 import os
@@ -20,7 +20,7 @@ from keras_memgeom.utils.checks import check_positive_int
 
 
 class MemoryTrainer:
-    """Mixin for `keras.Model` classes: Fisher memories as compile-time regularizers.
+    """Mixin for `keras.Model`: Fisher memories as compile-time regularizers.
 
     `compile(..., regularizers=[memory, ...], strength=, num_train_examples=)`
     adds the memories' penalty (one term per memory) to the loss on every
@@ -84,7 +84,8 @@ class MemoryTrainer:
                 `train_on_batch`, `evaluate` or a custom loop before any
                 `fit`, and for Python generators and `PyDataset`s.
             frontal_lobe: a `FrontalLobe` whose information penalty is added
-                to the training loss (on until `set_information_penalty(False)`).
+                to the training loss (on until
+                `set_information_penalty(False)`).
             **kwargs: as `keras.Model.compile`.
 
         Raises:
@@ -98,7 +99,8 @@ class MemoryTrainer:
             frontal_lobe, FrontalLobe
         ):
             raise ValueError(
-                f"`frontal_lobe` takes a FrontalLobe; got {type(frontal_lobe).__name__}."
+                "`frontal_lobe` takes a FrontalLobe; got "
+                f"{type(frontal_lobe).__name__}."
             )
         if regularizers is not None and not isinstance(
             regularizers, (list, tuple)
@@ -203,7 +205,7 @@ class MemoryTrainer:
         return loss
 
     def _attach_memories(self, num_train_examples=None):
-        """Attaches the compiled memories, or rescales them without retracing."""
+        """Attaches the compiled memories, or rescales them (no retracing)."""
         if not self.memories:
             return
         num_train_examples = (
@@ -215,8 +217,9 @@ class MemoryTrainer:
             raise ValueError(_UNKNOWN_NUM_TRAIN_EXAMPLES)
         if not self.built:
             raise ValueError(
-                "The model must be built before its memories are attached: call it "
-                "on a batch or `build` it (a memory remembers built variables)."
+                "The model must be built before its memories are attached: "
+                "call it on a batch or `build` it (a memory remembers built "
+                "variables)."
             )
         attachment = attachment_of(self)
         current = (

@@ -22,13 +22,33 @@ class Model(MemoryTrainer, keras.Model):
     device state, saved with the model by `model.save` and restored by
     `keras.saving.load_model`. See `MemoryTrainer` for the frontal lobe.
 
+    Args:
+        *args: as `keras.Model`: `inputs` and `outputs` for the functional
+            form, nothing for a subclass.
+        **kwargs: as `keras.Model` (`name`, `trainable`, ...).
+
     Example:
-    >>> inputs = keras.Input((64,))
-    >>> outputs = keras.layers.Dense(10)(keras.layers.Dense(32, "relu")(inputs))
-    >>> model = keras_memgeom.Model(inputs, outputs)
-    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    ...               regularizers=[memory_a], strength=100)
-    >>> model.fit(x_b, y_b, epochs=5)   # logs loss and memory_penalty
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    model = keras_memgeom.Model(inputs, keras.layers.Dense(3)(hidden))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)
+    memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
+
+    model.compile("adam", loss, regularizers=[memory_a], strength=100)
+    history = model.fit(x[:, ::-1], y, epochs=2, verbose=0)
+    print(sorted(history.history))  # ['loss', 'memory_penalty']
+    ```
     """
 
     def __new__(cls, *args, **kwargs):

@@ -1,4 +1,4 @@
-"""A Keras `Sequential` model that takes memories as regularizers in `compile`."""
+"""A Keras `Sequential` model taking memories as regularizers in `compile`."""
 
 import keras
 
@@ -19,8 +19,22 @@ class Sequential(MemoryTrainer, keras.Sequential):
         name: the model's name.
 
     Example:
-    >>> model = keras_memgeom.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
-    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    ...               regularizers=[memory_a], strength=100)
-    >>> model.fit(x_b, y_b, epochs=5)
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = np.arange(64) % 3
+    model = keras_memgeom.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("adam", loss)
+    model.fit(x, y, epochs=2, verbose=0)
+    memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
+
+    model.compile("adam", loss, regularizers=[memory_a], strength=100)
+    model.fit(x[:, ::-1], y, epochs=2, verbose=0)
+    ```
     """

@@ -53,7 +53,8 @@ def _count_dataset(dataset):
     if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
         raise ValueError(
             "The training dataset is infinite, so the number of examples the "
-            "loss averages over is unknown: pass `num_train_examples=` to `compile`."
+            "loss averages over is unknown: pass `num_train_examples=` to "
+            "`compile`."
         )
     sizes = dataset.map(
         lambda *batch: tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
