@@ -31,14 +31,30 @@ class OrthoPolynomial(keras.layers.Layer):
     Raises:
         ValueError: for an unknown basis or a degree below 1.
 
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
+    Output shape:
+        The same shape as the input.
+
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((8,)),
-    ...     keras.layers.Dense(16),
-    ...     OrthoPolynomial(degree=4, basis="chebyshev"),
-    ...     keras.layers.Dense(1),
-    ... ])
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16),
+            keras_memgeom.layers.OrthoPolynomial(degree=4, basis="chebyshev"),
+            keras.layers.Dense(1),
+        ]
+    )
+    print(model(np.zeros((2, 8))).shape)  # (2, 1)
+    ```
     """
 
     def __init__(

@@ -79,9 +79,14 @@ def polynomial_basis(x, degree, basis):
 
     Example:
 
-    >>> phi = polynomial_basis(np.array([0.5]), 2, "chebyshev")
-    >>> ops.convert_to_numpy(phi)  # 1, x, 2 x^2 - 1
-    array([[ 1. ,  0.5, -0.5]])
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    phi = keras_memgeom.layers.polynomial_basis(np.array([0.5]), 2, "chebyshev")
+    print(phi)  # [[1., 0.5, -0.5]]: 1, x, 2 x^2 - 1
+    ```
     """
     validate_basis(basis, degree)
     recurrence = _RECURRENCES[basis]

@@ -43,11 +43,24 @@ class PolynomialDense(keras.layers.Layer):
             basis, a degree below 1 or a `zero_rate` that is not a number
             in (0, 1).
 
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., inputs)`.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`.
+
     Example:
 
-    >>> layer = PolynomialDense(4, degree=3, basis="legendre", zero_rate=0.5)
-    >>> layer(np.zeros((2, 6))).shape
-    (2, 4)
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    layer = keras_memgeom.layers.PolynomialDense(
+        4, degree=3, basis="legendre", zero_rate=0.5, seed=0
+    )
+    print(layer(np.zeros((2, 6))).shape)  # (2, 4)
+    ```
     """
 
     def __init__(

@@ -34,11 +34,29 @@ class PrePrunedConv2D(MaskedKernelMixin, keras.layers.Conv2D):
             build time if there are too few input channels for that many
             distinct columns.
 
+    Input shape:
+        4-D tensor with shape `(batch_size, height, width, channels)` (the
+        default `data_format="channels_last"`), or
+        `(batch_size, channels, height, width)` with `"channels_first"`.
+
+    Output shape:
+        4-D tensor with shape `(batch_size, new_height, new_width, filters)`, or
+        `(batch_size, filters, new_height, new_width)` with `"channels_first"`,
+        as for `keras.layers.Conv2D`; `filters` is the widened number if
+        `widen=True`.
+
     Example:
 
-    >>> layer = PrePrunedConv2D(8, 3, zero_rate=0.5, padding="same")
-    >>> layer(np.zeros((1, 6, 6, 4))).shape
-    (1, 6, 6, 8)
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    layer = keras_memgeom.layers.PrePrunedConv2D(
+        8, 3, zero_rate=0.5, padding="same", seed=0
+    )
+    print(layer(np.zeros((1, 6, 6, 4))).shape)  # (1, 6, 6, 8)
+    ```
     """
 
     def __init__(

@@ -16,9 +16,9 @@ class PrePrunedDense(MaskedKernelMixin, keras.layers.Dense):
 
     `B` has pairwise-distinct columns (`distinct_column_mask`), so no two
     units are interchangeable and the `units!` permutation-equivalent optima
-    of a plain Dense layer are gone (Glukhov 2024, section 6.2.1). Masked entries
-    are zero from initialization on and receive exactly zero gradient. The
-    mask is a non-trainable weight: it is saved and restored with the model.
+    of a plain Dense layer are gone (Glukhov 2024, section 6.2.1). Masked
+    entries are zero from initialization on and receive exactly zero gradient.
+    The mask is a non-trainable weight: it is saved and restored with the model.
 
     Args:
         units: int, the number of units (before widening).
@@ -34,11 +34,26 @@ class PrePrunedDense(MaskedKernelMixin, keras.layers.Dense):
             not a positive integer, or at build time if
             the layer has too few inputs for that many distinct columns.
 
+    Input shape:
+        N-D tensor with shape `(batch_size, ..., input_dim)`; most often 2-D,
+        `(batch_size, input_dim)`.
+
+    Output shape:
+        N-D tensor with shape `(batch_size, ..., units)`, where `units` is the
+        widened number if `widen=True`.
+
     Example:
 
-    >>> layer = PrePrunedDense(32, zero_rate=0.5, widen=True, activation="relu")
-    >>> layer(np.zeros((2, 16))).shape
-    (2, 64)
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    layer = keras_memgeom.layers.PrePrunedDense(
+        32, zero_rate=0.5, widen=True, activation="relu", seed=0
+    )
+    print(layer(np.zeros((2, 16))).shape)  # (2, 64)
+    ```
     """
 
     def __init__(self, units, zero_rate=0.5, widen=False, seed=None, **kwargs):
