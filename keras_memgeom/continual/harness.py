@@ -12,6 +12,7 @@ from keras_memgeom.continual import results
 from keras_memgeom.continual.masked_logits import MaskedLoss
 from keras_memgeom.continual.strategy import Strategy
 from keras_memgeom.continual.strategy import TaskContext
+from keras_memgeom.continual.task_stream import batched
 from keras_memgeom.utils.checks import check_number
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -301,7 +302,7 @@ class Harness:
             raise ValueError(f"Each method may appear once, got {names}.")
         for strategy in strategies:
             if strategy.strength == "auto" and not all(
-                len(t.y_val) for t in self.stream.tasks
+                t.num_examples("val") for t in self.stream.tasks
             ):
                 raise ValueError(
                     f"{strategy.name}: strength 'auto' needs validation splits; "
@@ -482,35 +483,37 @@ class Harness:
             )
         strategy.compile(model, **args)
         strategy.before_task(model, context)
-        x, y = strategy.training_data(context)
+        data = strategy.training_data(context)
         callbacks = list(strategy.callbacks(context))
         if self.progress:
             callbacks.append(
                 _Progress(self.progress, strategy, context, self.epochs)
             )
+        if isinstance(data, tuple):
+            x, y = data
+            fit_args = {"x": x, "y": y, "batch_size": self.batch_size}
+        else:  # A streamed task: read a shuffled batch at a time.
+            fit_args = {"x": batched(data, self.batch_size, shuffle=True)}
         model.fit(
-            x,
-            y,
-            batch_size=self.batch_size,
+            **fit_args,
             epochs=self.epochs,
-            shuffle=True,
+            shuffle=isinstance(data, tuple),  # the dataset shuffles itself
             verbose=0,
             callbacks=callbacks,
         )
 
     def _accuracy(self, model, task, split):
         """Accuracy on one split of a task, over the task's classes only."""
-        x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
+        data = task.data(split)
+        if not isinstance(data, tuple):
+            return _streamed_accuracy(model, task, data)
+        x, y = data
         if not len(y):
             raise ValueError(
                 f"Cannot measure accuracy on the empty {split} split of {task.name!r}."
             )
         logits = np.asarray(model.predict(x, batch_size=1024, verbose=0))
-        if task.classes is not None:
-            keep = np.zeros(logits.shape[-1], bool)
-            keep[list(task.classes)] = True
-            logits = np.where(keep, logits, -np.inf)
-        return float(np.mean(np.argmax(logits, axis=-1) == y))
+        return float(np.mean(_predictions(logits, task.classes) == y))
 
     def _report(self, message):
         if self.progress:
@@ -525,6 +528,29 @@ def _model_name(model):
         if isinstance(model, keras.Model)
         else getattr(model, "__name__", "custom")
     )
+
+
+def _predictions(logits, classes):
+    """The predicted classes, among `classes` only when it is not `None`."""
+    if classes is not None:
+        keep = np.zeros(logits.shape[-1], bool)
+        keep[list(classes)] = True
+        logits = np.where(keep, logits, -np.inf)
+    return np.argmax(logits, axis=-1)
+
+
+def _streamed_accuracy(model, task, data):
+    """Accuracy over a dataset of examples, read a batch at a time."""
+    correct = total = 0
+    for x, y in batched(data, 1024).as_numpy_iterator():
+        logits = np.asarray(model.predict_on_batch(x))
+        correct += int(np.sum(_predictions(logits, task.classes) == y))
+        total += len(y)
+    if not total:
+        raise ValueError(
+            f"Cannot measure accuracy on an empty split of {task.name!r}."
+        )
+    return correct / total
 
 
 def _as_json(value):

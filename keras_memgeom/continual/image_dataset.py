@@ -52,7 +52,8 @@ class ImageDataset:
                 test) or `"tfds:NAME"` (any image classification data set
                 of tensorflow-datasets with `train` and `test` splits,
                 e.g. `tfds:fashion_mnist`; it must be downloaded already
-                or downloadable), or the path of a `.npz` file with arrays
+                or downloadable; read as a `StreamedImageDataset`, its
+                examples are streamed, never held in memory), or the path of a `.npz` file with arrays
                 `x` (images `(N, H, W)` or `(N, H, W, C)`; integers are
                 scaled by 1/255) and `y` (class indices), 20% of which are
                 held out for testing.
@@ -60,7 +61,7 @@ class ImageDataset:
                 `.npz` files.
 
         Returns:
-            An `ImageDataset`.
+            An `ImageDataset`, or a `StreamedImageDataset` for `tfds:`.
 
         Raises:
             ValueError: if the name is unknown.
@@ -149,12 +150,48 @@ def _split(name, images, labels, num_test, seed):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamedImageDataset:
+    """An image classification data set read example by example.
+
+    What `ImageDataset.load("tfds:NAME")` returns: its splits are
+    `tf.data` pipelines of `(image, label)` examples (float32 images in
+    `[0, 1]` with a channel axis, int32 labels), never held in memory.
+    `TaskStream.make` turns it into tasks that stream too.
+
+    Args:
+        name: the name it was loaded by.
+        train: the training examples, a `tf.data.Dataset`.
+        test: the test examples, a `tf.data.Dataset`.
+        image_shape: the shape of one image, `(height, width, channels)`.
+        num_classes: number of classes.
+
+    Example:
+
+    ```python
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=8):
+        data = ImageDataset.load("tfds:mnist")
+    print(data.image_shape, data.num_classes)  # (28, 28, 1) 10
+    ```
+    """
+
+    name: str
+    train: object
+    test: object
+    image_shape: tuple
+    num_classes: int
+
+
 def _load_tfds(name):
     try:
+        import tensorflow as tf
         import tensorflow_datasets as tfds
     except ImportError as error:
         raise ImportError(
-            f"Data set {name!r} needs `tensorflow-datasets`: pip install 'keras-memgeom[data]'"
+            f"Data set {name!r} needs `tensorflow-datasets`: "
+            "pip install 'keras-memgeom[data]'"
         ) from error
     tfds_name = name[len("tfds:") :]
     try:
@@ -166,21 +203,33 @@ def _load_tfds(name):
         )
     except tfds.core.registered.DatasetNotFoundError as error:
         raise ValueError(
-            f"Unknown data set {name!r}: tensorflow-datasets has no {tfds_name!r}."
+            f"Unknown data set {name!r}: tensorflow-datasets has no "
+            f"{tfds_name!r}."
         ) from error
     except Exception as error:  # Download and preparation errors vary.
         raise RuntimeError(
             f"Could not load {name!r} with tensorflow-datasets ({error}). "
             "Without network it must be downloaded beforehand."
         ) from error
-    label = info.features[info.supervised_keys[1]]
-    if not hasattr(label, "num_classes"):
+    image, label = (info.features[k] for k in info.supervised_keys)
+    if not hasattr(label, "num_classes") or len(image.shape) not in (2, 3):
         raise ValueError(f"{name!r} is not an image classification data set.")
-    arrays = []
-    for split in splits:
-        # Batches, not `batch_size=-1`: that crashes on generator-backed sets.
-        batches = list(tfds.as_numpy(split.batch(4096)))
-        x = np.concatenate([b[0] for b in batches])
-        y = np.concatenate([b[1] for b in batches])
-        arrays += [as_images(x), y.astype("int32")]
-    return ImageDataset(name, *arrays, int(label.num_classes))
+    shape = tuple(image.shape) + (1,) * (len(image.shape) == 2)
+    if None in shape:
+        raise ValueError(
+            f"{name!r} has images of varying shape {tuple(image.shape)}; "
+            "the harness needs one shape."
+        )
+    scale = 255.0 if image.dtype.is_integer else 1.0
+
+    def example(x, y):
+        x = tf.reshape(tf.cast(x, "float32") / scale, shape)
+        return x, tf.cast(y, "int32")
+
+    train, test = (
+        split.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        for split in splits
+    )
+    return StreamedImageDataset(
+        name, train, test, shape, int(label.num_classes)
+    )

@@ -2,6 +2,8 @@
 
 import keras_memgeom
 from keras_memgeom.continual.strategy import Strategy
+from keras_memgeom.continual.task_stream import batched
+from keras_memgeom.continual.task_stream import num_examples
 from keras_memgeom.memory.fisher import ESTIMATORS
 from keras_memgeom.memory.fisher import STRUCTURES
 from keras_memgeom.utils.checks import check_number
@@ -88,14 +90,14 @@ class MemoryStrategy(Strategy):
             keras_memgeom.attach(
                 model,
                 self.memories,
-                num_train_examples=len(self.training_data(context)[1]),
+                num_train_examples=num_examples(self.training_data(context)),
                 strength=context.strength,
             )
 
     def after_task(self, model, context):
         memory = keras_memgeom.FisherMemory.estimate(
             context.fisher_model(model),
-            (context.task.x_train, context.task.y_train),
+            batched(context.task.data("train"), 256),
             estimator=self.estimator,
             max_examples=self.fisher_examples,
             structure=self.structure,

@@ -161,8 +161,12 @@ class Strategy:
         return []
 
     def training_data(self, context):
-        """Returns the `(x, y)` arrays to fit on for the current task."""
-        return context.task.x_train, context.task.y_train
+        """Returns the `(x, y)` arrays to fit on for the current task.
+
+        For a streamed task (`StreamedTask`), a `tf.data.Dataset` of its
+        `(x, y)` examples instead: the harness batches and shuffles it.
+        """
+        return context.task.data("train")
 
     def before_task(self, model, context):
         """Called after the model is compiled for a task, before fitting."""

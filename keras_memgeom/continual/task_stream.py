@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from keras_memgeom.continual.image_dataset import ImageDataset
+from keras_memgeom.continual.image_dataset import StreamedImageDataset
 from keras_memgeom.continual.image_dataset import as_images
 from keras_memgeom.utils.checks import check_number
 
@@ -35,6 +36,110 @@ class Task:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: tuple = None
+
+    def data(self, split):
+        """The `(x, y)` arrays of `split` (`"train"`, `"val"` or `"test"`)."""
+        return getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+
+    def num_examples(self, split):
+        """The number of examples of `split`."""
+        return len(getattr(self, f"y_{split}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedTask:
+    """One task read example by example: three `tf.data` splits.
+
+    What `TaskStream.make` builds from a `StreamedImageDataset`: `train`,
+    `val` and `test` are `tf.data.Dataset`s of `(x, y)` examples (unbatched,
+    their length known), made from the data set's pipelines by a map (a
+    permutation, a rotation) or a filter (a split's classes), so only a
+    batch at a time is ever in memory. `classes` is as for `Task`.
+
+    Args:
+        name: the task's name.
+        train: the training examples.
+        val: the validation examples (the first ones of the training
+            data, held out).
+        test: the test examples.
+        classes: `None`, or the output indices of this task's classes.
+
+    Example:
+
+    ```python
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=40):
+        stream = TaskStream.make("permuted", "tfds:mnist", num_tasks=2)
+        task = stream.tasks[1]
+        print(task.num_examples("train"), task.data("test"))
+    ```
+    """
+
+    name: str
+    train: object
+    val: object
+    test: object
+    classes: tuple = None
+
+    def data(self, split):
+        """The `tf.data.Dataset` of `(x, y)` examples of `split`."""
+        return getattr(self, split)
+
+    def num_examples(self, split):
+        """The number of examples of `split`."""
+        return int(getattr(self, split).cardinality())
+
+
+# Examples the training data of a streamed task is shuffled over.
+SHUFFLE_BUFFER = 10_000
+
+
+def num_examples(data):
+    """The number of examples of `(x, y)` arrays or a dataset of examples.
+
+    Args:
+        data: `(x, y)` arrays, or a `tf.data.Dataset` of `(x, y)` examples
+            of known length (a `StreamedTask`'s split).
+
+    Returns:
+        The number of examples, an int.
+    """
+    if isinstance(data, tuple):
+        return len(data[1])
+    return int(data.cardinality())
+
+
+def batched(data, batch_size, *, shuffle=False):
+    """Batches a dataset of examples for `fit`, `predict` or a Fisher.
+
+    Args:
+        data: `(x, y)` arrays (returned as they are: Keras batches them), or
+            a `tf.data.Dataset` of `(x, y)` examples.
+        batch_size: the batch size.
+        shuffle: whether to shuffle the examples, anew every epoch, over a
+            buffer of at most `SHUFFLE_BUFFER` examples.
+
+    Returns:
+        `data` itself for arrays, else a batched `tf.data.Dataset`.
+
+    Example:
+
+    ```python
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(([[0.0], [1.0]], [0, 1]))
+    print(num_examples(data), batched(data, 2).element_spec)
+    ```
+    """
+    if isinstance(data, tuple):
+        return data
+    import tensorflow as tf
+
+    if shuffle:
+        size = min(max(num_examples(data), 1), SHUFFLE_BUFFER)
+        data = data.shuffle(size, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +251,19 @@ class TaskStream:
                 f"num_tasks must be a positive int, got {num_tasks!r}."
             )
         _check_validation_split(validation_split)
-        if not isinstance(dataset, ImageDataset):
+        if not isinstance(dataset, (ImageDataset, StreamedImageDataset)):
             dataset = ImageDataset.load(dataset, seed=seed)
+        if isinstance(dataset, StreamedImageDataset):
+            return _make_streamed(
+                cls,
+                scenario,
+                dataset,
+                num_tasks,
+                split_scenario,
+                validation_split,
+                max_train_examples,
+                seed,
+            )
         rng = np.random.default_rng(seed)
         x_train, y_train = dataset.x_train, dataset.y_train
         if max_train_examples is not None:
@@ -319,7 +435,8 @@ class TaskStream:
         """Bytes of float32 inputs that `make` would hold, before making it.
 
         Args:
-            dataset: an `ImageDataset`.
+            dataset: an `ImageDataset`, or a `StreamedImageDataset` (whose
+                tasks hold no examples: 0 bytes).
             scenario, num_tasks, split_scenario, max_train_examples: as for
                 `make`.
 
@@ -327,6 +444,14 @@ class TaskStream:
             A dict: `nbytes` (the total), `tasks`, `examples` (train,
             validation and test, per task), `features` (per example).
         """
+        if isinstance(dataset, StreamedImageDataset):
+            # Streamed tasks hold a batch at a time, not their examples.
+            return {
+                "nbytes": 0,
+                "tasks": num_tasks,
+                "examples": 0,
+                "features": int(np.prod(dataset.image_shape)),
+            }
         train = len(dataset.x_train)
         if max_train_examples is not None:
             train = min(train, max_train_examples)
@@ -388,19 +513,29 @@ def _check_splits(tasks, validation_split):
         num_classes = len(
             np.unique(np.concatenate([task.y_train, task.y_val, task.y_test]))
         )
-        if len(task.y_train) < num_classes:
-            raise ValueError(
-                f"validation_split={validation_split} leaves task {task.name!r} "
-                f"{len(task.y_train)} training examples ({len(task.y_val)} held out for "
-                f"validation), fewer than its {num_classes} classes; use a smaller "
-                "validation_split."
-            )
-        if validation_split > 0 and not len(task.y_val):
-            raise ValueError(
-                f"validation_split={validation_split} holds out no validation example of "
-                f"task {task.name!r} ({len(task.y_train)} training examples); use a "
-                "larger validation_split, or 0 for none."
-            )
+        _check_counts(
+            task.name,
+            num_classes,
+            len(task.y_train),
+            len(task.y_val),
+            validation_split,
+        )
+
+
+def _check_counts(name, num_classes, num_train, num_val, validation_split):
+    if num_train < num_classes:
+        raise ValueError(
+            f"validation_split={validation_split} leaves task {name!r} "
+            f"{num_train} training examples ({num_val} held out for "
+            f"validation), fewer than its {num_classes} classes; use a "
+            "smaller validation_split."
+        )
+    if validation_split > 0 and not num_val:
+        raise ValueError(
+            f"validation_split={validation_split} holds out no validation "
+            f"example of task {name!r} ({num_train} training examples); use "
+            "a larger validation_split, or 0 for none."
+        )
 
 
 def _check_validation_split(validation_split):
@@ -468,3 +603,150 @@ def _to_arrays(dataset):
 
 def _rotate(images, angle):
     return ndimage.rotate(images, angle, axes=(1, 2), reshape=False, order=1)
+
+
+def _label_counts(dataset, num_classes, first=None):
+    """Examples per class of a dataset of examples, in one streamed pass.
+
+    With `first`, the counts of the first `first` examples and of the rest.
+    """
+    import tensorflow as tf
+
+    counts = np.zeros((2, num_classes), "int64")
+    seen = 0
+    labels = dataset.map(lambda x, y: y, num_parallel_calls=tf.data.AUTOTUNE)
+    for batch in labels.batch(4096).as_numpy_iterator():
+        cut = len(batch)
+        if first is not None:
+            cut = min(max(first - seen, 0), len(batch))
+        if np.any((batch < 0) | (batch >= num_classes)):
+            raise ValueError(
+                f"The labels must be class indices in [0, {num_classes}); "
+                f"got {batch[(batch < 0) | (batch >= num_classes)][0]}."
+            )
+        counts[0] += np.bincount(batch[:cut], minlength=num_classes)
+        counts[1] += np.bincount(batch[cut:], minlength=num_classes)
+        seen += len(batch)
+    return counts if first is not None else counts[0]
+
+
+def _make_streamed(
+    cls,
+    scenario,
+    dataset,
+    num_tasks,
+    split_scenario,
+    validation_split,
+    max_train_examples,
+    seed,
+):
+    """`TaskStream.make` for a `StreamedImageDataset`: tasks of pipelines."""
+    import tensorflow as tf
+
+    train = dataset.train
+    if max_train_examples is not None:
+        train = train.take(max_train_examples)
+    classes = dataset.num_classes
+    total = int(train.cardinality())
+    if total < 0:  # Unknown: counted in a pass over the labels.
+        total = int(_label_counts(train, classes).sum())
+    num_val = int(round(validation_split * total))
+    # What each split holds, in one pass over its labels.
+    val_counts, train_counts = _label_counts(train, classes, first=num_val)
+    splits = (
+        (train.skip(num_val), train_counts),
+        (train.take(num_val), val_counts),
+        (dataset.test, _label_counts(dataset.test, classes)),
+    )
+    shape = tuple(dataset.image_shape)
+
+    def task(name, transform=None, keep=(0, classes), shift=0, labels=None):
+        low, high = keep
+        made, sizes, present = [], [], np.zeros(high - low, bool)
+        for data, counts in splits:
+            if keep != (0, classes):
+                data = data.filter(lambda x, y: (y >= low) & (y < high))
+            if transform is not None or shift:
+                data = data.map(
+                    lambda x, y: (
+                        x if transform is None else transform(x),
+                        y - shift,
+                    ),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                )
+            sizes.append(int(counts[low:high].sum()))
+            present |= counts[low:high] > 0
+            made.append(
+                data.apply(tf.data.experimental.assert_cardinality(sizes[-1]))
+            )
+        _check_counts(
+            name,
+            int(present.sum()),
+            sizes[0],
+            sizes[1],
+            validation_split,
+        )
+        return StreamedTask(name, *made, classes=labels)
+
+    tasks = []
+    rng = np.random.default_rng(seed)
+    if scenario == "split":
+        per_task, leftover = divmod(classes, num_tasks)
+        if leftover or per_task < 1:
+            raise ValueError(
+                f"A split of {dataset.name!r} needs a number of tasks that "
+                f"divides its {classes} classes, got {num_tasks}."
+            )
+        for t in range(num_tasks):
+            first = t * per_task
+            tasks.append(
+                task(
+                    f"split-{split_scenario}-{t}",
+                    keep=(first, first + per_task),
+                    shift=first if split_scenario == "domain" else 0,
+                    labels=(
+                        tuple(range(first, first + per_task))
+                        if split_scenario == "task"
+                        else None
+                    ),
+                )
+            )
+        num_outputs = per_task if split_scenario == "domain" else classes
+        return cls(
+            f"split-{split_scenario}",
+            dataset.name,
+            tuple(tasks),
+            shape,
+            num_outputs,
+            seed,
+        )
+    size = int(np.prod(shape))
+    for t in range(num_tasks):
+        if scenario == "permuted":
+            order = np.arange(size) if t == 0 else rng.permutation(size)
+            transform = _permutation(order, shape)
+        else:
+            transform = _rotation(180.0 * t / num_tasks, shape)
+        tasks.append(task(f"{scenario}-{t}", transform))
+    return cls(scenario, dataset.name, tuple(tasks), shape, classes, seed)
+
+
+def _permutation(order, shape):
+    import tensorflow as tf
+
+    order = tf.constant(order, "int32")
+    return lambda x: tf.reshape(tf.gather(tf.reshape(x, [-1]), order), shape)
+
+
+def _rotation(angle, shape):
+    import tensorflow as tf
+
+    def rotate(x):
+        rotated = tf.numpy_function(
+            lambda image: _rotate(image[None], angle)[0].astype("float32"),
+            [x],
+            tf.float32,
+        )
+        return tf.ensure_shape(rotated, shape)
+
+    return rotate

@@ -133,21 +133,83 @@ def test_bad_arguments(digits, kwargs, match):
         TaskStream.make(dataset=digits, **kwargs)
 
 
-def test_tfds_under_mock_data():
+def _as_arrays(dataset):
+    pairs = list(dataset.batch(1024).as_numpy_iterator())
+    return tuple(np.concatenate([p[i] for p in pairs]) for i in (0, 1))
+
+
+def test_tfds_under_mock_data_is_streamed():
     tfds = pytest.importorskip("tensorflow_datasets")
+    from keras_memgeom.continual.image_dataset import StreamedImageDataset
+
     with tfds.testing.mock_data(num_examples=24):
         data = ImageDataset.load("tfds:mnist")
         stream = TaskStream.make("permuted", data, num_tasks=2)
-    assert data.name == "tfds:mnist"
-    assert data.x_train.shape == (24, 28, 28, 1) and data.x_test.shape == (
-        24,
-        28,
-        28,
-        1,
+        x, y = _as_arrays(data.train)
+        x_test, _ = _as_arrays(stream.tasks[1].data("test"))
+    assert isinstance(data, StreamedImageDataset)
+    assert data.name == "tfds:mnist" and data.num_classes == 10
+    assert data.image_shape == (28, 28, 1) and x.shape == (24, 28, 28, 1)
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert stream.input_dim == 784 and x_test.shape == (24, 28, 28, 1)
+    # Nothing of the examples is held: the stream needs no memory for them.
+    assert TaskStream.estimate_nbytes(data, "permuted", 2)["nbytes"] == 0
+
+
+@pytest.mark.parametrize(
+    "scenario, split_scenario",
+    [
+        ("permuted", "task"),
+        ("rotated", "task"),
+        ("split", "task"),
+        ("split", "domain"),
+        ("split", "class"),
+    ],
+)
+def test_streamed_tasks_equal_the_tasks_of_the_same_arrays(
+    scenario, split_scenario
+):
+    """A map or filter per example gives what the array code gives."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    options = dict(
+        num_tasks=2,
+        split_scenario=split_scenario,
+        validation_split=0.2,
+        max_train_examples=50,
+        seed=3,
     )
-    assert data.num_classes == 10
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
-    assert stream.input_dim == 784 and len(stream.tasks[1].x_test) == 24
+    with tfds.testing.mock_data(num_examples=60):
+        streamed = ImageDataset.load("tfds:mnist")
+        arrays = ImageDataset(
+            "tfds:mnist",
+            *_as_arrays(streamed.train),
+            *_as_arrays(streamed.test),
+            streamed.num_classes,
+        )
+        expected = TaskStream.make(scenario, arrays, **options)
+        stream = TaskStream.make(scenario, streamed, **options)
+        for task, reference in zip(stream.tasks, expected.tasks, strict=True):
+            assert task.name == reference.name
+            assert task.classes == reference.classes
+            for split in ("train", "val", "test"):
+                size = task.num_examples(split)
+                assert size == reference.num_examples(split)
+                if not size:
+                    continue
+                x, y = _as_arrays(task.data(split))
+                x_ref, y_ref = reference.data(split)
+                np.testing.assert_array_equal(y, y_ref)
+                np.testing.assert_allclose(x, x_ref, atol=1e-6)
+    assert stream.num_outputs == expected.num_outputs
+    assert stream.input_shape == expected.input_shape
+
+
+def test_streamed_split_refuses_a_task_count_that_does_not_divide():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=20):
+        with pytest.raises(ValueError, match="divides its 10 classes"):
+            TaskStream.make("split", "tfds:mnist", num_tasks=3)
 
 
 def test_tfds_unknown_name():
@@ -251,3 +313,53 @@ def test_scenarios_on_an_npz_file(tmp_path):
     np.savez(path, images=np.zeros((4, 6, 6)))
     with pytest.raises(ValueError, match="must hold arrays 'x' and 'y'"):
         ImageDataset.load(path)
+
+
+def test_harness_trains_evaluates_and_remembers_streamed_tasks():
+    """Fit, evaluation and the Fisher read streamed tasks batch by batch."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import keras
+
+    import keras_memgeom
+    from keras_memgeom import continual
+    from keras_memgeom.continual.task_stream import batched
+
+    with tfds.testing.mock_data(num_examples=40):
+        streamed = ImageDataset.load("tfds:mnist")
+        arrays = ImageDataset(
+            "tfds:mnist",
+            *_as_arrays(streamed.train),
+            *_as_arrays(streamed.test),
+            streamed.num_classes,
+        )
+        stream = TaskStream.make("split", streamed, num_tasks=2)
+        reference = TaskStream.make("split", arrays, num_tasks=2)
+        harness = continual.Harness(stream, width=8, epochs=1, batch_size=8)
+        model = harness.build_model(continual.Finetune())
+        model.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        task, twin = stream.tasks[1], reference.tasks[1]
+        for split in ("val", "test"):
+            assert harness._accuracy(model, task, split) == pytest.approx(
+                harness._accuracy(model, twin, split)
+            )
+        memory = keras_memgeom.FisherMemory.estimate(
+            model, batched(task.data("train"), 7)
+        )
+        expected = keras_memgeom.FisherMemory.estimate(
+            model, twin.data("train")
+        )
+        assert memory.num_examples == twin.num_examples("train")
+        for path in expected.paths:
+            np.testing.assert_allclose(
+                memory.fisher[path], expected.fisher[path], rtol=1e-5
+            )
+        document = harness.compare(
+            [continual.Finetune(), continual.Online(), continual.Joint()]
+        )
+    for run in document["methods"].values():
+        matrix = np.asarray(run["accuracy_matrix"])
+        assert matrix.shape == (2, 2)
+        assert np.all((0 <= matrix) & (matrix <= 1))
+    assert document["methods"]["online"]["effective_dimension"][-1] > 0

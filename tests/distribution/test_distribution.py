@@ -27,25 +27,54 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 def make():
     keras.utils.set_random_seed(0)
     model = keras_memgeom.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(4)]
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(4),
+        ]
     )
     model.compile(keras.optimizers.SGD(0.1), LOSS)
     return model
 
 
 def relative(a, b):
-    return max(float(np.abs(u - v).max() / max(np.abs(u).max(), 1e-12)) for u, v in zip(a, b))
+    return max(
+        float(np.abs(u - v).max() / max(np.abs(u).max(), 1e-12))
+        for u, v in zip(a, b)
+    )
 
 
 def fisher_list(memory):
     return [memory.fisher[p] for p in memory.paths]
 
 
+def factors(memory):
+    # The diagonal, then every Kronecker factor, in order: the paths of two
+    # models differ by their auto-numbered names.
+    blocks = memory.kronecker.values()
+    return fisher_list(memory) + [f for b in blocks for f in (b.a, b.g)]
+
+
 def fit_with_memory(model, memory):
-    model.compile(keras.optimizers.SGD(0.1), LOSS, regularizers=[memory], strength=10.0)
+    model.compile(
+        keras.optimizers.SGD(0.1), LOSS, regularizers=[memory], strength=10.0
+    )
     model.set_weights([w + 0.1 for w in model.get_weights()])
     model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     return model.get_weights()
+
+
+RUNS = [
+    (estimator, structure)
+    for estimator in ("exact", "empirical", "sampled")
+    for structure in ("diagonal", "kfac")
+]
+
+
+def estimate(model, data, run):
+    return keras_memgeom.FisherMemory.estimate(
+        model, data, estimator=run[0], structure=run[1], batch_size=32
+    )
 """
 
 
@@ -73,28 +102,37 @@ def test_data_and_model_parallel_memories_equal_one_device(tmp_path):
         devices = keras.distribution.list_devices()
         assert len(devices) == 4, devices
         single = make()
-        memories = {s: keras_memgeom.FisherMemory.estimate(single, (x, y), structure=s)
-                    for s in ("diagonal", "kfac")}
-        weights = fit_with_memory(make(), memories["diagonal"])
+        expected = {run: estimate(single, (x, y), run) for run in RUNS}
+        memory = expected["exact", "diagonal"]
+        weights = fit_with_memory(make(), memory)
         with keras.distribution.DataParallel(devices=devices).scope():
             model = make()
-            for structure, memory in memories.items():
-                spread = keras_memgeom.FisherMemory.estimate(model, (x, y), structure=structure)
-                assert relative(fisher_list(memory), fisher_list(spread)) < 1e-5, structure
-            assert relative(weights, fit_with_memory(make(), memories["diagonal"])) < 1e-5
-        mesh = keras.distribution.DeviceMesh((2, 2), ["batch", "model"], devices)
+            for run, alone in expected.items():
+                spread = estimate(model, (x, y), run)
+                assert relative(factors(alone), factors(spread)) < 1e-5, run
+            fitted = fit_with_memory(make(), memory)
+            assert relative(weights, fitted) < 1e-5
+        mesh = keras.distribution.DeviceMesh(
+            (2, 2), ["batch", "model"], devices
+        )
         layout_map = keras.distribution.LayoutMap(mesh)
         layout_map[".*dense.*kernel"] = (None, "model")
-        with keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch").scope():
+        with keras.distribution.ModelParallel(
+            layout_map=layout_map, batch_dim_name="batch"
+        ).scope():
             model = make()
             memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
-            model.compile("sgd", LOSS, regularizers=[memory], num_train_examples=64)
+            model.compile(
+                "sgd", LOSS, regularizers=[memory], num_train_examples=64
+            )
             from keras_memgeom.memory.attach import attached_regularizers
-            for variable, regularizer in attached_regularizers(model):
-                assert regularizer.anchor.value.sharding == variable.value.sharding, variable.path
-                assert regularizer.fisher.value.sharding == variable.value.sharding, variable.path
-            kernel = model.layers[0].kernel
-            assert "model" in str(attached_regularizers(model)[0][1].anchor.value.sharding)
+
+            attached = attached_regularizers(model)
+            for variable, regularizer in attached:
+                sharding = variable.value.sharding
+                assert regularizer.anchor.value.sharding == sharding
+                assert regularizer.fisher.value.sharding == sharding
+            assert "model" in str(attached[0][1].anchor.value.sharding)
             model.fit(x, y, epochs=1, batch_size=16, verbose=0)
             memory.save("spread.memory")
             np.savez("expected.npz", *fisher_list(memory))
@@ -122,16 +160,75 @@ def test_mirrored_strategy_memories_equal_one_device(tmp_path):
         """
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+        from keras_memgeom.memory import fisher
+
+        # Which replica traced the per-batch work, and on how many rows.
+        traced = []
+        per_batch = fisher._BatchStep._squared_gradients
+
+        def recording(self, values, x, *rest):
+            context = tf.distribute.get_replica_context()
+            if tf.distribute.has_strategy() and context is not None:
+                replica = context.replica_id_in_sync_group.name
+                traced.append((replica, x.shape[0]))
+            return per_batch(self, values, x, *rest)
+
+        fisher._BatchStep._squared_gradients = recording
         single = make()
-        memory = keras_memgeom.FisherMemory.estimate(single, (x, y))
-        weights = fit_with_memory(make(), memory)
+        expected = {run: estimate(single, (x, y), run) for run in RUNS}
+        weights = fit_with_memory(make(), expected["exact", "diagonal"])
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
             model = make()
-            spread = keras_memgeom.FisherMemory.estimate(model, (x, y))
-            assert relative(fisher_list(memory), fisher_list(spread)) < 1e-5
+            for run, alone in expected.items():
+                traced.clear()
+                spread = estimate(model, (x, y), run)
+                assert relative(factors(alone), factors(spread)) < 1e-5, run
+                # Each replica traced its own step on its half of a batch.
+                assert {n for _, n in traced} == {16}, traced
+                assert len({name for name, _ in traced}) == 2, traced
+            # 65 examples: a last batch of one row, fewer rows than replicas.
+            x65, y65 = np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]])
+            spread = estimate(model, (x65, y65), RUNS[0])
+            alone = estimate(single, (x65, y65), RUNS[0])
+            assert relative(fisher_list(alone), fisher_list(spread)) < 1e-5
+            assert spread.num_examples == 65
+            memory = expected["exact", "diagonal"]
             assert relative(weights, fit_with_memory(make(), memory)) < 1e-4
+
+            # The backend contract: every replica keeps the sums of its own
+            # share of every batch; the total is reduced once at the end.
+            from keras_memgeom import backend
+
+            counter = keras.Variable(1.0)
+            placed = set()
+
+            def sums(values, rows):
+                total = keras.ops.sum(rows, axis=0) * values[0]
+                placed.add(total.device[-5:])  # where each replica's ops run
+                count = keras.ops.sum(keras.ops.ones_like(rows[:, 0]))
+                return [total, count], []
+
+            step = backend.batch_step(sums, [counter])
+            totals = None
+            for start in (0, 32):
+                totals, _ = step(totals, (x[start : start + 32],))
+            per_replica = strategy.experimental_local_results(totals[0])
+            assert placed == {"CPU:0", "CPU:1"}, placed
+            halves = [
+                np.concatenate([x[:16], x[32:48]]),
+                np.concatenate([x[16:32], x[48:]]),
+            ]
+            for local, half in zip(per_replica, halves):
+                np.testing.assert_allclose(
+                    local.numpy(), half.sum(0), rtol=1e-5
+                )
+            total, rows = backend.batch_total(totals)
+            np.testing.assert_allclose(np.asarray(total), x.sum(0), rtol=1e-5)
+            assert int(rows) == 64
         print("ok")
         """,
         {"KERAS_BACKEND": "tensorflow"},
@@ -160,3 +257,91 @@ def test_a_distribution_on_torch_is_refused_not_ignored(rng):
         with pytest.raises(NotImplementedError, match="torch"):
             model.fit(x, y, verbose=0)
     assert distribution_lib.distribution() is None
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [
+        keras_memgeom.memory.likelihood.Categorical(),
+        keras_memgeom.memory.likelihood.Bernoulli(),
+        keras_memgeom.memory.likelihood.Gaussian(),
+    ],
+    ids=lambda likelihood: type(likelihood).__name__,
+)
+def test_sampled_noise_depends_only_on_the_global_example(likelihood):
+    from keras_memgeom.memory.fisher import sampled_noise
+
+    whole = sampled_noise(likelihood, 3, 0, 200, 4, 2)
+    assert whole.shape == (200, 2, 4)
+    # Any cut of the examples (batches, processes' shares) draws the same.
+    for cut in (1, 63, 64, 65, 150):
+        first = sampled_noise(likelihood, 3, 0, cut, 4, 2)
+        rest = sampled_noise(likelihood, 3, cut, 200 - cut, 4, 2)
+        np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
+    other = sampled_noise(likelihood, 4, 0, 200, 4, 2)
+    assert not np.allclose(other, whole)
+
+
+def test_sampled_fisher_of_two_processes_sums_to_one_process(rng, monkeypatch):
+    """Each process draws the labels of its own rows of a global batch."""
+    from keras_memgeom import backend
+    from keras_memgeom.memory.fisher import estimate_fisher
+
+    x = rng.normal(size=(96, 5)).astype("float32")
+    y = rng.integers(0, 4, 96)
+    model = keras_memgeom.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(4),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    options = dict(estimator="sampled", num_samples=2, seed=5)
+    for structure in ("diagonal", "kfac"):
+        whole = estimate_fisher(
+            model, (x, y), batch_size=32, structure=structure, **options
+        )
+        shares = []
+        for process in range(2):
+            # Global batches of 32 rows: this process holds 16 of each.
+            monkeypatch.setattr(
+                backend,
+                "global_batch_position",
+                lambda rows, p=process: (p * rows, 2 * rows),
+            )
+            rows = np.concatenate(
+                [
+                    np.arange(s + 16 * process, s + 16 * (process + 1))
+                    for s in range(0, 96, 32)
+                ]
+            )
+            shares.append(
+                estimate_fisher(
+                    model,
+                    (x[rows], y[rows]),
+                    batch_size=16,
+                    structure=structure,
+                    **options,
+                )
+            )
+            monkeypatch.undo()
+        # Every share is a sum over its rows divided by the global count.
+        assert shares[0][1] == shares[1][1] == whole[1] == 96
+        for path, total in whole[0].items():
+            np.testing.assert_allclose(
+                shares[0][0][path] + shares[1][0][path],
+                total,
+                rtol=1e-5,
+                atol=1e-7,
+            )
+        for path, (_, a, g, _) in (whole[2] if len(whole) > 2 else {}).items():
+            for i, total in ((1, a), (2, g)):
+                np.testing.assert_allclose(
+                    shares[0][2][path][i] + shares[1][2][path][i],
+                    total,
+                    rtol=1e-5,
+                    atol=1e-7,
+                )
