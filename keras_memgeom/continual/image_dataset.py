@@ -24,9 +24,10 @@ class ImageDataset:
 
     Example:
 
-    >>> data = ImageDataset.load("digits", seed=0)
-    >>> data.x_train.shape, data.num_classes
-    ((1437, 8, 8, 1), 10)
+    ```python
+    data = ImageDataset.load("digits", seed=0)
+    print(data.x_train.shape, data.num_classes)  # (1437, 8, 8, 1) 10
+    ```
     """
 
     name: str
@@ -53,10 +54,10 @@ class ImageDataset:
                 of tensorflow-datasets with `train` and `test` splits,
                 e.g. `tfds:fashion_mnist`; it must be downloaded already
                 or downloadable; read as a `StreamedImageDataset`, its
-                examples are streamed, never held in memory), or the path of a `.npz` file with arrays
-                `x` (images `(N, H, W)` or `(N, H, W, C)`; integers are
-                scaled by 1/255) and `y` (class indices), 20% of which are
-                held out for testing.
+                examples are streamed, never held in memory), or the
+                path of a `.npz` file with arrays `x` (images `(N, H, W)`
+                or `(N, H, W, C)`; integers are scaled by 1/255) and `y`
+                (class indices), 20% of which are held out for testing.
             seed: seeds the train/test split of `digits`, `mnist5k` and
                 `.npz` files.
 
@@ -73,7 +74,8 @@ class ImageDataset:
                 from sklearn.datasets import load_digits
             except ImportError as error:
                 raise ImportError(
-                    "Data set 'digits' needs scikit-learn: pip install 'keras-memgeom[harness]'"
+                    "Data set 'digits' needs scikit-learn: "
+                    "pip install 'keras-memgeom[harness]'"
                 ) from error
             digits = load_digits()
             return _split(name, digits.images / 16.0, digits.target, 360, seed)
@@ -97,8 +99,23 @@ class ImageDataset:
 
 
 def as_images(x):
-    """Float32 images `(N, H, W, C)`: a channel axis added to `(N, H, W)`,
-    integers (8-bit pixels) scaled by 1/255."""
+    """Float32 images `(N, H, W, C)` from images with or without channels.
+
+    Args:
+        x: images `(N, H, W)` (a channel axis is added) or `(N, H, W, C)`;
+            integers (8-bit pixels) are scaled by 1/255.
+
+    Returns:
+        A float32 numpy array `(N, H, W, C)`.
+
+    Example:
+
+    ```python
+    import numpy as np
+
+    print(as_images(np.full((2, 4, 4), 255, "uint8")).max())  # 1.0
+    ```
+    """
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
@@ -111,7 +128,8 @@ def _load_npz(path, seed):
         with np.load(path) as arrays:
             if "x" not in arrays or "y" not in arrays:
                 raise ValueError(
-                    f"Data set {path!r} must hold arrays 'x' and 'y', got {sorted(arrays)}."
+                    f"Data set {path!r} must hold arrays 'x' and 'y', got "
+                    f"{sorted(arrays)}."
                 )
             x, y = as_images(arrays["x"]), np.asarray(arrays["y"])
     except (OSError, EOFError) as error:
@@ -123,8 +141,9 @@ def _load_npz(path, seed):
         or not np.issubdtype(y.dtype, np.integer)
     ):
         raise ValueError(
-            f"Data set {path!r}: expected images x of shape (N, H, W[, C]) and integer "
-            f"labels y of shape (N,), got x {x.shape} and y {y.shape} {y.dtype}."
+            f"Data set {path!r}: expected images x of shape (N, H, W[, C]) "
+            "and integer labels y of shape (N,), got x "
+            f"{x.shape} and y {y.shape} {y.dtype}."
         )
     num_test = int(round(0.2 * len(y)))
     if num_test < 1 or num_test == len(y):

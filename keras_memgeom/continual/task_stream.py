@@ -26,6 +26,24 @@ class Task:
     output indices of this task's classes (task-incremental learning: the
     task is known, so the logits of other tasks' classes are masked out
     of the loss, the Fisher and the evaluation).
+
+    Args:
+        name: the task's name.
+        x_train: training inputs.
+        y_train: training labels.
+        x_val: validation inputs.
+        y_val: validation labels.
+        x_test: test inputs.
+        y_test: test labels.
+        classes: `None`, or the output indices of this task's classes.
+
+    Example:
+
+    ```python
+    task = TaskStream.make("permuted", "digits", num_tasks=2).tasks[0]
+    x, y = task.data("train")
+    print(task.num_examples("train") == len(y))  # True
+    ```
     """
 
     name: str
@@ -162,9 +180,11 @@ class TaskStream:
 
     Example:
 
-    >>> stream = TaskStream.make("permuted", "digits", num_tasks=3)
-    >>> len(stream.tasks), stream.input_shape, stream.num_outputs
-    (3, (8, 8, 1), 10)
+    ```python
+    stream = TaskStream.make("permuted", "digits", num_tasks=3)
+    print(len(stream.tasks), stream.input_shape, stream.num_outputs)
+    # 3 (8, 8, 1) 10
+    ```
     """
 
     scenario: str
@@ -239,7 +259,8 @@ class TaskStream:
         """
         if scenario not in SCENARIOS:
             raise ValueError(
-                f"Unknown scenario {scenario!r}. Choose one of: {', '.join(SCENARIOS)}."
+                f"Unknown scenario {scenario!r}. Choose one of: "
+                f"{', '.join(SCENARIOS)}."
             )
         if split_scenario not in SPLIT_SCENARIOS:
             raise ValueError(
@@ -361,8 +382,8 @@ class TaskStream:
         for t, arrays in enumerate(tasks):
             if len(arrays) not in (2, 4):
                 raise ValueError(
-                    f"Task {t} must be (x, y) or (x_train, y_train, x_test, y_test), "
-                    f"got {len(arrays)} arrays."
+                    f"Task {t} must be (x, y) or (x_train, y_train, x_test, "
+                    f"y_test), got {len(arrays)} arrays."
                 )
             pairs = [
                 _as_pair(t, *arrays[i : i + 2])
@@ -564,8 +585,8 @@ def _as_pair(index, x, y):
         or (len(y) and y.min() < 0)
     ):
         raise ValueError(
-            f"Task {index}: labels must be a 1-D array of class indices >= 0, got "
-            f"dtype {y.dtype} and shape {y.shape}."
+            f"Task {index}: labels must be a 1-D array of class indices "
+            f">= 0, got dtype {y.dtype} and shape {y.shape}."
         )
     return x.astype("float32"), y.astype("int32")
 
@@ -583,8 +604,8 @@ def _dataset_arrays(index, data):
     if hasattr(data, "element_spec"):  # A tf.data.Dataset.
         return _to_arrays(data)
     raise ValueError(
-        f"Task {index}: expected a tf.data.Dataset or a tensorflow-datasets builder, "
-        f"got {type(data).__name__}."
+        f"Task {index}: expected a tf.data.Dataset or a tensorflow-datasets "
+        f"builder, got {type(data).__name__}."
     )
 
 
