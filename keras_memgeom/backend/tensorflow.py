@@ -78,12 +78,28 @@ def batch_step(function, variables):
 
     def step(totals, batch):
         strategy = tf.distribute.get_strategy()
-        if strategy.num_replicas_in_sync == 1:
+        count = strategy.num_replicas_in_sync
+        if count == 1:
             batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
             sums, checks = compiled([v.value for v in variables], *batch)
             if totals is not None:
                 sums = tf.nest.map_structure(tf.add, totals, sums)
             return sums, [checks]
+        if len(strategy.extended.worker_devices) != count:
+            raise NotImplementedError(
+                f"The {type(strategy).__name__} spans {count} replicas on "
+                "several workers, but Fisher estimation deals a batch to "
+                "this host's replicas only. Estimate the memory on one host "
+                "(e.g. under a MirroredStrategy) and load it on every worker."
+            )
+        if len(tf.nest.flatten(batch)[0]) < count:
+            # Too few rows for every replica to get one: computed once and
+            # added to the first replica's sums.
+            sums, checks = compiled(
+                [v.value for v in variables],
+                *tf.nest.map_structure(tf.convert_to_tensor, batch),
+            )
+            return _add_to_first_replica(strategy, totals, sums), [checks]
         if strategy not in replicated:
             replicated[strategy] = _replicated(strategy, function, variables)
         totals, checks = replicated[strategy](
@@ -113,17 +129,40 @@ def _replicated(strategy, function, variables):
     return run
 
 
+def _add_to_first_replica(strategy, totals, sums):
+    devices = strategy.extended.worker_devices
+
+    def share(context):
+        i = context.replica_id_in_sync_group
+        with tf.device(devices[i]):
+            return tf.nest.map_structure(
+                tf.identity if i == 0 else tf.zeros_like, sums
+            )
+
+    shares = strategy.experimental_distribute_values_from_function(share)
+    if totals is None:
+        return shares
+    return strategy.run(
+        lambda t, s: tf.nest.map_structure(tf.add, t, s), args=(totals, shares)
+    )
+
+
 def _split_per_replica(strategy, batch):
     """The rows of a host batch dealt to the replicas, in replica order."""
     count = strategy.num_replicas_in_sync
     rows = len(tf.nest.flatten(batch)[0])
     bounds = [rows * i // count for i in range(count + 1)]
 
+    devices = strategy.extended.worker_devices
+
     def share(context):
         i = context.replica_id_in_sync_group
-        return tf.nest.map_structure(
-            lambda a: tf.convert_to_tensor(a[bounds[i] : bounds[i + 1]]), batch
-        )
+        # Copied from the host straight to the replica's device.
+        with tf.device(devices[i]):
+            return tf.nest.map_structure(
+                lambda a: tf.convert_to_tensor(a[bounds[i] : bounds[i + 1]]),
+                batch,
+            )
 
     return strategy.experimental_distribute_values_from_function(share)
 
