@@ -12,15 +12,15 @@ _MAX_REDRAW_ROUNDS = 100
 
 
 def distinct_column_mask(shape, zero_rate, seed=None):
-    """Draw a 0/1 mask with pairwise-distinct, non-empty columns.
+    """Draws a 0/1 mask with pairwise-distinct, non-empty columns.
 
     Each entry is 0 with probability `zero_rate`. Columns that repeat an
     earlier column, or that are all zero (a unit with no input), are redrawn
     until every column is unique, so the result is guaranteed, not only
-    likely, to break the permutation symmetry of the units (Glukhov 2024, eq. 37).
-    When redrawing at `zero_rate` stalls (a skewed rate close to the capacity
-    `2**rows - 1`), the remaining columns are drawn uniformly, which shifts
-    their zero rate slightly but always terminates.
+    likely, to break the permutation symmetry of the units (Glukhov 2024, eq.
+    37). When redrawing at `zero_rate` stalls (a skewed rate close to the
+    capacity `2**rows - 1`), the remaining columns are drawn uniformly, which
+    shifts their zero rate slightly but always terminates.
 
     Args:
         shape: `(rows, columns)`: inputs x units.
@@ -33,14 +33,19 @@ def distinct_column_mask(shape, zero_rate, seed=None):
 
     Raises:
         ValueError: if `shape` is not two positive integers, if `zero_rate`
-            is not a number in (0, 1), or if `columns > 2**rows - 1` (too few rows
-            for that many distinct non-empty columns).
+            is not a number in (0, 1), or if `columns > 2**rows - 1` (too few
+            rows for that many distinct non-empty columns).
 
     Example:
 
-    >>> mask = distinct_column_mask((8, 20), zero_rate=0.5, seed=0)
-    >>> len({tuple(c) for c in mask.T})
-    20
+    ```python
+    import keras_memgeom
+
+    mask = keras_memgeom.pruning.distinct_column_mask(
+        (8, 20), zero_rate=0.5, seed=0
+    )
+    print(len({tuple(column) for column in mask.T}))  # 20
+    ```
     """
     if len(shape) != 2 or any(int(s) != s or s < 1 for s in shape):
         raise ValueError(

@@ -6,7 +6,7 @@ from keras_memgeom import layers as memgeom_layers
 
 
 def fold_mask(model):
-    """Return a copy of `model` with every mask folded into its kernel.
+    """Returns a copy of `model` with every mask folded into its kernel.
 
     `PrePrunedDense` becomes `keras.layers.Dense` and `PrePrunedConv2D`
     becomes `keras.layers.Conv2D` with kernel `W * B`, so inference costs
@@ -22,9 +22,20 @@ def fold_mask(model):
 
     Example:
 
-    >>> plain = fold_mask(pruned_model)
-    >>> np.allclose(plain.predict(x), pruned_model.predict(x))
-    True
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    dense = keras.Sequential(
+        [keras.Input((16,)), keras.layers.Dense(8), keras.layers.Dense(2)]
+    )
+    pruned = keras_memgeom.pre_prune(dense, zero_rate=0.5, seed=0)
+    plain = keras_memgeom.pruning.fold_mask(pruned)
+    x = np.random.default_rng(0).normal(size=(4, 16))
+    print(np.allclose(plain(x), pruned(x), atol=1e-6))  # True
+    ```
     """
     plain_classes = {
         memgeom_layers.PrePrunedDense: keras.layers.Dense,

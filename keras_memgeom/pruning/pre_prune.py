@@ -9,7 +9,7 @@ from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
 
 
 def pre_prune(model, *, zero_rate, widen=True, seed=None, prune_output=False):
-    """Return a new model whose hidden Dense / Conv2D layers are pre-pruned.
+    """Returns a new model whose hidden Dense / Conv2D layers are pre-pruned.
 
     Every plain `keras.layers.Dense` becomes a `PrePrunedDense` and every
     plain `keras.layers.Conv2D` a `PrePrunedConv2D` with the same
@@ -36,19 +36,26 @@ def pre_prune(model, *, zero_rate, widen=True, seed=None, prune_output=False):
         A new, uncompiled `keras.Model`.
 
     Raises:
-        ValueError: if `zero_rate` is not a number in (0, 1); Keras raises one too
-            for a subclassed model, which cannot be cloned layer by layer.
+        ValueError: if `zero_rate` is not a number in (0, 1); Keras raises one
+            too for a subclassed model, which cannot be cloned layer by layer.
 
     Example:
 
-    >>> dense = keras.Sequential([
-    ...     keras.Input((64,)),
-    ...     keras.layers.Dense(64, activation="relu"),
-    ...     keras.layers.Dense(10, activation="softmax"),
-    ... ])
-    >>> pruned = pre_prune(dense, zero_rate=0.5, seed=0)
-    >>> pruned.layers[0].units
-    128
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    dense = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    pruned = keras_memgeom.pre_prune(dense, zero_rate=0.5, seed=0)
+    print(pruned.layers[0].units)  # 128
+    ```
     """
     validate_zero_rate(zero_rate)
     output_names = {

@@ -14,7 +14,7 @@ METHODS = ("weight_matching",)
 
 
 def align(model, reference, method="weight_matching", max_sweeps=100):
-    """Return a copy of `model` with hidden units permuted to match `reference`.
+    """Returns a copy of `model`, hidden units permuted to match `reference`.
 
     Weight matching (as in Git Re-Basin): for one hidden layer at a time,
     with the permutations of its neighbours fixed, the permutation that
@@ -39,9 +39,28 @@ def align(model, reference, method="weight_matching", max_sweeps=100):
 
     Example:
 
-    >>> aligned = align(model_b, model_a)
-    >>> distance(aligned, model_a).overall <= distance(model_b, model_a).overall
-    True
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    def mlp(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    model_a, model_b = mlp(1), mlp(2)
+
+    aligned = keras_memgeom.symmetry.align(model_b, model_a)
+    before = keras_memgeom.symmetry.distance(model_b, model_a).overall
+    after = keras_memgeom.symmetry.distance(aligned, model_a).overall
+    print(after <= before)  # True
+    ```
     """
     if method not in METHODS:
         raise ValueError(

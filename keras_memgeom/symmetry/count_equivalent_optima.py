@@ -9,7 +9,7 @@ from keras_memgeom.symmetry.unit_chain import unit_connectivity
 
 
 def count_equivalent_optima(model):
-    """log10 of the number of permutation-equivalent parameterizations.
+    """The log10 of the number of permutation-equivalent parameterizations.
 
     A permutation of a hidden layer's units leaves the architecture (and so
     any optimum) unchanged only if it maps every unit onto one with the same
@@ -32,14 +32,22 @@ def count_equivalent_optima(model):
 
     Example:
 
-    >>> model = keras.Sequential([
-    ...     keras.Input((4,)),
-    ...     keras.layers.Dense(3, activation="relu"),
-    ...     keras.layers.Dense(2, activation="relu"),
-    ...     keras.layers.Dense(1),
-    ... ])
-    >>> round(10 ** count_equivalent_optima(model))  # 3! * 2!
-    12
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, activation="relu"),
+            keras.layers.Dense(2, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
+    log10_count = keras_memgeom.symmetry.count_equivalent_optima(model)
+    print(round(10**log10_count))  # 12 = 3! * 2!
+    ```
     """
     chain = unit_chain(model)
     log_count = 0.0

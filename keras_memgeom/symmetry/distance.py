@@ -9,14 +9,42 @@ from keras_memgeom.symmetry.unit_chain import unit_chain
 
 
 class Distance(NamedTuple):
-    """Phi per weight layer (keyed by `model_a`'s layer names) and overall."""
+    """Phi per weight layer (keyed by `model_a`'s layer names) and overall.
+
+    Args:
+        per_layer: dict from `model_a`'s weight-layer names to their Phi.
+        overall: float, the Phi of all kernels pooled.
+
+    Example:
+
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    def mlp(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    model_a, model_b = mlp(1), mlp(2)
+
+    result = keras_memgeom.symmetry.distance(model_a, model_b)
+    print(sorted(result.per_layer), result.overall)
+    ```
+    """
 
     per_layer: dict
     overall: float
 
 
 def distance(model_a, model_b):
-    """Seed 004's `Phi(W, W') = sum (W - W')^2 / sum (W + W')^2` per layer.
+    """The distance `Phi(W, W') = sum (W - W')^2 / sum (W + W')^2` per layer.
 
     Phi is 0 for identical kernels, about 1 for unrelated ones (and for a
     randomly permuted copy), below 1 when they are positively correlated.
@@ -38,9 +66,26 @@ def distance(model_a, model_b):
 
     Example:
 
-    >>> result = distance(model, model)
-    >>> result.overall
-    0.0
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    def mlp(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    model_a, model_b = mlp(1), mlp(2)
+
+    print(keras_memgeom.symmetry.distance(model_a, model_a).overall)  # 0.0
+    print(keras_memgeom.symmetry.distance(model_a, model_b).per_layer)
+    ```
     """
     chain_a, chain_b = unit_chain(model_a), unit_chain(model_b)
     check_same_architecture(chain_a, chain_b)

@@ -12,7 +12,7 @@ METHODS = ("lexicographic", "maximin")
 
 
 def reorder(model, method="lexicographic"):
-    """Return a copy of `model` with its hidden units in canonical order.
+    """Returns a copy of `model` with its hidden units in canonical order.
 
     Layers are processed input to output, so each layer's incoming weights
     are already in canonical row order when it is sorted (Glukhov 2024, 6.1):
@@ -40,9 +40,27 @@ def reorder(model, method="lexicographic"):
 
     Example:
 
-    >>> canonical_a = reorder(model_a)
-    >>> canonical_b = reorder(model_b)
-    >>> distance(canonical_a, canonical_b).overall
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    def mlp(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+
+    model_a, model_b = mlp(1), mlp(2)
+
+    canonical_a = keras_memgeom.symmetry.reorder(model_a)
+    canonical_b = keras_memgeom.symmetry.reorder(model_b)
+    print(keras_memgeom.symmetry.distance(canonical_a, canonical_b).overall)
+    ```
     """
     if method not in METHODS:
         raise ValueError(
