@@ -79,7 +79,11 @@ def estimate_fisher(
     Labels are checked on the host as Keras's losses read them, and the
     outputs of the first batch are checked to be probabilities when the loss
     says so (a warning names `from_logits=True` otherwise). Sums stay on the
-    device until the end: no host round trip per batch.
+    device until the end: no host round trip per batch. Under a
+    `keras.distribution` (jax) or a `tf.distribute` strategy, every device
+    computes its share of each batch and keeps its own sums, reduced across
+    devices once (`backend.batch_step`); on several jax processes each
+    passes its own rows of every global batch.
 
     Returns:
         `(fisher, num_examples)`: a dict from variable path to a float32 numpy
