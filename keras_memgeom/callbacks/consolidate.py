@@ -9,6 +9,8 @@ from keras_memgeom.memory.merge import merge
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
 
+CONSOLIDATIONS = ("merge", "forget", "reset", "distill")
+
 
 class Consolidate(keras.callbacks.Callback):
     """Runs the frontal-lobe procedure inside an ordinary `model.fit`.
@@ -18,11 +20,27 @@ class Consolidate(keras.callbacks.Callback):
     1. the first epochs train with the long-term memory's penalty only
        (phase 1: the information penalty is off);
     2. the last `information_epochs` add the frontal lobe's information
-       penalty `lambda * trace(F_FL)` (phase 2), so its information moves
-       into the rest of the network;
-    3. at the cycle's end the Fisher on `data` is estimated and merged into
-       the model's long-term memory (`model.memories`, attached again with
-       the compiled `strength`).
+       penalty `information_strength * trace(F_FL)` (phase 2), so its
+       information moves into the rest of the network;
+    3. at the cycle's end the task is consolidated: the Fisher on `data`
+       is estimated and merged into the model's long-term memory
+       (`model.memories`, attached again with the compiled `strength`).
+
+    `consolidation` says what happens to the frontal lobe at step 3:
+
+    - `"merge"`: nothing; its Fisher is merged with the rest.
+    - `"forget"`: its Fisher is zeroed before merging, so long-term memory
+      never pins it (its units keep what they hold, unprotected).
+    - `"reset"`: its units are re-initialized with zero outgoing weights
+      (`FrontalLobe.reset`: the network then computes what it computed
+      without them), the Fisher is estimated on that network, and the
+      frontal lobe's part of it is zeroed: its precision stays at the
+      prior.
+    - `"distill"`: first the rest of the network is trained, under the
+      memory of the previous tasks, to reproduce the outputs of the whole
+      network on `data` with the frontal lobe silenced
+      (`FrontalLobe.distill`, the compress step of Schwarz et al. 2018),
+      then as `"reset"`.
 
     The end of `fit` is a task boundary: when `fit` ends inside a cycle
     (`keras.callbacks.EarlyStopping`, `stop_training`, or a number of epochs
@@ -36,18 +54,23 @@ class Consolidate(keras.callbacks.Callback):
     (`frontal_lobe_fisher_trace`, `rest_fisher_trace`), and after each
     consolidation the effective dimension `sum P / (P + alpha)` of the
     long-term memory (`frontal_lobe_effective_dimension`,
-    `rest_effective_dimension`). The same numbers are kept in `records`.
+    `rest_effective_dimension`). The same numbers are kept in `records`
+    (with `distillation_loss` for `"distill"`).
 
     Args:
-        data: `(x, y)` arrays of the task, for the Fisher.
+        data: `(x, y)` arrays of the task, for the Fisher and the
+            distillation.
         information_epochs: epochs of phase 2 at the end of each cycle.
         period: `None` for one cycle per `fit`, or the cycle length in
             epochs.
         estimator: the Fisher estimator of the consolidated memory.
         max_examples: estimate the Fisher on at most this many examples.
         decay: factor in `(0, 1]` on the older precision at each merge.
-        forget_frontal_lobe: drop the frontal lobe's Fisher from the memory
-            before merging, so long-term memory never pins it.
+        consolidation: one of `"merge"`, `"forget"`, `"reset"`,
+            `"distill"`.
+        distill_epochs: epochs of distillation (`"distill"`).
+        distill_batch_size: batch size of distillation.
+        distill_learning_rate: Adam's learning rate in distillation.
         prior_precision: `alpha > 0` of the effective dimension.
 
     Raises:
@@ -56,11 +79,24 @@ class Consolidate(keras.callbacks.Callback):
             lobe, or a cycle is shorter than `information_epochs`.
 
     Example:
-    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    ...               frontal_lobe=keras_memgeom.FrontalLobe(["hidden_0"], fraction=0.5),
-    ...               strength=100)
-    >>> for x, y in tasks:
-    ...     model.fit(x, y, epochs=15, callbacks=[Consolidate((x, y), information_epochs=5)])
+
+    ```python
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    model = keras_memgeom.Model(inputs, keras.layers.Dense(3)(hidden))
+    model.compile(
+        "adam",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        frontal_lobe=keras_memgeom.FrontalLobe(["hidden"], fraction=0.5),
+        strength=100.0,
+    )
+    x = np.random.normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 3
+    consolidate = keras_memgeom.callbacks.Consolidate(
+        (x, y), information_epochs=1, consolidation="distill"
+    )
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[consolidate])
+    ```
     """
 
     def __init__(
@@ -72,7 +108,10 @@ class Consolidate(keras.callbacks.Callback):
         estimator="exact",
         max_examples=None,
         decay=1.0,
-        forget_frontal_lobe=False,
+        consolidation="merge",
+        distill_epochs=5,
+        distill_batch_size=32,
+        distill_learning_rate=1e-3,
         prior_precision=1.0,
     ):
         super().__init__()
@@ -82,7 +121,8 @@ class Consolidate(keras.callbacks.Callback):
             )
         if not isinstance(information_epochs, int) or information_epochs < 0:
             raise ValueError(
-                f"`information_epochs` must be a non-negative int; got {information_epochs!r}."
+                "`information_epochs` must be a non-negative int; got "
+                f"{information_epochs!r}."
             )
         if period is not None and (not isinstance(period, int) or period < 1):
             raise ValueError(
@@ -90,7 +130,13 @@ class Consolidate(keras.callbacks.Callback):
             )
         if estimator not in ESTIMATORS:
             raise ValueError(
-                f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}."
+                f"Unknown estimator {estimator!r}; expected one of "
+                f"{ESTIMATORS}."
+            )
+        if consolidation not in CONSOLIDATIONS:
+            raise ValueError(
+                f"Unknown consolidation {consolidation!r}; expected one of "
+                f"{CONSOLIDATIONS}."
             )
         decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
@@ -109,7 +155,19 @@ class Consolidate(keras.callbacks.Callback):
             "max_examples", max_examples, allow_none=True
         )
         self.decay = decay
-        self.forget_frontal_lobe = bool(forget_frontal_lobe)
+        self.consolidation = consolidation
+        self.distill_epochs = check_positive_int(
+            "distill_epochs", distill_epochs
+        )
+        self.distill_batch_size = check_positive_int(
+            "distill_batch_size", distill_batch_size
+        )
+        self.distill_learning_rate = check_number(
+            "distill_learning_rate",
+            distill_learning_rate,
+            minimum=0.0,
+            inclusive_minimum=False,
+        )
         self.prior_precision = prior_precision
         self.records = []
 
@@ -123,8 +181,8 @@ class Consolidate(keras.callbacks.Callback):
         self._cycle = self.period or self.params["epochs"]
         if self.information_epochs > self._cycle:
             raise ValueError(
-                f"`information_epochs` ({self.information_epochs}) is longer than a "
-                f"cycle ({self._cycle} epochs)."
+                f"`information_epochs` ({self.information_epochs}) is longer "
+                f"than a cycle ({self._cycle} epochs)."
             )
         frontal_lobe.masks(self.model)  # Names the bad layer now, not mid-fit.
         self._last_epoch = None
@@ -139,7 +197,12 @@ class Consolidate(keras.callbacks.Callback):
         logs = {} if logs is None else logs
         self._last_epoch = epoch
         position = epoch % self._cycle
-        if position == self._cycle - self.information_epochs - 1:
+        # Without phase 2 the end of phase 1 is the consolidation, which
+        # records the same traces.
+        if (
+            self.information_epochs
+            and position == self._cycle - self.information_epochs - 1
+        ):
             fisher, _ = self._fisher("exact")
             self._record(
                 epoch,
@@ -168,14 +231,29 @@ class Consolidate(keras.callbacks.Callback):
 
     def _consolidate(self, epoch, logs):
         model, frontal_lobe = self.model, self.model.frontal_lobe
-        fisher, memory = self._fisher(self.estimator)
-        exact = (
-            fisher if self.estimator == "exact" else self._fisher("exact")[0]
-        )
+        exact, exact_memory = self._fisher("exact")
         self._record(
             epoch, "information", logs, traces=frontal_lobe.split(model, exact)
         )
-        if self.forget_frontal_lobe:
+        if self.consolidation == "distill":
+            history = frontal_lobe.distill(
+                model,
+                self.data[0],
+                epochs=self.distill_epochs,
+                batch_size=self.distill_batch_size,
+                learning_rate=self.distill_learning_rate,
+            )
+            logs["distillation_loss"] = float(history.history["loss"][-1])
+            self.records[-1]["distillation_loss"] = logs["distillation_loss"]
+        if self.consolidation in ("reset", "distill"):
+            frontal_lobe.reset(model)
+        if self.consolidation in ("reset", "distill") or (
+            self.estimator != "exact"
+        ):
+            fisher, memory = self._fisher(self.estimator)
+        else:
+            fisher, memory = exact, exact_memory
+        if self.consolidation != "merge":
             masks = frontal_lobe.masks(model)
             fisher = {
                 path: value * (1.0 - masks.get(path, 0.0))

@@ -1,6 +1,7 @@
 """Frontal-lobe consolidation as a continual-learning method."""
 
 import keras_memgeom
+from keras_memgeom.callbacks.consolidate import CONSOLIDATIONS
 from keras_memgeom.callbacks.consolidate import Consolidate
 from keras_memgeom.continual.classifier import classifier
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
@@ -8,6 +9,7 @@ from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
 from keras_memgeom.training.frontal_lobe import ESTIMATORS
 from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 
 @register_strategy
@@ -18,7 +20,9 @@ class FrontalLobeStrategy(MemoryStrategy):
     `fraction` of the units of every hidden layer. Each task's `fit` runs
     `keras_memgeom.callbacks.Consolidate`: the first epochs train with the
     long-term memory's penalty, the last `information_epochs` add
-    `information_strength * trace(F_FL)`, and at the end the task's Fisher
+    `information_strength * trace(F_FL)`, and at the end the frontal lobe
+    is consolidated as `consolidation` says (kept, forgotten, reset, or
+    distilled into the rest of the network and reset) and the task's Fisher
     is merged into one long-term memory (as `online` does), which the next
     task's `fit` attaches with `strength`.
 
@@ -35,14 +39,24 @@ class FrontalLobeStrategy(MemoryStrategy):
             of the harness's epochs per task).
         information_estimator: `"empirical"` or `"exact"` Fisher trace in
             the penalty.
-        forget_frontal_lobe: drop the frontal lobe's Fisher from each new
-            memory before merging.
+        consolidation: what happens to the frontal lobe at the end of a
+            task: `"merge"`, `"forget"`, `"reset"` or `"distill"` (see
+            `keras_memgeom.callbacks.Consolidate`).
+        distill_epochs: epochs of distillation after each task
+            (`"distill"`), on top of the harness's epochs per task.
+        distill_batch_size: batch size of distillation.
+        distill_learning_rate: Adam's learning rate in distillation.
 
     Raises:
         ValueError: for `strength="auto"` or bad arguments.
 
     Example:
-    >>> Harness(TaskStream.make("permuted", num_tasks=3), width=32).run(FrontalLobeStrategy(strength=100))
+
+    ```python
+    stream = TaskStream.make("permuted", "digits", num_tasks=2)
+    strategy = FrontalLobeStrategy(strength=100, consolidation="distill")
+    Harness(stream, width=32, epochs=2).run(strategy)
+    ```
     """
 
     name = "frontal-lobe"
@@ -58,11 +72,15 @@ class FrontalLobeStrategy(MemoryStrategy):
         information_strength=1.0,
         information_epochs=3,
         information_estimator="empirical",
-        forget_frontal_lobe=False,
+        consolidation="merge",
+        distill_epochs=5,
+        distill_batch_size=32,
+        distill_learning_rate=1e-3,
     ):
         if strength == "auto":
             raise ValueError(
-                "frontal-lobe consolidates inside `fit`, so it takes a numeric strength, not 'auto'."
+                "frontal-lobe consolidates inside `fit`, so it takes a "
+                "numeric strength, not 'auto'."
             )
         super().__init__(
             strength=strength,
@@ -74,7 +92,8 @@ class FrontalLobeStrategy(MemoryStrategy):
         )
         if information_estimator not in ESTIMATORS:
             raise ValueError(
-                f"Unknown information_estimator {information_estimator!r}; expected one of {ESTIMATORS}."
+                "Unknown information_estimator "
+                f"{information_estimator!r}; expected one of {ESTIMATORS}."
             )
         fraction = check_number(
             "fraction",
@@ -91,7 +110,24 @@ class FrontalLobeStrategy(MemoryStrategy):
         self.information_strength = information_strength
         self.information_epochs = int(information_epochs)
         self.information_estimator = information_estimator
-        self.forget_frontal_lobe = bool(forget_frontal_lobe)
+        if consolidation not in CONSOLIDATIONS:
+            raise ValueError(
+                f"Unknown consolidation {consolidation!r}; expected one of "
+                f"{CONSOLIDATIONS}."
+            )
+        self.consolidation = consolidation
+        self.distill_epochs = check_positive_int(
+            "distill_epochs", distill_epochs
+        )
+        self.distill_batch_size = check_positive_int(
+            "distill_batch_size", distill_batch_size
+        )
+        self.distill_learning_rate = check_number(
+            "distill_learning_rate",
+            distill_learning_rate,
+            minimum=0.0,
+            inclusive_minimum=False,
+        )
         self.records = []  # The Consolidate records of each task.
 
     def build_model(self, stream, *, width):
@@ -128,7 +164,10 @@ class FrontalLobeStrategy(MemoryStrategy):
             estimator=self.estimator,
             max_examples=self.fisher_examples,
             decay=self.decay,
-            forget_frontal_lobe=self.forget_frontal_lobe,
+            consolidation=self.consolidation,
+            distill_epochs=self.distill_epochs,
+            distill_batch_size=self.distill_batch_size,
+            distill_learning_rate=self.distill_learning_rate,
         )
         return [self._consolidate]
 
@@ -144,5 +183,8 @@ class FrontalLobeStrategy(MemoryStrategy):
             "information_strength": self.information_strength,
             "information_epochs": self.information_epochs,
             "information_estimator": self.information_estimator,
-            "forget_frontal_lobe": self.forget_frontal_lobe,
+            "consolidation": self.consolidation,
+            "distill_epochs": self.distill_epochs,
+            "distill_batch_size": self.distill_batch_size,
+            "distill_learning_rate": self.distill_learning_rate,
         }

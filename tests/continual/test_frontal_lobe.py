@@ -24,6 +24,36 @@ def test_frontal_lobe_runs_in_the_harness():
     )
 
 
+@pytest.mark.parametrize("consolidation", ["reset", "distill"])
+def test_emptying_variants_run_in_the_harness(consolidation):
+    stream = continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2, max_train_examples=200, seed=0
+    )
+    strategy = continual.FrontalLobeStrategy(
+        strength=10.0,
+        fraction=0.25,
+        information_epochs=0,
+        consolidation=consolidation,
+        distill_epochs=1,
+    )
+    run = continual.Harness(stream, width=8, epochs=2).run(strategy)
+    assert run["config"]["consolidation"] == consolidation
+    records = strategy.records[-1]
+    assert [r["phase"] for r in records] == ["information", "consolidated"]
+    assert records[-1]["frontal_lobe_effective_dimension"] == 0
+    # The harness's effective dimension is the memory's: the frontal lobe
+    # adds nothing to it.
+    assert run["effective_dimension"][-1] == pytest.approx(
+        records[-1]["rest_effective_dimension"], rel=1e-6
+    )
+    # The memory's structure is always diagonal, not an option.
+    config = {
+        k: v for k, v in run["config"].items() if k not in ("name", "structure")
+    }
+    restored = continual.FrontalLobeStrategy(**config)
+    assert restored.get_config() == run["config"]
+
+
 def test_frontal_lobe_refuses_auto_strength():
     with pytest.raises(ValueError, match="numeric strength"):
         continual.FrontalLobeStrategy(strength="auto")
@@ -43,6 +73,8 @@ def test_frontal_lobe_refuses_auto_strength():
         ),
         ({"decay": float("nan")}, "`decay` must be finite"),
         ({"fraction": "0.5"}, "`fraction` must be a number"),
+        ({"consolidation": "prune"}, "Unknown consolidation 'prune'"),
+        ({"distill_epochs": 0}, "`distill_epochs` must be at least 1"),
     ],
 )
 def test_bad_numbers_are_named(kwargs, message):
