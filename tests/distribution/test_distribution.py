@@ -345,3 +345,85 @@ def test_sampled_fisher_of_two_processes_sums_to_one_process(rng, monkeypatch):
                     rtol=1e-5,
                     atol=1e-7,
                 )
+
+
+_PROCESS = (
+    """
+import sys
+
+import jax
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(
+    coordinator_address=sys.argv[2],
+    num_processes=2,
+    process_id=int(sys.argv[1]),
+)
+"""
+    + _COMMON
+    + """
+process = jax.process_index()
+devices = keras.distribution.list_devices()
+assert len(devices) == 4 and jax.process_count() == 2, devices
+# Global batches of 32 rows: this process holds 16 of each, in order.
+rows = np.concatenate(
+    [np.arange(s + 16 * process, s + 16 * (process + 1)) for s in (0, 32)]
+)
+with keras.distribution.DataParallel(devices=devices).scope():
+    model = make()
+    memories = {
+        run: keras_memgeom.FisherMemory.estimate(
+            model,
+            (x[rows], y[rows]),
+            estimator=run[0],
+            structure=run[1],
+            batch_size=16,
+        )
+        for run in RUNS
+    }
+for (estimator, structure), memory in memories.items():
+    assert memory.num_examples == 64
+    np.savez(f"{estimator}-{structure}-{process}.npz", *factors(memory))
+print("ok")
+"""
+)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.distributed runs on JAX")
+def test_two_processes_estimate_the_memory_of_one(tmp_path):
+    """Two jax processes (two CPU devices each) and one process agree."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        address = f"localhost:{probe.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["KERAS_BACKEND"] = "jax"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    path = tmp_path / "process.py"
+    path.write_text(_PROCESS)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(path), str(process), address],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for process in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0 and "ok" in out, err[-3000:]
+    common = {}
+    exec(_COMMON, common)
+    single = common["make"]()
+    for run in common["RUNS"]:
+        alone = common["factors"](
+            common["estimate"](single, (common["x"], common["y"]), run)
+        )
+        for process in range(2):
+            saved = np.load(tmp_path / f"{run[0]}-{run[1]}-{process}.npz")
+            spread = [saved[f"arr_{i}"] for i in range(len(alone))]
+            assert common["relative"](alone, spread) < 1e-5, (run, process)
