@@ -39,7 +39,41 @@ def layer_inputs(model, data, *, batch_size=256):
             multiplies a basis expansion) and dilated convolutions.
 
     Example:
-    >>> gram = sum(rows[0].T @ rows[0] for rows in layer_inputs(model, (x, y)))
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def trained(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=5, verbose=0)
+        return model
+
+    model_a, model_b = trained(1), trained(2)
+
+    grams = [0.0, 0.0]
+    for rows in keras_memgeom.merging.layer_inputs(model_a, (x, y)):
+        grams = [g + r.T @ r for g, r in zip(grams, rows)]
+    print([g.shape for g in grams])  # [(8, 8), (16, 16)]
+    ```
     """
     weight_layers = [unit_layer.layer for unit_layer in unit_chain(model)]
     for layer in weight_layers:
@@ -67,15 +101,16 @@ def layer_inputs(model, data, *, batch_size=256):
 def _check_rows(layer):
     if isinstance(layer, memgeom_layers.PolynomialDense):
         raise ValueError(
-            f"Layer {layer.name!r} (PolynomialDense): its kernel multiplies a basis "
-            "expansion of its inputs, not the inputs; it cannot be merged or repaired "
-            "from its inputs."
+            f"Layer {layer.name!r} (PolynomialDense): its kernel multiplies a "
+            "basis expansion of its inputs, not the inputs; it cannot be "
+            "merged or repaired from its inputs."
         )
     if isinstance(layer, keras.layers.Conv2D) and tuple(
         layer.dilation_rate
     ) != (1, 1):
         raise ValueError(
-            f"Layer {layer.name!r} (Conv2D) is dilated; only dilation_rate 1 is supported."
+            f"Layer {layer.name!r} (Conv2D) is dilated; only dilation_rate 1 "
+            "is supported."
         )
 
 

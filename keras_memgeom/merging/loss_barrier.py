@@ -12,12 +12,47 @@ from keras_memgeom.utils.batches import iterate_batches
 class LossBarrier(NamedTuple):
     """Losses and accuracies along `(1 - t) * theta_a + t * theta_b`.
 
-    Attributes:
+    Args:
         t: the interpolation points, from 0 to 1.
         loss: the mean loss at each point.
         accuracy: the accuracy at each point (`None` for non-classifiers).
         barrier: `max_t [loss(t) - ((1 - t) loss(0) + t loss(1))]`, the
             height of the loss above the straight line between the ends.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def trained(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=5, verbose=0)
+        return model
+
+    model_a, model_b = trained(1), trained(2)
+
+    result = keras_memgeom.merging.loss_barrier(model_a, model_b, (x, y))
+    print(result.t[0], result.t[-1], result.barrier >= 0.0)  # 0.0 1.0 True
+    ```
     """
 
     t: np.ndarray
@@ -39,6 +74,41 @@ def interpolate(model_a, model_b, t):
 
     Raises:
         ValueError: if the weight shapes differ.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def trained(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=5, verbose=0)
+        return model
+
+    model_a, model_b = trained(1), trained(2)
+
+    midpoint = keras_memgeom.merging.interpolate(model_a, model_b, 0.5)
+    print(midpoint(x[:2]).shape)  # (2, 2)
+    ```
     """
     weights_a, weights_b = model_a.get_weights(), model_b.get_weights()
     shapes_a, shapes_b = (
@@ -81,8 +151,41 @@ def loss_barrier(
             architectures.
 
     Example:
-    >>> before = loss_barrier(model_a, model_b, (x, y)).barrier
-    >>> after = loss_barrier(model_a, align(model_b, model_a), (x, y)).barrier
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def trained(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=5, verbose=0)
+        return model
+
+    model_a, model_b = trained(1), trained(2)
+
+    aligned_b = keras_memgeom.symmetry.align(model_b, model_a)
+    before = keras_memgeom.merging.loss_barrier(model_a, model_b, (x, y))
+    after = keras_memgeom.merging.loss_barrier(model_a, aligned_b, (x, y))
+    print(before.barrier, after.barrier)  # the heights before and after
+    ```
     """
     loss = keras.losses.get(loss or getattr(model_a, "loss", None))
     if loss is None:

@@ -118,7 +118,41 @@ def merge_models(
             different architectures or a layer the method cannot merge.
 
     Example:
-    >>> merged = merge_models([model_a, model_b], method="regmean", data=[(x_a, y_a), (x_b, y_b)], repair=True)
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def trained(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=5, verbose=0)
+        return model
+
+    model_a, model_b = trained(1), trained(2)
+
+    merged = keras_memgeom.merge_models(
+        [model_a, model_b], method="regmean", data=[(x, y), (x, y)], repair=True
+    )
+    print(merged.count_params() == model_a.count_params())  # True
+    ```
     """
     models = list(models)
     if len(models) < 2:
@@ -135,17 +169,20 @@ def merge_models(
         )
     if isinstance(data, tuple) and any(hasattr(d, "shape") for d in data):
         raise ValueError(
-            "`data` must be a list with one data set per model; got one `(x, y)` "
-            "tuple. For models trained on the same data, pass `[(x, y)] * len(models)`."
+            "`data` must be a list with one data set per model; got one `(x, "
+            "y)` tuple. For models trained on the same data, pass `[(x, y)] * "
+            "len(models)`."
         )
     for name, values in (("data", data), ("memories", memories)):
         if values is not None and len(values) != len(models):
             raise ValueError(
-                f"`{name}` needs one entry per model: {len(models)} models, {len(values)} entries."
+                f"`{name}` needs one entry per model: {len(models)} models, "
+                f"{len(values)} entries."
             )
     if method in MEMORY_METHODS and data is None and memories is None:
         raise ValueError(
-            f"method={method!r} needs `memories` (one FisherMemory per model) or `data` to estimate them on."
+            f"method={method!r} needs `memories` (one FisherMemory per model) "
+            "or `data` to estimate them on."
         )
     for needs, flag in (
         (method == "regmean", "method='regmean'"),
@@ -213,7 +250,7 @@ def merge_models(
 
 
 def _check_same_layers(models):
-    """Raises a ValueError naming the first layer whose weights differ in shape."""
+    """Raises a ValueError naming the first layer whose weight shapes differ."""
 
     def signature(model):
         return [
@@ -234,18 +271,20 @@ def _check_same_layers(models):
         ):
             if (type_a, shapes_a) != (type_b, shapes_b):
                 raise ValueError(
-                    f"Model {model.name!r} does not share the architecture of {models[0].name!r}: "
-                    f"layer {layer_b.name!r} ({type_b}, weights {shapes_b}) vs layer "
-                    f"{layer_a.name!r} ({type_a}, weights {shapes_a})."
+                    f"Model {model.name!r} does not share the architecture of "
+                    f"{models[0].name!r}: layer {layer_b.name!r} ({type_b}, "
+                    f"weights {shapes_b}) vs layer {layer_a.name!r} ({type_a}, "
+                    f"weights {shapes_a})."
                 )
         if len(other) != len(reference):
             extra = (other if len(other) > len(reference) else reference)[
                 min(len(other), len(reference))
             ][0]
             raise ValueError(
-                f"Model {model.name!r} does not share the architecture of {models[0].name!r}: "
-                f"they have {len(other)} and {len(reference)} layers with weights; layer "
-                f"{extra.name!r} has no counterpart."
+                f"Model {model.name!r} does not share the architecture of "
+                f"{models[0].name!r}: they have {len(other)} and "
+                f"{len(reference)} layers with weights; layer {extra.name!r} "
+                "has no counterpart."
             )
 
 
@@ -255,7 +294,8 @@ def _normalized_weights(weights, count):
     weights = list(weights)
     if len(weights) != count:
         raise ValueError(
-            f"`weights` needs one weight per model: {count} models, {len(weights)} weights."
+            f"`weights` needs one weight per model: {count} models, "
+            f"{len(weights)} weights."
         )
     weights = np.array(
         [
@@ -279,13 +319,14 @@ def _check_regmean_layers(model):
             or unit_layer.mask is not None
         ):
             raise ValueError(
-                f"method='regmean' merges unmasked Dense and Conv2D layers in closed form; layer {layer.name!r} "
-                f"({type(layer).__name__}) cannot be merged this way. Use 'average' or 'fisher'."
+                "method='regmean' merges unmasked Dense and Conv2D layers in "
+                f"closed form; layer {layer.name!r} ({type(layer).__name__}) "
+                "cannot be merged this way. Use 'average' or 'fisher'."
             )
 
 
 def _memory_curvature(model, memory, structure):
-    """`(diagonal, blocks)`: a memory's precision on `model`'s trainable variables.
+    """`(diagonal, blocks)`: a memory's precision on the trainable variables.
 
     `diagonal` is the diagonal of the precision `n F` of each variable, in
     order. For `structure="kfac"`, `blocks` maps a kernel's index among the
@@ -294,12 +335,14 @@ def _memory_curvature(model, memory, structure):
     """
     if not isinstance(memory, FisherMemory):
         raise ValueError(
-            f"`memories` takes FisherMemory objects; got {type(memory).__name__}."
+            "`memories` takes FisherMemory objects; got "
+            f"{type(memory).__name__}."
         )
     if structure == "kfac" and memory.structure != "kfac":
         raise ValueError(
             "method='kfac' needs Kronecker-factored memories, "
-            "`FisherMemory.estimate(model, data, structure='kfac')`; got a diagonal one."
+            "`FisherMemory.estimate(model, data, structure='kfac')`; got a "
+            "diagonal one."
         )
     pairs = memory.match(model)
     by_variable = {
@@ -429,7 +472,7 @@ def _set_fisher_weighted(merged, models, fishers, weights, prior_precision):
 
 
 def _set_kronecker_weighted(merged, models, blocks, weights):
-    """Sets every Kronecker-covered layer to the minimizer of the summed quadratics."""
+    """Sets each Kronecker-covered layer to the summed quadratics' minimizer."""
     layouts = [
         {
             i: (
@@ -442,8 +485,8 @@ def _set_kronecker_weighted(merged, models, blocks, weights):
     ]
     if any(layout != layouts[0] for layout in layouts[1:]):
         raise ValueError(
-            "method='kfac' needs the memories' Kronecker blocks (with their biases and masks) on the same "
-            "layers of every model."
+            "method='kfac' needs the memories' Kronecker blocks (with their "
+            "biases and masks) on the same layers of every model."
         )
     variables = merged.trainable_variables
     for i, block in blocks[0].items():
@@ -489,7 +532,7 @@ def _set_kronecker_weighted(merged, models, blocks, weights):
 
 
 def _kronecker_sum_solve(terms, start, mask=None, tolerance=1e-10):
-    """The minimizer of a sum of Kronecker quadratics nearest `start`, by conjugate gradients.
+    """The minimizer of a sum of Kronecker quadratics nearest `start` (CG).
 
     Minimizes `sum_k w_k vec(M (W - W_k))^T (a_k (x) g_k) vec(M (W - W_k))`,
     `M` the 0/1 `mask` (all ones by default, a bias row always), with the
@@ -593,7 +636,7 @@ def _with_bias(unit_layer):
 
 
 def _input_grams(model, data):
-    """Per weight layer, the Gram matrix of its input rows (with a 1 for the bias)."""
+    """Per weight layer, the Gram matrix of its inputs (a 1 for the bias)."""
     chain = unit_chain(model)
     grams = [0.0] * len(chain)
     for rows in layer_inputs(model, data):

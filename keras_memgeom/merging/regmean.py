@@ -44,13 +44,27 @@ def regmean(kernels, grams, *, weights=None, alpha=0.9):
         ValueError: if `alpha` is out of range or the shapes disagree.
 
     Example:
-    >>> x_aug = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    >>> merged = regmean([w_a, w_b], [x_aug.T @ x_aug] * 2)
+
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4))
+    x_aug = np.concatenate([x, np.ones((100, 1))], axis=1)  # a 1 for the bias
+    w_a, w_b = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    merged = keras_memgeom.merging.regmean(
+        [w_a, w_b], [x_aug.T @ x_aug] * 2, alpha=1.0
+    )
+    print(np.allclose(merged, (w_a + w_b) / 2))  # True: same inputs
+    ```
     """
     alpha = check_number("alpha", alpha, minimum=0.0, maximum=1.0)
     if len(kernels) != len(grams):
         raise ValueError(
-            f"`regmean` needs one Gram matrix per kernel: {len(kernels)} kernels, {len(grams)} Gram matrices."
+            f"`regmean` needs one Gram matrix per kernel: {len(kernels)} "
+            f"kernels, {len(grams)} Gram matrices."
         )
     weights = (
         np.full(len(kernels), 1.0 / len(kernels))
@@ -68,8 +82,9 @@ def regmean(kernels, grams, *, weights=None, alpha=0.9):
         )
         if gram.shape != (size, size) or kernel.shape != kernels[0].shape:
             raise ValueError(
-                f"`regmean` needs kernels of one shape and Gram matrices matching their rows; got a kernel "
-                f"of shape {kernel.shape} with a Gram matrix of shape {gram.shape}."
+                "`regmean` needs kernels of one shape and Gram matrices "
+                f"matching their rows; got a kernel of shape {kernel.shape} "
+                f"with a Gram matrix of shape {gram.shape}."
             )
         gram = alpha * gram + (1.0 - alpha) * np.diag(np.diag(gram))
         precision += w * gram

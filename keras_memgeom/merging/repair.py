@@ -47,11 +47,46 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
 
     Raises:
         ValueError: naming the layer, for a hidden layer that is not a
-            Dense or Conv2D layer with a bias, or for models `keras_memgeom.symmetry`
-            does not support.
+            Dense or Conv2D layer with a bias, or for models
+            `keras_memgeom.symmetry` does not support.
 
     Example:
-    >>> repaired = repair(merge_models([a, b]), [a, align(b, a)], [(x, y)] * 2)
+
+    ```python
+    import keras
+    import numpy as np
+
+    import keras_memgeom
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def trained(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(2),
+            ]
+        )
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x, y, epochs=5, verbose=0)
+        return model
+
+    model_a, model_b = trained(1), trained(2)
+
+    aligned_b = keras_memgeom.symmetry.align(model_b, model_a)
+    merged = keras_memgeom.merge_models([model_a, aligned_b], align=False)
+    repaired = keras_memgeom.merging.repair(
+        merged, [model_a, aligned_b], [(x, y), (x, y)]
+    )
+    ```
     """
     weights = (
         np.full(len(models), 1.0 / len(models))
@@ -66,8 +101,8 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
             or unit_layer.bias is None
         ):
             raise ValueError(
-                f"REPAIR corrects Dense and Conv2D layers with a bias; layer {layer.name!r} "
-                f"({type(layer).__name__}) is not one."
+                "REPAIR corrects Dense and Conv2D layers with a bias; layer "
+                f"{layer.name!r} ({type(layer).__name__}) is not one."
             )
     target_mean, target_std = 0.0, 0.0
     for w, model, d in zip(weights, models, data):
