@@ -119,7 +119,8 @@ def test_max_train_examples(digits):
         ({"validation_split": float("nan")}, "validation_split"),
         (
             {"validation_split": 0.999},
-            r"validation_split=0.999 leaves task 'permuted-0' \d+ training examples",
+            r"validation_split=0.999 leaves task 'permuted-0' \d+ training "
+            r"examples",
         ),
         (
             {"scenario": "split", "num_tasks": 5, "validation_split": 0.001},
@@ -256,7 +257,8 @@ def test_from_arrays_keeps_shapes_and_splits(digits):
                 (np.zeros((10, 8, 8, 1)), np.arange(10) % 2),
                 (np.zeros((10, 4)), np.arange(10) % 2),
             ],
-            r"Task 1 has inputs of shape \(4,\), other than task 0's \(8, 8, 1\)",
+            r"Task 1 has inputs of shape \(4,\), other than task 0's "
+            r"\(8, 8, 1\)",
         ),
         ([], "at least one task"),
     ],
