@@ -58,9 +58,19 @@ def _distribute_batch(tree):
     shards = dict(zip(mesh.axis_names, mesh.shape)).get(
         distribution.batch_dim_name, 1
     )
+    processes = jax.process_count()
+    # Each process places its own rows on its share of the batch axis.
+    local_shards = max(shards // processes, 1)
 
     def place(x):
-        if x.ndim == 0 or x.shape[0] % shards:
+        if x.ndim and x.shape[0] % local_shards and processes > 1:
+            raise ValueError(
+                f"A batch of {x.shape[0]} rows per process does not split "
+                f"over the {local_shards} devices of this process's share "
+                "of the batch axis: give every process batches (the last "
+                f"one too) of a multiple of {local_shards} rows."
+            )
+        if x.ndim == 0 or x.shape[0] % local_shards:
             return x  # a last batch that does not split evenly stays replicated
         return distribute_data_input(
             x,

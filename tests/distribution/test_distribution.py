@@ -381,6 +381,13 @@ with keras.distribution.DataParallel(devices=devices).scope():
         )
         for run in RUNS
     }
+    # Three rows per process cannot be split over its two devices.
+    try:
+        keras_memgeom.FisherMemory.estimate(model, (x[:3], y[:3]))
+    except ValueError as error:
+        assert "does not split" in str(error), error
+    else:
+        raise AssertionError("an uneven batch was not refused")
 for (estimator, structure), memory in memories.items():
     assert memory.num_examples == 64
     np.savez(f"{estimator}-{structure}-{process}.npz", *factors(memory))
