@@ -61,7 +61,6 @@ __all__ = [
     "TaskStream",
     "available_strategies",
     "classifier",
-    "continual",
     "format_table",
     "get_strategy",
     "get_strategy_class",

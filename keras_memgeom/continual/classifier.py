@@ -22,9 +22,15 @@ def classifier(stream, *, width=400, depth=2):
 
     Example:
 
-    >>> model = classifier(TaskStream.make("permuted", num_tasks=2), width=32)
-    >>> model.output_shape
-    (None, 10)
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    model = keras_memgeom.continual.classifier(stream, width=32)
+    print(model.output_shape)  # (None, 10)
+    ```
     """
     inputs = keras.Input(stream.input_shape, name="inputs")
     hidden = keras.layers.Flatten(name="flatten")(inputs)

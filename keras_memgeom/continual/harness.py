@@ -33,11 +33,11 @@ class Harness:
     masked in the loss and the evaluation, see `MaskedLogits`), its
     `before_task` hook runs, the model is fit on `strategy.training_data`
     with `strategy.callbacks`, `after_task` runs, and the model is tested
-    on the test split of every task. A strategy with `strength="auto"` is trained once per strength
-    of `strength_grid` for each task after the first; the weights with the
-    best mean accuracy on the validation splits of the tasks seen so far
-    are kept. A strategy with `strength="sweep"` is run once per strength
-    of `strength_grid` by `compare`.
+    on the test split of every task. A strategy with `strength="auto"` is
+    trained once per strength of `strength_grid` for each task after the first;
+    the weights with the best mean accuracy on the validation splits of the
+    tasks seen so far are kept. A strategy with `strength="sweep"` is run once
+    per strength of `strength_grid` by `compare`.
 
     Args:
         stream: the `TaskStream` to learn.
@@ -68,10 +68,20 @@ class Harness:
     Example:
 
     ```python
-    stream = TaskStream.make("permuted", "digits", num_tasks=5)
-    harness = Harness(stream, epochs=10)
-    document = harness.compare([Finetune(), Online(strength=100), Joint()])
-    print(document["methods"]["online"]["average_accuracy"])
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=5
+    )
+    harness = keras_memgeom.continual.Harness(stream, epochs=10)
+    document = harness.compare(
+        [
+            keras_memgeom.continual.Finetune(),
+            keras_memgeom.continual.Online(strength=100),
+            keras_memgeom.continual.Joint(),
+        ]
+    )
+    print(keras_memgeom.continual.format_table(document))
     ```
     """
 
@@ -104,7 +114,8 @@ class Harness:
                 )
         if not strength_grid:
             raise ValueError(
-                f"strength_grid must hold positive numbers, got {strength_grid!r}."
+                "strength_grid must hold positive numbers, got "
+                f"{strength_grid!r}."
             )
         self.stream = stream
         self.width = width
@@ -129,7 +140,8 @@ class Harness:
             model is None or isinstance(model, keras.Model) or callable(model)
         ):
             raise ValueError(
-                f"model must be a Keras model or a function that builds one, got {model!r}."
+                "model must be a Keras model or a function that builds one, "
+                f"got {model!r}."
             )
         if not (
             compile is None or isinstance(compile, dict) or callable(compile)
@@ -270,7 +282,8 @@ class Harness:
         ]
         if changed:
             raise ValueError(
-                f"The previous results were made with other settings: {', '.join(changed)}."
+                "The previous results were made with other settings: "
+                f"{', '.join(changed)}."
             )
         kept = {}
         for key, strategy, _ in plan:
@@ -305,16 +318,16 @@ class Harness:
                 t.num_examples("val") for t in self.stream.tasks
             ):
                 raise ValueError(
-                    f"{strategy.name}: strength 'auto' needs validation splits; "
-                    "make the stream with validation_split > 0."
+                    f"{strategy.name}: strength 'auto' needs validation "
+                    "splits; make the stream with validation_split > 0."
                 )
             if (
                 self.model is not None
                 and type(strategy).build_model is not Strategy.build_model
             ):
                 raise ValueError(
-                    f"{strategy.name} builds its own model, so it cannot train the model "
-                    "given to the harness."
+                    f"{strategy.name} builds its own model, so it cannot train "
+                    "the model given to the harness."
                 )
 
     def run(self, strategy, *, seed=None, label=None, on_task=None):
@@ -418,9 +431,10 @@ class Harness:
         )
         if shape[1:] != (self.stream.num_outputs,):
             raise ValueError(
-                f"Model {model.name!r} maps inputs {self.stream.input_shape} to outputs "
-                f"{shape[1:]}, but the stream has {self.stream.num_outputs} classes: it "
-                f"needs {self.stream.num_outputs} logits."
+                f"Model {model.name!r} maps inputs {self.stream.input_shape} "
+                f"to outputs {shape[1:]}, but the stream has "
+                f"{self.stream.num_outputs} classes: it needs "
+                f"{self.stream.num_outputs} logits."
             )
         return model
 
@@ -442,7 +456,8 @@ class Harness:
             seen = self.stream.tasks[: index + 1]
             score = np.mean([self._accuracy(model, t, "val") for t in seen])
             self._report(
-                f"{strategy.name}: strength {candidate:g}: validation accuracy {score:.3f}"
+                f"{strategy.name}: strength {candidate:g}: validation accuracy "
+                f"{score:.3f}"
             )
             if best is None or score > best[0]:
                 best = (score, context, model.get_weights())
@@ -510,7 +525,8 @@ class Harness:
         x, y = data
         if not len(y):
             raise ValueError(
-                f"Cannot measure accuracy on the empty {split} split of {task.name!r}."
+                f"Cannot measure accuracy on the empty {split} split of "
+                f"{task.name!r}."
             )
         logits = np.asarray(model.predict(x, batch_size=1024, verbose=0))
         return float(np.mean(_predictions(logits, task.classes) == y))
@@ -518,16 +534,6 @@ class Harness:
     def _report(self, message):
         if self.progress:
             self.progress(message)
-
-
-def _model_name(model):
-    if model is None:
-        return "mlp"
-    return (
-        model.name
-        if isinstance(model, keras.Model)
-        else getattr(model, "__name__", "custom")
-    )
 
 
 def _predictions(logits, classes):
@@ -553,6 +559,16 @@ def _streamed_accuracy(model, task, data):
     return correct / total
 
 
+def _model_name(model):
+    if model is None:
+        return "mlp"
+    return (
+        model.name
+        if isinstance(model, keras.Model)
+        else getattr(model, "__name__", "custom")
+    )
+
+
 def _as_json(value):
     # What a value reads back as from a results file (tuples become lists).
     return json.loads(json.dumps(value))
@@ -565,7 +581,8 @@ class _Progress(keras.callbacks.Callback):
         super().__init__()
         self.report = report
         self.epochs = epochs
-        self.prefix = f"{strategy.name}: task {context.index + 1}/{len(context.stream.tasks)}"
+        num_tasks = len(context.stream.tasks)
+        self.prefix = f"{strategy.name}: task {context.index + 1}/{num_tasks}"
         if context.strength is not None and strategy.strength == "auto":
             self.prefix += f" (strength {context.strength:g})"
 

@@ -17,7 +17,16 @@ class Joint(Strategy):
 
     Example:
 
-    >>> Harness(TaskStream.make("permuted", num_tasks=2)).run(Joint())
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    run = harness.run(keras_memgeom.continual.Joint())
+    print(run["accuracy_matrix"])  # row t: accuracy on every task after task t
+    ```
     """
 
     name = "joint"

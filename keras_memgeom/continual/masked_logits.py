@@ -20,10 +20,23 @@ class MaskedLogits(keras.layers.Layer):
         classes: the output indices to keep.
         num_outputs: the number of logits.
 
+    Input shape:
+        N-D tensor of logits with shape `(batch_size, ..., num_outputs)`.
+
+    Output shape:
+        The same shape as the input.
+
     Example:
 
-    >>> layer = MaskedLogits((2, 3), num_outputs=4)
-    >>> keras.ops.argmax(layer(keras.ops.ones((1, 4))), axis=-1)  # class 2
+    ```python
+    import keras
+
+    import keras_memgeom
+
+    layer = keras_memgeom.continual.MaskedLogits((2, 3), num_outputs=4)
+    logits = layer(keras.ops.ones((1, 4)))
+    print(keras.ops.argmax(logits, axis=-1))  # [2]: class 0 and 1 are masked
+    ```
     """
 
     def __init__(self, classes, num_outputs, **kwargs):
@@ -69,8 +82,9 @@ def masked_model(model, classes, num_outputs):
         inputs = outputs = None
     if not inputs or not outputs:
         raise ValueError(
-            f"Task-incremental streams mask the logits of model {model.name!r}, which needs "
-            "a functional or Sequential model with known inputs."
+            "Task-incremental streams mask the logits of model "
+            f"{model.name!r}, which needs a functional or Sequential model "
+            "with known inputs."
         )
     masked = MaskedLogits(classes, num_outputs, name="masked_logits")(
         outputs[0]

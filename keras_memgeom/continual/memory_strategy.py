@@ -42,6 +42,30 @@ class MemoryStrategy(Strategy):
         ValueError: naming the argument, for a strength that is not `"auto"`,
             `"sweep"` or a finite positive number, an unknown estimator or
             structure, or a bad `fisher_examples`.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+
+
+    @keras_memgeom.continual.register_strategy
+    class Newest(keras_memgeom.continual.MemoryStrategy):
+        # Remembers the last task only.
+
+        name = "newest"
+
+        def consolidate(self, memories, memory):
+            return [memory]
+
+
+    run = harness.run(Newest(strength=100))
+    ```
     """
 
     def __init__(
@@ -58,11 +82,13 @@ class MemoryStrategy(Strategy):
             )
         if estimator not in ESTIMATORS:
             raise ValueError(
-                f"Unknown Fisher estimator {estimator!r}. Choose one of: {', '.join(ESTIMATORS)}."
+                f"Unknown Fisher estimator {estimator!r}. Choose one of: "
+                f"{', '.join(ESTIMATORS)}."
             )
         if structure not in STRUCTURES:
             raise ValueError(
-                f"Unknown Fisher structure {structure!r}. Choose one of: {', '.join(STRUCTURES)}."
+                f"Unknown Fisher structure {structure!r}. Choose one of: "
+                f"{', '.join(STRUCTURES)}."
             )
         self.strength = strength
         self.estimator = estimator

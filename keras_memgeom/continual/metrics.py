@@ -27,7 +27,8 @@ def _matrix(accuracy_matrix):
         or not matrix.size
     ):
         raise ValueError(
-            f"The accuracy matrix must be square and non-empty, got shape {matrix.shape}."
+            "The accuracy matrix must be square and non-empty, got shape "
+            f"{matrix.shape}."
         )
     return matrix
 

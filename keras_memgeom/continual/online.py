@@ -28,7 +28,16 @@ class Online(MemoryStrategy):
 
     Example:
 
-    >>> Harness(TaskStream.make("permuted", num_tasks=3)).run(Online(decay=0.9))
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    run = harness.run(keras_memgeom.continual.Online(decay=0.9))
+    print(run["accuracy_matrix"])  # row t: accuracy on every task after task t
+    ```
     """
 
     name = "online"

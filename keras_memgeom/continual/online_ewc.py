@@ -9,7 +9,7 @@ from keras_memgeom.utils.checks import check_number
 
 @register_strategy
 class OnlineEWC(MemoryStrategy):
-    """Online elastic weight consolidation (Schwarz et al. 2018).
+    """Online EWC: one importance, decayed by `gamma`, at the newest weights.
 
     The "Progress & Compress" form of EWC: after task `t` the importance is
 
@@ -32,7 +32,16 @@ class OnlineEWC(MemoryStrategy):
 
     Example:
 
-    >>> Harness(TaskStream.make("permuted", num_tasks=3)).run(OnlineEWC(gamma=0.9))
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    run = harness.run(keras_memgeom.continual.OnlineEWC(gamma=0.9))
+    print(run["accuracy_matrix"])  # row t: accuracy on every task after task t
+    ```
     """
 
     name = "online-ewc"

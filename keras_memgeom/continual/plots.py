@@ -30,7 +30,20 @@ def plot_results(document, directory):
 
     Example:
 
-    >>> plot_results(load_results("runs/results.json"), "runs")
+    ```python
+    import os
+
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    document = harness.compare([keras_memgeom.continual.Finetune()])
+    os.makedirs("plots", exist_ok=True)
+    paths = keras_memgeom.continual.plot_results(document, "plots")
+    print(paths)
+    ```
     """
     paths = []
     runs = document["methods"]

@@ -174,7 +174,8 @@ def schema_errors(instance, schema, path="$"):
         types = [types] if isinstance(types, str) else types
         if not any(_TYPES[t](instance) for t in types):
             return [
-                f"{path}: expected {' or '.join(types)}, got {type(instance).__name__}"
+                f"{path}: expected {' or '.join(types)}, got "
+                f"{type(instance).__name__}"
             ]
     errors = []
     if "enum" in schema and instance not in schema["enum"]:
@@ -224,8 +225,29 @@ def validate_results(document):
     method with every task done has its metrics, and that a document
     marked complete holds every method of `config.methods`, finished.
 
+    Args:
+        document: a results document (a dict).
+
     Raises:
         ValueError: listing what is wrong.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    document = harness.compare([keras_memgeom.continual.Finetune()])
+    keras_memgeom.continual.validate_results(document)  # passes
+    document["config"]["num_tasks"] = "two"
+    try:
+        keras_memgeom.continual.validate_results(document)
+    except ValueError as error:
+        print(error)
+    ```
     """
     errors = schema_errors(document, RESULTS_SCHEMA)
     if not errors:
@@ -250,7 +272,8 @@ def _progress_errors(document):
         shape = np.shape(run["accuracy_matrix"])
         if shape != (done, num_tasks):
             errors.append(
-                f"{path}.accuracy_matrix: shape {shape}, expected ({done}, {num_tasks})"
+                f"{path}.accuracy_matrix: shape {shape}, expected ({done}, "
+                f"{num_tasks})"
             )
         errors += [
             f"{path}.{key}: {len(run[key])} entries, expected {done}"
@@ -263,13 +286,15 @@ def _progress_errors(document):
             ]
         elif complete:
             errors.append(
-                f"{path}: {done} of {num_tasks} tasks done in a complete document"
+                f"{path}: {done} of {num_tasks} tasks done in a complete "
+                "document"
             )
     if complete:
         if not document["methods"]:
             errors.append("$.methods: needs at least 1 entries")
         errors += [
-            f"$.methods: missing {name!r} of config.methods in a complete document"
+            f"$.methods: missing {name!r} of config.methods in a complete "
+            "document"
             for name in document["config"].get("methods", [])
             if name not in document["methods"]
         ]
@@ -288,6 +313,22 @@ def make_document(config, seed, runs):
     Returns:
         A valid results document; `"complete"` is true when every method
         (of `config["methods"]`, or of `runs`) has finished every task.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+
+    runs = {"finetune": harness.run(keras_memgeom.continual.Finetune())}
+    config = {**harness.get_config(), "methods": ["finetune"]}
+    document = keras_memgeom.continual.make_document(config, 0, runs)
+    print(document["complete"])  # True
+    ```
     """
     backend = keras.backend.backend()
     versions = {"python": platform.python_version()}
@@ -329,7 +370,10 @@ _SPREAD = (
 
 
 def run_group(key):
-    """The name of a run without its init seed: `"online@100#seed1"` -> `"online@100"`."""
+    """The name of a run without its init seed.
+
+    `"online@100#seed1"` -> `"online@100"`.
+    """
     return key.split("#seed")[0]
 
 
@@ -349,6 +393,24 @@ def summarize_runs(runs):
         (strength, mean and std of the average accuracy of each point)
         and `best` (the point with the best mean average accuracy).
         Only finished runs count.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+
+    harness = keras_memgeom.continual.Harness(
+        stream, width=32, epochs=1, repeats=2
+    )
+    document = harness.compare([keras_memgeom.continual.Finetune()])
+    summary = keras_memgeom.continual.summarize_runs(document["methods"])
+    print(summary["summary"]["finetune"]["average_accuracy"]["mean"])
+    ```
     """
     groups = {}
     for key, run in runs.items():
@@ -423,9 +485,26 @@ def save_results(document, path):
     (`keras_memgeom.utils.atomic_write`), so readers, and a run that is
     killed while writing, never leave a partial file.
 
+    Args:
+        document: a results document, as from `Harness.compare`.
+        path: the JSON file to write.
+
     Raises:
         ValueError: if the document is invalid (nothing is written).
         OSError: if `path` cannot be written (e.g. its folder is missing).
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    document = harness.compare([keras_memgeom.continual.Finetune()])
+    keras_memgeom.continual.save_results(document, "results.json")
+    ```
     """
     validate_results(document)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -434,7 +513,34 @@ def save_results(document, path):
 
 
 def load_results(path):
-    """Reads and validates a results document."""
+    """Reads and validates a results document.
+
+    Args:
+        path: the JSON file, as written by `save_results`.
+
+    Returns:
+        The results document, a dict.
+
+    Raises:
+        ValueError: if the file is not valid JSON or not a valid results
+            document.
+        OSError: if `path` cannot be read.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    document = harness.compare([keras_memgeom.continual.Finetune()])
+    keras_memgeom.continual.save_results(document, "results.json")
+    loaded = keras_memgeom.continual.load_results("results.json")
+    print(loaded == document)  # True
+    ```
+    """
     with open(path) as handle:
         document = json.load(handle)
     validate_results(document)
@@ -443,6 +549,9 @@ def load_results(path):
 
 def format_table(document):
     """The metrics of every method as a plain-text table.
+
+    Args:
+        document: a results document, as from `Harness.compare`.
 
     Returns:
         A string: one row per run with average accuracy, backward and
@@ -455,6 +564,19 @@ def format_table(document):
         gives the mean and the spread (std) over the seeds. A strength
         sweep adds one line per swept method with every grid point and
         the best.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+    document = harness.compare([keras_memgeom.continual.Finetune()])
+    print(keras_memgeom.continual.format_table(document))
+    ```
     """
     summary = (
         document.get("summary")

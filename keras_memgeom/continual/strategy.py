@@ -22,6 +22,21 @@ class TaskContext:
             `None` for strategies without a strength.
         loss: the loss the model is trained with (before any masking), or
             `None` for sparse cross-entropy on logits.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+
+    class Announce(keras_memgeom.continual.Strategy):
+        # Fine-tuning that prints which task it starts.
+
+        name = "announce"
+
+        def before_task(self, model, context):
+            print(f"task {context.index + 1} of {len(context.stream.tasks)}")
+    ```
     """
 
     stream: object
@@ -55,8 +70,30 @@ class TaskContext:
 def register_strategy(cls):
     """Class decorator: makes a `Strategy` subclass available by its `name`.
 
+    Args:
+        cls: a `Strategy` subclass with a unique `name`.
+
+    Returns:
+        `cls` itself, registered.
+
     Raises:
         ValueError: if the class has no `name` or the name is taken.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+
+    @keras_memgeom.continual.register_strategy
+    class Plain(keras_memgeom.continual.Strategy):
+        # Fine-tuning under another name.
+
+        name = "plain"
+
+
+    print(keras_memgeom.continual.get_strategy("plain").name)  # plain
+    ```
     """
     if not cls.name or cls.name in _STRATEGIES:
         raise ValueError(
@@ -67,19 +104,48 @@ def register_strategy(cls):
 
 
 def available_strategies():
-    """Names of the registered strategies, sorted."""
+    """Names of the registered strategies, sorted.
+
+    Returns:
+        A sorted list of strings.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    print(keras_memgeom.continual.available_strategies())
+    # ['ewc', 'finetune', 'frontal-lobe', 'joint', 'online', 'online-ewc']
+    ```
+    """
     return sorted(_STRATEGIES)
 
 
 def get_strategy_class(name):
     """The registered `Strategy` subclass of that name.
 
+    Args:
+        name: a name from `available_strategies()`, e.g. `"online"`.
+
+    Returns:
+        The `Strategy` subclass.
+
     Raises:
         ValueError: if no strategy has that name.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    cls = keras_memgeom.continual.get_strategy_class("online")
+    print(cls is keras_memgeom.continual.Online)  # True
+    ```
     """
     if name not in _STRATEGIES:
         raise ValueError(
-            f"Unknown method {name!r}. Choose from: {', '.join(available_strategies())}."
+            f"Unknown method {name!r}. Choose from: "
+            f"{', '.join(available_strategies())}."
         )
     return _STRATEGIES[name]
 
@@ -96,6 +162,15 @@ def get_strategy(name, **kwargs):
 
     Raises:
         ValueError: if no strategy has that name.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    strategy = keras_memgeom.continual.get_strategy("online", strength=10)
+    print(type(strategy).__name__, strategy.strength)  # Online 10.0
+    ```
     """
     return get_strategy_class(name)(**kwargs)
 
@@ -118,16 +193,34 @@ class Strategy:
     Example:
 
     ```python
-    @register_strategy
-    class Replay(Strategy):
+    import numpy as np
+
+    import keras_memgeom
+
+    stream = keras_memgeom.continual.TaskStream.make(
+        "permuted", "digits", num_tasks=2
+    )
+    harness = keras_memgeom.continual.Harness(stream, width=32, epochs=1)
+
+
+    @keras_memgeom.continual.register_strategy
+    class Replay(keras_memgeom.continual.Strategy):
+        # The current task and 100 examples of each earlier one.
+
         name = "replay"
 
         def training_data(self, context):
-            # Current task plus the first 100 examples of every earlier one.
             tasks = context.stream.tasks[: context.index + 1]
-            x = np.concatenate([t.x_train[:100] for t in tasks[:-1]] + [tasks[-1].x_train])
-            y = np.concatenate([t.y_train[:100] for t in tasks[:-1]] + [tasks[-1].y_train])
+            x = np.concatenate(
+                [t.x_train[:100] for t in tasks[:-1]] + [tasks[-1].x_train]
+            )
+            y = np.concatenate(
+                [t.y_train[:100] for t in tasks[:-1]] + [tasks[-1].y_train]
+            )
             return x, y
+
+
+    run = harness.run(Replay())
     ```
     """
 
