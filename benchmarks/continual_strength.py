@@ -46,7 +46,8 @@ def sweep(name, out, *, tasks, epochs, seed):
         )
         runs[key] = harness.run(strategy)
         print(
-            f"{name}: {key} average accuracy {runs[key]['average_accuracy']:.3f}",
+            f"{name}: {key} average accuracy "
+            f"{runs[key]['average_accuracy']:.3f}",
             flush=True,
         )
     document = continual.make_document(harness.get_config(), seed, runs)

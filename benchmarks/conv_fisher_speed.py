@@ -48,7 +48,8 @@ def main():
     device = _device()
     print(
         f"backend {keras.backend.backend()}, device {device}: "
-        f"{seconds * 1000 / args.examples:.3f} s per 1k examples (exact, 10 classes)"
+        f"{seconds * 1000 / args.examples:.3f} s per 1k examples (exact, 10 "
+        "classes)"
     )
 
 

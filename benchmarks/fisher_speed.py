@@ -60,11 +60,13 @@ def main():
 
     epoch = _timed(lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0))
     print(
-        f"backend {keras.backend.backend()}, {args.examples} examples, MLP 784-400-400-10"
+        f"backend {keras.backend.backend()}, {args.examples} examples, MLP "
+        "784-400-400-10"
     )
     print(f"fit epoch (batch 32): {epoch:.3f} s")
     print(
-        f"{'estimator':10s} {'seconds':>9s} {'/ epoch':>9s} {'loop s':>9s} {'loop / it':>10s}"
+        f"{'estimator':10s} {'seconds':>9s} {'/ epoch':>9s} {'loop s':>9s} "
+        f"{'loop / it':>10s}"
     )
     for estimator in ("empirical", "sampled", "exact", "batched"):
         seconds = _timed(

@@ -79,7 +79,8 @@ def main():
     print(f"one fit epoch (batch 32): {epoch:.2f} s")
     for structure, seconds in timings.items():
         print(
-            f"exact {structure} estimate: {seconds:.2f} s = {seconds / epoch:.2f} x epoch"
+            f"exact {structure} estimate: {seconds:.2f} s = "
+            f"{seconds / epoch:.2f} x epoch"
             + (" (goal <= 3)" if structure == "kfac" else "")
         )
     for batch_size in (32, 256):
@@ -106,9 +107,9 @@ def main():
                 times[structure].append(time.perf_counter() - start)
         steps = {s: min(t) for s, t in times.items()}
         print(
-            f"step at batch {batch_size}: diagonal {steps['diagonal'] * 1e3:.2f} ms, "
-            f"kfac {steps['kfac'] * 1e3:.2f} ms, ratio {steps['kfac'] / steps['diagonal']:.2f} "
-            "(goal <= 1.3)"
+            f"step at batch {batch_size}: diagonal "
+            f"{steps['diagonal'] * 1e3:.2f} ms, kfac {steps['kfac'] * 1e3:.2f} "
+            f"ms, ratio {steps['kfac'] / steps['diagonal']:.2f} (goal <= 1.3)"
         )
 
 

@@ -56,7 +56,8 @@ def main():
         approximation = merged.num_examples * np.kron(block.a, block.g)
         error = np.linalg.norm(approximation - exact) / np.linalg.norm(exact)
         print(
-            f"{kernel}: merged precision vs exact sum, relative Frobenius error {error:.3f}"
+            f"{kernel}: merged precision vs exact sum, relative Frobenius "
+            f"error {error:.3f}"
         )
 
     def penalty(memory_list, point):
@@ -99,8 +100,8 @@ def main():
             penalty(memories, point) - floor,
         )
         print(
-            f"{where}: merged penalty {merged_value:.3f}, exact sum {exact_value:.3f}, "
-            f"ratio {merged_value / exact_value:.3f}"
+            f"{where}: merged penalty {merged_value:.3f}, exact sum "
+            f"{exact_value:.3f}, ratio {merged_value / exact_value:.3f}"
         )
 
 

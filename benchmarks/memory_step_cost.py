@@ -81,7 +81,8 @@ def _step_costs(args, rng):
         int(np.prod(v.shape)) for v in models["plain"].trainable_variables
     )
     print(
-        f"MLP {'-'.join(map(str, widths))}: {size / 1e6:.1f}M parameters, batch {args.batch_size}"
+        f"MLP {'-'.join(map(str, widths))}: {size / 1e6:.1f}M parameters, "
+        f"batch {args.batch_size}"
     )
     batch = (x[: args.batch_size], y[: args.batch_size])
     first = {
@@ -111,16 +112,19 @@ def _step_costs(args, rng):
     step = {name: min(times) for name, times in steady.items()}
     fit = {name: min(times) for name, times in fits.items()}
     print(
-        f"first step (compiles): plain {first['plain']:.2f} s, with memory {first['memory']:.2f} s, "
-        f"ratio {first['memory'] / first['plain']:.2f} (goal <= 1.2)"
+        f"first step (compiles): plain {first['plain']:.2f} s, with memory "
+        f"{first['memory']:.2f} s, ratio "
+        f"{first['memory'] / first['plain']:.2f} (goal <= 1.2)"
     )
     print(
-        f"steady step: plain {step['plain'] * 1e3:.0f} ms, with memory {step['memory'] * 1e3:.0f} ms, "
-        f"ratio {step['memory'] / step['plain']:.2f} (goal <= 1.10)"
+        f"steady step: plain {step['plain'] * 1e3:.0f} ms, with memory "
+        f"{step['memory'] * 1e3:.0f} ms, ratio "
+        f"{step['memory'] / step['plain']:.2f} (goal <= 1.10)"
     )
     print(
-        f"later one-epoch fit ({args.steps} steps): plain {fit['plain']:.2f} s, with memory "
-        f"{fit['memory']:.2f} s, ratio {fit['memory'] / fit['plain']:.2f}"
+        f"later one-epoch fit ({args.steps} steps): plain {fit['plain']:.2f} "
+        f"s, with memory {fit['memory']:.2f} s, ratio "
+        f"{fit['memory'] / fit['plain']:.2f}"
     )
 
 
@@ -139,8 +143,8 @@ def _attach_costs(rng):
             )
         )
         print(
-            f"{num_variables} variables x 10k parameters, 3 memories: merge {merge_time:.2f} s, "
-            f"attach {attach_time:.2f} s"
+            f"{num_variables} variables x 10k parameters, 3 memories: merge "
+            f"{merge_time:.2f} s, attach {attach_time:.2f} s"
         )
 
 

@@ -52,7 +52,8 @@ def same_task(cases, seeds, epochs):
         print(
             f"{dataset:>8s} {width:5d} {np.mean(result['endpoints']):6.3f} "
             + " ".join(f"{result['ratio'][n]:15.3f}" for n in names)
-            + f" {result['barrier']['raw']:12.3f} {result['barrier']['aligned']:8.3f}",
+            + f" {result['barrier']['raw']:12.3f}"
+            + f" {result['barrier']['aligned']:8.3f}",
             flush=True,
         )
 
@@ -135,8 +136,9 @@ def main():
         )
     if args.part in ("tasks", "both"):
         print(
-            f"\nacross tasks: digits 0-4 vs 5-9, width {args.task_width}, parent {args.parent_epochs} "
-            f"epochs, children {args.child_epochs}, merged without alignment"
+            f"\nacross tasks: digits 0-4 vs 5-9, width {args.task_width}, "
+            f"parent {args.parent_epochs} epochs, children "
+            f"{args.child_epochs}, merged without alignment"
         )
         print(
             json.dumps(

@@ -117,8 +117,9 @@ def main():
         args.scenario, args.tasks, args.epochs, args.seeds, args.strength
     )
     print(
-        f"backend: {keras.backend.backend()}; {args.scenario} digits, {args.tasks} tasks, "
-        f"CNN, {args.epochs} epochs per task, {args.seeds} init seed(s)"
+        f"backend: {keras.backend.backend()}; {args.scenario} digits, "
+        f"{args.tasks} tasks, CNN, {args.epochs} epochs per task, {args.seeds} "
+        "init seed(s)"
     )
     print(continual.format_table(document))
 
