@@ -24,7 +24,7 @@ def _fresh_keras_state():
 
 @pytest.fixture
 def full_precision():
-    """Full float32 matmuls: GPUs default to TF32, too coarse for closed forms."""
+    """Full float32 matmuls: GPUs default to TF32, too coarse for tests."""
     with backend.full_precision_matmul():
         yield
 

@@ -171,7 +171,8 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
         ),
         (
             ["bench", "--validation-split", "0.999"],
-            "validation_split=0.999 leaves task 'permuted-0' 1 training examples",
+            "validation_split=0.999 leaves task 'permuted-0' 1 training "
+            "examples",
         ),
         (
             [
@@ -231,7 +232,8 @@ def test_bad_output_folders_are_refused_before_training(
         (a_file, f"argument --out: '{a_file}' is a file, not a folder"),
         (
             a_file / "run",
-            f"cannot create '{a_file / 'run'}': its parent '{a_file}' is a file",
+            f"cannot create '{a_file / 'run'}': its parent '{a_file}' is a "
+            "file",
         ),
         (
             tmp_path / "no" / "run",
@@ -260,7 +262,7 @@ def test_read_only_output_folder_is_refused(tmp_path, capsys):
 
 
 class _Interrupt:
-    """Saves results as usual, then raises KeyboardInterrupt after `calls` saves."""
+    """Saves results as usual; raises KeyboardInterrupt after `calls` saves."""
 
     def __init__(self, calls):
         self.calls = calls
@@ -373,8 +375,8 @@ def test_a_fresh_machine_says_which_backend_it_chose(tmp_path):
     assert result.returncode == 0, result.stderr
     first = next(b for b in PREFERENCE if importlib.util.find_spec(b))
     assert result.stdout.splitlines()[0] == (
-        f"memgeom: Keras backend {first} (chosen: first installed of jax, torch, tensorflow; "
-        f"saved in {tmp_path / '.keras' / 'keras.json'})"
+        f"memgeom: Keras backend {first} (chosen: first installed of jax, "
+        f"torch, tensorflow; saved in {tmp_path / '.keras' / 'keras.json'})"
     )
 
 

@@ -34,17 +34,12 @@ def test_the_version_has_one_source():
 def test_the_core_package_imports_without_the_harness_extras():
     # `None` in sys.modules makes an import fail as if the package were absent.
     code = (
-        "import sys\n"
-        "for name in ('matplotlib', 'sklearn', 'mlxtend', 'tensorflow_datasets'):\n"
-        "    sys.modules[name] = None\n"
-        "import keras_memgeom\n"
-        "from keras_memgeom.utils.figures import new_figure\n"
-        "try:\n"
-        "    new_figure()\n"
-        "except ImportError as error:\n"
-        "    assert 'keras-memgeom[harness]' in str(error)\n"
-        "else:\n"
-        "    raise AssertionError('matplotlib was imported')\n"
+        "import sys\nfor name in ('matplotlib', 'sklearn', 'mlxtend', "
+        "'tensorflow_datasets'):\n    sys.modules[name] = None\nimport "
+        "keras_memgeom\nfrom keras_memgeom.utils.figures import "
+        "new_figure\ntry:\n    new_figure()\nexcept ImportError as error:\n    "
+        "assert 'keras-memgeom[harness]' in str(error)\nelse:\n    raise "
+        "AssertionError('matplotlib was imported')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True

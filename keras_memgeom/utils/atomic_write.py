@@ -65,18 +65,20 @@ def check_writable_file_path(path, what="file"):
         )
     if not os.path.isdir(directory):
         raise FileNotFoundError(
-            f"Cannot write the {what} to {path!r}: the folder {directory!r} does not exist."
+            f"Cannot write the {what} to {path!r}: the folder {directory!r} "
+            "does not exist."
         )
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(
-            f"Cannot write the {what} to {path!r}: the folder {directory!r} is not writable."
+            f"Cannot write the {what} to {path!r}: the folder {directory!r} is "
+            "not writable."
         )
     return path
 
 
 @contextlib.contextmanager
 def atomic_write(path, what="file"):
-    """Opens a temporary file beside `path` for binary writing; renames it on success.
+    """Opens a temporary file beside `path`; renames it to `path` on success.
 
     The data and the folder entry are flushed to disk (`fsync`) before the
     rename, and the file gets the permissions the user's umask gives new

@@ -26,7 +26,8 @@ def check_number(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
-            f"`{name}` must be a number; got {value!r} ({type(value).__name__})."
+            f"`{name}` must be a number; got {value!r} "
+            f"({type(value).__name__})."
         )
     value = float(value)
     if not math.isfinite(value):

@@ -21,7 +21,8 @@ def new_figure(**kwargs):
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(
-            'Drawing plots needs matplotlib: pip install "keras-memgeom[harness]".'
+            "Drawing plots needs matplotlib: "
+            'pip install "keras-memgeom[harness]".'
         ) from None
     figure = Figure(**kwargs)
     FigureCanvasAgg(figure)

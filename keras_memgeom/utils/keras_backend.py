@@ -32,8 +32,8 @@ _MODULES = {
 
 _INSTALL = {
     "jax": 'pip install "keras-memgeom[jax]"',
-    "tensorflow": 'pip install "keras-memgeom[tensorflow]" (or [tensorflow-cpu] '
-    "on a CPU-only machine)",
+    "tensorflow": 'pip install "keras-memgeom[tensorflow]" '
+    "(or [tensorflow-cpu] on a CPU-only machine)",
     "torch": 'pip install "keras-memgeom[torch]" (or "torch==2.13.0" from '
     "https://download.pytorch.org/whl/cpu on a CPU-only machine)",
     "openvino": "pip install openvino",
@@ -134,7 +134,8 @@ def configure_backend(
         if not installed:
             raise ImportError(
                 "No Keras backend is installed: keras_memgeom needs one of "
-                f"jax, torch or tensorflow. Install one, e.g. {_INSTALL['jax']}."
+                "jax, torch or tensorflow. Install one, e.g. "
+                f"{_INSTALL['jax']}."
             )
         backend = environ["KERAS_BACKEND"] = installed[0]
         source = f"chosen: first installed of {', '.join(PREFERENCE)}"
@@ -153,12 +154,13 @@ def configure_backend(
             f"choose an installed one with KERAS_BACKEND={others[0]} "
             f"(installed: {', '.join(others)})"
             if others
-            else f"choose another of {', '.join(PREFERENCE)} with KERAS_BACKEND once installed"
+            else f"choose another of {', '.join(PREFERENCE)} with "
+            "KERAS_BACKEND once installed"
         )
         raise ImportError(
-            f"The Keras backend {backend!r} ({source}) is not installed: no module "
-            f"named {module!r}. Install it with {_INSTALL.get(backend, f'pip install {module}')}, "
-            f"or {choose}."
+            f"The Keras backend {backend!r} ({source}) is not installed: no "
+            f"module named {module!r}. Install it with "
+            f"{_INSTALL.get(backend, f'pip install {module}')}, or {choose}."
         ) from None
     _chosen = BackendChoice(backend, source)
     return _chosen

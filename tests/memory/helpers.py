@@ -62,7 +62,7 @@ def training_gradient(model, x, y):
 
 
 def minimize_quadratic(model, x, y):
-    """Sets the weights to the minimizer of `fit`'s objective, if it is quadratic.
+    """Sets the weights to the minimizer of `fit`'s objective if quadratic.
 
     The gradient of a quadratic is affine, `g(w) = H w - b`: probing it at
     the current weights and one step along each axis gives `H`, and the

@@ -222,10 +222,12 @@ def test_memory_and_fisher_agree_across_backends(tmp_path, rng, other_backends):
         data = np.load({str(tmp_path / "data.npz")!r})
         model = softmax_regression()
         model.set_weights([data["kernel"], data["bias"]])
-        print(float(keras.ops.convert_to_numpy(memory.penalty(model, num_train_examples=30, strength=2.0))))
+        penalty = memory.penalty(model, num_train_examples=30, strength=2.0)
+        print(float(keras.ops.convert_to_numpy(penalty)))
         model.set_weights([data["kernel"] - 0.1, data["bias"] - 0.1])
         fisher = FisherMemory.estimate(model, (data["x"], data["y"])).fisher
-        print(" ".join(str(v) for v in np.concatenate([a.ravel() for a in fisher.values()])))
+        values = np.concatenate([a.ravel() for a in fisher.values()])
+        print(" ".join(str(v) for v in values))
         """
     )
     here = np.concatenate([a.ravel() for a in memory.fisher.values()])

@@ -503,7 +503,7 @@ def _conv(seed):
 
 
 def _conv_rows(model, x):
-    """Input patches (kernel order kh, kw, channels) and pre-activations of the conv."""
+    """Input patches (kernel order kh, kw, channels) and the conv's outputs."""
     kernel, bias = (w.astype("float64") for w in model.get_weights()[:2])
     # "same" with stride 2 on 6 pixels: 3 outputs, one padding pixel, after.
     padded = np.pad(x.astype("float64"), [(0, 0), (0, 1), (0, 1), (0, 0)])

@@ -1,4 +1,4 @@
-"""The Keras backend is settled before Keras is imported, and never strands a user."""
+"""The Keras backend is settled before Keras is imported, never stranding."""
 
 import importlib.util
 import json
