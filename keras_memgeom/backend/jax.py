@@ -1,3 +1,5 @@
+"""The backend contract (`keras_memgeom.backend`) on jax."""
+
 import jax
 import jax.numpy as jnp
 

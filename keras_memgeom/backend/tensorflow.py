@@ -1,3 +1,5 @@
+"""The backend contract (`keras_memgeom.backend`) on tensorflow."""
+
 import contextlib
 import weakref
 

@@ -1,3 +1,5 @@
+"""The backend contract (`keras_memgeom.backend`) on torch."""
+
 import contextlib
 
 import keras

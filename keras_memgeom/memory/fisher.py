@@ -102,6 +102,21 @@ def estimate_fisher(
             sparse loss, integers for a categorical one, a wrong shape),
             unbatched or endless data without `max_examples`, empty data, or
             non-finite inputs or Fisher values.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = np.ones((8, 3), "float32"), np.arange(8) % 2
+    fisher, n = estimate_fisher(model, (x, y))
+    print(n, sorted(fisher))  # 8 ['sequential/dense/bias', ...]
+    ```
     """
     if estimator not in ESTIMATORS:
         raise ValueError(

@@ -90,6 +90,15 @@ def iterate_batches(data, batch_size=256, max_examples=None):
             number, data that may never end comes without `max_examples`, a
             batch has no labels or no batch axis, or `x` and `y` disagree in
             length.
+
+    Example:
+
+    ```python
+    import numpy as np
+
+    x, y = np.zeros((10, 3)), np.arange(10)
+    print([len(b[1]) for b in iterate_batches((x, y), 4)])  # [4, 4, 2]
+    ```
     """
     batch_size = check_positive_int("batch_size", batch_size)
     max_examples = check_positive_int(
