@@ -14,6 +14,7 @@ from keras_memgeom.continual.strategy import Strategy
 from keras_memgeom.continual.strategy import TaskContext
 from keras_memgeom.continual.task_stream import batched
 from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.clone_model import clone_model
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -417,7 +418,7 @@ class Harness:
             model = strategy.build_model(self.stream, width=self.width)
         elif isinstance(self.model, keras.Model):
             # Fresh weights from the current seed: every run starts alike.
-            model = keras.models.clone_model(self.model)
+            model = clone_model(self.model)
         else:
             model = self.model()
             if not isinstance(model, keras.Model):

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_memgeom.utils.batches import iterate_batches
+from keras_memgeom.utils.clone_model import clone_model
 
 
 class LossBarrier(NamedTuple):
@@ -119,7 +120,7 @@ def interpolate(model_a, model_b, t):
         raise ValueError(
             f"The models' weight shapes differ: {shapes_a} vs {shapes_b}."
         )
-    model = keras.models.clone_model(model_a)
+    model = clone_model(model_a)
     model.set_weights(
         [(1.0 - t) * a + t * b for a, b in zip(weights_a, weights_b)]
     )

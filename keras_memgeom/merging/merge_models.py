@@ -20,6 +20,7 @@ from keras_memgeom.symmetry.unit_chain import permute_units
 from keras_memgeom.symmetry.unit_chain import unit_chain
 from keras_memgeom.symmetry.unit_chain import write_chain
 from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.clone_model import clone_model
 
 METHODS = ("average", "fisher", "regmean", "kfac")
 MEMORY_METHODS = ("fisher", "kfac")
@@ -233,7 +234,7 @@ def merge_models(
                 structure=structure,
             )
             curvatures.append(_memory_curvature(m, memory, structure))
-    merged = keras.models.clone_model(models[0])
+    merged = clone_model(models[0])
     _set_average(merged, models, weights)
     if method in MEMORY_METHODS:
         fishers = [diagonal for diagonal, _ in curvatures]

@@ -3,6 +3,7 @@
 import keras
 
 from keras_memgeom import layers as memgeom_layers
+from keras_memgeom.utils.clone_model import clone_model
 
 
 def fold_mask(model):
@@ -56,7 +57,7 @@ def fold_mask(model):
             config["filters"] = layer.filters
         return plain_class.from_config(config)
 
-    folded = keras.models.clone_model(model, clone_function=clone)
+    folded = clone_model(model, clone_function=clone)
     for source, target in zip(model.layers, folded.layers):
         if type(source) in plain_classes:
             # The mask is the only non-trainable weight, hence the last.

@@ -6,6 +6,7 @@ import keras
 # mask function, so the names are looked up at call time.
 from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.pruning.distinct_column_mask import validate_zero_rate
+from keras_memgeom.utils.clone_model import clone_model
 
 
 def pre_prune(model, *, zero_rate, widen=True, seed=None, prune_output=False):
@@ -81,4 +82,4 @@ def pre_prune(model, *, zero_rate, widen=True, seed=None, prune_output=False):
             seed=None if seed is None else seed + order[layer.name],
         )
 
-    return keras.models.clone_model(model, clone_function=clone)
+    return clone_model(model, clone_function=clone)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from keras_memgeom import layers as memgeom_layers
+from keras_memgeom.utils.clone_model import clone_model
 
 # Layers with a kernel shaped (..., inputs, units) and an optional bias and
 # (inputs, units) mask: Dense and its pre-pruned subclass, Conv2D and its
@@ -241,7 +242,7 @@ def check_same_architecture(chain_a, chain_b):
 
 def copy_model(model):
     """A clone of `model` with the same weights."""
-    clone = keras.models.clone_model(model)
+    clone = clone_model(model)
     clone.set_weights(model.get_weights())
     return clone
 
