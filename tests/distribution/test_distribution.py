@@ -434,3 +434,23 @@ def test_two_processes_estimate_the_memory_of_one(tmp_path):
             saved = np.load(tmp_path / f"{run[0]}-{run[1]}-{process}.npz")
             spread = [saved[f"arr_{i}"] for i in range(len(alone))]
             assert common["relative"](alone, spread) < 1e-5, (run, process)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's autograd graph")
+def test_torch_totals_hold_no_autograd_graph():
+    """Totals kept with their graph would hold every batch's activations."""
+    from keras import ops
+
+    from keras_memgeom import backend
+
+    scale = keras.Variable(2.0)
+    step = backend.batch_step(
+        lambda values, x: ([ops.sum(ops.square(x) * values[0], axis=0)], []),
+        [scale],
+    )
+    totals = None
+    for _ in range(3):
+        totals, _ = step(totals, (np.ones((4, 3), "float32"),))
+    (total,) = backend.batch_total(totals)
+    assert not total.requires_grad and total.grad_fn is None
+    np.testing.assert_allclose(ops.convert_to_numpy(total), [24.0] * 3)
