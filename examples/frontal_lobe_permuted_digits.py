@@ -16,7 +16,13 @@ task of those two, and for `frontal-lobe` the Fisher trace of the frontal
 lobe before and after phase 2 in every task. Writes every run to `--out`
 (JSON).
 
-Run: `KERAS_BACKEND=tensorflow python examples/frontal_lobe_permuted_digits.py --tasks 10`.
+Run:
+
+    KERAS_BACKEND=tensorflow python examples/frontal_lobe_permuted_digits.py \\
+        --tasks 10
+
+The consolidation variants (`reset`, `distill`) are measured by
+`benchmarks/frontal_lobe_continual.py`.
 """
 
 import argparse
@@ -37,7 +43,8 @@ def _row(label, run):
     dims = run["effective_dimension"]
     last = "-" if dims[-1] is None else f"{dims[-1]:.0f}"
     return (
-        f"{label:<44} {run['average_accuracy']:6.3f} {run['learning_accuracy']:6.3f} "
+        f"{label:<44} {run['average_accuracy']:6.3f} "
+        f"{run['learning_accuracy']:6.3f} "
         f"{run['backward_transfer']:7.3f} {last:>6}"
     )
 
@@ -69,8 +76,9 @@ def main():
         stream, width=args.width, epochs=args.epochs, seed=args.seed
     )
     print(
-        f"backend {keras.backend.backend()}, permuted digits, {args.tasks} tasks, "
-        f"2x{args.width} ReLU, {args.epochs} epochs per task, seed {args.seed}",
+        f"backend {keras.backend.backend()}, permuted digits, "
+        f"{args.tasks} tasks, 2x{args.width} ReLU, {args.epochs} epochs per "
+        f"task, seed {args.seed}",
         flush=True,
     )
     print(
@@ -110,7 +118,7 @@ def main():
                     fraction=fraction,
                     information_epochs=args.information_epochs,
                     information_estimator=args.information_estimator,
-                    forget_frontal_lobe=drop,
+                    consolidation="forget" if drop else "merge",
                 ),
             )
 
@@ -140,7 +148,8 @@ def main():
             print(f"effective dimension per task, {label}: {dims}")
     if best_lobe:
         print(
-            f"frontal-lobe Fisher trace per task (end of phase 1 -> end of phase 2), {best_lobe}:"
+            "frontal-lobe Fisher trace per task (end of phase 1 -> end of "
+            f"phase 2), {best_lobe}:"
         )
         for task, records in enumerate(runs[best_lobe]["records"]):
             traces = [
@@ -156,9 +165,10 @@ def main():
                 for r in records
                 if "rest_effective_dimension" in r
             ]
+            trace = " -> ".join(f"{t:.2f}" for t in traces)
             print(
-                f"  task {task + 1}: trace {' -> '.join(f'{t:.2f}' for t in traces)}; "
-                f"memory d_eff frontal lobe {dims[-1][0]:.0f}, rest {dims[-1][1]:.0f}"
+                f"  task {task + 1}: trace {trace}; memory d_eff frontal "
+                f"lobe {dims[-1][0]:.0f}, rest {dims[-1][1]:.0f}"
             )
     print(f"\nwrote {args.out}")
 
