@@ -203,38 +203,45 @@ def report(args):
                 )
         variants = [label for label in best if label != "online"]
         if variants and args.figures:
-            top = max(
-                variants,
-                key=lambda label: np.mean(
+
+            def score(label):
+                return np.mean(
                     [
                         _at(r, num_tasks)["average_accuracy"]
                         for r in grid[(label, best[label])]
                     ]
-                ),
-            )
+                )
+
+            shown = ["online", max(variants, key=score)]
+            emptying = [
+                label
+                for label in variants
+                if label.startswith(("reset", "distill"))
+            ]
+            if emptying and max(emptying, key=score) not in shown:
+                shown.append(max(emptying, key=score))
             plot(
                 dataset,
                 {
-                    f"online s={best['online']:g}": grid[
-                        ("online", best["online"])
-                    ],
-                    f"{top} s={best[top]:g}": grid[(top, best[top])],
+                    f"{label} s={best[label]:g}": grid[(label, best[label])]
+                    for label in shown
                 },
                 os.path.join(args.figures, f"frontal_lobe_{dataset}.png"),
             )
 
 
 def plot(dataset, groups, path):
-    """Average accuracy, learning accuracy and d_eff over tasks, per method."""
-    figure = new_figure(figsize=(9, 2.8), layout="constrained")
-    axes = figure.subplots(1, 3)
-    for (label, group), color in zip(groups.items(), ("C0", "C3")):
+    """Average accuracy, learning accuracy, forgetting and d_eff over tasks."""
+    figure = new_figure(figsize=(11, 2.8), layout="constrained")
+    axes = figure.subplots(1, 4)
+    for (label, group), color in zip(groups.items(), ("C0", "C3", "C2")):
         for r in group:
             matrix = np.asarray(r["accuracy_matrix"])
             steps = np.arange(1, len(matrix) + 1)
             curves = (
                 metrics.average_accuracy_curve(matrix),
                 np.diag(matrix),
+                [metrics.forgetting(matrix[:t, :t]) for t in steps],
                 r["effective_dimension"],
             )
             for axis, curve in zip(axes, curves):
@@ -248,6 +255,7 @@ def plot(dataset, groups, path):
     titles = (
         "average accuracy on tasks seen",
         "accuracy on the task just learned",
+        "forgetting",
         "memory effective dimension",
     )
     for axis, title in zip(axes, titles):
