@@ -245,3 +245,24 @@ def test_distill_then_reset_keeps_the_task_and_saves(rng, tmp_path):
         loaded.memories[0].fisher["hidden_0/kernel"],
         model.memories[0].fisher["hidden_0/kernel"],
     )
+
+
+def test_distill_every_k_epochs_inside_one_fit(rng):
+    """Distillation is a `fit` of its own, also in the middle of one."""
+    model, x, y = model_and_data(rng)
+    callback = Consolidate(
+        (x, y),
+        information_epochs=0,
+        period=2,
+        consolidation="distill",
+        distill_epochs=1,
+    )
+    history = model.fit(
+        x, y, epochs=4, batch_size=20, verbose=0, callbacks=[callback]
+    )
+    assert len(history.history["loss"]) == 4
+    assert len(history.history["distillation_loss"]) == 2
+    assert model.memories[0].num_examples == 80
+    assert callback.records[-1]["frontal_lobe_effective_dimension"] == 0
+    kernel = keras.ops.convert_to_numpy(model.get_layer("logits").kernel.value)
+    assert np.all(kernel[:4] == 0)
