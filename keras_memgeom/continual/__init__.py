@@ -21,6 +21,7 @@ from keras_memgeom.continual.finetune import Finetune
 from keras_memgeom.continual.frontal_lobe_strategy import FrontalLobeStrategy
 from keras_memgeom.continual.harness import Harness
 from keras_memgeom.continual.image_dataset import ImageDataset
+from keras_memgeom.continual.image_dataset import StreamedImageDataset
 from keras_memgeom.continual.joint import Joint
 from keras_memgeom.continual.masked_logits import MaskedLogits
 from keras_memgeom.continual.memory_strategy import MemoryStrategy
@@ -40,6 +41,7 @@ from keras_memgeom.continual.strategy import available_strategies
 from keras_memgeom.continual.strategy import get_strategy
 from keras_memgeom.continual.strategy import get_strategy_class
 from keras_memgeom.continual.strategy import register_strategy
+from keras_memgeom.continual.task_stream import StreamedTask
 from keras_memgeom.continual.task_stream import Task
 from keras_memgeom.continual.task_stream import TaskStream
 
@@ -56,6 +58,8 @@ __all__ = [
     "OnlineEWC",
     "RESULTS_SCHEMA",
     "Strategy",
+    "StreamedImageDataset",
+    "StreamedTask",
     "Task",
     "TaskContext",
     "TaskStream",
