@@ -8,7 +8,7 @@ accuracy are printed before and after phase 2, for the exact penalty and
 for the empirical proxy (the settings of the test in
 tests/training/test_frontal_lobe.py).
 
-Goal (issue 3): the trace falls by at least half, the accuracy by at most
+Goal: the trace falls by at least half, the accuracy by at most
 2 points.
 
 Run: `KERAS_BACKEND=jax python benchmarks/frontal_lobe_phase_two.py`.
@@ -63,10 +63,11 @@ def run(estimator, learning_rate, task_epochs, information_epochs):
     )
     after = measure()
     print(
-        f"{estimator:>9} penalty, Adam {learning_rate:g}, {task_epochs}+{information_epochs} "
-        f"epochs: frontal-lobe Fisher trace {before[0]:.2f} -> {after[0]:.2f} "
-        f"(x{after[0] / before[0]:.2f}), test accuracy {before[1]:.4f} -> {after[1]:.4f} "
-        f"({100 * (after[1] - before[1]):+.1f} points)",
+        f"{estimator:>9} penalty, Adam {learning_rate:g}, "
+        f"{task_epochs}+{information_epochs} epochs: frontal-lobe Fisher "
+        f"trace {before[0]:.2f} -> {after[0]:.2f} "
+        f"(x{after[0] / before[0]:.2f}), test accuracy {before[1]:.4f} -> "
+        f"{after[1]:.4f} ({100 * (after[1] - before[1]):+.1f} points)",
         flush=True,
     )
 

@@ -11,9 +11,11 @@ that traces and warms up; the two models alternate `--repeats` times and
 the fastest epochs are compared (the least disturbed by other load on a
 shared machine, which hits both alike).
 
-Goal (issue 3): a phase-2 step costs at most 3x a plain training step.
+Goal: a phase-2 step costs at most 3x a plain training step.
 
-Run: `KERAS_BACKEND=jax python benchmarks/frontal_lobe_step_cost.py [--width 32]`.
+Run:
+
+    KERAS_BACKEND=jax python benchmarks/frontal_lobe_step_cost.py --width 32
 """
 
 import argparse
@@ -104,8 +106,9 @@ def main():
     y = rng.integers(0, 10, size=args.examples)
     steps = -(-args.examples // args.batch_size)
     print(
-        f"backend {keras.backend.backend()}, MLP 64-{args.width}-{args.width}-10, "
-        f"batch {args.batch_size}, {steps} steps per epoch"
+        f"backend {keras.backend.backend()}, MLP "
+        f"64-{args.width}-{args.width}-10, batch {args.batch_size}, {steps} "
+        "steps per epoch"
     )
     for estimator in ("empirical", "exact"):
         plain_model = build(args.width, estimator, x, y)
@@ -115,8 +118,9 @@ def main():
             [plain_model, phase2_model], x, y, args.batch_size, args.repeats
         )
         print(
-            f"{estimator:>9}: plain step {1e3 * plain / steps:7.3f} ms, phase-2 step "
-            f"{1e3 * phase2 / steps:7.3f} ms, ratio {phase2 / plain:5.2f}"
+            f"{estimator:>9}: plain step {1e3 * plain / steps:7.3f} ms, "
+            f"phase-2 step {1e3 * phase2 / steps:7.3f} ms, ratio "
+            f"{phase2 / plain:5.2f}"
         )
 
 
