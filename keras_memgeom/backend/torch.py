@@ -20,9 +20,10 @@ def compile_function(fn):
     Example:
 
     ```python
+    import keras_memgeom
     from keras import ops
 
-    square = compile_function(lambda x: ops.square(x))
+    square = keras_memgeom.backend.compile_function(lambda x: ops.square(x))
     print(square(ops.ones((2,))))
     ```
     """
@@ -45,9 +46,10 @@ def linearize(fn, primals):
     Example:
 
     ```python
+    import keras_memgeom
     from keras import ops
 
-    outputs, _, pullback = linearize(
+    outputs, _, pullback = keras_memgeom.backend.linearize(
         lambda p: (ops.square(p[0]), ()), [ops.ones((3,))]
     )
     (grads,) = pullback(ops.ones((1, 3)))  # 2 * p, shape (1, 3)
@@ -88,9 +90,11 @@ def vectorize(fn):
     Example:
 
     ```python
+    import keras_memgeom
     from keras import ops
 
-    sums = vectorize(lambda row: ops.sum(row))(ops.ones((4, 3)))  # shape (4,)
+    row_sums = keras_memgeom.backend.vectorize(lambda row: ops.sum(row))
+    sums = row_sums(ops.ones((4, 3)))  # shape (4,)
     ```
     """
 
@@ -119,9 +123,10 @@ def differentiable_linearize(fn, primals):
     Example:
 
     ```python
+    import keras_memgeom
     from keras import ops
 
-    outputs, _, pullback = differentiable_linearize(
+    outputs, _, pullback = keras_memgeom.backend.differentiable_linearize(
         lambda p: (ops.square(p[0]), ()), [ops.ones((3,))]
     )
     (grads,) = pullback(ops.ones((1, 3)))
@@ -172,9 +177,10 @@ def full_precision_matmul():
     Example:
 
     ```python
+    import keras_memgeom
     from keras import ops
 
-    with full_precision_matmul():
+    with keras_memgeom.backend.full_precision_matmul():
         product = ops.matmul(ops.ones((2, 2)), ops.ones((2, 2)))
     ```
     """
@@ -213,7 +219,9 @@ def device_description():
     Example:
 
     ```python
-    print(device_description())
+    import keras_memgeom
+
+    print(keras_memgeom.backend.device_description())
     ```
     """
     device = torch.device(keras_torch_core.get_device())
@@ -240,9 +248,10 @@ def device_constant(value, dtype):
     Example:
 
     ```python
+    import keras_memgeom
     import numpy as np
 
-    eye = device_constant(np.eye(3), "float32")
+    eye = keras_memgeom.backend.device_constant(np.eye(3), "float32")
     ```
     """
     # On the device Keras computes on, copied there once.
@@ -262,7 +271,10 @@ def check_distribution():
     Example:
 
     ```python
-    check_distribution()  # nothing to say without a distribution
+    import keras_memgeom
+
+    # Nothing to say without a distribution.
+    keras_memgeom.backend.check_distribution()
     ```
     """
     from keras.src.distribution import distribution_lib
@@ -305,18 +317,19 @@ def batch_step(function, variables):
     Example:
 
     ```python
+    import keras_memgeom
     import keras
     import numpy as np
     from keras import ops
 
     scale = keras.Variable(2.0)
-    step = batch_step(
+    step = keras_memgeom.backend.batch_step(
         lambda values, x: ([ops.sum(x, axis=0) * values[0]], []), [scale]
     )
     totals = None
     for _ in range(2):
         totals, _ = step(totals, (np.ones((4, 3), "float32"),))
-    print(batch_total(totals))  # [[16. 16. 16.]]
+    print(keras_memgeom.backend.batch_total(totals))  # [[16. 16. 16.]]
     ```
     """
 
@@ -352,13 +365,16 @@ def batch_total(totals):
     Example:
 
     ```python
+    import keras_memgeom
     import keras
     import numpy as np
     from keras import ops
 
-    step = batch_step(lambda values, x: ([ops.sum(x)], []), [])
+    step = keras_memgeom.backend.batch_step(
+        lambda values, x: ([ops.sum(x)], []), []
+    )
     totals, _ = step(None, (np.ones((4, 3), "float32"),))
-    print(batch_total(totals))  # [12.]
+    print(keras_memgeom.backend.batch_total(totals))  # [12.]
     ```
     """
     return totals
@@ -379,7 +395,10 @@ def global_batch_position(local_batch_size):
     Example:
 
     ```python
-    print(global_batch_position(32))  # (0, 32) in one process
+    import keras_memgeom
+
+    # (0, 32) in one process.
+    print(keras_memgeom.backend.global_batch_position(32))
     ```
     """
     # Keras does not distribute the torch backend: one process, one batch.

@@ -53,9 +53,13 @@ class FrontalLobeStrategy(MemoryStrategy):
     Example:
 
     ```python
-    stream = TaskStream.make("permuted", "digits", num_tasks=2)
-    strategy = FrontalLobeStrategy(strength=100, consolidation="distill")
-    Harness(stream, width=32, epochs=2).run(strategy)
+    from keras_memgeom import continual
+
+    stream = continual.TaskStream.make("permuted", "digits", num_tasks=2)
+    strategy = continual.FrontalLobeStrategy(
+        strength=100, consolidation="distill", information_epochs=1
+    )
+    continual.Harness(stream, width=32, epochs=2).run(strategy)
     ```
     """
 

@@ -25,7 +25,9 @@ class ImageDataset:
     Example:
 
     ```python
-    data = ImageDataset.load("digits", seed=0)
+    from keras_memgeom import continual
+
+    data = continual.ImageDataset.load("digits", seed=0)
     print(data.x_train.shape, data.num_classes)  # (1437, 8, 8, 1) 10
     ```
     """
@@ -190,8 +192,10 @@ class StreamedImageDataset:
     ```python
     import tensorflow_datasets as tfds
 
+    from keras_memgeom import continual
+
     with tfds.testing.mock_data(num_examples=8):
-        data = ImageDataset.load("tfds:mnist")
+        data = continual.ImageDataset.load("tfds:mnist")
     print(data.image_shape, data.num_classes)  # (28, 28, 1) 10
     ```
     """

@@ -40,7 +40,10 @@ class Task:
     Example:
 
     ```python
-    task = TaskStream.make("permuted", "digits", num_tasks=2).tasks[0]
+    from keras_memgeom import continual
+
+    stream = continual.TaskStream.make("permuted", "digits", num_tasks=2)
+    task = stream.tasks[0]
     x, y = task.data("train")
     print(task.num_examples("train") == len(y))  # True
     ```
@@ -87,8 +90,12 @@ class StreamedTask:
     ```python
     import tensorflow_datasets as tfds
 
+    from keras_memgeom import continual
+
     with tfds.testing.mock_data(num_examples=40):
-        stream = TaskStream.make("permuted", "tfds:mnist", num_tasks=2)
+        stream = continual.TaskStream.make(
+            "permuted", "tfds:mnist", num_tasks=2
+        )
         task = stream.tasks[1]
         print(task.num_examples("train"), task.data("test"))
     ```
@@ -181,7 +188,9 @@ class TaskStream:
     Example:
 
     ```python
-    stream = TaskStream.make("permuted", "digits", num_tasks=3)
+    from keras_memgeom import continual
+
+    stream = continual.TaskStream.make("permuted", "digits", num_tasks=3)
     print(len(stream.tasks), stream.input_shape, stream.num_outputs)
     # 3 (8, 8, 1) 10
     ```
