@@ -12,6 +12,49 @@ from keras_memgeom.utils.checks import check_positive_int
 CONSOLIDATIONS = ("merge", "forget", "reset", "distill")
 
 
+def check_consolidation(
+    consolidation, distill_epochs, distill_batch_size, distill_learning_rate
+):
+    """Checks the consolidation settings of `Consolidate` and its users.
+
+    Args:
+        consolidation: one of `CONSOLIDATIONS`.
+        distill_epochs: a positive int.
+        distill_batch_size: a positive int.
+        distill_learning_rate: a positive number.
+
+    Returns:
+        The four settings, the learning rate as a float.
+
+    Raises:
+        ValueError: naming the first setting that is not valid.
+
+    Example:
+
+    ```python
+    from keras_memgeom.callbacks.consolidate import check_consolidation
+
+    print(check_consolidation("distill", 5, 32, 1e-3))
+    ```
+    """
+    if consolidation not in CONSOLIDATIONS:
+        raise ValueError(
+            f"Unknown consolidation {consolidation!r}; expected one of "
+            f"{CONSOLIDATIONS}."
+        )
+    return (
+        consolidation,
+        check_positive_int("distill_epochs", distill_epochs),
+        check_positive_int("distill_batch_size", distill_batch_size),
+        check_number(
+            "distill_learning_rate",
+            distill_learning_rate,
+            minimum=0.0,
+            inclusive_minimum=False,
+        ),
+    )
+
+
 class Consolidate(keras.callbacks.Callback):
     """Runs the frontal-lobe procedure inside an ordinary `model.fit`.
 
@@ -133,11 +176,6 @@ class Consolidate(keras.callbacks.Callback):
                 f"Unknown estimator {estimator!r}; expected one of "
                 f"{ESTIMATORS}."
             )
-        if consolidation not in CONSOLIDATIONS:
-            raise ValueError(
-                f"Unknown consolidation {consolidation!r}; expected one of "
-                f"{CONSOLIDATIONS}."
-            )
         decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
         )
@@ -155,18 +193,16 @@ class Consolidate(keras.callbacks.Callback):
             "max_examples", max_examples, allow_none=True
         )
         self.decay = decay
-        self.consolidation = consolidation
-        self.distill_epochs = check_positive_int(
-            "distill_epochs", distill_epochs
-        )
-        self.distill_batch_size = check_positive_int(
-            "distill_batch_size", distill_batch_size
-        )
-        self.distill_learning_rate = check_number(
-            "distill_learning_rate",
+        (
+            self.consolidation,
+            self.distill_epochs,
+            self.distill_batch_size,
+            self.distill_learning_rate,
+        ) = check_consolidation(
+            consolidation,
+            distill_epochs,
+            distill_batch_size,
             distill_learning_rate,
-            minimum=0.0,
-            inclusive_minimum=False,
         )
         self.prior_precision = prior_precision
         self.records = []

@@ -1,15 +1,14 @@
 """Frontal-lobe consolidation as a continual-learning method."""
 
 import keras_memgeom
-from keras_memgeom.callbacks.consolidate import CONSOLIDATIONS
 from keras_memgeom.callbacks.consolidate import Consolidate
+from keras_memgeom.callbacks.consolidate import check_consolidation
 from keras_memgeom.continual.classifier import classifier
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
 from keras_memgeom.training.frontal_lobe import ESTIMATORS
 from keras_memgeom.utils.checks import check_number
-from keras_memgeom.utils.checks import check_positive_int
 
 
 @register_strategy
@@ -114,23 +113,16 @@ class FrontalLobeStrategy(MemoryStrategy):
         self.information_strength = information_strength
         self.information_epochs = int(information_epochs)
         self.information_estimator = information_estimator
-        if consolidation not in CONSOLIDATIONS:
-            raise ValueError(
-                f"Unknown consolidation {consolidation!r}; expected one of "
-                f"{CONSOLIDATIONS}."
-            )
-        self.consolidation = consolidation
-        self.distill_epochs = check_positive_int(
-            "distill_epochs", distill_epochs
-        )
-        self.distill_batch_size = check_positive_int(
-            "distill_batch_size", distill_batch_size
-        )
-        self.distill_learning_rate = check_number(
-            "distill_learning_rate",
+        (
+            self.consolidation,
+            self.distill_epochs,
+            self.distill_batch_size,
+            self.distill_learning_rate,
+        ) = check_consolidation(
+            consolidation,
+            distill_epochs,
+            distill_batch_size,
             distill_learning_rate,
-            minimum=0.0,
-            inclusive_minimum=False,
         )
         self.records = []  # The Consolidate records of each task.
 
