@@ -12,6 +12,7 @@ from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.memory.dense_taps import DenseTaps
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.utils.batches import iterate_batches
+from keras_memgeom.utils.checks import check_finite_data
 from keras_memgeom.utils.checks import check_positive_int
 
 ESTIMATORS = ("exact", "sampled", "empirical", "batched")
@@ -151,11 +152,7 @@ def estimate_fisher(
     totals = None
     num_examples = 0
     for x, y in iterate_batches(data, batch_size, max_examples):
-        for leaf in keras.tree.flatten(x):
-            if np.issubdtype(leaf.dtype, np.floating) and not np.all(
-                np.isfinite(leaf)
-            ):
-                raise ValueError("The data holds NaN or infinite inputs.")
+        check_finite_data("The data's inputs", x)
         if step is None:
             _check_batch_axis(model, x)
             step = _cached_step(
