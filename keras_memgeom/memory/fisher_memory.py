@@ -8,6 +8,7 @@ from keras import ops
 from keras_memgeom.memory.fisher import estimate_fisher
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker import block_diagonal
+from keras_memgeom.memory.kronecker import check_kronecker_factors
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.memory.memory_file import read_memory_file
@@ -123,15 +124,7 @@ class FisherMemory:
     def _checked_block(self, path, block):
         fan_in, units = kernel_matrix_shape(self._anchor[path].shape)
         rows = fan_in + (block.bias is not None)
-        a, g = (
-            np.array(block.a, dtype="float64"),
-            np.array(block.g, dtype="float64"),
-        )
-        if a.shape != (rows, rows) or g.shape != (units, units):
-            raise ValueError(
-                f"The Kronecker factors of {path} must be {(rows, rows)} and "
-                f"{(units, units)}; got {a.shape} and {g.shape}."
-            )
+        a, g = check_kronecker_factors(path, block.a, block.g, rows, units)
         if block.bias is not None and self._anchor[block.bias].shape != (
             units,
         ):
@@ -150,19 +143,8 @@ class FisherMemory:
                     f"{(fan_in, units)}."
                 )
             mask.flags.writeable = False
-        for name, factor in (("a", a), ("g", g)):
-            if not np.all(np.isfinite(factor)):
-                raise ValueError(
-                    f"The Kronecker factor {name} of {path} holds NaN or "
-                    "infinite values."
-                )
-            if not np.allclose(
-                factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
-            ):
-                raise ValueError(
-                    f"The Kronecker factor {name} of {path} is not symmetric."
-                )
-            factor.flags.writeable = False
+        a.flags.writeable = False
+        g.flags.writeable = False
         return KroneckerBlock(block.bias, a, g, mask)
 
     @classmethod

@@ -76,6 +76,62 @@ def kronecker_quadratic(a, g, delta):
 # Eigenvalues below this share of the largest count as no information: the
 # factors are float32 sums, and e.g. a softmax's G is exactly singular.
 _RELATIVE_TOLERANCE = 1e-6
+# A factor's eigenvalues may fall this far (relative to the largest) below 0
+# from float32 rounding; a more negative one is a factor that is not a
+# second moment, under which the penalty goes negative.
+_PSD_TOLERANCE = 1e-4
+
+
+def check_kronecker_factors(owner, a, g, rows, units):
+    """Checks a layer's factors; returns them as float64 arrays.
+
+    Args:
+        owner: the kernel they describe, named in the errors.
+        a: the input factor, `(rows, rows)`.
+        g: the output factor, `(units, units)`.
+        rows: `fan_in`, plus 1 with a bias.
+        units: the layer's output units.
+
+    Returns:
+        `(a, g)`, float64 arrays.
+
+    Raises:
+        ValueError: naming `owner` and the factor, if a factor has the
+            wrong shape, holds NaN or infinite values, is not symmetric, or
+            is not positive semi-definite (an eigenvalue below
+            `-1e-4` times the largest eigenvalue's magnitude).
+    """
+    a, g = np.array(a, dtype="float64"), np.array(g, dtype="float64")
+    if a.shape != (rows, rows) or g.shape != (units, units):
+        raise ValueError(
+            f"The Kronecker factors of {owner} must be {(rows, rows)} and "
+            f"{(units, units)}; got {a.shape} and {g.shape}."
+        )
+    for name, factor in (("a", a), ("g", g)):
+        if not np.all(np.isfinite(factor)):
+            raise ValueError(
+                f"The Kronecker factor {name} of {owner} holds NaN or "
+                "infinite values."
+            )
+        if not factor.size:
+            continue
+        if not np.allclose(
+            factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
+        ):
+            raise ValueError(
+                f"The Kronecker factor {name} of {owner} is not symmetric."
+            )
+        eigenvalues = np.linalg.eigvalsh(factor)
+        largest = float(np.abs(eigenvalues).max())
+        if eigenvalues[0] < -_PSD_TOLERANCE * largest:
+            raise ValueError(
+                f"The Kronecker factor {name} of {owner} is not positive "
+                f"semi-definite: its smallest eigenvalue is "
+                f"{eigenvalues[0]:.3g} and its largest in magnitude "
+                f"{largest:.3g}. A Fisher factor is a second moment; under "
+                "this one the penalty would go negative."
+            )
+    return a, g
 
 
 def _joint_basis(m1, m2):

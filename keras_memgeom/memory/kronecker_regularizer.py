@@ -4,7 +4,10 @@ import keras
 import numpy as np
 
 from keras_memgeom.memory.fisher_regularizer import memory_state
+from keras_memgeom.memory.kronecker import check_kronecker_factors
+from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.penalty import kronecker_penalty
+from keras_memgeom.utils.checks import check_number
 
 
 class KroneckerRegularizer(keras.regularizers.Regularizer):
@@ -33,8 +36,12 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
             takes where shapes agree (the factors are replicated).
 
     Raises:
-        ValueError: from `get_config`: the penalty refers to the layer's bias,
-            so it cannot be saved in a layer's config.
+        ValueError: naming the kernel, if a term's anchors or factors have
+            the wrong shapes (the expected and given ones are named), hold
+            NaN or infinite values, or a factor is not symmetric positive
+            semi-definite.
+        NotImplementedError: from `get_config`: the penalty refers to the
+            layer's bias, so it cannot be saved in a layer's config.
 
     Example:
 
@@ -62,6 +69,7 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     """
 
     def __init__(self, terms, bias, scale, mask=None, base=None, like=None):
+        terms = _checked_terms(terms, bias, like)
         self.bias = bias
         self.mask = (
             memory_state(mask, "memory_mask", like)
@@ -118,3 +126,48 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
             "keras_memgeom.Model or keras_memgeom.Sequential, which save "
             "memories with the model, or detach the memory before saving."
         )
+
+
+def _checked_terms(terms, bias, like):
+    """The terms as float arrays, each checked against the layer's shapes."""
+    owner = repr(like.path) if like is not None else "the kernel"
+    expected = None if like is None else kernel_matrix_shape(like.shape)
+    checked = []
+    for k, (kernel, bias_anchor, a, g, weight) in enumerate(terms):
+        where = f"Term {k} of the memory of {owner}"
+        kernel = np.asarray(kernel, "float32")
+        if kernel.ndim != 2 or kernel.shape != (expected or kernel.shape):
+            raise ValueError(
+                f"{where}: the anchor kernel must be a "
+                f"{expected or '(fan_in, units)'} matrix; got shape "
+                f"{kernel.shape}."
+            )
+        units = kernel.shape[1]
+        if bias is not None and tuple(bias.shape) != (units,):
+            raise ValueError(
+                f"{where}: the bias {bias.path!r} has shape "
+                f"{tuple(bias.shape)}; expected {(units,)}."
+            )
+        if (bias is None) != (bias_anchor is None):
+            raise ValueError(
+                f"{where}: the layer {'has no' if bias is None else 'has a'} "
+                f"bias but the term {'has' if bias is None else 'lacks'} a "
+                "bias anchor."
+            )
+        if bias_anchor is not None:
+            bias_anchor = np.asarray(bias_anchor, "float32")
+            if bias_anchor.shape != (units,):
+                raise ValueError(
+                    f"{where}: the bias anchor must have shape {(units,)}; "
+                    f"got {bias_anchor.shape}."
+                )
+        for part in (kernel, bias_anchor):
+            if part is not None and not np.all(np.isfinite(part)):
+                raise ValueError(
+                    f"{where}: its anchor holds NaN or infinite values."
+                )
+        rows = kernel.shape[0] + (bias is not None)
+        a, g = check_kronecker_factors(f"{owner} (term {k})", a, g, rows, units)
+        weight = check_number(f"terms[{k}] weight", weight, minimum=0.0)
+        checked.append((kernel, bias_anchor, a, g, weight))
+    return checked

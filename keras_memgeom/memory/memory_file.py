@@ -14,9 +14,10 @@ from keras_memgeom.utils.atomic_write import atomic_write
 from keras_memgeom.utils.atomic_write import check_writable_file_path
 
 FORMAT = "keras_memgeom.FisherMemory"
-# Version 2 adds Kronecker blocks; diagonal memories are still written as
-# version 1, which every reader since the first understands.
-FORMAT_VERSION = 2
+# Version 2 added Kronecker blocks; version 3 checksums the metadata itself
+# (`num_examples`, the estimator, the list of variables), not only the
+# arrays. Versions 1 and 2 are still read.
+FORMAT_VERSION = 3
 
 # Deflate never shrinks data more than about 1032:1; a member that claims
 # more is lying about its size (a zip bomb) and is refused before reading.
@@ -31,6 +32,16 @@ def _digest(array):
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def _meta_digest(meta):
+    """The checksum of every metadata entry but the checksum itself."""
+    canonical = json.dumps(
+        {k: v for k, v in meta.items() if k != "meta_sha256"},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def write_memory_file(
     path, anchor, fisher, num_examples, estimator, kronecker=None
 ):
@@ -39,7 +50,9 @@ def write_memory_file(
     The file is a zip of `.npy` arrays and a `meta.json` with the format
     version, each variable's path, shape, dtype and checksum, the estimator
     and the number of examples; a Kronecker-factored memory also lists each
-    block (kernel and bias paths, the factors' shapes and checksums). It gets
+    block (kernel and bias paths, the factors' shapes and checksums). A
+    checksum of the metadata covers all of it, so a flipped number of
+    examples is caught as surely as a flipped weight. It gets
     the permissions the user's umask gives new files; a failed write leaves
     `path` as it was and no temporary file behind.
 
@@ -51,7 +64,7 @@ def write_memory_file(
     kronecker = kronecker or {}
     meta = {
         "format": FORMAT,
-        "version": 2 if kronecker else 1,
+        "version": FORMAT_VERSION,
         "num_examples": int(num_examples),
         "estimator": estimator,
         "variables": [
@@ -83,6 +96,7 @@ def write_memory_file(
             }
             for kernel, block in kronecker.items()
         ]
+    meta["meta_sha256"] = _meta_digest(meta)
     members = []
     for i, name in enumerate(anchor):
         members.append((f"anchor/{i}.npy", anchor[name]))
@@ -135,6 +149,11 @@ def _check_meta(path, meta):
             f"{path!r} was written by format version {version}; this "
             f"keras_memgeom reads up to version {FORMAT_VERSION}. Upgrade "
             "keras_memgeom to read it."
+        )
+    if version >= 3 and meta.get("meta_sha256") != _meta_digest(meta):
+        raise ValueError(
+            f"{path!r} is corrupt: its metadata (number of examples, "
+            "estimator, variables) does not match its recorded checksum."
         )
     if not _is_count(meta.get("num_examples")) or meta["num_examples"] < 1:
         raise _invalid(

@@ -190,3 +190,61 @@ def test_saving_to_a_folder_or_a_missing_folder_fails_before_any_work(
         _memory().save(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         _memory().save(tmp_path / "missing" / "a.memory")
+
+
+def _rewrite_meta(path, change):
+    """Rewrites `meta.json` of a saved file with `change(meta)`, arrays kept."""
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    meta = json.loads(members["meta.json"])
+    change(meta)
+    members["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("num_examples", 11), ("estimator", "empirical"), ("extra", 1)],
+)
+def test_flipped_metadata_is_refused_as_corrupt(tmp_path, key, value):
+    path = tmp_path / "a.memory"
+    _memory().save(path)
+    _rewrite_meta(path, lambda meta: meta.update({key: value}))
+    with pytest.raises(ValueError, match="corrupt: its metadata"):
+        FisherMemory.load(path)
+
+
+def test_saved_files_are_of_the_current_version_and_checksummed(tmp_path):
+    _memory().save(tmp_path / "a.memory")
+    with zipfile.ZipFile(tmp_path / "a.memory") as z:
+        meta = json.loads(z.read("meta.json"))
+    assert meta["version"] == memory_file.FORMAT_VERSION == 3
+    digest = meta.pop("meta_sha256")
+    canonical = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_format_2_files_without_a_metadata_checksum_keep_loading(tmp_path):
+    # A Kronecker-factored memory as version 2 wrote it.
+    a = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    g = np.array([[1.0, 0.2], [0.2, 3.0]])
+    memory = FisherMemory(
+        {"k": np.ones((2, 2)), "b": np.zeros(2)},
+        {},
+        num_examples=7,
+        kronecker={"k": ("b", a, g)},
+    )
+    path = tmp_path / "v2.memory"
+    memory.save(path)
+
+    def as_version_2(meta):
+        meta["version"] = 2
+        del meta["meta_sha256"]
+
+    _rewrite_meta(path, as_version_2)
+    loaded = FisherMemory.load(path)
+    assert loaded.num_examples == 7
+    np.testing.assert_array_equal(loaded.kronecker["k"].a, a)
+    np.testing.assert_array_equal(loaded.kronecker["k"].g, g)
