@@ -5,7 +5,7 @@ import numpy as np
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
-from keras_memgeom.memory.kronecker import merge_anchor
+from keras_memgeom.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.memory.kronecker import nearest_kronecker
 from keras_memgeom.utils.checks import check_number
 
@@ -21,7 +21,10 @@ def merge(memories, *, decay=1.0):
     where `w_k = decay ** (number of memories after k)`: memories are given
     oldest first, and `decay < 1` forgets old precision (online
     consolidation). Where no memory holds information (`P = 0`) the anchor is
-    the newest memory's.
+    the newest memory's. Otherwise, with `decay = 1`, the merge is the sum
+    of the quadratics and does not depend on the order. A Kronecker block
+    keeps the exact minimizer of the summed quadratics as its anchor and
+    the single product nearest to the summed precision.
 
     Args:
         memories: a non-empty list of `FisherMemory`, oldest first.
@@ -31,10 +34,10 @@ def merge(memories, *, decay=1.0):
         A `FisherMemory`.
 
     Raises:
-        ValueError: if the list is empty or holds something else than
-            memories, `decay` is not a finite number in `(0, 1]`, or the
-            memories name different variables, shapes or Kronecker blocks
-            (the variable is named).
+        ValueError: if `memories` is not a list, is empty or holds
+            something else than memories (the index is named), `decay` is
+            not a finite number in `(0, 1]`, or the memories name different
+            variables, shapes or Kronecker blocks (the variable is named).
 
     Example:
 
@@ -58,14 +61,19 @@ def merge(memories, *, decay=1.0):
     print(merged.num_examples)  # 128
     ```
     """
+    if not isinstance(memories, (list, tuple)):
+        raise ValueError(
+            "`merge` takes a list of FisherMemory objects, oldest first; got "
+            f"one {type(memories).__name__}."
+        )
     memories = list(memories)
     if not memories:
         raise ValueError("`merge` needs at least one memory.")
-    for memory in memories:
+    for k, memory in enumerate(memories):
         if not isinstance(memory, FisherMemory):
             raise ValueError(
                 "`merge` takes FisherMemory objects; got "
-                f"{type(memory).__name__}."
+                f"{type(memory).__name__} as memories[{k}]."
             )
     decay = check_number(
         "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
@@ -143,12 +151,15 @@ def common_blocks(memories):
 
 
 def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
-    """Folds one layer's Kronecker terms, oldest first, into one block.
+    """Merges one layer's Kronecker terms into one block.
 
-    A sum of Kronecker products is not one. Each fold keeps the exact
-    minimizer of the two-term sum as the anchor (`merge_anchor`) and refits
-    the precision as the nearest single product (`nearest_kronecker`), so an
-    online memory stays one block whatever the number of tasks.
+    A sum of Kronecker products is not one. The anchor is the exact
+    minimizer of the sum of all the memories' quadratics
+    (`kronecker_sum_minimizer`, which leaves directions no memory constrains
+    at the newest anchor, as the diagonal merge does), and the precision is
+    the single product nearest to the sum (`nearest_kronecker`). Both are
+    symmetric in the terms: with `decay = 1` the order of the memories
+    changes nothing but which anchor the unconstrained directions keep.
     """
     shape = anchors[0][kernel].shape
 
@@ -161,20 +172,23 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         )
 
     first = memories[0].kronecker[kernel]
-    anchor, weight, a, g = (
-        stacked(anchors[0]),
-        weights[0] * memories[0].num_examples,
-        first.a,
-        first.g,
-    )
-    for w, memory, other in zip(weights[1:], memories[1:], anchors[1:]):
-        block = memory.kronecker[kernel]
-        newer = (stacked(other), w * memory.num_examples, block.a, block.g)
-        anchor = merge_anchor((anchor, weight, a, g), newer)
-        a, g = nearest_kronecker([(weight, a, g), newer[1:]])
-        weight = 1.0
+    terms = [
+        (
+            stacked(a),
+            w * m.num_examples,
+            m.kronecker[kernel].a,
+            m.kronecker[kernel].g,
+        )
+        for w, m, a in zip(weights, memories, anchors)
+    ]
+    if len(terms) == 1:
+        anchor, (_, weight, a, g) = terms[0][0], terms[0]
+        a = a * weight
+    else:
+        anchor = kronecker_sum_minimizer(terms, terms[-1][0], first.mask)
+        a, g = nearest_kronecker([term[1:] for term in terms])
     # Per-example factors: n A (x) G is the precision.
-    a = a * (weight / num_examples)
+    a = a / num_examples
     fan_in = kernel_matrix_shape(shape)[0]
     bias_anchor = anchor[fan_in] if bias is not None else None
     return (

@@ -7,9 +7,10 @@ from keras import ops
 from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.symmetry.unit_chain import unit_chain
 from keras_memgeom.utils.batches import iterate_batches
+from keras_memgeom.utils.checks import check_finite_data
 
 
-def layer_inputs(model, data, *, batch_size=256):
+def layer_inputs(model, data, *, batch_size=256, name="data"):
     """Yields, per batch, the input rows of every weight layer of a chain model.
 
     The model is run layer by layer in inference mode (dropout off,
@@ -28,6 +29,7 @@ def layer_inputs(model, data, *, batch_size=256):
         data: `(x, y)` arrays (labels are ignored), an array of inputs, or
             anything `FisherMemory.estimate` takes.
         batch_size: batch size for arrays.
+        name: what the data is, named in errors (e.g. `"data[1]"`).
 
     Returns:
         A generator of lists of float64 numpy arrays, one per weight layer
@@ -36,7 +38,8 @@ def layer_inputs(model, data, *, batch_size=256):
     Raises:
         ValueError: naming the layer, for models `keras_memgeom.symmetry`
             does not support, PolynomialDense layers (their kernel
-            multiplies a basis expansion) and dilated convolutions.
+            multiplies a basis expansion) and dilated convolutions; for
+            empty data, or inputs holding NaN or infinite values.
 
     Example:
 
@@ -80,7 +83,12 @@ def layer_inputs(model, data, *, batch_size=256):
         _check_rows(layer)
     if isinstance(data, np.ndarray):
         data = (data, np.zeros(len(data)))
-    for x, _ in iterate_batches(data, batch_size):
+    empty = True
+    for x, y in iterate_batches(data, batch_size):
+        check_finite_data(f"The inputs of {name}", x)
+        if not len(y):
+            continue
+        empty = False
         rows, hidden = [], ops.convert_to_tensor(x)
         for layer in model.layers:
             if isinstance(layer, keras.layers.InputLayer):
@@ -96,6 +104,11 @@ def layer_inputs(model, data, *, batch_size=256):
                 )
             hidden = layer(hidden, training=False)
         yield rows
+    if empty:
+        raise ValueError(
+            f"{name} is empty: statistics of the layers' inputs need at "
+            "least one example."
+        )
 
 
 def _check_rows(layer):

@@ -1,5 +1,8 @@
 """Trained models combined in closed form, after aligning their units."""
 
+import os
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -8,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.memory.kronecker import merge_anchor
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.merging.layer_inputs import layer_inputs
@@ -19,6 +23,7 @@ from keras_memgeom.symmetry.unit_chain import incoming_weights
 from keras_memgeom.symmetry.unit_chain import permute_units
 from keras_memgeom.symmetry.unit_chain import unit_chain
 from keras_memgeom.symmetry.unit_chain import write_chain
+from keras_memgeom.utils.checks import check_finite_data
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.clone_model import clone_model
 
@@ -155,11 +160,7 @@ def merge_models(
     print(merged.count_params() == model_a.count_params())  # True
     ```
     """
-    models = list(models)
-    if len(models) < 2:
-        raise ValueError(
-            f"`merge_models` needs at least two models; got {len(models)}."
-        )
+    models = _model_list(models)
     if method is None:
         method = (
             "fisher" if data is not None or memories is not None else "average"
@@ -191,6 +192,9 @@ def merge_models(
     ):
         if needs and data is None:
             raise ValueError(f"{flag} needs `data`: one data set per model.")
+    if data is not None:
+        for k, d in enumerate(data):
+            check_finite_data(f"data[{k}]", d)
     weights = _normalized_weights(weights, len(models))
     prior_precision = check_number(
         "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
@@ -210,6 +214,7 @@ def merge_models(
         ]
     curvatures = None
     if method in MEMORY_METHODS and memories is not None:
+        _check_memory_order(models, memories)
         curvatures = [
             _memory_curvature(m, memory, structure)
             for m, memory in zip(models, memories)
@@ -251,42 +256,72 @@ def merge_models(
 
 
 def _check_same_layers(models):
-    """Raises a ValueError naming the first layer whose weight shapes differ."""
+    """Raises a ValueError naming the first layer that differs between models.
 
-    def signature(model):
-        return [
-            (
-                layer,
-                type(layer).__name__,
-                [tuple(w.shape) for w in layer.weights],
+    Layers are compared in order by class, by the weight shapes and by every
+    setting of their configs (activation, use_bias, strides, ...) except
+    names, dtypes and how weights were initialized, regularized or
+    constrained, which do not change the function the weights compute.
+    """
+    reference = _layer_signatures(models[0])
+    for k, model in enumerate(models[1:], start=1):
+        other = _layer_signatures(model)
+        for (layer_a, sig_a), (layer_b, sig_b) in zip(reference, other):
+            if sig_a == sig_b:
+                continue
+            difference = next(
+                (key, sig_a.get(key), sig_b.get(key))
+                for key in sorted(set(sig_a) | set(sig_b), key=str)
+                if sig_a.get(key) != sig_b.get(key)
             )
-            for layer in model.layers
-            if layer.weights
-        ]
-
-    reference = signature(models[0])
-    for model in models[1:]:
-        other = signature(model)
-        for (layer_a, type_a, shapes_a), (layer_b, type_b, shapes_b) in zip(
-            reference, other
-        ):
-            if (type_a, shapes_a) != (type_b, shapes_b):
-                raise ValueError(
-                    f"Model {model.name!r} does not share the architecture of "
-                    f"{models[0].name!r}: layer {layer_b.name!r} ({type_b}, "
-                    f"weights {shapes_b}) vs layer {layer_a.name!r} ({type_a}, "
-                    f"weights {shapes_a})."
-                )
+            raise ValueError(
+                f"models[{k}] ({model.name!r}) does not share the architecture "
+                f"of models[0] ({models[0].name!r}): layer {layer_b.name!r} "
+                f"has {difference[0]} {difference[2]} where layer "
+                f"{layer_a.name!r} has {difference[1]}."
+            )
         if len(other) != len(reference):
             extra = (other if len(other) > len(reference) else reference)[
                 min(len(other), len(reference))
             ][0]
             raise ValueError(
-                f"Model {model.name!r} does not share the architecture of "
-                f"{models[0].name!r}: they have {len(other)} and "
-                f"{len(reference)} layers with weights; layer {extra.name!r} "
-                "has no counterpart."
+                f"models[{k}] ({model.name!r}) does not share the architecture "
+                f"of models[0] ({models[0].name!r}): they have {len(other)} "
+                f"and {len(reference)} layers; layer {extra.name!r} has no "
+                "counterpart."
             )
+
+
+# Config entries that do not change what a layer computes from its weights.
+_IRRELEVANT = ("name", "trainable", "dtype", "seed")
+_IRRELEVANT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+
+
+def _layer_signatures(model):
+    """`(layer, signature)` for each computing layer of `model`, in order."""
+    signatures = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            signatures += _layer_signatures(layer)
+            continue
+        try:
+            config = layer.get_config()
+        except NotImplementedError:
+            config = {}
+        # Compared as reprs: configs may hold arrays.
+        signature = {
+            key: repr(value)
+            for key, value in config.items()
+            if key not in _IRRELEVANT and not key.endswith(_IRRELEVANT_SUFFIXES)
+        }
+        signature["class"] = type(layer).__name__
+        signature["weight shapes"] = repr(
+            [tuple(w.shape) for w in layer.weights]
+        )
+        signatures.append((layer, signature))
+    return signatures
 
 
 def _normalized_weights(weights, count):
@@ -304,11 +339,40 @@ def _normalized_weights(weights, count):
             for k, w in enumerate(weights)
         ]
     )
-    if weights.sum() <= 0:
+    if weights.max() <= 0:
         raise ValueError(
             f"`weights` must have a positive sum; got {weights.tolist()}."
         )
+    # Scaled by the largest first: a sum of huge weights would overflow.
+    weights = weights / weights.max()
     return weights / weights.sum()
+
+
+def _model_list(models):
+    """`models` as a list of at least two Keras models, or a clear error."""
+    if isinstance(models, (keras.Model, str, os.PathLike)) or not isinstance(
+        models, (list, tuple)
+    ):
+        raise ValueError(
+            "`merge_models` takes a list of at least two Keras models; got "
+            f"one {type(models).__name__}."
+        )
+    for k, model in enumerate(models):
+        if not isinstance(model, keras.Model):
+            hint = (
+                " Load it first with `keras.saving.load_model`."
+                if isinstance(model, (str, os.PathLike))
+                else ""
+            )
+            raise ValueError(
+                f"`models[{k}]` is a {type(model).__name__} ({model!r:.60}), "
+                f"not a Keras model.{hint}"
+            )
+    if len(models) < 2:
+        raise ValueError(
+            f"`merge_models` needs at least two models; got {len(models)}."
+        )
+    return list(models)
 
 
 def _check_regmean_layers(model):
@@ -324,6 +388,67 @@ def _check_regmean_layers(model):
                 f"closed form; layer {layer.name!r} ({type(layer).__name__}) "
                 "cannot be merged this way. Use 'average' or 'fisher'."
             )
+
+
+def _check_memory_order(models, memories):
+    """Refuses a memory whose anchor is not its model's weights.
+
+    The merge weighs each model's weights by its memory's curvature, so a
+    memory of another model (lists in different orders) would silently
+    weigh the wrong weights.
+    """
+    for k, memory in enumerate(memories):
+        if not isinstance(memory, FisherMemory):
+            raise ValueError(
+                "`memories` takes FisherMemory objects; got "
+                f"{type(memory).__name__} as memories[{k}]."
+            )
+    for k, (model, memory) in enumerate(zip(models, memories)):
+        path = _anchor_mismatch(model, memory)
+        if path is None:
+            continue
+        owner = next(
+            (
+                j
+                for j, other in enumerate(models)
+                if j != k and _anchor_mismatch(other, memory, own=False) is None
+            ),
+            None,
+        )
+        hint = (
+            f" It is the memory of models[{owner}]: give `memories` in the "
+            "order of `models`."
+            if owner is not None
+            else " Estimate each memory on its model's current weights."
+        )
+        raise ValueError(
+            f"memories[{k}] is not a memory of models[{k}] ({model.name!r}): "
+            f"its anchor of {path!r} differs from the model's weights.{hint}"
+        )
+
+
+def _anchor_mismatch(model, memory, own=True):
+    """The first path whose anchor is not `model`'s weight, or `None`.
+
+    A memory that does not fit its `own` model raises `match`'s error;
+    tried on another model, it just does not match.
+    """
+    if own:
+        pairs = memory.match(model)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pairs = memory.match(model)
+        except ValueError:
+            return memory.paths[0]
+    anchor = memory.anchor
+    for path, variable in pairs:
+        if not np.allclose(
+            anchor[path], ops.convert_to_numpy(variable), rtol=1e-5, atol=1e-7
+        ):
+            return path
+    return None
 
 
 def _memory_curvature(model, memory, structure):
@@ -523,7 +648,7 @@ def _set_kronecker_weighted(merged, models, blocks, weights):
             ] * merge_anchor(second, first)
         else:
             start = sum(w * anchor for anchor, w, _, _ in terms)
-            solution = _kronecker_sum_solve(terms, start, block.mask)
+            solution = kronecker_sum_minimizer(terms, start, block.mask)
         if bias is not None:
             variables[bias].assign(solution[-1].astype(variables[bias].dtype))
             solution = solution[:-1]
@@ -532,88 +657,11 @@ def _set_kronecker_weighted(merged, models, blocks, weights):
         )
 
 
-def _kronecker_sum_solve(terms, start, mask=None, tolerance=1e-10):
-    """The minimizer of a sum of Kronecker quadratics nearest `start` (CG).
-
-    Minimizes `sum_k w_k vec(M (W - W_k))^T (a_k (x) g_k) vec(M (W - W_k))`,
-    `M` the 0/1 `mask` (all ones by default, a bias row always), with the
-    row-major `vec`; the operator is applied as `M a_k (M D) g_k`, never
-    formed. The move `D = W - start` is sought as `R_a Y R_g^T`, with
-    `R_a^T (sum_k w_k a_k) R_a = I` and `R_g^T (sum_k g_k) R_g = I` (the
-    basis `merge_anchor` uses for two terms), which preconditions the
-    system. Conjugate gradients started at `Y = 0` stay in the operator's
-    range: directions no term constrains keep `start`, and the result does
-    not depend on the order of the terms.
-
-    Args:
-        terms: a list of `(anchor, weight, a, g)`, anchors `(rows, units)`.
-        start: `(rows, units)`.
-        mask: `None`, or `(fan_in, units)` (no bias row).
-        tolerance: the residual's norm relative to the right-hand side's.
-
-    Returns:
-        The minimizer, `(rows, units)`.
-    """
-    full = np.ones_like(start)
-    if mask is not None:
-        full[: len(mask)] = mask
-    r_a = _whitening(sum(w * a for _, w, a, _ in terms))
-    r_g = _whitening(sum(g for _, _, _, g in terms))
-
-    def move(y):
-        return full * (r_a @ y @ r_g.T)
-
-    def apply(y):
-        d = move(y)
-        return (
-            r_a.T @ (full * sum(w * (a @ d @ g) for _, w, a, g in terms)) @ r_g
-        )
-
-    residual = (
-        r_a.T
-        @ (
-            full
-            * sum(
-                w * (a @ (full * (anchor - start)) @ g)
-                for anchor, w, a, g in terms
-            )
-        )
-        @ r_g
-    )
-    goal = tolerance * np.linalg.norm(residual)
-    y, direction, norm = np.zeros_like(residual), residual, np.sum(residual**2)
-    # Exact arithmetic needs one iteration per unknown; rounding, a few more.
-    for _ in range(4 * residual.size):
-        if np.sqrt(norm) <= goal:
-            break
-        image = apply(direction)
-        curvature = np.sum(direction * image)
-        if curvature <= 0:
-            break
-        alpha = norm / curvature
-        y = y + alpha * direction
-        residual = residual - alpha * image
-        norm, previous = np.sum(residual**2), norm
-        direction = residual + (norm / previous) * direction
-    return start + move(y)
-
-
-# As in `keras_memgeom.memory.kronecker`: eigenvalues below this share of the
-# largest are float32 noise (a softmax's G is exactly singular).
-_RELATIVE_TOLERANCE = 1e-6
-
-
-def _whitening(matrix):
-    """`R` (`p x k`) with `R^T matrix R = I` on the range of a PSD `matrix`."""
-    eigenvalues, vectors = np.linalg.eigh(matrix)
-    kept = eigenvalues > _RELATIVE_TOLERANCE * max(
-        float(eigenvalues.max()), 0.0
-    )
-    return vectors[:, kept] / np.sqrt(eigenvalues[kept])
-
-
 def _set_regmean(merged, models, data, weights, alpha):
-    grams = [_input_grams(m, d) for m, d in zip(models, data)]
+    grams = [
+        _input_grams(m, d, f"data[{k}]")
+        for k, (m, d) in enumerate(zip(models, data))
+    ]
     chains = [unit_chain(m) for m in models]
     for index, unit_layer in enumerate(unit_chain(merged)):
         kernels = [_with_bias(chain[index]) for chain in chains]
@@ -636,11 +684,11 @@ def _with_bias(unit_layer):
     return np.concatenate([kernel, unit_layer.bias[None]], axis=0)
 
 
-def _input_grams(model, data):
+def _input_grams(model, data, name):
     """Per weight layer, the Gram matrix of its inputs (a 1 for the bias)."""
     chain = unit_chain(model)
     grams = [0.0] * len(chain)
-    for rows in layer_inputs(model, data):
+    for rows in layer_inputs(model, data, name=name):
         for i, (x, unit_layer) in enumerate(zip(rows, chain)):
             if unit_layer.bias is not None:
                 x = np.concatenate([x, np.ones((len(x), 1))], axis=1)

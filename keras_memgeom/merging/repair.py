@@ -48,7 +48,9 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
     Raises:
         ValueError: naming the layer, for a hidden layer that is not a
             Dense or Conv2D layer with a bias, or for models
-            `keras_memgeom.symmetry` does not support.
+            `keras_memgeom.symmetry` does not support; naming the data set,
+            for one that is empty or whose inputs hold NaN or infinite
+            values.
 
     Example:
 
@@ -105,8 +107,8 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
                 f"{layer.name!r} ({type(layer).__name__}) is not one."
             )
     target_mean, target_std = 0.0, 0.0
-    for w, model, d in zip(weights, models, data):
-        mean, std = _unit_statistics(model, [d], batch_size)
+    for k, (w, model, d) in enumerate(zip(weights, models, data)):
+        mean, std = _unit_statistics(model, [d], batch_size, first=k)
         target_mean = target_mean + w * mean
         target_std = target_std + w * std
     result = copy_model(merged)
@@ -128,8 +130,10 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
     return result
 
 
-def _unit_statistics(model, data, batch_size, upto=None):
+def _unit_statistics(model, data, batch_size, upto=None, first=0):
     """Per hidden layer, the mean and std of each unit's pre-activation.
+
+    `data` is a list of data sets, `data[first + k]` in errors.
 
     Returns:
         `(means, stds)`: object arrays with one `(units,)` array per hidden
@@ -138,8 +142,10 @@ def _unit_statistics(model, data, batch_size, upto=None):
     chain = unit_chain(model)
     hidden = chain[: len(chain) - 1 if upto is None else upto]
     count, total, square = ([0.0] * len(hidden) for _ in range(3))
-    for d in data:
-        for rows in layer_inputs(model, d, batch_size=batch_size):
+    for k, d in enumerate(data, start=first):
+        for rows in layer_inputs(
+            model, d, batch_size=batch_size, name=f"data[{k}]"
+        ):
             for i, unit_layer in enumerate(hidden):
                 z = (
                     rows[i]

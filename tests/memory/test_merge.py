@@ -95,3 +95,68 @@ def test_memories_of_different_shapes_are_refused_by_name(rng):
         ValueError, match=r"different shapes.*'w'.*\(4, 3\).*\(3, 4\)"
     ):
         merge([a, b])
+
+
+def _psd(rng, size):
+    m = rng.normal(size=(size, size))
+    return m @ m.T / size + 0.1 * np.eye(size)
+
+
+def _kfac_memory(rng, n):
+    return FisherMemory(
+        {"k": rng.normal(size=(3, 2)), "b": rng.normal(size=2)},
+        {},
+        n,
+        kronecker={"k": ("b", _psd(rng, 4), _psd(rng, 2))},
+    )
+
+
+def _stacked(memory):
+    return np.concatenate([memory.anchor["k"], memory.anchor["b"][None]])
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_kfac_merge_is_the_closed_form_minimizer_in_any_order(rng, count):
+    memories = [_kfac_memory(rng, 10 * (k + 1)) for k in range(count)]
+    # The sum of the quadratics n_k vec(W - W_k)^T (A_k (x) G_k) vec(...).
+    precisions = [
+        m.num_examples * np.kron(m.kronecker["k"].a, m.kronecker["k"].g)
+        for m in memories
+    ]
+    exact = np.linalg.solve(
+        sum(precisions),
+        sum(p @ _stacked(m).ravel() for p, m in zip(precisions, memories)),
+    )
+    results = [merge(memories), merge(memories[::-1])]
+    if count == 3:
+        results.append(merge([memories[1], memories[2], memories[0]]))
+    for merged in results:
+        np.testing.assert_allclose(
+            _stacked(merged).ravel(), exact, rtol=1e-6, atol=1e-8
+        )
+        block = merged.kronecker["k"]
+        np.testing.assert_allclose(
+            merged.num_examples * np.kron(block.a, block.g),
+            results[0].num_examples
+            * np.kron(results[0].kronecker["k"].a, results[0].kronecker["k"].g),
+            rtol=1e-8,
+        )
+
+
+def test_diagonal_merge_does_not_depend_on_the_order(rng):
+    a, b, c = _memory(rng, 10), _memory(rng, 20), _memory(rng, 30)
+    one, other = merge([a, b, c]), merge([c, a, b])
+    np.testing.assert_allclose(one.anchor["w"], other.anchor["w"], rtol=1e-6)
+    np.testing.assert_allclose(
+        one.precision["w"], other.precision["w"], rtol=1e-6
+    )
+
+
+def test_merge_of_one_memory_not_in_a_list_is_refused(rng):
+    a = _memory(rng, 10)
+    with pytest.raises(
+        ValueError, match="list of FisherMemory.*one FisherMemory"
+    ):
+        merge(a)
+    with pytest.raises(ValueError, match=r"str as memories\[1\]"):
+        merge([a, "b.memory"])
