@@ -1,6 +1,7 @@
 """The per-example Fisher of a Keras model, diagonal or Kronecker-factored."""
 
 import math
+import warnings
 import weakref
 
 import keras
@@ -101,8 +102,10 @@ def estimate_fisher(
             variables, with several outputs or a non-`(batch, d)` output,
             labels that the loss would not read (out of range, one-hot for a
             sparse loss, integers for a categorical one, a wrong shape),
-            unbatched or endless data without `max_examples`, empty data, or
-            non-finite inputs or Fisher values.
+            unbatched or endless data without `max_examples`, empty data,
+            non-finite inputs or Fisher values, or `structure="kfac"` on a
+            model without a Dense or Conv2D layer (a warning names the
+            variables that stay diagonal when only some are outside one).
 
     Example:
 
@@ -329,6 +332,8 @@ class _BatchStep:
         self.diagonal = (
             self.generic if structure == "kfac" else list(range(len(variables)))
         )
+        if structure == "kfac":
+            _check_kfac_coverage(variables, self.fast, self.generic)
         outputs = model(example_x, training=False)
         if len(keras.tree.flatten(outputs)) != 1:
             names = getattr(model, "output_names", None) or len(
@@ -455,6 +460,26 @@ class _BatchStep:
         # extra factor `batch` makes the sums average correctly over examples.
         sums = [batch * batch * ops.square(g[0]) for g in grads]
         return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
+
+
+def _check_kfac_coverage(variables, fast, generic):
+    """Refuses a K-FAC memory of no layer; says which variables stay diagonal.
+
+    Built once per model and settings (steps are cached), so it warns once.
+    """
+    paths = [variables[i].path for i in generic]
+    if not fast:
+        raise ValueError(
+            "structure='kfac' factors Dense and Conv2D layers, and this model "
+            f"has none to factor (its trainable variables: {paths}). Use "
+            "structure='diagonal'."
+        )
+    if paths:
+        warnings.warn(
+            "structure='kfac': these variables are not in a Dense or Conv2D "
+            f"layer and keep a diagonal Fisher: {paths}.",
+            stacklevel=5,
+        )
 
 
 def _cached_step(

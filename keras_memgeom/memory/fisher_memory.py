@@ -186,7 +186,13 @@ class FisherMemory:
             A `FisherMemory`.
 
         Raises:
-            ValueError: see `estimate_fisher`.
+            ValueError: see `estimate_fisher`; with `structure="kfac"`, if
+                the model has no Dense or Conv2D layer to factor.
+
+        Warns:
+            UserWarning: with `structure="kfac"`, naming the variables
+                outside Dense and Conv2D layers, which keep a diagonal
+                Fisher (see `structure_of`).
         """
         estimate = estimate_fisher(
             model,
@@ -233,6 +239,55 @@ class FisherMemory:
     def kronecker(self):
         """Dict from a kernel's path to its `KroneckerBlock` (or empty)."""
         return dict(self._kronecker)
+
+    def structure_of(self, path):
+        """How the memory keeps one variable's Fisher.
+
+        With `structure="kfac"` only Dense and Conv2D layers get Kronecker
+        blocks; every other variable keeps a diagonal Fisher.
+
+        Args:
+            path: a remembered variable's path (see `paths`).
+
+        Returns:
+            `"kfac"` if a Kronecker block covers the variable (a layer's
+            kernel or bias), else `"diagonal"`.
+
+        Raises:
+            ValueError: if the memory has no variable `path`.
+
+        Example:
+
+        ```python
+        import keras
+        import numpy as np
+
+        import keras_memgeom
+
+        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+        inputs = keras.Input((4,))
+        hidden = keras.layers.LayerNormalization()(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        # Warns: the normalization's scale and offset stay diagonal.
+        memory = keras_memgeom.FisherMemory.estimate(
+            model, (x, np.arange(32) % 3), structure="kfac"
+        )
+        print({p: memory.structure_of(p) for p in memory.paths})
+        ```
+        """
+        if path not in self._anchor:
+            raise ValueError(
+                f"The memory has no variable {path!r}; it remembers "
+                f"{self.paths}."
+            )
+        covered = set(self._kronecker) | {
+            b.bias for b in self._kronecker.values() if b.bias is not None
+        }
+        return "kfac" if path in covered else "diagonal"
 
     @property
     def fisher(self):

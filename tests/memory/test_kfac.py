@@ -359,3 +359,48 @@ def test_a_plain_keras_model_trains_with_a_kfac_memory_but_refuses_to_save_it(
         model.save(tmp_path / "plain.keras")
     keras_memgeom.detach(model)
     model.save(tmp_path / "plain.keras")
+
+
+def _normalized_model():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.LayerNormalization(name="norm")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(hidden))
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def test_kfac_names_the_variables_that_stay_diagonal(rng):
+    x, y = classification_data(rng, num_examples=30, num_features=4)
+    model = _normalized_model()
+    with pytest.warns(UserWarning, match="keep a diagonal Fisher") as record:
+        memory = FisherMemory.estimate(model, (x, y), structure="kfac")
+    gamma, beta = model.get_layer("norm").gamma, model.get_layer("norm").beta
+    message = str(record[0].message)
+    assert gamma.path in message and beta.path in message
+    out = model.get_layer("out")
+    assert memory.structure_of(out.kernel.path) == "kfac"
+    assert memory.structure_of(out.bias.path) == "kfac"
+    assert memory.structure_of(gamma.path) == "diagonal"
+    # The diagonal variables hold the diagonal memory's Fisher.
+    diagonal = FisherMemory.estimate(model, (x, y))
+    np.testing.assert_allclose(
+        memory.fisher[gamma.path], diagonal.fisher[gamma.path], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="no variable 'nothing'"):
+        memory.structure_of("nothing")
+
+
+def test_kfac_without_a_layer_to_factor_is_refused(rng):
+    x, y = classification_data(rng, num_examples=30, num_features=3)
+    inputs = keras.Input((3,))
+    logits = keras.layers.LayerNormalization(name="only")(inputs)
+    model = keras.Model(inputs, logits)
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    with pytest.raises(
+        ValueError, match="no.*to factor.*only/gamma.*structure='diagonal'"
+    ):
+        FisherMemory.estimate(model, (x, y), structure="kfac")
