@@ -326,8 +326,10 @@ class FisherMemory:
 
         Keras paths carry auto-numbered names (`sequential_3/dense_7/kernel`),
         so the same architecture built elsewhere gets other paths. Variables
-        are matched by path when every path is found; otherwise by order and
-        shape (with a warning saying so).
+        are matched by path when every path is found; otherwise by order,
+        when the model has as many trainable variables, each of the same
+        kind (`kernel`, `bias`, ...) and shape, with a warning listing the
+        pairs whose paths differ.
 
         Args:
             model: a built Keras model.
@@ -336,34 +338,52 @@ class FisherMemory:
             A list of `(path, variable)` pairs.
 
         Raises:
-            ValueError: naming the first variable that matches neither way.
+            ValueError: if the memory does not fit the model, naming what
+                differs: the variables missing on either side, or the first
+                pair with another shape or kind of variable.
         """
         variables = list(model.trainable_variables)
         by_path = {v.path: v for v in variables}
-        if all(path in by_path for path in self._anchor):
+        missing = [path for path in self._anchor if path not in by_path]
+        by_order = bool(missing)
+        if not by_order:
             pairs = [(path, by_path[path]) for path in self._anchor]
         elif len(variables) == len(self._anchor):
             pairs = list(zip(self._anchor, variables))
-            warnings.warn(
-                "The memory's variable paths are not the model's; matching "
-                "them by order and shape instead.",
-                stacklevel=3,
-            )
         else:
-            missing = next(path for path in self._anchor if path not in by_path)
+            extra = [v.path for v in variables if v.path not in self._anchor]
             raise ValueError(
-                f"The memory does not fit the model: variable {missing!r} is "
-                "not among the model's trainable variables, and the memory has "
-                f"{len(self._anchor)} variables where the model has "
-                f"{len(variables)}."
+                "The memory does not fit the model: the memory's variable "
+                f"{missing[0]!r}"
+                + (f" (and {_few(missing[1:])})" if len(missing) > 1 else "")
+                + " is not among the model's trainable variables, and "
+                f"the memory has {len(self._anchor)} variables where the "
+                f"model has {len(variables)} (the model's {_few(extra)} are "
+                "not in the memory)."
             )
+        how = " (matched by order)" if by_order else ""
         for path, variable in pairs:
             if tuple(variable.shape) != self._anchor[path].shape:
                 raise ValueError(
-                    f"The memory does not fit the model: {path!r} has shape "
-                    f"{self._anchor[path].shape} in the memory but "
+                    f"The memory does not fit the model{how}: {path!r} has "
+                    f"shape {self._anchor[path].shape} in the memory but "
                     f"{variable.path!r} has shape {tuple(variable.shape)}."
                 )
+            if by_order and path.rsplit("/", 1)[-1] != variable.name:
+                raise ValueError(
+                    f"The memory does not fit the model{how}: the memory's "
+                    f"{path!r} would be the model's {variable.path!r}, "
+                    "another kind of variable."
+                )
+        if by_order:
+            renamed = [(path, v.path) for path, v in pairs if path != v.path]
+            listed = ", ".join(f"{a!r} -> {b!r}" for a, b in renamed[:4])
+            more = f" and {len(renamed) - 4} more" if len(renamed) > 4 else ""
+            warnings.warn(
+                "The memory's variable paths are not the model's; matching "
+                f"them by order and shape instead: {listed}{more}.",
+                stacklevel=3,
+            )
         return pairs
 
     def penalty(self, model, *, num_train_examples, strength=1.0):
@@ -490,3 +510,11 @@ class FisherMemory:
             f"n={self.num_examples}, estimator={self.estimator}, "
             f"structure={self.structure}>"
         )
+
+
+def _few(paths, count=4):
+    """Up to `count` paths, quoted, for an error message."""
+    listed = ", ".join(repr(p) for p in paths[:count])
+    return listed + (
+        f" and {len(paths) - count} more" if len(paths) > count else ""
+    )

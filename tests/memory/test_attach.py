@@ -217,3 +217,49 @@ def test_attached_memory_is_device_state(rng):
             isinstance(regularizer.fisher, keras.Variable)
             and not regularizer.fisher.trainable
         )
+
+
+def test_a_memory_of_another_architecture_is_refused_naming_the_difference(
+    rng,
+):
+    x, y = classification_data(rng, num_examples=10)
+    memory = FisherMemory.estimate(_mlp(), (x, y))
+    kernel, bias = memory.paths[:2]
+    # As many variables of the same shapes, but a bias where a scale was.
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, use_bias=False)(inputs)
+    hidden = keras.layers.LayerNormalization(center=False)(hidden)
+    other = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    assert [tuple(v.shape) for v in other.trainable_variables] == [
+        memory.anchor[p].shape for p in memory.paths
+    ]
+    with pytest.raises(
+        ValueError,
+        match=rf"by order\): the memory's '{bias}' would be the model's "
+        r"'layer_normalization/gamma', another kind of variable",
+    ):
+        keras_memgeom.attach(other, memory, num_train_examples=10)
+    # Fewer variables: the ones missing on either side are named.
+    smaller = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    with pytest.raises(
+        ValueError,
+        match=rf"variable '{kernel}' \(and .*\) is not among the model's "
+        r"trainable variables, and the memory has 4 variables where the "
+        r"model has 2 \(the model's '.*/kernel', '.*/bias' are not in the "
+        r"memory\)",
+    ):
+        keras_memgeom.attach(smaller, memory, num_train_examples=10)
+
+
+def test_a_rebuilt_model_is_matched_by_order_and_the_pairs_are_listed(rng):
+    x, y = classification_data(rng, num_examples=10)
+    model = _mlp()
+    memory = FisherMemory.estimate(model, (x, y))
+    rebuilt = _mlp()
+    pairs = [
+        f"'{a}' -> '{b.path}'"
+        for a, b in zip(memory.paths, rebuilt.trainable_variables)
+    ]
+    with pytest.warns(UserWarning, match="by order and shape") as record:
+        keras_memgeom.attach(rebuilt, memory, num_train_examples=10)
+    assert all(pair in str(record[0].message) for pair in pairs)
