@@ -89,8 +89,9 @@ def merge_models(
 
     Args:
         models: a list of at least two built Keras models of one
-            architecture; for `"fisher"` with `data`, compiled with a
-            log-likelihood loss.
+            architecture (the same layer classes, weight shapes and
+            settings such as the activation, in order); for `"fisher"`
+            with `data`, compiled with a log-likelihood loss.
         method: `"average"`, `"fisher"`, `"regmean"` or `"kfac"`; `None`
             means `"fisher"` when `data` or `memories` is given, else
             `"average"` (as before `method` existed).
@@ -99,13 +100,15 @@ def merge_models(
             trained on. Needed by `"regmean"` and `repair`, and by
             `"fisher"` and `"kfac"` without `memories`.
         memories: `None`, or a list with one `FisherMemory` of each model,
-            for `"fisher"`, or with Kronecker blocks on the same layers
-            (`structure="kfac"`) for `"kfac"`.
+            in the order of `models` (each anchored at its model's
+            weights), for `"fisher"`, or with Kronecker blocks on the same
+            layers (`structure="kfac"`) for `"kfac"`.
         align: whether to align the hidden units to the first model's
             (chains of Dense / Conv2D layers, see `keras_memgeom.symmetry`).
         repair: whether to correct the hidden units' statistics (REPAIR).
-        weights: `None` (equal), or a non-negative finite weight per model
-            with a positive sum.
+        weights: `None` (equal), or a non-negative finite weight per model,
+            not all zero (scaled by the largest before normalizing, so huge
+            weights do not overflow).
         estimator: the Fisher estimator used with `data`.
         prior_precision: `alpha > 0` for `"fisher"`, and for the variables
             no Kronecker block covers in `"kfac"`.
@@ -116,12 +119,17 @@ def merge_models(
         A new Keras model (uncompiled) with the merged weights.
 
     Raises:
-        ValueError: for fewer than two models, an unknown method, lists
-            without one entry per model, bad weights, `"fisher"` or
-            `"kfac"` with neither `data` nor `memories`, `"kfac"` memories
-            without Kronecker blocks or with them on different layers,
-            `"regmean"` or `repair` without `data`, or, naming the layer,
-            different architectures or a layer the method cannot merge.
+        ValueError: for a single model or fewer than two, an entry that is
+            not a Keras model (a path: the index and type are named), an
+            unknown method, lists without one entry per model, bad
+            weights, `"fisher"` or `"kfac"` with neither `data` nor
+            `memories`, `"kfac"` memories without Kronecker blocks or with
+            them on different layers, a memory not anchored at its model's
+            weights (memories in another order: the index is named),
+            `"regmean"` or `repair` without `data`, data that is empty or
+            holds NaN or infinite values (`data[k]` is named), or, naming
+            the layer, different architectures (the differing setting,
+            such as both activations) or a layer the method cannot merge.
 
     Example:
 
