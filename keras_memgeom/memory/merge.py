@@ -6,6 +6,7 @@ from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import kronecker_sum_minimizer
+from keras_memgeom.memory.kronecker import merge_anchor
 from keras_memgeom.memory.kronecker import nearest_kronecker
 from keras_memgeom.utils.checks import check_number
 
@@ -154,9 +155,10 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     """Merges one layer's Kronecker terms into one block.
 
     A sum of Kronecker products is not one. The anchor is the exact
-    minimizer of the sum of all the memories' quadratics
-    (`kronecker_sum_minimizer`, which leaves directions no memory constrains
-    at the newest anchor, as the diagonal merge does), and the precision is
+    minimizer of the sum of all the memories' quadratics (`merge_anchor`
+    for two unmasked ones, else `kronecker_sum_minimizer`; both leave
+    directions no memory constrains at the newest anchor, as the diagonal
+    merge does), and the precision is
     the single product nearest to the sum (`nearest_kronecker`). Both are
     symmetric in the terms: with `decay = 1` the order of the memories
     changes nothing but which anchor the unconstrained directions keep.
@@ -185,7 +187,11 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         anchor, (_, weight, a, g) = terms[0][0], terms[0]
         a = a * weight
     else:
-        anchor = kronecker_sum_minimizer(terms, terms[-1][0], first.mask)
+        if len(terms) == 2 and first.mask is None:
+            # Exact, in the joint eigenbasis; what online merges take.
+            anchor = merge_anchor(*terms)
+        else:
+            anchor = kronecker_sum_minimizer(terms, terms[-1][0], first.mask)
         a, g = nearest_kronecker([term[1:] for term in terms])
     # Per-example factors: n A (x) G is the precision.
     a = a / num_examples
