@@ -75,12 +75,15 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     trained before.
 
     On a `keras_memgeom.Model` or `keras_memgeom.Sequential` this is the same
-    as compiling with `regularizers=`: the model tracks the memory as state
-    (so a traced step reads it as device state), saves it as assets and keeps
-    it across `fit` calls. On any other Keras model the layers'
-    `*_regularizer` attributes are set, so `model.save` keeps the penalty in
-    the layers' configs; on JAX its arrays are then constants of the traced
-    step, which is fine for small models (use the package's models for large
+    as compiling with `regularizers=`: the model holds the memory as state
+    apart from its own variables (so a traced step reads it as device
+    state), saves it as assets and keeps it across `fit` calls. On any other
+    Keras model the layers' `*_regularizer` attributes are set (a
+    Kronecker-factored block's penalty split between the kernel and the
+    bias), so the layers' configs rebuild the regularizers and `model.save`
+    keeps their arrays in the weights file; the model's `.keras` saves are
+    made atomic. On JAX the arrays are then constants of the traced step,
+    which is fine for small models (use the package's models for large
     ones).
 
     Args:
@@ -95,7 +98,10 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
 
     Raises:
         ValueError: if a memory does not fit the model (the variable is
-            named), is not a `FisherMemory`, or the arguments are invalid
+            named), a plain model would not keep the penalty of some
+            variables through `model.save` and `keras.saving.load_model`
+            (they are named; nothing is attached), is not a `FisherMemory`,
+            or the arguments are invalid
             (a non-finite or negative strength, a non-integer number of
             examples).
 

@@ -76,7 +76,10 @@ def _remembering(rng, make, package, structure="diagonal", strength=5.0):
     model = make(package)
     model.compile(keras.optimizers.SGD(0.01), LOSS)
     x, y = _data(rng, model)
-    memory = FisherMemory.estimate(model, (x, y), structure=structure)
+    if structure == "kfac":
+        memory = FisherMemory.estimate(model, (x, y), structure="kfac")
+    else:
+        memory = _random_memory(rng, model)
     model.set_weights(
         [
             w + rng.normal(size=w.shape).astype("float32") * 0.1
@@ -155,8 +158,7 @@ def test_attach_refuses_variables_a_saved_model_would_not_keep(rng):
     outputs = keras.layers.Dense(3)(keras.layers.Flatten()(hidden))
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.SGD(0.01), LOSS)
-    x, y = _data(rng, model, num_examples=8)
-    memory = FisherMemory.estimate(model, (x, y))
+    memory = _random_memory(rng, model)
     with pytest.raises(ValueError, match="attention/query/kernel"):
         keras_memgeom.attach(model, memory, num_train_examples=8)
     # Nothing is left half attached.
@@ -237,3 +239,60 @@ def test_a_failed_memory_save_leaves_the_previous_file_intact(
         FisherMemory.estimate(model, (x[:8], y[:8])).save(path)
     assert writer.calls == 2
     _intact(path, before)
+
+
+def _random_memory(rng, model, num_examples=50):
+    # A memory of the model's current weights with a random positive
+    # Fisher: the penalty's closed form needs no estimate.
+    anchor = {
+        v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables
+    }
+    fisher = {
+        path: rng.uniform(0.5, 2.0, size=value.shape).astype("float32")
+        for path, value in anchor.items()
+    }
+    return FisherMemory(anchor, fisher, num_examples)
+
+
+def test_a_keras_hub_bert_classifier_keeps_its_penalty(tmp_path, rng):
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=20,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=6,
+    )
+    classifier = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=3, preprocessor=None
+    )
+    memory = _random_memory(rng, classifier)
+    # Its layers build their sublayers from their own configs: a plain
+    # model cannot keep these penalties, and says which.
+    with pytest.raises(ValueError, match="attention") as refused:
+        keras_memgeom.attach(classifier, memory, num_train_examples=10)
+    assert "query/kernel" in str(refused.value)
+    assert not attached_regularizers(classifier)
+    model = keras_memgeom.Model(classifier.inputs, classifier.outputs)
+    memory = _random_memory(rng, model)
+    model.set_weights(
+        [
+            w + rng.normal(size=w.shape).astype(w.dtype) * 0.1
+            for w in model.get_weights()
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.01),
+        LOSS,
+        regularizers=[memory],
+        strength=3.0,
+        num_train_examples=10,
+    )
+    expected = _closed_form(memory, model, 10, 3.0)
+    assert expected > 0.0
+    np.testing.assert_allclose(_penalty(model), expected, rtol=1e-5)
+    model.save(tmp_path / "bert.keras")
+    loaded = keras.saving.load_model(tmp_path / "bert.keras")
+    np.testing.assert_allclose(_penalty(loaded), expected, rtol=1e-5)
+    assert len(attached_regularizers(loaded)) == len(memory.paths) == 41
