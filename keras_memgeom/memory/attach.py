@@ -151,6 +151,12 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         _set_regularizer(variable, regularizer, owners)
         regularizers.append((variable, regularizer))
 
+    if owners is not None:
+        for kernel, block in blocks.items():
+            if block.bias is not None:
+                _check_kernel_first(
+                    model, variables[kernel], variables[block.bias]
+                )
     diagonal = _diagonal_parts(memories, blocks)
     if diagonal[0].paths:
         combined = merge(diagonal)
@@ -182,8 +188,6 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         # A plain model rebuilds its regularizers from layer configs, which
         # cannot refer to another variable: the bias gets the second half.
         paired = owners is not None and bias is not None
-        if paired:
-            _check_kernel_first(model, variables[kernel], bias)
         regularizer = KroneckerRegularizer(
             terms,
             None if paired else bias,
