@@ -173,10 +173,16 @@ class FisherRegularizer(KerasSaveable, keras.regularizers.Regularizer):
 def load_state(owner, store, variables):
     """Assigns `variables` (name to variable) from a Keras weights store.
 
+    A store with no entries leaves them as they are: weights saved without
+    this memory (`load_weights` into a model with a memory attached), or
+    a file written when the arrays travelled in the config.
+
     Raises:
         ValueError: naming `owner` and the entry, if one is missing or has
             another shape.
     """
+    if len(store) == 0:
+        return
     for name, variable in variables.items():
         try:
             value = np.asarray(store[name])

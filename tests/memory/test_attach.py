@@ -163,6 +163,25 @@ def test_regularizer_config_holds_shapes_and_the_store_holds_arrays():
         again.load_own_variables({"anchor": np.zeros(4), "fisher": np.zeros(4)})
     with pytest.raises(ValueError, match="fisher"):
         again.load_own_variables({"anchor": np.zeros((2, 3))})
+    # Files of earlier versions carry the arrays in the config.
+    old = FisherRegularizer.from_config(
+        {
+            "anchor": {"shape": [2], "data": "AACAPwAAAEA="},  # [1, 2]
+            "fisher": {"shape": [2], "data": "AACAPwAAgD8="},  # [1, 1]
+            "scale": 2.0,
+            "offset": 0.0,
+            "base": None,
+        }
+    )
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(old(np.zeros(2, "float32")))),
+        2.0 * (1.0 + 4.0),
+    )
+    # Weights saved without a memory leave the attached one as it is.
+    again.load_own_variables({})
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(again.fisher), np.ones((2, 3))
+    )
     with pytest.raises(ValueError, match="shape"):
         FisherRegularizer(np.zeros(2), np.zeros(3))
 
