@@ -403,9 +403,9 @@ def _unsaved_paths(model, regularizers):
     regularizer of the same kind.
     """
     try:
-        clone = keras.saving.deserialize_keras_object(
-            keras.saving.serialize_keras_object(model)
-        )
+        config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)  # the architecture is the question
+        clone = keras.saving.deserialize_keras_object(config)
         # Paths may differ in the model's own scope; the order does not.
         kept = {
             id(original): type(rebuilt.regularizer)
