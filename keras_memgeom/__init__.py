@@ -19,6 +19,7 @@ from keras_memgeom import pruning  # noqa: E402
 from keras_memgeom import symmetry  # noqa: E402
 from keras_memgeom.memory import FisherMemory  # noqa: E402
 from keras_memgeom.memory import FisherRegularizer  # noqa: E402
+from keras_memgeom.memory import KroneckerBiasRegularizer  # noqa: E402
 from keras_memgeom.memory import KroneckerRegularizer  # noqa: E402
 from keras_memgeom.memory import attach  # noqa: E402
 from keras_memgeom.memory import detach  # noqa: E402
@@ -34,6 +35,7 @@ __all__ = [
     "FisherMemory",
     "FisherRegularizer",
     "FrontalLobe",
+    "KroneckerBiasRegularizer",
     "KroneckerRegularizer",
     "Model",
     "Sequential",

@@ -3,6 +3,7 @@ from keras_memgeom.memory.attach import detach
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker_regularizer import KroneckerBiasRegularizer
 from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
 from keras_memgeom.memory.likelihood import Bernoulli
 from keras_memgeom.memory.likelihood import Categorical
@@ -17,6 +18,7 @@ __all__ = [
     "FisherMemory",
     "FisherRegularizer",
     "Gaussian",
+    "KroneckerBiasRegularizer",
     "KroneckerBlock",
     "KroneckerRegularizer",
     "Likelihood",

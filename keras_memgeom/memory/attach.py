@@ -1,16 +1,21 @@
 """Attaches memories to any Keras model as weight regularizers, or not."""
 
+import warnings
+from functools import partial
+
 import keras
 import numpy as np
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.memory.kronecker_regularizer import KroneckerBiasRegularizer
 from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
 from keras_memgeom.memory.merge import common_blocks
 from keras_memgeom.memory.merge import merge
 from keras_memgeom.memory.penalty import penalty_scale
 from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.model_save import save_model
 
 # The attachment of a model, kept outside Keras's attribute tracking so it is
 # neither a layer nor saved weights.
@@ -70,12 +75,15 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     trained before.
 
     On a `keras_memgeom.Model` or `keras_memgeom.Sequential` this is the same
-    as compiling with `regularizers=`: the model tracks the memory as state
-    (so a traced step reads it as device state), saves it as assets and keeps
-    it across `fit` calls. On any other Keras model the layers'
-    `*_regularizer` attributes are set, so `model.save` keeps the penalty in
-    the layers' configs; on JAX its arrays are then constants of the traced
-    step, which is fine for small models (use the package's models for large
+    as compiling with `regularizers=`: the model holds the memory as state
+    apart from its own variables (so a traced step reads it as device
+    state), saves it as assets and keeps it across `fit` calls. On any other
+    Keras model the layers' `*_regularizer` attributes are set (a
+    Kronecker-factored block's penalty split between the kernel and the
+    bias), so the layers' configs rebuild the regularizers and `model.save`
+    keeps their arrays in the weights file; the model's `.keras` saves are
+    made atomic. On JAX the arrays are then constants of the traced step,
+    which is fine for small models (use the package's models for large
     ones).
 
     Args:
@@ -90,7 +98,10 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
 
     Raises:
         ValueError: if a memory does not fit the model (the variable is
-            named), is not a `FisherMemory`, or the arguments are invalid
+            named), a plain model would not keep the penalty of some
+            variables through `model.save` and `keras.saving.load_model`
+            (they are named; nothing is attached), is not a `FisherMemory`,
+            or the arguments are invalid
             (a non-finite or negative strength, a non-integer number of
             examples).
 
@@ -140,6 +151,12 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         _set_regularizer(variable, regularizer, owners)
         regularizers.append((variable, regularizer))
 
+    if owners is not None:
+        for kernel, block in blocks.items():
+            if block.bias is not None:
+                _check_kernel_first(
+                    model, variables[kernel], variables[block.bias]
+                )
     diagonal = _diagonal_parts(memories, blocks)
     if diagonal[0].paths:
         combined = merge(diagonal)
@@ -168,19 +185,45 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
                 (matrix, bias, own.a, own.g, m.num_examples / num_examples)
             )
         bias = variables[block.bias] if block.bias is not None else None
+        # A plain model rebuilds its regularizers from layer configs, which
+        # cannot refer to another variable: the bias gets the second half.
+        paired = owners is not None and bias is not None
         regularizer = KroneckerRegularizer(
             terms,
-            bias,
+            None if paired else bias,
             scale,
             mask=block.mask,
             base=variables[kernel].regularizer,
             like=variables[kernel],
+            paired=paired,
         )
         add(variables[kernel], regularizer)
+        if paired:
+            add(
+                bias,
+                KroneckerBiasRegularizer(regularizer, base=bias.regularizer),
+            )
+    if owners is not None:
+        lost = _unsaved_paths(model, regularizers)
+        if lost:
+            _remove_placed(regularizers, owners)
+            raise ValueError(
+                "`attach` cannot keep the memory of these variables through "
+                "`model.save` and `keras.saving.load_model`: "
+                f"{', '.join(lost)}. Their layers do not rebuild these "
+                "regularizers from their configs. Build the model as a "
+                "`keras_memgeom.Model(inputs, outputs)` (which saves memories "
+                "with the model) or remember only the other variables."
+            )
     attachment = Attachment(
         memories, strength, regularizers, scale, num_examples
     )
     object.__setattr__(model, _ATTACHMENT, attachment)
+    if owners is not None:
+        # Keras writes straight into the destination; this model's saves
+        # (`ModelCheckpoint` included) keep the old file until the new one
+        # is whole. The package's models do the same in their class.
+        object.__setattr__(model, "save", partial(save_model, model))
     if _tracks_memories(model):
         model._on_memories_attached(attachment, num_train_examples)
     _reset_traced_functions(model)
@@ -262,7 +305,7 @@ def attached_regularizers(model):
     return [
         (v, v.regularizer)
         for v in model.trainable_variables
-        if isinstance(v.regularizer, (FisherRegularizer, KroneckerRegularizer))
+        if isinstance(v.regularizer, MEMORY_REGULARIZERS)
     ]
 
 
@@ -305,6 +348,13 @@ def _ewc_offsets(memories, combined):
     return offsets
 
 
+MEMORY_REGULARIZERS = (
+    FisherRegularizer,
+    KroneckerRegularizer,
+    KroneckerBiasRegularizer,
+)
+
+
 def _tracks_memories(model):
     return hasattr(model, "_on_memories_attached")
 
@@ -315,17 +365,85 @@ def _remove_regularizers(model):
         _set_regularizer(variable, regularizer.base, owners)
     if attachment_of(model) is not None:
         object.__delattr__(model, _ATTACHMENT)
+    if isinstance(model.__dict__.get("save"), partial):
+        object.__delattr__(model, "save")
 
 
 def _regularizer_attributes(model):
-    """Maps each variable to the layer attribute serializing its regularizer."""
+    """Maps each variable to the layer attribute serializing its regularizer.
+
+    Keras names the attribute after the variable (`kernel_regularizer`), or
+    after the variable less `_kernel` (an LSTM cell's `recurrent_kernel` has
+    `recurrent_regularizer`, a separable convolution's `depthwise_kernel`
+    `depthwise_regularizer`); a depthwise convolution's `kernel` has
+    `depthwise_regularizer`. `attach` checks the guess by rebuilding the
+    model from its config.
+    """
     owners = {}
     for layer in model._flatten_layers(include_self=True):
         for variable in layer._trainable_variables:
-            attribute = f"{variable.name}_regularizer"
-            if hasattr(layer, attribute):
-                owners[id(variable)] = (layer, attribute)
+            name = variable.name
+            candidates = [f"{name}_regularizer"]
+            if name.endswith("_kernel"):
+                candidates.append(f"{name[: -len('_kernel')]}_regularizer")
+            if name == "kernel":
+                candidates.append("depthwise_regularizer")
+            for attribute in candidates:
+                if hasattr(layer, attribute):
+                    owners[id(variable)] = (layer, attribute)
+                    break
     return owners
+
+
+def _unsaved_paths(model, regularizers):
+    """The paths of remembered variables a reloaded `model` would not keep.
+
+    The model is rebuilt from its config, as `keras.saving.load_model`
+    does; every variable of `regularizers` must come back with a
+    regularizer of the same kind.
+    """
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)  # the architecture is the question
+        clone = keras.saving.deserialize_keras_object(config)
+        # Paths may differ in the model's own scope; the order does not.
+        kept = {
+            id(original): type(rebuilt.regularizer)
+            for original, rebuilt in zip(
+                model.trainable_variables, clone.trainable_variables
+            )
+        }
+    except Exception as error:  # noqa: BLE001 - any failure to rebuild
+        warnings.warn(
+            f"The model {model.name!r} cannot be rebuilt from its config "
+            f"({type(error).__name__}: {error}), so it cannot be saved as a "
+            "`.keras` file: its memory penalty holds in this process only.",
+            stacklevel=3,
+        )
+        return []
+    return [
+        variable.path
+        for variable, regularizer in regularizers
+        if kept.get(id(variable)) is not type(regularizer)
+    ]
+
+
+def _check_kernel_first(model, kernel, bias):
+    # Keras calls regularizers in the order of `trainable_weights`; the
+    # bias's half reads the kernel value its kernel's half holds.
+    order = {id(v): i for i, v in enumerate(model.trainable_weights)}
+    if order[id(kernel)] > order[id(bias)]:
+        raise ValueError(
+            f"`attach` needs the kernel {kernel.path!r} listed before its "
+            f"bias {bias.path!r} in the model's weights to keep a "
+            "Kronecker-factored memory in a plain Keras model; use "
+            "`keras_memgeom.Model` for this model."
+        )
+
+
+def _remove_placed(regularizers, owners):
+    for variable, regularizer in regularizers:
+        _set_regularizer(variable, regularizer.base, owners)
 
 
 def _set_regularizer(variable, regularizer, owners):

@@ -4,6 +4,7 @@ import base64
 
 import keras
 import numpy as np
+from keras.src.saving.keras_saveable import KerasSaveable
 
 from keras_memgeom.memory.penalty import quadratic_penalty
 from keras_memgeom.utils.checks import check_number
@@ -18,6 +19,8 @@ def _encode(array):
 
 
 def _decode(config):
+    # Files written before the arrays moved to the weights file carry them
+    # base64-encoded in the config.
     if isinstance(config, dict):
         data = np.frombuffer(base64.b64decode(config["data"]), dtype="float32")
         return data.reshape(config["shape"])
@@ -43,7 +46,7 @@ def memory_state(value, name, like=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_memgeom")
-class FisherRegularizer(keras.regularizers.Regularizer):
+class FisherRegularizer(KerasSaveable, keras.regularizers.Regularizer):
     """Penalty `scale * (sum(fisher * (w - anchor)^2) + offset)` on a variable.
 
     The Laplace approximation of a remembered task: `fisher` is the
@@ -56,7 +59,10 @@ class FisherRegularizer(keras.regularizers.Regularizer):
 
     `anchor`, `fisher` and `scale` are held as non-trainable `keras.Variable`s
     (on the device), so a compiled step reads them as state; `scale` may be
-    a variable shared by the regularizers of one model.
+    a variable shared by the regularizers of one model. Set as a layer's
+    `*_regularizer`, `model.save` keeps `anchor` and `fisher` in the weights
+    file (the config holds only their shape), so a saved model keeps its
+    penalty without its config growing with the model.
 
     Args:
         anchor: array, the remembered value of the variable.
@@ -113,23 +119,81 @@ class FisherRegularizer(keras.regularizers.Regularizer):
         return [self.anchor, self.fisher]
 
     def __call__(self, x):
-        value = quadratic_penalty(
-            x, self.anchor, self.fisher, self.scale, self.offset
-        )
+        value = self.memory_penalty(x)
         if self.base is not None:
             value = keras.ops.add(value, self.base(x))
         return value
 
+    def memory_penalty(self, x):
+        """The memory's penalty at `x`, without `base`."""
+        return quadratic_penalty(
+            x, self.anchor, self.fisher, self.scale, self.offset
+        )
+
     def get_config(self):
-        # The arrays travel in the config only where a plain Keras model
-        # keeps the regularizer in its layers' configs; the package's models
-        # save memories as assets and never serialize these.
+        # Only the shape: the arrays go to the weights file
+        # (`save_own_variables`), where Keras keeps every other weight.
         return {
-            "anchor": _encode(keras.ops.convert_to_numpy(self.anchor)),
-            "fisher": _encode(keras.ops.convert_to_numpy(self.fisher)),
+            "shape": list(self.anchor.shape),
             "scale": float(keras.ops.convert_to_numpy(self.scale)),
             "offset": self.offset,
             "base": keras.regularizers.serialize(self.base)
             if self.base is not None
             else None,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        shape = config.pop("shape", None)
+        if shape is not None:
+            # The arrays follow from the weights file (`load_own_variables`).
+            config["anchor"] = np.zeros(shape, "float32")
+            config["fisher"] = np.zeros(shape, "float32")
+        return cls(**config)
+
+    def save_own_variables(self, store):
+        """Writes the anchor and the Fisher into a Keras weights store."""
+        store["anchor"] = keras.ops.convert_to_numpy(self.anchor)
+        store["fisher"] = keras.ops.convert_to_numpy(self.fisher)
+
+    def load_own_variables(self, store):
+        """Reads the anchor and the Fisher from a Keras weights store."""
+        load_state(self, store, {"anchor": self.anchor, "fisher": self.fisher})
+
+    def _obj_type(self):
+        # Keras's saving walks it like a loss: an object with state and no
+        # saveable children.
+        return "Loss"
+
+    # Copies and pickles copy the object, not a saved model (KerasSaveable).
+    __reduce__ = object.__reduce__
+
+
+def load_state(owner, store, variables):
+    """Assigns `variables` (name to variable) from a Keras weights store.
+
+    A store with no entries leaves them as they are: weights saved without
+    this memory (`load_weights` into a model with a memory attached), or
+    a file written when the arrays travelled in the config.
+
+    Raises:
+        ValueError: naming `owner` and the entry, if one is missing or has
+            another shape.
+    """
+    if len(store) == 0:
+        return
+    for name, variable in variables.items():
+        try:
+            value = np.asarray(store[name])
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"The saved state of {type(owner).__name__} has no `{name}`: "
+                "the file was not written with this memory."
+            ) from error
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"The saved `{name}` of {type(owner).__name__} has shape "
+                f"{value.shape}; the memory expects {tuple(variable.shape)}."
+            )
+        variable.assign(value)

@@ -1,16 +1,26 @@
 """A Kronecker-factored memory of one layer as a Keras regularizer."""
 
+import uuid
+import weakref
+
 import keras
 import numpy as np
+from keras.src.saving.keras_saveable import KerasSaveable
 
+from keras_memgeom.memory.fisher_regularizer import load_state
 from keras_memgeom.memory.fisher_regularizer import memory_state
 from keras_memgeom.memory.kronecker import check_kronecker_factors
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.penalty import kronecker_penalty
 from keras_memgeom.utils.checks import check_number
 
+# Deserialized halves of a penalty waiting for their partner, by key: a
+# layer's config holds the kernel's and the bias's regularizers apart.
+_UNPAIRED = weakref.WeakValueDictionary()
 
-class KroneckerRegularizer(keras.regularizers.Regularizer):
+
+@keras.saving.register_keras_serializable(package="keras_memgeom")
+class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
     """Penalty `scale * sum_k w_k vec(D_k)^T (A_k (x) G_k) vec(D_k)` on a layer.
 
     Set on the layer's kernel, it also reads the layer's bias (the factors
@@ -20,8 +30,13 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     The anchors, factors and `scale` are non-trainable `keras.Variable`s, so
     a compiled step reads them as state.
 
-    It cannot be serialized into a layer's config (it refers to another
-    variable): the package's models save memories as assets instead.
+    On the package's models it reads the bias variable and is saved with
+    the model's memories as assets. On a plain Keras model, whose layer
+    configs are all that is rebuilt on loading, it is set on the kernel with
+    `bias=None, paired=True` and its `KroneckerBiasRegularizer` on the bias:
+    the kernel's call holds the kernel's value and the bias's call adds the
+    whole block's penalty. The config holds shapes only; `model.save` keeps
+    the arrays in the weights file.
 
     Args:
         terms: a list of `(anchor_kernel, anchor_bias, a, g, weight)`:
@@ -34,14 +49,15 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
         base: another regularizer of the kernel to add, or `None`.
         like: the kernel variable, whose distribution layout the anchor
             takes where shapes agree (the factors are replicated).
+        paired: whether a `KroneckerBiasRegularizer` on the bias completes
+            the penalty (then `bias` is `None`).
+        key: the pairing's key in a config (made here by default).
 
     Raises:
         ValueError: naming the kernel, if a term's anchors or factors have
             the wrong shapes (the expected and given ones are named), hold
             NaN or infinite values, or a factor is not symmetric positive
             semi-definite.
-        NotImplementedError: from `get_config`: the penalty refers to the
-            layer's bias, so it cannot be saved in a layer's config.
 
     Example:
 
@@ -68,9 +84,29 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     ```
     """
 
-    def __init__(self, terms, bias, scale, mask=None, base=None, like=None):
-        terms = _checked_terms(terms, bias, like)
+    def __init__(
+        self,
+        terms,
+        bias,
+        scale,
+        mask=None,
+        base=None,
+        like=None,
+        paired=False,
+        key=None,
+    ):
+        if paired and bias is not None:
+            raise ValueError(
+                "A paired KroneckerRegularizer reads the bias from its "
+                "partner on the bias: pass `bias=None`."
+            )
+        terms = _checked_terms(terms, bias, like, paired)
         self.bias = bias
+        self.paired = bool(paired)
+        self.key = key or uuid.uuid4().hex
+        self._held_kernel = None
+        if not isinstance(scale, keras.Variable):
+            scale = memory_state(float(scale), "memory_scale")
         self.mask = (
             memory_state(mask, "memory_mask", like)
             if mask is not None
@@ -100,36 +136,228 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
         return state + ([self.mask] if self.mask is not None else [])
 
     def __call__(self, x):
+        if self.paired:
+            # The partner on the bias adds the block's penalty: Keras calls
+            # a layer's regularizers in the order of its weights, the kernel
+            # first (checked by `attach`).
+            self._held_kernel = x
+            value = keras.ops.zeros((), "float32")
+        else:
+            value = self.memory_penalty(x)
+        if self.base is not None:
+            value = keras.ops.add(value, self.base(x))
+        return value
+
+    def memory_penalty(self, x):
+        """The block's penalty at kernel `x`, without `base`.
+
+        Raises:
+            ValueError: for a paired half, which does not read the bias.
+        """
+        if self.paired:
+            raise ValueError(
+                "A paired KroneckerRegularizer's penalty needs the bias: "
+                "call `penalty(kernel, bias)`."
+            )
         bias = self.bias.value if self.bias is not None else None
+        return self.penalty(x, bias)
+
+    def penalty(self, kernel, bias):
+        """The block's penalty at the kernel and bias values given."""
         values = [
             kronecker_penalty(
-                x,
-                bias,
                 kernel,
+                bias,
+                anchor,
                 bias_anchor,
                 a,
                 g,
                 keras.ops.multiply(self.scale, w),
                 self.mask,
             )
-            for kernel, bias_anchor, a, g, w in self.terms
+            for anchor, bias_anchor, a, g, w in self.terms
         ]
-        value = keras.ops.sum(keras.ops.stack(values))
+        return keras.ops.sum(keras.ops.stack(values))
+
+    def take_held_kernel(self):
+        """The kernel value held by the last call, released."""
+        kernel, self._held_kernel = self._held_kernel, None
+        if kernel is None:
+            raise ValueError(
+                "The Kronecker-factored penalty on a layer's bias was "
+                "evaluated before the one on its kernel: the layer lists "
+                "its bias first."
+            )
+        return kernel
+
+    def _state(self):
+        state = {}
+        for k, (kernel, bias, a, g, _) in enumerate(self.terms):
+            state[f"term_{k}_kernel"] = kernel
+            if bias is not None:
+                state[f"term_{k}_bias"] = bias
+            state[f"term_{k}_a"] = a
+            state[f"term_{k}_g"] = g
+        if self.mask is not None:
+            state["mask"] = self.mask
+        return state
+
+    def get_config(self):
+        # Shapes only: the arrays go to the weights file
+        # (`save_own_variables`), as for any other weight.
+        return {
+            "terms": [
+                {
+                    "kernel": list(kernel.shape),
+                    "bias": list(bias.shape) if bias is not None else None,
+                    "a": list(a.shape),
+                    "g": list(g.shape),
+                    "weight": weight,
+                }
+                for kernel, bias, a, g, weight in self.terms
+            ],
+            "mask": list(self.mask.shape) if self.mask is not None else None,
+            "scale": float(keras.ops.convert_to_numpy(self.scale)),
+            "base": keras.regularizers.serialize(self.base)
+            if self.base is not None
+            else None,
+            "paired": self.paired,
+            "key": self.key,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if not config.get("paired"):
+            raise ValueError(
+                "A KroneckerRegularizer that reads a layer's bias variable "
+                "cannot be rebuilt from a config."
+            )
+        zeros = lambda shape: np.zeros(shape, "float32")  # noqa: E731
+        config["terms"] = [
+            (
+                zeros(t["kernel"]),
+                zeros(t["bias"]) if t["bias"] is not None else None,
+                zeros(t["a"]),
+                zeros(t["g"]),
+                t["weight"],
+            )
+            for t in config["terms"]
+        ]
+        if config["mask"] is not None:
+            config["mask"] = zeros(config["mask"])
+        regularizer = cls(bias=None, **config)
+        _pair(regularizer.key, kernel=regularizer)
+        return regularizer
+
+    def save_own_variables(self, store):
+        """Writes the anchors, factors and mask into a Keras weights store."""
+        for name, variable in self._state().items():
+            store[name] = keras.ops.convert_to_numpy(variable)
+
+    def load_own_variables(self, store):
+        """Reads the anchors, factors and mask from a Keras weights store."""
+        load_state(self, store, self._state())
+
+    def _obj_type(self):
+        # Keras's saving walks it like a loss: an object with state and no
+        # saveable children.
+        return "Loss"
+
+    # Copies and pickles copy the object, not a saved model (KerasSaveable).
+    __reduce__ = object.__reduce__
+
+
+@keras.saving.register_keras_serializable(package="keras_memgeom")
+class KroneckerBiasRegularizer(keras.regularizers.Regularizer):
+    """The bias's half of a paired `KroneckerRegularizer`: adds its penalty.
+
+    Set on a layer's bias by `attach` on a plain Keras model, so the layer's
+    config rebuilds both halves; called after the kernel's half (Keras calls
+    a layer's regularizers in the order of its weights), it returns the
+    whole block's penalty at the kernel value the kernel's half holds.
+
+    Args:
+        kernel: the paired `KroneckerRegularizer`, or `None` while a config
+            is rebuilt (then `key` finds it).
+        base: the bias's own regularizer, or `None`, added.
+        key: the pairing's key.
+
+    Returns:
+        Calling it on the bias's value returns the scalar penalty.
+
+    Raises:
+        ValueError: if called before the kernel's half.
+
+    Example:
+
+    ```python
+    import numpy as np
+
+    import keras_memgeom
+
+    kernel = keras_memgeom.KroneckerRegularizer(
+        [(np.zeros((2, 1)), np.zeros(1), np.eye(3), np.eye(1), 1.0)],
+        bias=None,
+        scale=0.5,
+        paired=True,
+    )
+    bias = keras_memgeom.KroneckerBiasRegularizer(kernel)
+    kernel(np.ones((2, 1), "float32"))  # holds the kernel, returns 0
+    print(float(bias(np.ones(1, "float32"))))  # 0.5 * (1 + 1 + 1) = 1.5
+    ```
+    """
+
+    def __init__(self, kernel=None, base=None, key=None):
+        self.kernel = kernel
+        self.key = key if kernel is None else kernel.key
+        self.base = keras.regularizers.get(base)
+        if kernel is None:
+            _pair(self.key, bias=self)
+
+    @property
+    def variables(self):
+        """No state of its own: the kernel's half holds the memory."""
+        return []
+
+    def __call__(self, x):
+        if self.kernel is None:
+            raise ValueError(
+                "This KroneckerBiasRegularizer was rebuilt without the "
+                "KroneckerRegularizer of its layer's kernel."
+            )
+        value = self.kernel.penalty(self.kernel.take_held_kernel(), x)
         if self.base is not None:
             value = keras.ops.add(value, self.base(x))
         return value
 
     def get_config(self):
-        raise NotImplementedError(
-            "A Kronecker-factored memory penalty couples a layer's kernel and "
-            "bias and cannot be saved in a layer's config. Use "
-            "keras_memgeom.Model or keras_memgeom.Sequential, which save "
-            "memories with the model, or detach the memory before saving."
-        )
+        return {
+            "key": self.key,
+            "base": keras.regularizers.serialize(self.base)
+            if self.base is not None
+            else None,
+        }
 
 
-def _checked_terms(terms, bias, like):
-    """The terms as float arrays, each checked against the layer's shapes."""
+def _pair(key, kernel=None, bias=None):
+    # A layer deserializes its kernel's and its bias's regularizers one
+    # after the other, in either order: the second finds the first.
+    waiting = _UNPAIRED.pop(key, None)
+    if waiting is None:
+        _UNPAIRED[key] = kernel if kernel is not None else bias
+    elif bias is not None and isinstance(waiting, KroneckerRegularizer):
+        bias.kernel = waiting
+    elif kernel is not None and isinstance(waiting, KroneckerBiasRegularizer):
+        waiting.kernel = kernel
+
+
+def _checked_terms(terms, bias, like, paired):
+    """The terms as float arrays, each checked against the layer's shapes.
+
+    A paired half reads the bias from its partner, so its terms carry bias
+    anchors while `bias` is `None`.
+    """
     owner = repr(like.path) if like is not None else "the kernel"
     expected = None if like is None else kernel_matrix_shape(like.shape)
     checked = []
@@ -148,7 +376,7 @@ def _checked_terms(terms, bias, like):
                 f"{where}: the bias {bias.path!r} has shape "
                 f"{tuple(bias.shape)}; expected {(units,)}."
             )
-        if (bias is None) != (bias_anchor is None):
+        if not paired and (bias is None) != (bias_anchor is None):
             raise ValueError(
                 f"{where}: the layer {'has no' if bias is None else 'has a'} "
                 f"bias but the term {'has' if bias is None else 'lacks'} a "

@@ -5,8 +5,12 @@ import os
 
 import keras
 from keras import ops
+from keras.src.backend import get_stateless_scope
+from keras.src.backend import in_stateless_scope
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_memgeom import backend
+from keras_memgeom.memory.attach import MEMORY_REGULARIZERS
 from keras_memgeom.memory.attach import attach
 from keras_memgeom.memory.attach import attached_regularizers
 from keras_memgeom.memory.attach import attachment_of
@@ -17,6 +21,7 @@ from keras_memgeom.training.frontal_lobe import FrontalLobe
 from keras_memgeom.training.train_examples import count_train_examples
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
+from keras_memgeom.utils.model_save import save_model
 
 
 class MemoryTrainer:
@@ -29,7 +34,9 @@ class MemoryTrainer:
     `evaluate` report it as the metric `memory_penalty`. The memories are
     device state (non-trainable variables the traced step reads, not
     constants), so refitting, even on a different number of examples, does
-    not retrace the step. They are saved with the model as assets and
+    not retrace the step; that state is kept apart from the model's own
+    (`memory_state.variables`, neither in `variables` nor in
+    `non_trainable_variables`). They are saved with the model as assets and
     restored by `keras.saving.load_model`; layer configs stay free of them.
 
     `compile(..., frontal_lobe=FrontalLobe(...))` adds the frontal lobe's
@@ -45,20 +52,10 @@ class MemoryTrainer:
         self.num_train_examples = None
         self._memory_num_train_examples = None
         self.memory_penalty_tracker = keras.metrics.Mean(name="memory_penalty")
+        self.memory_state = MemoryState()
         self.frontal_lobe = None
         self.information_penalty_active = False
         self.information_penalty_tracker = None
-
-    @property
-    def variables(self):
-        # The attached memory is state of the model's steps but not a
-        # weight: it is in `variables` (so traced steps take it as state)
-        # and not in `weights` (so it is neither saved twice nor trained).
-        variables = super().variables
-        attachment = attachment_of(self)
-        if attachment is not None:
-            variables = variables + attachment.variables
-        return variables
 
     def compile(
         self,
@@ -196,13 +193,63 @@ class MemoryTrainer:
             )
             self.information_penalty_tracker.update_state(information)
             loss = ops.add(loss, ops.cast(information, loss.dtype))
-        # Evaluated again for the metric; traced steps dedupe the arithmetic.
-        terms = [
-            reg(variable.value) for variable, reg in attached_regularizers(self)
-        ]
-        if terms:
-            self.memory_penalty_tracker.update_state(ops.sum(ops.stack(terms)))
+        # Here, and not among `losses`, because the steps map the memory's
+        # state (held apart, as `memory_state`) only while computing the loss.
+        penalty = self.memory_penalty()
+        if penalty is not None:
+            self.memory_penalty_tracker.update_state(penalty)
+            loss = ops.add(loss, ops.cast(penalty, loss.dtype))
         return loss
+
+    def memory_penalty(self):
+        """The attached memories' penalty at the current weights.
+
+        Returns:
+            A scalar tensor, or `None` when no memory is attached. Other
+            regularizers of the same variables are not included.
+
+        Example:
+
+        ```python
+        import keras
+        import numpy as np
+
+        import keras_memgeom
+
+        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+        y = np.arange(32) % 2
+        model = keras_memgeom.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(2)]
+        )
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile("sgd", loss)
+        memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
+        model.compile("sgd", loss, regularizers=[memory], num_train_examples=32)
+        print(float(model.memory_penalty()))  # 0.0 at the anchor
+        ```
+        """
+        terms = [
+            regularizer.memory_penalty(variable.value)
+            for variable, regularizer in attached_regularizers(self)
+        ]
+        return ops.sum(ops.stack(terms)) if terms else None
+
+    def _get_regularization_losses(self):
+        # Keras's loop, less the memories' penalties (`compute_loss` adds
+        # them); the variables' own regularizers stay.
+        losses = []
+        for variable in self.trainable_weights:
+            regularizer = variable.regularizer
+            if isinstance(regularizer, MEMORY_REGULARIZERS):
+                regularizer = regularizer.base
+            if regularizer is None:
+                continue
+            if in_stateless_scope() and not in_symbolic_scope():
+                value = get_stateless_scope().get_current_value(variable)
+            else:
+                value = variable
+            losses.append(regularizer(value))
+        return losses
 
     def _attach_memories(self, num_train_examples=None):
         """Attaches the compiled memories, or rescales them (no retracing)."""
@@ -246,10 +293,12 @@ class MemoryTrainer:
         self.memories = list(attachment.memories)
         self.memory_strength = attachment.strength
         self._memory_num_train_examples = int(num_train_examples)
+        self.memory_state.hold(attachment.variables)
 
     def _on_memories_detached(self):
         self.memories = []
         self._memory_num_train_examples = None
+        self.memory_state.hold([])
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -270,6 +319,19 @@ class MemoryTrainer:
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Saves the model as `keras.Model.save`; a `.keras` file atomically.
+
+        A save that fails midway leaves the previous file as it was.
+
+        Args:
+            filepath: the destination.
+            overwrite: whether to replace an existing file without asking.
+            zipped: as `keras.Model.save`.
+            **kwargs: as `keras.Model.save`.
+        """
+        save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
     def save_assets(self, dir_path):
         for i, memory in enumerate(self.memories):
             memory.save(os.path.join(dir_path, f"memory_{i}.memory"))
@@ -284,6 +346,42 @@ class MemoryTrainer:
         ]
         if self.memories and self.built and self.num_train_examples is not None:
             self._attach_memories()
+
+
+class MemoryState(keras.metrics.Metric):
+    """The attached memories' device state, kept apart from the model's own.
+
+    The anchors, Fishers or Kronecker factors and the penalty's scale are
+    state that the traced steps read, but not the model's: code that handles
+    `model.variables` or `non_trainable_variables` (statistics, averages,
+    checkpoint surgery) never sees them. Keras hands a model's metrics'
+    variables to its steps as state (JAX's stateless steps take them as
+    arguments), so holding them here keeps them device state, never
+    constants of a trace. It measures nothing: `reset_state` leaves the
+    memory as it is and `result` reports nothing. The memories themselves
+    are saved as the model's assets.
+    """
+
+    def __init__(self, name="memory_state", **kwargs):
+        super().__init__(name=name, **kwargs)
+        object.__setattr__(self, "_held", [])
+
+    def hold(self, variables):
+        """Holds `variables` as the memory's state, in place of the last."""
+        object.__setattr__(self, "_held", list(variables))
+
+    @property
+    def variables(self):
+        return list(self._held)
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def reset_state(self):
+        pass
+
+    def result(self):
+        return {}
 
 
 _FIT_SIGNATURE = inspect.signature(keras.Model.fit)

@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -138,11 +140,16 @@ def test_attached_penalty_survives_save_and_load(tmp_path, rng):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_regularizer_config_round_trip():
+def test_regularizer_config_holds_shapes_and_the_store_holds_arrays():
     reg = FisherRegularizer(
         np.arange(6.0).reshape(2, 3), np.ones((2, 3)), scale=0.5, offset=1.0
     )
-    again = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
+    config = keras.regularizers.serialize(reg)
+    assert "data" not in json.dumps(config)
+    again = keras.regularizers.deserialize(config)
+    store = {}
+    reg.save_own_variables(store)
+    again.load_own_variables(store)
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(again.anchor), np.arange(6.0).reshape(2, 3)
     )
@@ -151,6 +158,29 @@ def test_regularizer_config_round_trip():
         float(keras.ops.convert_to_numpy(again(value))),
         0.5 * (np.sum(np.arange(6.0) ** 2) + 1.0),
         rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="anchor"):
+        again.load_own_variables({"anchor": np.zeros(4), "fisher": np.zeros(4)})
+    with pytest.raises(ValueError, match="fisher"):
+        again.load_own_variables({"anchor": np.zeros((2, 3))})
+    # Files of earlier versions carry the arrays in the config.
+    old = FisherRegularizer.from_config(
+        {
+            "anchor": {"shape": [2], "data": "AACAPwAAAEA="},  # [1, 2]
+            "fisher": {"shape": [2], "data": "AACAPwAAgD8="},  # [1, 1]
+            "scale": 2.0,
+            "offset": 0.0,
+            "base": None,
+        }
+    )
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(old(np.zeros(2, "float32")))),
+        2.0 * (1.0 + 4.0),
+    )
+    # Weights saved without a memory leave the attached one as it is.
+    again.load_own_variables({})
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(again.fisher), np.ones((2, 3))
     )
     with pytest.raises(ValueError, match="shape"):
         FisherRegularizer(np.zeros(2), np.zeros(3))

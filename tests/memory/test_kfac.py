@@ -331,7 +331,7 @@ def test_pre_pruned_layers_keep_their_mask_in_the_memory(tmp_path, rng):
     )
 
 
-def test_a_plain_keras_model_trains_with_a_kfac_memory_but_refuses_to_save_it(
+def test_a_plain_keras_model_trains_with_a_kfac_memory_and_saves_it(
     tmp_path, rng
 ):
     x, y = classification_data(rng, num_examples=20, num_features=4)
@@ -353,10 +353,15 @@ def test_a_plain_keras_model_trains_with_a_kfac_memory_but_refuses_to_save_it(
         expected,
         rtol=1e-5,
     )
-    # The block couples kernel and bias, which a layer config cannot say:
-    # saving is refused by name instead of silently dropping the memory.
-    with pytest.raises(NotImplementedError, match="keras_memgeom.Model"):
-        model.save(tmp_path / "plain.keras")
+    # The block couples kernel and bias: the layer's config rebuilds both
+    # halves and the weights file keeps the anchors and factors.
+    model.save(tmp_path / "plain.keras")
+    loaded = keras.saving.load_model(tmp_path / "plain.keras")
+    np.testing.assert_allclose(
+        sum(float(keras.ops.convert_to_numpy(l)) for l in loaded.losses),
+        expected,
+        rtol=1e-5,
+    )
     keras_memgeom.detach(model)
     model.save(tmp_path / "plain.keras")
 

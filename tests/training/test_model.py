@@ -7,6 +7,7 @@ import pytest
 import keras_memgeom
 from keras_memgeom import FisherMemory
 from keras_memgeom.memory.attach import attached_regularizers
+from keras_memgeom.memory.attach import attachment_of
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")
@@ -49,7 +50,7 @@ def test_compile_with_memories_reports_the_penalty(rng, make):
             memory.penalty(model, num_train_examples=64, strength=100.0)
         )
     )
-    total = sum(float(keras.ops.convert_to_numpy(l)) for l in model.losses)
+    total = float(keras.ops.convert_to_numpy(model.memory_penalty()))
     np.testing.assert_allclose(total, expected, rtol=1e-5)
 
 
@@ -60,10 +61,10 @@ def test_compile_without_memories_removes_the_previous_ones(rng):
     memory = FisherMemory.estimate(model, (x, y))
     model.compile("adam", LOSS, regularizers=[memory])
     model.fit(x, y, epochs=1, verbose=0)
-    assert model.losses
+    assert model.memory_penalty() is not None
     model.compile("adam", LOSS)
     history = model.fit(x, y, epochs=1, verbose=0)
-    assert not model.losses
+    assert model.memory_penalty() is None
     assert history.history.get("memory_penalty", [0.0])[-1] == 0.0
 
 
@@ -199,10 +200,10 @@ def test_evaluate_reports_the_penalty(rng):
 def test_detach_is_not_undone_by_fit(rng):
     model, _, x, y = _remembering(rng)
     model.fit(x, y, epochs=1, verbose=0)
-    assert model.losses
+    assert model.memory_penalty() is not None
     keras_memgeom.detach(model)
     history = model.fit(x, y, epochs=1, verbose=0)
-    assert not model.losses and not model.memories
+    assert model.memory_penalty() is None and not model.memories
     assert history.history.get("memory_penalty", [0.0])[-1] == 0.0
 
 
@@ -254,15 +255,23 @@ def test_refitting_does_not_retrace_the_train_step(rng):
     )
 
 
-def test_memory_is_state_of_the_steps_but_not_a_weight(rng):
-    model, _, x, y = _remembering(rng, num_train_examples=32)
-    state = {id(v) for v in model.non_trainable_variables}
-    weights = {id(v) for v in model.weights}
+def test_memory_state_is_kept_apart_from_the_models_variables(rng):
+    model, memory, x, y = _remembering(rng, num_train_examples=32)
+    before = [v.path for v in model.non_trainable_variables]
+    model.fit(x, y, epochs=1, verbose=0)
+    # State handling code (statistics, averages) sees the model's own only.
+    assert [v.path for v in model.non_trainable_variables] == before
+    own = {id(v) for v in model.variables}
+    held = {id(v) for v in model.memory_state.variables}
+    # The steps take it as state: JAX's stateless steps get it as an
+    # argument with the metrics' variables, never as a constant.
+    assert held <= {id(v) for v in model.metrics_variables}
     for _, regularizer in attached_regularizers(model):
-        assert (
-            id(regularizer.anchor) in state and id(regularizer.fisher) in state
-        )
-        assert id(regularizer.anchor) not in weights
+        for variable in (regularizer.anchor, regularizer.fisher):
+            assert id(variable) in held and id(variable) not in own
+    assert id(attachment_of(model).scale) in held
+    keras_memgeom.detach(model)
+    assert not model.memory_state.variables
 
 
 def test_saved_model_keeps_memories_out_of_layer_configs(tmp_path, rng):
@@ -293,7 +302,7 @@ def test_sequential_takes_memories_in_compile(tmp_path, rng):
     )
     loaded.fit(x, y, epochs=1, verbose=0)
     np.testing.assert_allclose(
-        sum(float(keras.ops.convert_to_numpy(l)) for l in loaded.losses),
+        float(keras.ops.convert_to_numpy(loaded.memory_penalty())),
         _penalty(memory, loaded, 32, 4.0),
         rtol=1e-5,
     )
