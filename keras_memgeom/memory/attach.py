@@ -10,6 +10,7 @@ from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
 from keras_memgeom.memory.merge import common_blocks
 from keras_memgeom.memory.merge import merge
 from keras_memgeom.memory.penalty import penalty_scale
+from keras_memgeom.training import normalization_statistics as statistics
 from keras_memgeom.utils.checks import check_number
 
 # The attachment of a model, kept outside Keras's attribute tracking so it is
@@ -55,7 +56,14 @@ class Attachment:
         )
 
 
-def attach(model, memory, *, num_train_examples, strength=1.0):
+def attach(
+    model,
+    memory,
+    *,
+    num_train_examples,
+    strength=1.0,
+    normalization_statistics="freeze",
+):
     """Adds a memory's penalty to `model`'s loss, as Keras regularizers.
 
     Each remembered variable gets a `FisherRegularizer` (kept beside any
@@ -78,12 +86,23 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     step, which is fine for small models (use the package's models for large
     ones).
 
+    A memory remembers trainable variables only, so by default the moving
+    statistics of `BatchNormalization` layers are frozen while it is
+    attached (see `normalization_statistics`); `detach` releases them. On a
+    plain Keras model this is not saved: attach again after loading, or use
+    the package's models, whose compile config keeps it.
+
     Args:
         model: a built Keras model.
         memory: a `FisherMemory` or a list of them (oldest first).
         num_train_examples: the number of examples the training loss
             averages over.
         strength: `1` is the Bayesian (Laplace) scaling; EWC's lambda.
+        normalization_statistics: `"freeze"` (the default): normalization
+            layers use their moving statistics (as at inference) and do not
+            update them, while `gamma` and `beta` stay trainable under the
+            memory; `"update"`: Keras's behaviour, which can lose the
+            remembered task's statistics although its weights are kept.
 
     Returns:
         The model.
@@ -92,7 +111,8 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         ValueError: if a memory does not fit the model (the variable is
             named), is not a `FisherMemory`, or the arguments are invalid
             (a non-finite or negative strength, a non-integer number of
-            examples).
+            examples, a `normalization_statistics` other than `"freeze"` or
+            `"update"`).
 
     Example:
 
@@ -120,6 +140,7 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     """
     memories = memory_list(memory, "memory")
     strength = check_number("strength", strength, minimum=0.0)
+    statistics.check_policy(normalization_statistics)
     if not memories:
         detach(model)
         return model
@@ -181,6 +202,7 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         memories, strength, regularizers, scale, num_examples
     )
     object.__setattr__(model, _ATTACHMENT, attachment)
+    statistics.apply_policy(model, normalization_statistics)
     if _tracks_memories(model):
         model._on_memories_attached(attachment, num_train_examples)
     _reset_traced_functions(model)
@@ -242,6 +264,7 @@ def detach(model):
     ```
     """
     _remove_regularizers(model)
+    statistics.release(model)
     if _tracks_memories(model):
         model._on_memories_detached()
     _reset_traced_functions(model)
