@@ -26,8 +26,12 @@ import keras_memgeom
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def digits(seed):
-    """Task A (digits) and task B (rotated digits): train and test splits."""
+def digits(seed, task_b):
+    """Task A (digits) and task B (rotated digits): train and test splits.
+
+    `task_b="rotated-inverted"` also inverts B's intensities (`1 - x`), so
+    that B's normalization statistics differ from A's.
+    """
     data = load_digits()
     x = (data.images / 16.0).astype("float32")[..., None]
     y = data.target.astype("int32")
@@ -35,6 +39,8 @@ def digits(seed):
     x, y = x[order], y[order]
     split = 1200
     rotated = np.rot90(x, axes=(1, 2)).copy()
+    if task_b == "rotated-inverted":
+        rotated = 1.0 - rotated
     return {
         "A": ((x[:split], y[:split]), (x[split:], y[split:])),
         "B": ((rotated[:split], y[:split]), (rotated[split:], y[split:])),
@@ -52,10 +58,10 @@ def make_model(seed):
             keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False),
             keras.layers.BatchNormalization(),
             keras.layers.ReLU(),
-            keras.layers.SeparableConv2D(32, 3, use_bias=False),
+            keras.layers.SeparableConv2D(16, 3, use_bias=False),
             keras.layers.BatchNormalization(),
             keras.layers.ReLU(),
-            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Flatten(),
             keras.layers.Dense(10),
         ]
     )
@@ -78,7 +84,7 @@ def moving_statistics(model):
 
 
 def run(args):
-    tasks = digits(args.seed)
+    tasks = digits(args.seed, args.task_b)
     (train_a, test_a), (train_b, test_b) = tasks["A"], tasks["B"]
     model = make_model(args.seed)
     model.compile(keras.optimizers.Adam(3e-3), LOSS)
@@ -129,8 +135,12 @@ def main():
         "--strengths", type=float, nargs="+", default=[10.0, 1e6]
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--task-b", choices=["rotated", "rotated-inverted"], default="rotated"
+    )
     args = parser.parse_args()
     print_environment()
+    print(f"# task B: {args.task_b} digits; {args.epochs} epochs per task")
     start = time.perf_counter()
     run(args)
     print(f"# {time.perf_counter() - start:.0f} s")

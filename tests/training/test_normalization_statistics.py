@@ -154,8 +154,8 @@ def test_task_a_is_kept_on_a_batchnorm_model(rng):
     # normalize task A's inputs with B's mean and variance.
     w_a, w_b = rng.normal(size=(2, 5, 3))
     x_a = rng.normal(size=(256, 5)).astype("float32")
-    x_b = (4.0 + 3.0 * rng.normal(size=(256, 5))).astype("float32")
-    y_a, y_b = np.argmax(x_a @ w_a, 1), np.argmax((x_b - 4.0) @ w_b, 1)
+    x_b = (6.0 + 4.0 * rng.normal(size=(256, 5))).astype("float32")
+    y_a, y_b = np.argmax(x_a @ w_a, 1), np.argmax((x_b - 6.0) @ w_b, 1)
 
     def accuracy(model, x, y):
         logits = model.predict(x, batch_size=256, verbose=0)
@@ -163,7 +163,7 @@ def test_task_a_is_kept_on_a_batchnorm_model(rng):
 
     model = _model()
     model.compile(keras.optimizers.Adam(1e-2), LOSS)
-    model.fit(x_a, y_a, epochs=20, batch_size=32, verbose=0)
+    model.fit(x_a, y_a, epochs=10, batch_size=32, verbose=0)
     after_a = accuracy(model, x_a, y_a)
     memory = FisherMemory.estimate(model, (x_a, y_a))
     weights = model.get_weights()
@@ -181,4 +181,4 @@ def test_task_a_is_kept_on_a_batchnorm_model(rng):
         kept[policy] = accuracy(model, x_a, y_a)
     assert after_a > 0.8
     assert kept["freeze"] >= after_a - 0.02
-    assert kept["update"] < after_a - 0.2  # what the freeze prevents
+    assert kept["update"] < after_a - 0.1  # what the freeze prevents
