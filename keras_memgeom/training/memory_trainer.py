@@ -32,6 +32,9 @@ class MemoryTrainer:
     constants), so refitting, even on a different number of examples, does
     not retrace the step. They are saved with the model as assets and
     restored by `keras.saving.load_model`; layer configs stay free of them.
+    A memory does not cover non-trainable state: while training with
+    memories, `BatchNormalization`'s moving statistics are frozen by default
+    (`normalization_statistics=`, kept in the compile config).
 
     `compile(..., frontal_lobe=FrontalLobe(...))` adds the frontal lobe's
     information penalty `information_strength * trace(F_FL)` to the training
