@@ -62,7 +62,7 @@ def attach(
     *,
     num_train_examples,
     strength=1.0,
-    normalization_statistics="freeze",
+    normalization_statistics=statistics.DEFAULT_POLICY,
 ):
     """Adds a memory's penalty to `model`'s loss, as Keras regularizers.
 
