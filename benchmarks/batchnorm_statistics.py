@@ -10,7 +10,7 @@ would give); and task-B test accuracy of each. docs/memory.md quotes it.
 
     KERAS_BACKEND=jax python benchmarks/batchnorm_statistics.py
 
-About 3 minutes with JAX on 2 CPU cores shared with other jobs.
+3 to 6 minutes with JAX on 2 CPU cores shared with other jobs.
 """
 
 import argparse
