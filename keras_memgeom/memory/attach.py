@@ -14,6 +14,7 @@ from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
 from keras_memgeom.memory.merge import common_blocks
 from keras_memgeom.memory.merge import merge
 from keras_memgeom.memory.penalty import penalty_scale
+from keras_memgeom.training import normalization_statistics as statistics
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.model_save import save_model
 
@@ -60,7 +61,14 @@ class Attachment:
         )
 
 
-def attach(model, memory, *, num_train_examples, strength=1.0):
+def attach(
+    model,
+    memory,
+    *,
+    num_train_examples,
+    strength=1.0,
+    normalization_statistics=statistics.DEFAULT_POLICY,
+):
     """Adds a memory's penalty to `model`'s loss, as Keras regularizers.
 
     Each remembered variable gets a `FisherRegularizer` (kept beside any
@@ -86,12 +94,23 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     which is fine for small models (use the package's models for large
     ones).
 
+    A memory remembers trainable variables only, so by default the moving
+    statistics of `BatchNormalization` layers are frozen while it is
+    attached (see `normalization_statistics`); `detach` releases them. On a
+    plain Keras model this is not saved: attach again after loading, or use
+    the package's models, whose compile config keeps it.
+
     Args:
         model: a built Keras model.
         memory: a `FisherMemory` or a list of them (oldest first).
         num_train_examples: the number of examples the training loss
             averages over.
         strength: `1` is the Bayesian (Laplace) scaling; EWC's lambda.
+        normalization_statistics: `"freeze"` (the default): normalization
+            layers use their moving statistics (as at inference) and do not
+            update them, while `gamma` and `beta` stay trainable under the
+            memory; `"update"`: Keras's behaviour, which can lose the
+            remembered task's statistics although its weights are kept.
 
     Returns:
         The model.
@@ -103,7 +122,8 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
             (they are named; nothing is attached), is not a `FisherMemory`,
             or the arguments are invalid
             (a non-finite or negative strength, a non-integer number of
-            examples).
+            examples, a `normalization_statistics` other than `"freeze"` or
+            `"update"`).
 
     Example:
 
@@ -131,6 +151,7 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
     """
     memories = memory_list(memory, "memory")
     strength = check_number("strength", strength, minimum=0.0)
+    statistics.check_policy(normalization_statistics)
     if not memories:
         detach(model)
         return model
@@ -224,6 +245,7 @@ def attach(model, memory, *, num_train_examples, strength=1.0):
         # (`ModelCheckpoint` included) keep the old file until the new one
         # is whole. The package's models do the same in their class.
         object.__setattr__(model, "save", partial(save_model, model))
+    statistics.apply_policy(model, normalization_statistics)
     if _tracks_memories(model):
         model._on_memories_attached(attachment, num_train_examples)
     _reset_traced_functions(model)
@@ -285,6 +307,7 @@ def detach(model):
     ```
     """
     _remove_regularizers(model)
+    statistics.release(model)
     if _tracks_memories(model):
         model._on_memories_detached()
     _reset_traced_functions(model)

@@ -35,6 +35,11 @@ class FisherMemory:
     `fan_in^2 + units^2` numbers per layer; the other variables stay
     diagonal.
 
+    A memory covers the model's *trainable* variables only. Non-trainable
+    state, such as the moving mean and variance of `BatchNormalization`, is
+    not remembered: training with a memory freezes those statistics by
+    default (`normalization_statistics=` of `compile` and `attach`).
+
     Args:
         anchor: dict from variable path to array, the remembered weights.
         fisher: dict from path to the per-example mean diagonal Fisher
@@ -508,7 +513,8 @@ class FisherMemory:
         return (
             f"<FisherMemory {len(self._anchor)} variables, {size} parameters, "
             f"n={self.num_examples}, estimator={self.estimator}, "
-            f"structure={self.structure}>"
+            f"structure={self.structure}; trainable variables only, "
+            "not normalization statistics>"
         )
 
 

@@ -17,6 +17,7 @@ from keras_memgeom.memory.attach import attachment_of
 from keras_memgeom.memory.attach import detach
 from keras_memgeom.memory.attach import memory_list
 from keras_memgeom.memory.fisher_memory import FisherMemory
+from keras_memgeom.training import normalization_statistics as statistics
 from keras_memgeom.training.frontal_lobe import FrontalLobe
 from keras_memgeom.training.train_examples import count_train_examples
 from keras_memgeom.utils.checks import check_number
@@ -38,6 +39,9 @@ class MemoryTrainer:
     (`memory_state.variables`, neither in `variables` nor in
     `non_trainable_variables`). They are saved with the model as assets and
     restored by `keras.saving.load_model`; layer configs stay free of them.
+    A memory does not cover non-trainable state: while training with
+    memories, `BatchNormalization`'s moving statistics are frozen by default
+    (`normalization_statistics=`, kept in the compile config).
 
     `compile(..., frontal_lobe=FrontalLobe(...))` adds the frontal lobe's
     information penalty `information_strength * trace(F_FL)` to the training
@@ -50,6 +54,7 @@ class MemoryTrainer:
         self.memories = []
         self.memory_strength = 1.0
         self.num_train_examples = None
+        self.normalization_statistics = statistics.DEFAULT_POLICY
         self._memory_num_train_examples = None
         self.memory_penalty_tracker = keras.metrics.Mean(name="memory_penalty")
         self.memory_state = MemoryState()
@@ -64,6 +69,7 @@ class MemoryTrainer:
         strength=1.0,
         num_train_examples=None,
         frontal_lobe=None,
+        normalization_statistics=statistics.DEFAULT_POLICY,
         **kwargs,
     ):
         """Configures the model for training, as `keras.Model.compile`.
@@ -83,14 +89,26 @@ class MemoryTrainer:
             frontal_lobe: a `FrontalLobe` whose information penalty is added
                 to the training loss (on until
                 `set_information_penalty(False)`).
+            normalization_statistics: what training with `regularizers`
+                does to the moving statistics of `BatchNormalization`
+                layers, which a memory does not remember. `"freeze"` (the
+                default): they are neither updated nor replaced by batch
+                statistics (normalization as at inference) while `gamma`
+                and `beta` stay trainable under the memory, so the
+                remembered task keeps its statistics. `"update"`: Keras's
+                behaviour (batch statistics, moving statistics updated),
+                which can lose the remembered task although its weights are
+                kept. Without `regularizers` the layers are left as they
+                are.
             **kwargs: as `keras.Model.compile`.
 
         Raises:
             ValueError: if `regularizers` is not a list of `FisherMemory`,
                 `strength` is not a finite non-negative number,
                 `num_train_examples` is not a positive whole number,
-                `frontal_lobe` is not a `FrontalLobe`, or a memory does not
-                fit the model.
+                `frontal_lobe` is not a `FrontalLobe`,
+                `normalization_statistics` is not `"freeze"` or `"update"`,
+                or a memory does not fit the model.
         """
         if frontal_lobe is not None and not isinstance(
             frontal_lobe, FrontalLobe
@@ -111,9 +129,15 @@ class MemoryTrainer:
         num_train_examples = check_positive_int(
             "num_train_examples", num_train_examples, allow_none=True
         )
+        normalization_statistics = statistics.check_policy(
+            normalization_statistics
+        )
         super().compile(*args, **kwargs)
         detach(self)  # the memories of the previous compile no longer apply
         self.memories = memories
+        self.normalization_statistics = normalization_statistics
+        if memories:
+            statistics.apply_policy(self, normalization_statistics)
         self.memory_strength = strength
         self.num_train_examples = num_train_examples
         self._memory_num_train_examples = None
@@ -285,6 +309,7 @@ class MemoryTrainer:
                 self.memories,
                 num_train_examples=num_train_examples,
                 strength=self.memory_strength,
+                normalization_statistics=self.normalization_statistics,
             )
 
     def _on_memories_attached(self, attachment, num_train_examples):
@@ -292,6 +317,7 @@ class MemoryTrainer:
         # with the memories: they are kept, saved and reattached.
         self.memories = list(attachment.memories)
         self.memory_strength = attachment.strength
+        self.normalization_statistics = statistics.policy_of(self)
         self._memory_num_train_examples = int(num_train_examples)
         self.memory_state.hold(attachment.variables)
 
@@ -307,6 +333,7 @@ class MemoryTrainer:
             config["num_train_examples"] = (
                 self.num_train_examples or self._memory_num_train_examples
             )
+            config["normalization_statistics"] = self.normalization_statistics
             if self.frontal_lobe is not None:
                 config["frontal_lobe"] = keras.saving.serialize_keras_object(
                     self.frontal_lobe
