@@ -613,7 +613,8 @@ def _as_pair(index, position, x, y):
         raise ValueError(
             f"Task {index} has {len(x)} {inputs} but {len(y)} {labels}."
         )
-    x = x.astype("float32")
+    with np.errstate(over="ignore"):  # reported just below, by name
+        x = x.astype("float32")
     # After the cast: float64 beyond the float32 range turns infinite too.
     check_finite_data(f"Task {index}'s {inputs}", x)
     return x, y  # the labels are checked with every task's, then cast
