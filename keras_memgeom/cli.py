@@ -13,7 +13,9 @@ import datetime
 import inspect
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -26,6 +28,7 @@ from keras_memgeom.continual.task_stream import SCENARIOS
 from keras_memgeom.continual.task_stream import SPLIT_SCENARIOS
 from keras_memgeom.memory.fisher import ESTIMATORS
 from keras_memgeom.memory.fisher import STRUCTURES
+from keras_memgeom.utils.atomic_write import atomic_write
 from keras_memgeom.utils.atomic_write import check_writable_file_path
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.keras_backend import backend_choice
@@ -65,6 +68,18 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer, got {text!r}"
+        )
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 0, got {text!r}"
         )
     return value
 
@@ -281,6 +296,15 @@ def build_parser():
         ),
     )
     bench.add_argument(
+        "--information-epochs",
+        type=_non_negative_int,
+        default=3,
+        help=(
+            "frontal-lobe: epochs of the information phase at the end of each "
+            "task, out of --epochs (default: 3)"
+        ),
+    )
+    bench.add_argument(
         "--repeats",
         type=_positive_int,
         default=1,
@@ -373,43 +397,108 @@ def _add_merge_parser(commands):
     )
 
 
-def _run_merge(args):
+def _run_merge(parser, args):
     from keras_memgeom.merging.merge_experiment import merge_experiment
-    from keras_memgeom.merging.plot_loss_path import plot_loss_path
 
     out = args.out or os.path.join(
         "memgeom_runs",
         f"merge-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}",
     )
+    # Every check before the training: a failure after it would lose it.
+    _check_folder(parser, out, "--out")
+    if os.path.exists(os.path.join(out, "merge.json")):
+        _error(
+            parser,
+            f"argument --out: {out!r} holds a finished merge (merge.json); "
+            "choose another --out",
+        )
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as error:
+        _error(parser, f"argument --out: cannot create {out!r}: {error}")
+    try:
+        result = merge_experiment(
+            args.dataset, width=args.width, epochs=args.epochs
+        )
+    except KeyboardInterrupt:
         print(
-            f"memgeom: error: argument --out: cannot create {out!r}: {error}",
+            "\nmemgeom: interrupted before the merges finished; nothing was "
+            f"written to {out}. Run the command again to start over.",
             file=sys.stderr,
         )
-        return 2
-    result = merge_experiment(
-        args.dataset, width=args.width, epochs=args.epochs
-    )
-    with open(os.path.join(out, "merge.json"), "w") as handle:
-        json.dump(
-            dict(result, backend=keras.backend.backend()), handle, indent=1
-        )
-    plot_loss_path(result, os.path.join(out, "loss_path.png"))
+        return 130
+    # The numbers first: they reach the screen even if writing fails.
     print(
         f"{args.dataset}, width {args.width}: endpoints "
         f"{result['endpoints'][0]:.3f} and {result['endpoints'][1]:.3f}; "
         "midpoint accuracy / endpoints' mean"
     )
     for name, ratio in result["ratio"].items():
-        print(f"  {name:16s} {ratio:6.3f}")
+        print(f"  {name:16s} {ratio:6.3f}", flush=True)
     print(
         f"loss barrier: {result['barrier']['raw']:.3f} before alignment, "
-        f"{result['barrier']['aligned']:.3f} after"
+        f"{result['barrier']['aligned']:.3f} after",
+        flush=True,
     )
+    written = []
+    try:
+        write_merge(result, out, written=written)
+    except KeyboardInterrupt:
+        print(
+            f"\nmemgeom: interrupted while writing; kept in {out}: "
+            f"{', '.join(written) or 'nothing'}. Run the command again to "
+            "start over.",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as error:
+        print(
+            f"memgeom: error: cannot write the results to {out!r}: {error}; "
+            f"kept: {', '.join(written) or 'nothing'} (the numbers are above)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"\nResults and plot in {out}/ (merge.json, loss_path.png)")
     return 0
+
+
+def write_merge(result, out, *, written=None):
+    """Writes `merge.json`, then `loss_path.png`, each atomically.
+
+    Each file is whole or absent (an earlier file of that name stays as it
+    was) whatever stops the writing: an error, Ctrl-C, a killed process.
+
+    Args:
+        result: a dict from `merge_experiment`.
+        out: an existing folder.
+        written: `None`, or a list the names of the finished files are
+            appended to, as they are finished.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OSError: if a file cannot be written.
+    """
+    from keras_memgeom.merging.plot_loss_path import plot_loss_path
+
+    written = [] if written is None else written
+    document = dict(result, backend=keras.backend.backend())
+    text = json.dumps(document, indent=1, allow_nan=False) + "\n"
+    with atomic_write(os.path.join(out, "merge.json"), "merge results") as f:
+        f.write(text.encode("utf-8"))
+    written.append("merge.json")
+    # Drawn in a private folder, then copied into place atomically.
+    scratch = tempfile.mkdtemp(prefix=".loss_path.", dir=out)
+    try:
+        drawn = plot_loss_path(result, os.path.join(scratch, "loss_path.png"))
+        with open(drawn, "rb") as source:
+            with atomic_write(os.path.join(out, "loss_path.png"), "plot") as f:
+                shutil.copyfileobj(source, f)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    written.append("loss_path.png")
+    return [os.path.join(out, name) for name in written]
 
 
 def _add_common(parser):
@@ -570,6 +659,38 @@ def _check_output(parser, args):
                 "cannot create the folder 'memgeom_runs' for the results: "
                 f"{error}",
             )
+    folder = _check_folder(parser, out, flag)
+    if previous is None:
+        state = _run_state(folder)
+        if state == "unfinished":
+            _error(
+                parser,
+                f"argument --out: {out!r} holds an unfinished run; continue "
+                f"it with --resume {out}, or choose another folder",
+            )
+        if state == "finished":
+            _error(
+                parser,
+                f"argument --out: {out!r} holds a finished run, which a new "
+                "run would overwrite; choose another --out (or --resume "
+                f"{out} with its settings to redraw its plots)",
+            )
+        if state is not None:
+            _error(
+                parser,
+                f"argument --out: {out!r} holds a results.json that cannot "
+                f"be read ({state}); a new run would overwrite it: choose "
+                "another --out",
+            )
+    return out, previous
+
+
+def _check_folder(parser, out, flag):
+    """Refuses an output folder that is a file, cannot be made or written.
+
+    Returns:
+        The absolute path of the folder (which may not exist yet).
+    """
     folder = os.path.abspath(out)
     if os.path.exists(folder) and not os.path.isdir(folder):
         _error(parser, f"argument {flag}: {out!r} is a file, not a folder")
@@ -590,25 +711,19 @@ def _check_output(parser, args):
         )
     except OSError as error:
         _error(parser, f"argument {flag}: {out!r} is not writable: {error}")
-    if previous is None and _holds_unfinished_run(folder):
-        _error(
-            parser,
-            f"argument --out: {out!r} holds an unfinished run; continue it "
-            f"with --resume {out}, or choose another folder",
-        )
-    return out, previous
+    return folder
 
 
-def _holds_unfinished_run(folder):
+def _run_state(folder):
+    """`None` (no run), "finished", "unfinished", or why it is unreadable."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.exists(path):
+        return None
     try:
-        return (
-            continual.load_results(os.path.join(folder, "results.json"))[
-                "complete"
-            ]
-            is False
-        )
-    except (OSError, ValueError, KeyError):
-        return False
+        complete = continual.load_results(path).get("complete", True)
+    except (OSError, ValueError) as error:
+        return str(error).splitlines()[0]
+    return "finished" if complete else "unfinished"
 
 
 def _read_run(parser, folder):
@@ -645,9 +760,130 @@ def _settings(args):
     return json.loads(json.dumps(options))
 
 
+def _accepts(method, key):
+    """Whether the method's constructor takes `key`; its default if so."""
+    try:
+        parameters = inspect.signature(
+            continual.get_strategy_class(method)
+        ).parameters
+    except ValueError:
+        return False, None
+    if key not in parameters:
+        return False, None
+    return True, parameters[key].default
+
+
+# Flag (as in `vars(args)`) -> what it applies to: a constructor argument
+# of the methods, or a test of the settings.
+_STRATEGY_FLAGS = (
+    "strength",
+    "estimator",
+    "decay",
+    "gamma",
+    "fisher_examples",
+    "structure",
+    "information_epochs",
+)
+
+
+def _normalized(settings):
+    """The settings that shape the results, as one run reads them.
+
+    Defaults are filled in (`--data-seed` from `--seed`, each method's own
+    strength and estimator), the methods are sorted (their order only
+    orders the table), and flags that no method of the run takes are
+    left out.
+    """
+    settings = dict(settings)
+    seed = settings.pop("seed", 0)
+    for key in ("data_seed", "init_seed"):
+        if settings.get(key) is None:
+            settings[key] = seed
+    names = sorted(
+        {n.strip() for n in str(settings.get("methods", "")).split(",")} - {""}
+    )
+    settings["methods"] = names
+    for key in _STRATEGY_FLAGS:
+        value = settings.pop(key, None)
+        default, by_method = (
+            value if key in ("strength", "estimator") and value else (value, {})
+        )
+        per_method = {}
+        for name in names:
+            accepted, own = _accepts(name, key)
+            if accepted:
+                chosen = by_method.get(name, default)
+                per_method[name] = own if chosen is None else chosen
+        if per_method:
+            settings[key] = per_method
+    strengths = settings.get("strength", {}).values()
+    if not any(s in ("auto", "sweep") for s in strengths):
+        settings.pop("strength_grid", None)
+    if settings.get("scenario") != "split":
+        settings.pop("split_scenario", None)
+    return json.loads(json.dumps(settings))
+
+
+def _check_flags_apply(given, names):
+    """Refuses a flag that no method of the run (or the scenario) uses.
+
+    Args:
+        given: the options typed on the command line.
+        names: the methods of `--methods`.
+
+    Raises:
+        ValueError: naming the flag and the methods it applies to.
+    """
+    names = [n.strip() for n in names.split(",") if n.strip()]
+    for key in _STRATEGY_FLAGS + ("prior_precision",):
+        if key not in given:
+            continue
+        # The effective dimension is that of a memory: methods with one.
+        takes = "strength" if key == "prior_precision" else key
+        if any(_accepts(name, takes)[0] for name in names):
+            continue
+        users = [
+            n for n in continual.available_strategies() if _accepts(n, takes)[0]
+        ]
+        raise ValueError(
+            f"--{key.replace('_', '-')} applies to {', '.join(users)}; none "
+            f"of --methods {','.join(names)} uses it: drop it or add one of "
+            "those methods."
+        )
+    if "strength_grid" in given:
+        strength = given.get("strength") or (None, {})
+        values = [strength[0], *strength[1].values()]
+        if not any(v in ("auto", "sweep") for v in values):
+            raise ValueError(
+                "--strength-grid applies to --strength auto or sweep; no "
+                "method of the run uses either: drop it or set --strength."
+            )
+    if "split_scenario" in given and given.get("scenario") != "split":
+        raise ValueError(
+            "--split-scenario applies to --scenario split only: drop it or "
+            "set --scenario split."
+        )
+
+
+def _given_options(argv):
+    """The options typed on the command line: name -> parsed value."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                for option in command._actions:
+                    option.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
 def _check_resume(previous, settings, folder):
-    """Raises a ValueError naming every changed setting from the stored run."""
-    stored = previous["config"]["settings"]
+    """Raises a ValueError naming every changed setting from the stored run.
+
+    The settings are compared once normalized (`_normalized`): repeating a
+    default or listing the methods in another order changes nothing.
+    """
+    stored = _normalized(previous["config"]["settings"])
+    settings = _normalized(settings)
     show = json.dumps
     changed = [
         f"--{key.replace('_', '-')} {show(stored.get(key))} (now "
@@ -708,6 +944,11 @@ def main(argv=None):
     """Runs `memgeom`; returns the exit code (0 done, 2 bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = (
+        _given_options(sys.argv[1:] if argv is None else argv)
+        if args.command == "bench"
+        else {}
+    )
     if args.command is None:
         parser.print_help()
         return 2
@@ -718,7 +959,7 @@ def main(argv=None):
         return 0
     print(f"memgeom: {backend_choice()}", file=sys.stderr, flush=True)
     if args.command == "merge":
-        return _run_merge(args)
+        return _run_merge(parser, args)
     if args.command == "demo":
         settings = dict(DEMO)
         args = parser.parse_args(
@@ -758,7 +999,9 @@ def main(argv=None):
             gamma=args.gamma,
             fisher_examples=args.fisher_examples,
             structure=args.structure,
+            information_epochs=args.information_epochs,
         )
+        _check_flags_apply(given, args.methods)
         harness = continual.Harness(
             stream,
             width=args.width,
@@ -811,8 +1054,17 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 130
-    save(document)
-    continual.plot_results(document, out)
+    try:
+        save(document)
+        continual.plot_results(document, out)
+    except KeyboardInterrupt:
+        print(
+            f"\nmemgeom: interrupted while writing the plots; the results "
+            f"are complete in {path}. Draw the plots again with: memgeom "
+            f"{args.command} --resume {out} (and the same settings)",
+            file=sys.stderr,
+        )
+        return 130
     print(continual.format_table(document))
     print(f"\nResults and plots in {out}/ (results.json, *.png)")
     return 0

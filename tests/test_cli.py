@@ -210,6 +210,49 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
             "needs validation splits",
         ),
         (["bench", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        # A flag no method of the run uses would be ignored silently.
+        (
+            ["bench", "--methods", "finetune,joint", "--strength", "10"],
+            "--strength applies to ewc, frontal-lobe, online, online-ewc; "
+            "none of --methods finetune,joint uses it",
+        ),
+        (
+            ["bench", "--methods", "online-ewc", "--decay", "0.5"],
+            "--decay applies to frontal-lobe, online; none of --methods "
+            "online-ewc",
+        ),
+        (
+            ["bench", "--methods", "online", "--gamma", "0.5"],
+            "--gamma applies to online-ewc;",
+        ),
+        (
+            ["bench", "--methods", "online", "--information-epochs", "1"],
+            "--information-epochs applies to frontal-lobe;",
+        ),
+        (
+            ["bench", "--methods", "finetune", "--fisher-examples", "10"],
+            "--fisher-examples applies to",
+        ),
+        (
+            ["bench", "--methods", "joint", "--prior-precision", "2"],
+            "--prior-precision applies to",
+        ),
+        (
+            ["bench", "--strength-grid", "1,10"],
+            "--strength-grid applies to --strength auto or sweep",
+        ),
+        (
+            ["bench", "--split-scenario", "class"],
+            "--split-scenario applies to --scenario split only",
+        ),
+        (
+            ["bench", "--methods", "frontal-lobe", "--epochs", "1"],
+            "information_epochs=3 is more than the 1 epochs per task",
+        ),
+        (
+            ["bench", "--information-epochs", "-1"],
+            "argument --information-epochs: expected a whole number >= 0",
+        ),
         (["train"], "invalid choice: 'train'"),
     ],
 )
@@ -523,3 +566,315 @@ def test_bench_npz_data_with_separate_seeds_and_repeats(tmp_path, capsys):
     assert document["summary"]["finetune"]["init_seeds"] == [7, 8]
     assert "±" in out
     assert (tmp_path / "run" / "accuracy_matrix_finetune_seed8.png").exists()
+
+
+def test_flags_that_apply_pass(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def compare(harness, strategies, **kwargs):
+        seen["strategies"] = strategies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(continual.Harness, "compare", compare)
+    code, _, err = run_cli(
+        [
+            "bench",
+            *TINY,
+            "--methods",
+            "frontal-lobe,online,finetune",
+            "--decay",
+            "0.5",
+            "--information-epochs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert code == 130, err
+    lobe, online, _ = seen["strategies"]
+    assert (lobe.information_epochs, lobe.decay, online.decay) == (1, 0.5, 0.5)
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_bad_npz_data_ends_with_exit_2_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(
+        continual.Harness, "compare", lambda *a, **k: pytest.fail("trained")
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(30, 4, 4)).astype("float32")
+    y = np.arange(30) % 3
+    x_nan = x.copy()
+    x_nan[4, 1, 2] = np.nan
+    for arrays, message in [
+        ({"x": x_nan, "y": y}, "holds 1 nan or infinite value(s), the first "),
+        (
+            {"x": x, "y": np.where(np.arange(30) == 5, -1, y)},
+            "hold -1 at index 5",
+        ),
+        (
+            {"x": x, "y": np.where(np.arange(30) == 9, 1_000_000, y)},
+            "hold 1000000 at index 9",
+        ),
+    ]:
+        path = _npz(tmp_path / "data.npz", **arrays)
+        code, _, err = run_cli(
+            ["bench", *TINY, "--dataset", path, "--out", str(tmp_path / "r")],
+            capsys,
+        )
+        assert code == 2 and message in err.lower(), err
+        assert "Traceback" not in err
+
+
+def test_a_finished_or_unreadable_run_is_never_overwritten(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(
+        continual.Harness, "compare", lambda *a, **k: pytest.fail("trained")
+    )
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    stream = continual.TaskStream.make(
+        "permuted", "digits", num_tasks=1, max_train_examples=60
+    )
+    harness = continual.Harness(stream, width=4, epochs=1)
+    runs = {"finetune": harness.run(continual.Finetune())}
+    document = continual.make_document(harness.get_config(), 0, runs)
+    continual.save_results(document, str(finished / "results.json"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text("{not json")
+    for folder, message in [
+        (finished, f"'{finished}' holds a finished run"),
+        (broken, f"'{broken}' holds a results.json that cannot be read"),
+    ]:
+        before = (folder / "results.json").read_bytes()
+        code, _, err = run_cli(["bench", *TINY, "--out", str(folder)], capsys)
+        assert code == 2 and message in err, err
+        assert "choose another --out" in err
+        assert (folder / "results.json").read_bytes() == before
+
+
+def test_resume_compares_settings_as_the_run_reads_them():
+    parse = cli.build_parser().parse_args
+    stored = cli._settings(
+        parse(["bench", "--methods", "finetune,online", "--strength", "50"])
+    )
+    previous = {
+        "config": {"settings": stored},
+        "backend": keras.backend.backend(),
+    }
+    same = [
+        # Defaults said out loud, and the methods in another order.
+        [
+            "--methods",
+            "online,finetune",
+            "--strength",
+            "online=50",
+            "--estimator",
+            "exact",
+            "--decay",
+            "1",
+            "--epochs",
+            "10",
+            "--data-seed",
+            "0",
+            "--init-seed",
+            "0",
+            "--strength-grid",
+            "1,2",  # used by no method: auto and sweep are not asked for
+        ],
+        ["--methods", "online,finetune", "--strength", "50", "--seed", "0"],
+    ]
+    for args in same:
+        cli._check_resume(previous, cli._settings(parse(["bench", *args])), "d")
+    for args, changed in [
+        (["--methods", "online", "--strength", "50"], "--methods"),
+        (["--methods", "finetune,online"], "--strength"),
+        (
+            ["--methods", "finetune,online", "--strength", "50", "--seed", "1"],
+            r"--data-seed 0 \(now 1\)",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=changed):
+            cli._check_resume(
+                previous, cli._settings(parse(["bench", *args])), "d"
+            )
+
+
+def test_ctrl_c_while_plotting_keeps_the_results_and_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    draw = continual.plot_results
+
+    def interrupted(document, directory):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(continual, "plot_results", interrupted)
+    args = ["bench", *TINY, "--methods", "finetune,online"]
+    code, _, err = run_cli([*args, "--out", str(out)], capsys)
+    assert code == 130 and "Traceback" not in err
+    assert f"memgeom bench --resume {out}" in err
+    document = continual.load_results(str(out / "results.json"))
+    assert document["complete"] is True
+    assert not list(out.glob("*.png"))
+
+    # Resuming, with the methods in another order and a default said out
+    # loud, trains nothing and draws the plots.
+    monkeypatch.setattr(continual, "plot_results", draw)
+    monkeypatch.setattr(
+        continual.Harness, "run", lambda *a, **k: pytest.fail("trained")
+    )
+    code, _, err = run_cli(
+        [
+            "bench",
+            *TINY,
+            "--methods",
+            "online,finetune",
+            "--decay",
+            "1",
+            "--resume",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (out / "average_accuracy.png").exists()
+    resumed = continual.load_results(str(out / "results.json"))
+    for name, run in document["methods"].items():
+        assert resumed["methods"][name] == run
+
+
+def _merge_result():
+    # The shape of a merge_experiment result; the numbers are arbitrary.
+    line = {
+        "t": [0.0, 0.5, 1.0],
+        "loss": [0.2, 0.9, 0.3],
+        "accuracy": [1.0] * 3,
+    }
+    return {
+        "dataset": "digits",
+        "width": 4,
+        "endpoints": [0.9, 0.8],
+        "ratio": {"raw average": 0.5, "average": 0.9},
+        "barrier": {"raw": 0.65, "aligned": 0.1},
+        "path": {"raw": line, "aligned": line},
+    }
+
+
+def test_merge_checks_its_folder_before_training(tmp_path, capsys, monkeypatch):
+    from keras_memgeom.merging import merge_experiment
+
+    monkeypatch.setattr(
+        merge_experiment,
+        "merge_experiment",
+        lambda *a, **k: pytest.fail("trained"),
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "merge.json").write_text("{}")
+    cases = [
+        (a_file, f"'{a_file}' is a file, not a folder"),
+        (a_file / "run", f"its parent '{a_file}' is a file"),
+        (done, f"'{done}' holds a finished merge"),
+    ]
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: what the check asks says no
+        access = os.access
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode: (
+                not str(path).startswith(str(read_only)) and access(path, mode)
+            ),
+        )
+    cases += [
+        (read_only, f"'{read_only}' is not writable"),
+        (read_only / "run", f"'{read_only / 'run'}' is not writable"),
+    ]
+    try:
+        for out, message in cases:
+            code, _, err = run_cli(["merge", "--out", str(out)], capsys)
+            assert code == 2 and message in err, err
+            assert "Traceback" not in err
+    finally:
+        read_only.chmod(0o755)
+    assert (done / "merge.json").read_text() == "{}"
+
+
+def test_ctrl_c_in_merge_keeps_what_finished(tmp_path, capsys, monkeypatch):
+    from keras_memgeom.merging import merge_experiment
+    from keras_memgeom.merging import plot_loss_path
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(merge_experiment, "merge_experiment", interrupt)
+    code, _, err = run_cli(["merge", "--out", str(tmp_path / "a")], capsys)
+    assert code == 130 and "Traceback" not in err
+    assert "nothing was written" in err
+    assert not os.listdir(tmp_path / "a")
+
+    # Interrupted while drawing: merge.json is whole, the numbers printed.
+    monkeypatch.setattr(
+        merge_experiment, "merge_experiment", lambda *a, **k: _merge_result()
+    )
+    monkeypatch.setattr(plot_loss_path, "plot_loss_path", interrupt)
+    code, out, err = run_cli(["merge", "--out", str(tmp_path / "b")], capsys)
+    assert code == 130 and "Traceback" not in err
+    assert "kept in" in err and "merge.json" in err
+    assert "raw average" in out
+    assert json.loads((tmp_path / "b" / "merge.json").read_text())["ratio"] == {
+        "raw average": 0.5,
+        "average": 0.9,
+    }
+    assert sorted(os.listdir(tmp_path / "b")) == ["merge.json"]
+
+
+@pytest.mark.parametrize("stop", [OSError("disk full"), KeyboardInterrupt()])
+def test_a_save_stopped_midway_leaves_the_previous_file_intact(
+    tmp_path, monkeypatch, stop
+):
+    stream = continual.TaskStream.make(
+        "permuted", "digits", num_tasks=1, max_train_examples=60
+    )
+    harness = continual.Harness(stream, width=4, epochs=1)
+    runs = {"finetune": harness.run(continual.Finetune())}
+    document = continual.make_document(harness.get_config(), 0, runs)
+    continual.save_results(document, str(tmp_path / "results.json"))
+    continual.plot_results(document, str(tmp_path))
+    cli.write_merge(_merge_result(), str(tmp_path))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"results.json", "merge.json", "loss_path.png"} <= set(before)
+    assert "average_accuracy.png" in before
+
+    # New contents, stopped in the middle of every write (before the
+    # rename that would publish it).
+    changed = dict(document, seed=1)
+    result = dict(_merge_result(), width=8)
+
+    def fail(fd):
+        raise stop
+
+    monkeypatch.setattr(os, "fsync", fail)
+    for save in (
+        lambda: continual.save_results(changed, str(tmp_path / "results.json")),
+        lambda: continual.plot_results(changed, str(tmp_path)),
+        lambda: cli.write_merge(result, str(tmp_path)),
+    ):
+        with pytest.raises(type(stop)):
+            save()
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # byte for byte, and no temporary left behind

@@ -111,7 +111,16 @@ class FrontalLobeStrategy(MemoryStrategy):
         self.decay = decay
         self.fraction = fraction
         self.information_strength = information_strength
-        self.information_epochs = int(information_epochs)
+        if (
+            isinstance(information_epochs, bool)
+            or not isinstance(information_epochs, int)
+            or information_epochs < 0
+        ):
+            raise ValueError(
+                "`information_epochs` must be a non-negative int; got "
+                f"{information_epochs!r}."
+            )
+        self.information_epochs = information_epochs
         self.information_estimator = information_estimator
         (
             self.consolidation,
@@ -125,6 +134,24 @@ class FrontalLobeStrategy(MemoryStrategy):
             distill_learning_rate,
         )
         self.records = []  # The Consolidate records of each task.
+
+    def check(self, *, epochs):
+        """Refuses epochs per task fewer than `information_epochs`.
+
+        Args:
+            epochs: the harness's epochs per task.
+
+        Raises:
+            ValueError: if the information phase would not fit in a task.
+        """
+        if self.information_epochs > epochs:
+            raise ValueError(
+                f"frontal-lobe: information_epochs={self.information_epochs} "
+                f"is more than the {epochs} epochs per task; the information "
+                "phase is the last information_epochs of each task's epochs. "
+                "Use fewer information epochs (memgeom: --information-epochs) "
+                "or more epochs per task."
+            )
 
     def build_model(self, stream, *, width):
         base = classifier(stream, width=width)

@@ -1,8 +1,11 @@
 """Trains continual-learning methods on a task stream and measures them."""
 
 import copy
+import inspect
 import json
 import time
+import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -152,6 +155,9 @@ class Harness:
             )
         self.model = model
         self.compile_hook = compile
+        self._last_model = None  # the model function's latest, weakly
+        if not callable(compile):
+            self._compile_args()  # a bad dict fails now, not mid-run
         self.seed = seed
         self.repeats = repeats
         self.progress = progress
@@ -309,8 +315,11 @@ class Harness:
         Raises:
             ValueError: if two strategies share a name, one has
                 `strength="auto"` and the stream has no validation splits,
-                or one builds its own model and the harness has yours.
+                one builds its own model and the harness has yours, one
+                refuses the harness's settings (`Strategy.check`), or the
+                `compile` settings are unusable.
         """
+        self._compile_args()
         names = [s.name for s in strategies]
         if len(set(names)) != len(names):
             raise ValueError(f"Each method may appear once, got {names}.")
@@ -330,6 +339,7 @@ class Harness:
                     f"{strategy.name} builds its own model, so it cannot train "
                     "the model given to the harness."
                 )
+            strategy.check(epochs=self.epochs)
 
     def run(self, strategy, *, seed=None, label=None, on_task=None):
         """Trains one method on the whole stream.
@@ -412,7 +422,10 @@ class Harness:
         """The uncompiled model of one run, built under the current seed.
 
         Raises:
-            ValueError: if its output is not `(batch, stream.num_outputs)`.
+            ValueError: if its output is not `(batch, stream.num_outputs)`,
+                if the model function returned the model (or variables) of
+                its previous call, or if the model outputs probabilities
+                (a softmax) while the loss expects logits.
         """
         if self.model is None:
             model = strategy.build_model(self.stream, width=self.width)
@@ -425,6 +438,7 @@ class Harness:
                 raise ValueError(
                     f"The model function returned {model!r}, not a Keras model."
                 )
+            self._check_new_model(model)
         if not model.built:
             model.build((None, *self.stream.input_shape))
         shape = tuple(
@@ -437,7 +451,64 @@ class Harness:
                 f"{self.stream.num_outputs} classes: it needs "
                 f"{self.stream.num_outputs} logits."
             )
+        self._check_outputs(model)
         return model
+
+    def _check_new_model(self, model):
+        """Refuses a model function that hands out one model twice."""
+        previous = self._last_model() if self._last_model else None
+        if previous is not None:
+            shared = {id(v) for v in previous.weights}
+            if model is previous or any(id(v) in shared for v in model.weights):
+                raise ValueError(
+                    f"The model function {_model_name(self.model)!r} returned "
+                    f"model {model.name!r}, which is (or shares variables "
+                    "with) the model of its previous call: every method "
+                    "would continue from the previous one's weights. The "
+                    "model function must build a new model on each call."
+                )
+        self._last_model = weakref.ref(model)
+
+    def _check_outputs(self, model):
+        """Refuses probabilities (a softmax output) under a loss on logits."""
+        if not model.built or not self.stream.input_shape:
+            return
+        probe = np.random.default_rng(0).normal(
+            size=(4, *self.stream.input_shape)
+        )
+        try:
+            outputs = keras.ops.convert_to_numpy(
+                model(keras.ops.convert_to_tensor(probe, "float32"))
+            )
+        except Exception:  # A model that needs other inputs: not probed.
+            return
+        probabilities = np.all(outputs >= 0) and np.allclose(
+            outputs.sum(axis=-1), 1.0, atol=1e-4
+        )
+        if not probabilities:
+            return
+        from_logits = _from_logits(self._compile_args()["loss"])
+        if from_logits is True:
+            raise ValueError(
+                f"Model {model.name!r} outputs probabilities (they sum to 1: "
+                "a softmax at the end?), but the loss expects logits "
+                "(from_logits=True), so it would train on the softmax of a "
+                "softmax. Drop the final softmax, or pass a loss with "
+                "from_logits=False in `compile`."
+            )
+        if self.stream.task_incremental:
+            raise ValueError(
+                f"Model {model.name!r} outputs probabilities (they sum to 1), "
+                "but a task-incremental stream masks other tasks' classes "
+                "by adding -1e9 to logits: drop the final softmax."
+            )
+        if from_logits is None:
+            warnings.warn(
+                f"Model {model.name!r} outputs probabilities (they sum to 1) "
+                "and the harness cannot tell whether the loss expects "
+                "logits; if it does, drop the final softmax.",
+                stacklevel=3,
+            )
 
     def _train_task(self, model, strategy, index):
         """Fits one task; returns its context, with the strength used."""
@@ -471,9 +542,20 @@ class Harness:
         )
 
     def _compile_args(self):
-        """A fresh optimizer and the loss, from the `compile` hook."""
+        """A fresh optimizer and the loss, from the `compile` hook.
+
+        Raises:
+            ValueError: naming the setting, for a hook that returns no
+                dict, an unknown key, optimizer or loss, or a loss that
+                cannot classify integer labels from the model's outputs.
+        """
         hook = self.compile_hook
-        args = dict(hook() if callable(hook) else hook or {})
+        args = hook() if callable(hook) else hook or {}
+        if not isinstance(args, dict):
+            raise ValueError(
+                f"The compile function returned {args!r}, not a dict with "
+                "optimizer and/or loss."
+            )
         unknown = set(args) - {"optimizer", "loss"}
         if unknown:
             raise ValueError(
@@ -485,10 +567,72 @@ class Harness:
         if isinstance(optimizer, keras.optimizers.Optimizer):
             # An optimizer holds state of one model: a new one per task.
             optimizer = type(optimizer).from_config(optimizer.get_config())
+        try:
+            optimizer = keras.optimizers.get(optimizer)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"compile['optimizer']: unusable optimizer {optimizer!r}: "
+                f"{error}"
+            ) from None
         loss = args.get("loss") or keras.losses.SparseCategoricalCrossentropy(
             from_logits=True
         )
-        return {"optimizer": keras.optimizers.get(optimizer), "loss": loss}
+        try:
+            loss = keras.losses.get(loss)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"compile['loss']: unknown loss {loss!r}: {error}"
+            ) from None
+        self._check_loss(loss)
+        return {"optimizer": optimizer, "loss": loss}
+
+    def _check_loss(self, loss):
+        """Refuses a loss that does not score integer labels against outputs.
+
+        The probe: two examples whose outputs put 0.9 on the labelled class
+        (valid probabilities, and logits ranking it first) must cost less
+        than the same outputs put on another class. A regression loss such
+        as mean squared error compares the label with every output alike
+        and fails; a loss on one-hot labels fails on the shapes.
+        """
+        classes = self.stream.num_outputs
+        if classes < 2:
+            return
+        labels = np.array([0, 1], "int32")
+        others = (labels + 1) % classes
+
+        def outputs(hot):
+            values = np.full((2, classes), 0.1 / (classes - 1), "float32")
+            values[np.arange(2), hot] = 0.9
+            return keras.ops.convert_to_tensor(values)
+
+        try:
+            right, wrong = (
+                float(
+                    keras.ops.convert_to_numpy(
+                        keras.ops.sum(
+                            loss(
+                                keras.ops.convert_to_tensor(labels), outputs(h)
+                            )
+                        )
+                    )
+                )
+                for h in (labels, others)
+            )
+        except Exception as error:
+            raise ValueError(
+                f"compile['loss']: {_loss_name(loss)} cannot score integer "
+                f"class labels (batch,) against outputs (batch, {classes}): "
+                f"{error}. Use a loss like "
+                "SparseCategoricalCrossentropy(from_logits=True)."
+            ) from None
+        if not (np.isfinite(right) and np.isfinite(wrong) and right < wrong):
+            raise ValueError(
+                f"compile['loss']: {_loss_name(loss)} does not score integer "
+                "class labels (it costs no less when the output favours the "
+                "labelled class: a regression loss such as 'mse'?). Use a "
+                "loss like SparseCategoricalCrossentropy(from_logits=True)."
+            )
 
     def _fit(self, model, strategy, context):
         args = self._compile_args()
@@ -558,6 +702,27 @@ def _streamed_accuracy(model, task, data):
             f"Cannot measure accuracy on an empty split of {task.name!r}."
         )
     return correct / total
+
+
+def _loss_name(loss):
+    name = getattr(loss, "name", None) or getattr(loss, "__name__", None)
+    return repr(name or loss)
+
+
+def _from_logits(loss):
+    """Whether a loss expects logits: True, False, or None if unknown."""
+    if hasattr(loss, "from_logits"):
+        return bool(loss.from_logits)
+    kwargs = getattr(loss, "_fn_kwargs", None)
+    if isinstance(kwargs, dict) and "from_logits" in kwargs:
+        return bool(kwargs["from_logits"])
+    try:
+        parameter = inspect.signature(loss).parameters.get("from_logits")
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return bool(parameter.default)
 
 
 def _model_name(model):

@@ -4,7 +4,14 @@ import dataclasses
 
 import numpy as np
 
+from keras_memgeom.utils.checks import check_finite_data
+
 DATASETS = ("digits", "mnist5k", "tfds:NAME", "PATH.npz")
+
+# Labels up to this value pass without `num_classes`, however few classes
+# appear; above it, a label range at least twice the number of distinct
+# labels is taken for a stray label (it would make a model that large).
+LABEL_RANGE_LIMIT = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +132,78 @@ def as_images(x):
     return x.astype("float32") / scale
 
 
+def check_labels(labels, num_classes=None):
+    """Checks class labels where they enter; returns the number of classes.
+
+    Every label must be an integer `>= 0` (an integer dtype, or floats
+    holding whole numbers). Without `num_classes`, the model predicts
+    `max(label) + 1` classes, so a stray large label would make a huge
+    model: a maximum label above `LABEL_RANGE_LIMIT` and at least twice
+    the number of distinct labels is refused.
+
+    Args:
+        labels: a list of `(what, y)`: what the labels are, for the
+            message (e.g. `"task 1's labels"`), and a 1-D array.
+        num_classes: `None`, or the number of classes; every label must
+            then be below it.
+
+    Returns:
+        The number of classes, an int.
+
+    Raises:
+        ValueError: naming the labels, the offending value and its index.
+    """
+    first = None  # (value, what, index) of the largest label
+    distinct = set()
+    for what, y in labels:
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(
+                f"{what} must be a 1-D array of class indices, got shape "
+                f"{y.shape}."
+            )
+        if not len(y):
+            continue
+        if y.dtype.kind not in "iuf":
+            raise ValueError(
+                f"{what} must be integer class indices, got dtype {y.dtype}."
+            )
+        whole = (
+            np.isfinite(y) & (np.floor(y) == y)
+            if y.dtype.kind == "f"
+            else np.ones(len(y), bool)
+        )
+        bad = ~whole | (y < 0)
+        if np.any(bad):
+            index = int(np.argmax(bad))
+            raise ValueError(
+                f"{what} hold {y[index].item()!r} at index {index}: labels "
+                "must be integer class indices >= 0."
+            )
+        top = int(np.argmax(y))
+        if first is None or y[top] > first[0]:
+            first = (int(y[top]), what, top)
+        distinct.update(np.unique(y).astype("int64").tolist())
+    if first is None:
+        return 0 if num_classes is None else int(num_classes)
+    largest, what, index = first
+    if num_classes is not None:
+        if largest >= num_classes:
+            raise ValueError(
+                f"{what} hold {largest} at index {index}, not below "
+                f"num_classes={num_classes}."
+            )
+        return int(num_classes)
+    if largest > LABEL_RANGE_LIMIT and largest >= 2 * len(distinct):
+        raise ValueError(
+            f"{what} hold {largest} at index {index}, though only "
+            f"{len(distinct)} distinct labels appear: the model would have "
+            f"{largest + 1} classes. Fix the stray label, or give "
+            "num_classes if the range is meant."
+        )
+    return largest + 1
+
+
 def _load_npz(path, seed):
     try:
         with np.load(path) as arrays:
@@ -136,17 +215,14 @@ def _load_npz(path, seed):
             x, y = as_images(arrays["x"]), np.asarray(arrays["y"])
     except (OSError, EOFError) as error:
         raise ValueError(f"Cannot read data set {path!r}: {error}") from error
-    if (
-        x.ndim != 4
-        or y.ndim != 1
-        or len(x) != len(y)
-        or not np.issubdtype(y.dtype, np.integer)
-    ):
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(
             f"Data set {path!r}: expected images x of shape (N, H, W[, C]) "
             "and integer labels y of shape (N,), got x "
             f"{x.shape} and y {y.shape} {y.dtype}."
         )
+    check_finite_data(f"Data set {path!r}: x", x)
+    check_labels([(f"Data set {path!r}: y", y)])
     num_test = int(round(0.2 * len(y)))
     if num_test < 1 or num_test == len(y):
         raise ValueError(

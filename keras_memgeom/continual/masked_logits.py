@@ -7,6 +7,7 @@ import numpy as np
 _MASKED = -1e9
 
 
+@keras.saving.register_keras_serializable(package="keras_memgeom")
 class MaskedLogits(keras.layers.Layer):
     """Keeps the logits of some classes and masks the others out.
 
@@ -53,7 +54,7 @@ class MaskedLogits(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            "classes": self.classes,
+            "classes": list(self.classes),
             "num_outputs": self.num_outputs,
         }
 

@@ -239,6 +239,19 @@ class Strategy:
         """
         return classifier(stream, width=width)
 
+    def check(self, *, epochs):
+        """Refuses harness settings the method cannot run with.
+
+        Called by `Harness.check` before any training; the default accepts
+        everything.
+
+        Args:
+            epochs: the harness's epochs per task.
+
+        Raises:
+            ValueError: naming the setting, if the method cannot run.
+        """
+
     def compile(self, model, *, optimizer, loss):
         """Compiles the model for a task; called before every task.
 

@@ -8,7 +8,10 @@ from scipy import ndimage
 from keras_memgeom.continual.image_dataset import ImageDataset
 from keras_memgeom.continual.image_dataset import StreamedImageDataset
 from keras_memgeom.continual.image_dataset import as_images
+from keras_memgeom.continual.image_dataset import check_labels
+from keras_memgeom.utils.checks import check_finite_data
 from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 SCENARIOS = ("permuted", "split", "rotated")
 SPLIT_SCENARIOS = ("task", "domain", "class")
@@ -343,6 +346,7 @@ class TaskStream:
         test_split=0.2,
         validation_split=0.1,
         name="arrays",
+        num_classes=None,
         seed=0,
     ):
         """Makes a task stream from your own arrays, one entry per task.
@@ -351,8 +355,11 @@ class TaskStream:
         test (`test_split`), validation (`validation_split` of the rest)
         and training examples; one given as `(x_train, y_train, x_test,
         y_test)` keeps its test split. Inputs keep their shape (images
-        `(N, 8, 8, 1)` stay images); labels are class indices, and the
-        model predicts `max(label) + 1` classes.
+        `(N, 8, 8, 1)` stay images) and must be finite; labels are class
+        indices, and the model predicts `max(label) + 1` classes, or
+        `num_classes`. A largest label far above the number of distinct
+        labels is taken for a stray one and refused unless `num_classes`
+        is given (see `check_labels`).
 
         Args:
             tasks: a list of `(x, y)` or `(x_train, y_train, x_test,
@@ -362,6 +369,8 @@ class TaskStream:
             validation_split: fraction of the training examples held out
                 as the validation split, in `[0, 1)`.
             name: the data set's name in the results.
+            num_classes: `None`, or the number of classes the model
+                predicts (every label must be below it).
             seed: the data seed of the shuffles.
 
         Returns:
@@ -370,8 +379,10 @@ class TaskStream:
         Raises:
             ValueError: naming the task, for inputs and labels of
                 different lengths, inputs of another shape than the first
-                task's, labels that are not non-negative integers, or a
-                split that leaves a split empty.
+                task's, NaN or infinite inputs, labels that are not
+                non-negative integers or a stray label far above the
+                others (naming the value and its index), or a split that
+                leaves a split empty.
         """
         tasks = list(tasks)
         if not tasks:
@@ -386,18 +397,34 @@ class TaskStream:
         if test_split == 1.0:
             raise ValueError("`test_split` must be < 1, got 1.0.")
         _check_validation_split(validation_split)
+        if num_classes is not None:
+            num_classes = check_positive_int("num_classes", num_classes)
         rng = np.random.default_rng(seed)
-        made, shape = [], None
+        given = []
         for t, arrays in enumerate(tasks):
             if len(arrays) not in (2, 4):
                 raise ValueError(
                     f"Task {t} must be (x, y) or (x_train, y_train, x_test, "
                     f"y_test), got {len(arrays)} arrays."
                 )
-            pairs = [
-                _as_pair(t, *arrays[i : i + 2])
-                for i in range(0, len(arrays), 2)
-            ]
+            given.append(
+                [
+                    _as_pair(t, i // 2, *arrays[i : i + 2])
+                    for i in range(0, len(arrays), 2)
+                ]
+            )
+        # Before any shuffle: the index in the message is the caller's.
+        num_outputs = check_labels(
+            [
+                (f"Task {t}'s {_ARRAY_NAMES[i][1]}", y)
+                for t, pairs in enumerate(given)
+                for i, (_, y) in enumerate(pairs)
+            ],
+            num_classes,
+        )
+        made, shape = [], None
+        for t, pairs in enumerate(given):
+            pairs = [(x, y.astype("int32")) for x, y in pairs]
             if len(pairs) == 1:
                 x, y = pairs[0]
                 order = rng.permutation(len(y))
@@ -419,14 +446,7 @@ class TaskStream:
                 )
             made.append(Task(f"{name}-{t}", *arrays))
         _check_splits(made, validation_split)
-        num_outputs = int(
-            max(
-                int(np.max(np.concatenate([t.y_train, t.y_test]))) for t in made
-            )
-        )
-        return cls(
-            "custom", name, tuple(made), tuple(shape), num_outputs + 1, seed
-        )
+        return cls("custom", name, tuple(made), tuple(shape), num_outputs, seed)
 
     @classmethod
     def from_datasets(cls, datasets, **kwargs):
@@ -581,23 +601,23 @@ def _permute(images, order):
     return flat.reshape(images.shape)
 
 
-def _as_pair(index, x, y):
-    """Checks one task's `(x, y)` and returns them as float32 and int32."""
+# The names of the arrays of a task given as 2 or 4 arrays, for messages.
+_ARRAY_NAMES = (("inputs", "labels"), ("test inputs", "test labels"))
+
+
+def _as_pair(index, position, x, y):
+    """Checks one task's `(x, y)`; returns the inputs as float32."""
     x, y = np.asarray(x), np.asarray(y)
+    inputs, labels = _ARRAY_NAMES[position]
     if len(x) != len(y):
         raise ValueError(
-            f"Task {index} has {len(x)} inputs but {len(y)} labels."
+            f"Task {index} has {len(x)} {inputs} but {len(y)} {labels}."
         )
-    if (
-        y.ndim != 1
-        or not np.issubdtype(y.dtype, np.integer)
-        or (len(y) and y.min() < 0)
-    ):
-        raise ValueError(
-            f"Task {index}: labels must be a 1-D array of class indices "
-            f">= 0, got dtype {y.dtype} and shape {y.shape}."
-        )
-    return x.astype("float32"), y.astype("int32")
+    with np.errstate(over="ignore"):  # reported just below, by name
+        x = x.astype("float32")
+    # After the cast: float64 beyond the float32 range turns infinite too.
+    check_finite_data(f"Task {index}'s {inputs}", x)
+    return x, y  # the labels are checked with every task's, then cast
 
 
 def _dataset_arrays(index, data):

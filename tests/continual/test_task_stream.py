@@ -251,7 +251,45 @@ def test_from_arrays_keeps_shapes_and_splits(digits):
             [(np.zeros((4, 8, 8, 1)), np.zeros(3, int))],
             "Task 0 has 4 inputs but 3 labels",
         ),
-        ([(np.zeros((4, 8, 8, 1)), np.zeros(4))], "Task 0: labels must be"),
+        (
+            [(np.zeros((4, 8, 8, 1)), np.array([0, 1, 0.5, 1]))],
+            "Task 0's labels hold 0.5 at index 2: labels must be integer",
+        ),
+        (
+            [(np.zeros((4, 8, 8, 1)), np.array([0, 1, np.nan, 1]))],
+            "Task 0's labels hold nan at index 2",
+        ),
+        (
+            [
+                (np.zeros((4, 2)), np.arange(4) % 2),
+                (np.zeros((4, 2)), np.array([1, 0, -1, 0])),
+            ],
+            "Task 1's labels hold -1 at index 2",
+        ),
+        (
+            [
+                (np.zeros((4, 2)), np.arange(4) % 2),
+                (np.zeros((4, 2)), np.array([1, 0, 1, 0])),
+                (
+                    np.zeros((4, 2)),
+                    np.arange(4) % 2,
+                    np.zeros((2, 2)),
+                    np.array([1, 1_000_000]),
+                ),
+            ],
+            r"Task 2's test labels hold 1000000 at index 1, though only 3 "
+            "distinct labels appear",
+        ),
+        (
+            [(np.array([[0.0], [np.inf], [1.0], [2.0]]), np.arange(4) % 2)],
+            r"Task 0's inputs holds 1 NaN or infinite value\(s\), the first "
+            r"at index \(1, 0\)",
+        ),
+        (
+            # Finite in float64, infinite once cast to the float32 trained on.
+            [(np.array([[0.0], [1e300], [1.0], [2.0]]), np.arange(4) % 2)],
+            r"Task 0's inputs holds 1 NaN or infinite",
+        ),
         (
             [
                 (np.zeros((10, 8, 8, 1)), np.arange(10) % 2),
@@ -266,6 +304,20 @@ def test_from_arrays_keeps_shapes_and_splits(digits):
 def test_from_arrays_refuses_bad_tasks(tasks, match):
     with pytest.raises(ValueError, match=match):
         TaskStream.from_arrays(tasks)
+
+
+def test_from_arrays_takes_a_wide_label_range_with_num_classes():
+    x = np.random.default_rng(0).normal(size=(8, 2))
+    y = np.array([0, 500, 0, 500, 0, 500, 0, 500])
+    with pytest.raises(ValueError, match="hold 500 at index 1"):
+        TaskStream.from_arrays([(x, y)])
+    stream = TaskStream.from_arrays([(x, y)], num_classes=501)
+    assert stream.num_outputs == 501
+    with pytest.raises(ValueError, match="hold 500 at index 1, not below"):
+        TaskStream.from_arrays([(x, y)], num_classes=500)
+    # Labels up to the limit pass however few classes appear.
+    stream = TaskStream.from_arrays([(x, np.where(y, 99, 0))])
+    assert stream.num_outputs == 100
 
 
 def test_from_datasets_reads_tf_data_and_tfds_builders():
