@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_memgeom import backend
 from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
-from keras_memgeom.memory.dense_taps import DenseTaps
+from keras_memgeom.memory.layer_taps import LayerTaps
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.utils.batches import iterate_batches
 from keras_memgeom.utils.checks import check_finite_data
@@ -205,8 +205,8 @@ def estimate_fisher(
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
-    for layer, (a, g) in zip(step.taps.layers, factor_totals):
-        bias = layer.bias.path if layer.use_bias else None
+    for layer, (a, g) in zip(step.kfac_layers, factor_totals):
+        bias = layer.bias.path if _has_bias(layer) else None
         kernel = layer.kernel.path
         kronecker[kernel] = (
             bias,
@@ -270,6 +270,11 @@ def sampled_noise(likelihood, seed, start, size, output_dim, num_samples):
     return np.ascontiguousarray(np.moveaxis(noise, 1, 0), dtype="float32")
 
 
+def _has_bias(layer):
+    # EinsumDense has no `use_bias`: its bias is `None` without bias axes.
+    return getattr(layer, "bias", None) is not None
+
+
 def _kernel_mask(layer):
     """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`."""
     if not isinstance(layer, MaskedKernelMixin):
@@ -321,14 +326,19 @@ class _BatchStep:
         self.likelihood = likelihood
         self.estimator = estimator
         self.structure = structure
-        self.taps = DenseTaps(model, conv2d=True).probe(example_x)
+        self.taps = LayerTaps(model).probe(example_x)
         position = {id(v): i for i, v in enumerate(variables)}
         self.fast = [position[id(v)] for v in self.taps.variables]
         self.generic = sorted(set(range(len(variables))) - set(self.fast))
+        self.kfac_layers = self.taps.kfac_layers if structure == "kfac" else []
+        in_blocks = {
+            position[id(v)]
+            for layer in self.kfac_layers
+            for v in (layer.kernel, layer.bias if _has_bias(layer) else None)
+            if v is not None
+        }
         # The variables whose diagonal the step returns, in its order.
-        self.diagonal = (
-            self.generic if structure == "kfac" else list(range(len(variables)))
-        )
+        self.diagonal = sorted(set(range(len(variables))) - in_blocks)
         outputs = model(example_x, training=False)
         if len(keras.tree.flatten(outputs)) != 1:
             names = getattr(model, "output_names", None) or len(
@@ -397,26 +407,25 @@ class _BatchStep:
         )
         cotangents = ops.stop_gradient(self._cotangents(outputs, y, noise))
         checks = self.likelihood.output_checks(ops.stop_gradient(outputs))
-        sums = [None] * len(self.variables)
-        generic = []
+        sums = {}
         if self.generic:
             generic = self._per_example(
                 values, x, ops.transpose(cotangents, (1, 0, 2))
             )
-        if self.structure == "kfac":
-            factors = []
-            if self.taps.layers:
-                factors = self.taps.kronecker_factors(
-                    inputs, pullback(cotangents)
-                )
-            return (generic, factors), checks
+            sums.update(zip(self.generic, generic))
+        factors = []
         if self.taps.layers:
-            fast = self.taps.squared_gradients(inputs, pullback(cotangents))
-            for i, s in zip(self.fast, fast):
-                sums[i] = s
-        for i, s in zip(self.generic, generic):
-            sums[i] = s
-        return sums, checks
+            grads = pullback(cotangents)
+            fast = self.taps.squared_gradients(
+                inputs, grads, skip=self.kfac_layers
+            )
+            sums.update(zip(self.fast, fast))
+            if self.kfac_layers:
+                factors = self.taps.kronecker_factors(inputs, grads)
+        diagonal = [sums[i] for i in self.diagonal]
+        if self.structure == "kfac":
+            return (diagonal, factors), checks
+        return diagonal, checks
 
     def _per_example(self, values, x, cotangents):
         """Generic path: per-example gradients, vectorized over the batch."""
