@@ -46,13 +46,20 @@ def estimate_fisher(
     - `batched`: the squared gradient of each mini-batch mean, times the batch
       size (biased; offered only to compare).
 
-    Dense layers called once on 2-D inputs and channels-last Conv2D layers
-    called once are fast: their squared per-example gradients come from one
-    backward pass per output-space cotangent (one for `empirical`,
-    `num_samples` for `sampled`, the output dimension for `exact`). All other
-    trainable variables (other convolutions, Embedding, normalization, custom
-    layers) use per-example gradients vectorized over the batch with the
-    backend's `vmap`.
+    Layers with a per-example rule (`layer_taps`: Dense, EinsumDense and so
+    MultiHeadAttention, channels-last Conv1D, Conv2D, DepthwiseConv2D and
+    SeparableConv2D, Embedding, LayerNormalization and inference
+    BatchNormalization), called once per forward pass, are fast: their
+    squared per-example gradients come from one backward pass per
+    output-space cotangent (one for `empirical`, `num_samples` for
+    `sampled`, the output dimension for `exact`). All other trainable
+    variables (recurrent and custom layers, layers called several times)
+    use per-example gradients vectorized over the batch with the backend's
+    `vmap`. Non-trainable variables (moving statistics) never enter.
+
+    Before the first batch, the memory a step needs per example is
+    estimated; batches larger than what fits in half of the device's free
+    memory (`backend.free_memory`) are computed in parts, with the same sums.
 
     Args:
         model: a built Keras model with a single `(batch, d)` output.
@@ -72,7 +79,10 @@ def estimate_fisher(
             processes do not change the draw.
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
-            every Dense and Conv2D layer the fast path covers, from the same
+            every Dense, Conv1D and Conv2D layer the fast path covers and
+            every EinsumDense that is a matmul over the input's last axes
+            into the kernel's last axis (a Dense at every position), from
+            the same
             backward passes (the exact, sampled and empirical estimators;
             `A` and `G` are batch sums, so the cost is one pass over the
             data), and the diagonal for every other variable.
@@ -102,7 +112,8 @@ def estimate_fisher(
             labels that the loss would not read (out of range, one-hot for a
             sparse loss, integers for a categorical one, a wrong shape),
             unbatched or endless data without `max_examples`, empty data, or
-            non-finite inputs or Fisher values.
+            non-finite inputs or Fisher values, or when the backward passes
+            of a single example would not fit in the device's memory.
 
     Example:
 
@@ -164,6 +175,9 @@ def estimate_fisher(
                 x,
                 structure,
             )
+            step.part_size = _examples_that_fit(
+                step, estimator, num_samples, backend.free_memory()
+            )
         y = likelihood.check_labels(y, step.output_dim)
         # On several processes each holds its rows of one global batch.
         offset, global_batch = backend.global_batch_position(len(y))
@@ -179,15 +193,16 @@ def estimate_fisher(
                     num_samples,
                 ),
             )
-        first = totals is None
-        totals, checks = step.run(totals, batch)
-        if first:
-            # The one host sync before the end: are probabilities
-            # probabilities? (on every device's share of the batch)
-            for device_checks in checks:
-                likelihood.check_outputs(
-                    [float(ops.convert_to_numpy(c)) for c in device_checks]
-                )
+        for part in _parts(batch, len(y), step.part_size):
+            first = totals is None
+            totals, checks = step.run(totals, part)
+            if first:
+                # The one host sync before the end: are probabilities
+                # probabilities? (on every device's share of the batch)
+                for device_checks in checks:
+                    likelihood.check_outputs(
+                        [float(ops.convert_to_numpy(c)) for c in device_checks]
+                    )
         num_examples += global_batch
     if num_examples == 0:
         raise ValueError(
@@ -295,6 +310,72 @@ def _mean(total, num_examples, path, dtype):
             "weights hold NaN or infinite values."
         )
     return value.astype(dtype)
+
+
+# The share of the free device memory one step may plan to use: the rest
+# is left to the compiler's workspace and to what the estimate misses.
+MEMORY_SHARE = 0.5
+
+
+def _examples_that_fit(step, estimator, num_samples, free):
+    """How many examples one step may hold, from an estimate of its memory.
+
+    A step holds, per example, the forward activations once and, per output
+    cotangent, their pullback and the per-example tensors of the tap rules;
+    the generic path adds a gradient of every variable it covers per
+    cotangent. Batches larger than what fits in `MEMORY_SHARE` of the free
+    memory are computed in parts (the sums are the same).
+
+    Returns:
+        The number of examples per part, or `None` where the backend does
+        not report its free memory.
+
+    Raises:
+        ValueError: when not even one example fits.
+    """
+    if free is None:
+        return None
+    cotangents = {
+        "exact": step.output_dim,
+        "sampled": num_samples,
+    }.get(estimator, 1)
+    taps = step.taps
+    activations = taps.activation_size
+    per_cotangent = 2 * activations + taps.per_example_elements()
+    generic = sum(int(np.prod(step.variables[i].shape)) for i in step.generic)
+    if generic:
+        per_cotangent += generic + activations
+    itemsize = np.dtype(
+        keras.backend.standardize_dtype(step.variables[0].dtype)
+    ).itemsize
+    need = itemsize * (activations + cotangents * per_cotangent)
+    budget = MEMORY_SHARE * free
+    if need > budget:
+        raise ValueError(
+            f"Estimating the {estimator!r} Fisher of one example needs about "
+            f"{need / 2**30:.3g} GiB ({cotangents} output cotangents, each "
+            f"pulled back through {activations} activation values"
+            + (
+                f" and {generic} variable entries without a per-example rule"
+                if generic
+                else ""
+            )
+            + f"), more than half the {free / 2**30:.3g} GiB free on the "
+            "device. Use estimator='sampled' (num_samples=1) or "
+            "'empirical', a smaller input, or a device with more memory."
+        )
+    return max(1, int(budget // need))
+
+
+def _parts(batch, size, part_size):
+    """`batch` (a tuple of row-aligned structures) in parts of `part_size`."""
+    if part_size is None or size <= part_size:
+        yield batch
+        return
+    for start in range(0, size, part_size):
+        yield keras.tree.map_structure(
+            lambda a: a[start : start + part_size], batch
+        )
 
 
 def _check_batch_axis(model, x):
