@@ -58,8 +58,9 @@ def _channels_last_conv(layer):
 def _depthwise_kernel_grads(patches, g, kernel_shape):
     """`(K, batch) + kernel_shape` per-example depthwise kernel gradients."""
     kh, kw, channels, multiplier = kernel_shape
-    patches = ops.reshape(patches, (patches.shape[0], -1, kh * kw, channels))
-    g = ops.reshape(g, (g.shape[0], g.shape[1], -1, channels, multiplier))
+    batch = ops.shape(patches)[0]  # dynamic under `tf.function`
+    patches = ops.reshape(patches, (batch, -1, kh * kw, channels))
+    g = ops.reshape(g, (g.shape[0], batch, -1, channels, multiplier))
     return ops.einsum("bpsc,kbpcm->kbscm", patches, g)
 
 
@@ -351,9 +352,10 @@ class _Separable(_Rule):
         depthwise = _depthwise_kernel_grads(
             patches, grads[0], layer.depthwise_kernel.shape
         )
-        inner = ops.reshape(inner, (inner.shape[0], -1, inner.shape[-1]))
+        batch = ops.shape(inner)[0]
+        inner = ops.reshape(inner, (batch, -1, inner.shape[-1]))
         g = grads[1]
-        g = ops.reshape(g, (g.shape[0], g.shape[1], -1, g.shape[-1]))
+        g = ops.reshape(g, (g.shape[0], batch, -1, g.shape[-1]))
         pointwise = ops.einsum("bpi,kbpo->kbio", inner, g)
         out = [
             ops.reshape(_sum_squares(depthwise), layer.depthwise_kernel.shape),
@@ -394,7 +396,7 @@ class _Embedding(_Rule):
 
     def squared(self, layer, tokens, grads, shapes):
         g = grads[0]
-        batch, dim = g.shape[1], g.shape[-1]
+        batch, dim = ops.shape(tokens)[0], g.shape[-1]
         tokens = ops.reshape(tokens, (batch, -1))
         g = ops.reshape(g, (g.shape[0], batch, -1, dim))
         same = ops.cast(
@@ -457,10 +459,11 @@ class _Normalization(_Rule):
     def squared(self, layer, x_hat, grads, shapes):
         g = grads[0]
         features = _size(layer.variables[0].shape)
-        g = ops.reshape(g, (g.shape[0], g.shape[1], -1, features))
+        batch = ops.shape(x_hat)[0]
+        g = ops.reshape(g, (g.shape[0], batch, -1, features))
         out = []
         if layer.scale:
-            x_hat = ops.reshape(x_hat, (x_hat.shape[0], -1, features))
+            x_hat = ops.reshape(x_hat, (batch, -1, features))
             gamma = ops.sum(g * ops.cast(x_hat, g.dtype), axis=2)
             out.append(ops.reshape(_sum_squares(gamma), layer.gamma.shape))
         if layer.center:
