@@ -59,7 +59,7 @@ def _mobilenet():
         classes=CLASSES,
         classifier_activation=None,
     )
-    return model.inputs, model.outputs
+    return model.input, model.output
 
 
 def _lstm():
@@ -85,10 +85,11 @@ def _data(kind, n, rng):
 
 
 def _timed(fn):
-    fn()  # compiles
-    start = time.perf_counter()
+    """Seconds of the second call of `fn` (the first compiles), its result."""
     fn()
-    return time.perf_counter() - start
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def _measure(name, args, rng):
@@ -98,15 +99,14 @@ def _measure(name, args, rng):
     y = rng.integers(0, CLASSES, args.examples)
     plain = keras_memgeom.Model(inputs, outputs)
     plain.compile(keras.optimizers.SGD(1e-3), LOSS)
-    epoch = _timed(
+    epoch, _ = _timed(
         lambda: plain.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)
     )
-    exact = _timed(lambda: FisherMemory.estimate(plain, (x, y)))
-    kfac_memory = FisherMemory.estimate(plain, (x, y), structure="kfac")
-    kfac = _timed(
+    # The estimates run at the default batch size.
+    exact, memory = _timed(lambda: FisherMemory.estimate(plain, (x, y)))
+    kfac, kfac_memory = _timed(
         lambda: FisherMemory.estimate(plain, (x, y), structure="kfac")
     )
-    memory = FisherMemory.estimate(plain, (x, y))
     remembering = keras_memgeom.Model(inputs, outputs)
     remembering.compile(
         keras.optimizers.SGD(1e-3),
@@ -119,7 +119,8 @@ def _measure(name, args, rng):
     steps = {}
     for label, model in (("plain", plain), ("memory", remembering)):
         steps[label] = min(
-            _timed(lambda m=model: m.train_on_batch(*batch)) for _ in range(3)
+            _timed(lambda m=model: m.train_on_batch(*batch))[0]
+            for _ in range(3)
         )
     layers = sorted({p.rsplit("/", 1)[0] for p in kfac_memory.kronecker})
     size = sum(int(np.prod(v.shape)) for v in plain.trainable_variables)
