@@ -53,6 +53,9 @@ and, for exact numbers and for saying where a run ran:
 - `full_precision_matmul()`: a context manager under which float32 matmuls
   and convolutions run in full float32 (no TF32 or lower-precision passes,
   which GPUs use by default); the previous settings come back on exit.
+- `free_memory()`: bytes still free on the device Keras computes on (the
+  host's available memory on a CPU), or `None` where the backend does not
+  say (a TensorFlow GPU).
 - `device_description()`: the backend's version and the devices it
   computes on, one line (e.g. `"jax 0.4.30 on gpu: NVIDIA H100 (cuda:0)"`).
 
@@ -71,6 +74,7 @@ if _BACKEND == "jax":
     from keras_memgeom.backend.jax import device_constant
     from keras_memgeom.backend.jax import device_description
     from keras_memgeom.backend.jax import differentiable_linearize
+    from keras_memgeom.backend.jax import free_memory
     from keras_memgeom.backend.jax import full_precision_matmul
     from keras_memgeom.backend.jax import global_batch_position
     from keras_memgeom.backend.jax import linearize
@@ -83,6 +87,7 @@ elif _BACKEND == "tensorflow":
     from keras_memgeom.backend.tensorflow import device_constant
     from keras_memgeom.backend.tensorflow import device_description
     from keras_memgeom.backend.tensorflow import differentiable_linearize
+    from keras_memgeom.backend.tensorflow import free_memory
     from keras_memgeom.backend.tensorflow import full_precision_matmul
     from keras_memgeom.backend.tensorflow import global_batch_position
     from keras_memgeom.backend.tensorflow import linearize
@@ -95,6 +100,7 @@ elif _BACKEND == "torch":
     from keras_memgeom.backend.torch import device_constant
     from keras_memgeom.backend.torch import device_description
     from keras_memgeom.backend.torch import differentiable_linearize
+    from keras_memgeom.backend.torch import free_memory
     from keras_memgeom.backend.torch import full_precision_matmul
     from keras_memgeom.backend.torch import global_batch_position
     from keras_memgeom.backend.torch import linearize
@@ -113,6 +119,7 @@ __all__ = [
     "device_constant",
     "device_description",
     "differentiable_linearize",
+    "free_memory",
     "full_precision_matmul",
     "global_batch_position",
     "linearize",

@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 
+from keras_memgeom.utils.host_memory import host_free_memory
+
 
 def compile_function(fn):
     """Traces `fn` once for speed: `jax.jit`, `tf.function`, or `fn` on torch.
@@ -157,6 +159,28 @@ def device_description():
         for d in devices
     )
     return f"jax {jax.__version__} on {devices[0].platform}: {names}"
+
+
+def free_memory():
+    """Bytes of memory still free on the device Keras computes on.
+
+    Returns:
+        An int, or `None` where the backend does not say (a TensorFlow
+        GPU, which reports only what it uses). On a CPU, the host's
+        available memory.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    print(keras_memgeom.backend.free_memory())
+    ```
+    """
+    stats = jax.devices()[0].memory_stats()
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return host_free_memory()
 
 
 def device_constant(value, dtype):

@@ -5,6 +5,8 @@ import weakref
 
 import tensorflow as tf
 
+from keras_memgeom.utils.host_memory import host_free_memory
+
 
 def compile_function(fn):
     """Traces `fn` once for speed: `jax.jit`, `tf.function`, or `fn` on torch.
@@ -185,6 +187,27 @@ def device_description():
         f"{details(d).get('device_name', 'GPU')} ({d.name})" for d in gpus
     )
     return f"tensorflow {tf.__version__} on gpu: {names}"
+
+
+def free_memory():
+    """Bytes of memory still free on the device Keras computes on.
+
+    Returns:
+        An int, or `None` where the backend does not say (a TensorFlow
+        GPU, which reports only what it uses). On a CPU, the host's
+        available memory.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    print(keras_memgeom.backend.free_memory())
+    ```
+    """
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    return host_free_memory()
 
 
 def device_constant(value, dtype):

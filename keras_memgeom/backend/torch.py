@@ -7,6 +7,8 @@ import torch
 from keras.src.backend.torch import core as keras_torch_core
 from keras.src.backend.torch import nn as keras_torch_nn
 
+from keras_memgeom.utils.host_memory import host_free_memory
+
 
 def compile_function(fn):
     """Traces `fn` once for speed: `jax.jit`, `tf.function`, or `fn` on torch.
@@ -230,6 +232,30 @@ def device_description():
     else:
         name = f"{torch.get_num_threads()} threads"
     return f"torch {torch.__version__} on {device.type}: {name} ({device})"
+
+
+def free_memory():
+    """Bytes of memory still free on the device Keras computes on.
+
+    Returns:
+        An int, or `None` where the backend does not say (a TensorFlow
+        GPU, which reports only what it uses). On a CPU, the host's
+        available memory.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+
+    print(keras_memgeom.backend.free_memory())
+    ```
+    """
+    device = torch.device(keras_torch_core.get_device())
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        return host_free_memory()
+    return None
 
 
 def device_constant(value, dtype):

@@ -158,13 +158,7 @@ class DenseTaps:
 
             def call(inputs, training=None):
                 self._inputs[i] = inputs
-                if isinstance(layer, keras.layers.Dense):
-                    z = ops.matmul(inputs, masked_kernel(layer))
-                else:  # a pre-pruned Conv2D masks inside `convolution_op`
-                    z = layer.convolution_op(inputs, layer.kernel)
-                if layer.use_bias:
-                    z = ops.add(z, layer.bias)  # channels last: broadcasts
-                return layer.activation(ops.add(z, taps[i]))
+                return tapped_call(layer, inputs, taps[i])
 
             return call
 
@@ -187,24 +181,7 @@ class DenseTaps:
         for layer, x, g, shape in zip(
             self.layers, inputs, output_grads, self._output_shapes
         ):
-            if isinstance(layer, keras.layers.Dense):
-                g2 = ops.sum(ops.square(g), axis=0)
-                out.append(
-                    _masked(layer, ops.matmul(ops.transpose(ops.square(x)), g2))
-                )
-                if layer.use_bias:
-                    out.append(ops.sum(g2, axis=0))
-                continue
-            # Per-example gradients, (K, batch, kh*kw*in, out): small for
-            # the kernels the rule meets, and never per-parameter vmapped.
-            g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
-            per_example = ops.einsum(
-                "bpi,kbpo->kbio", _patches(layer, x, shape), g
-            )
-            kernel = ops.sum(ops.square(per_example), axis=(0, 1))
-            out.append(_masked(layer, ops.reshape(kernel, layer.kernel.shape)))
-            if layer.use_bias:
-                out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
+            out.extend(squared_gradients(layer, x, g, shape))
         return out
 
     def kronecker_factors(self, inputs, output_grads):
@@ -223,22 +200,87 @@ class DenseTaps:
         Returns:
             A list of `(A, G)` sums over the batch, one pair per layer.
         """
-        out = []
-        for layer, x, g, shape in zip(
-            self.layers, inputs, output_grads, self._output_shapes
-        ):
-            positions = 1
-            if not isinstance(layer, keras.layers.Dense):
-                positions = shape[0] * shape[1]
-                x = _patches(layer, x, shape)
-                x = ops.reshape(x, (-1, x.shape[-1]))
-            if layer.use_bias:
-                x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
-            g = ops.reshape(g, (-1, g.shape[-1]))
-            a_sum = ops.matmul(ops.transpose(x), x)
-            g_sum = ops.matmul(ops.transpose(g), g) / positions
-            out.append((a_sum, g_sum))
+        return [
+            kronecker_factors(layer, x, g, shape)
+            for layer, x, g, shape in zip(
+                self.layers, inputs, output_grads, self._output_shapes
+            )
+        ]
+
+
+def tapped_call(layer, inputs, tap):
+    """A Dense or Conv2D layer's call with `tap` added to its pre-activation."""
+    if isinstance(layer, keras.layers.Dense):
+        z = ops.matmul(inputs, masked_kernel(layer))
+    else:  # a pre-pruned Conv2D masks inside `convolution_op`
+        z = layer.convolution_op(inputs, layer.kernel)
+    if layer.use_bias:
+        z = ops.add(z, layer.bias)  # channels last: broadcasts
+    return layer.activation(ops.add(z, tap))
+
+
+def squared_gradients(layer, x, g, shape):
+    """Batch sums of a Dense or Conv2D layer's squared per-example gradients.
+
+    Args:
+        layer: the layer.
+        x: its input, `(batch, in)` (Dense) or `(batch, height, width, in)`.
+        g: its tap gradients, `(K, batch) + shape`.
+        shape: its output shape without the batch axis.
+
+    Returns:
+        `[kernel]` or `[kernel, bias]`.
+    """
+    if isinstance(layer, keras.layers.Dense):
+        g2 = ops.sum(ops.square(g), axis=0)
+        out = [_masked(layer, ops.matmul(ops.transpose(ops.square(x)), g2))]
+        if layer.use_bias:
+            out.append(ops.sum(g2, axis=0))
         return out
+    # Per-example gradients, (K, batch, kh*kw*in, out): small for the
+    # kernels the rule meets, and never per-parameter vmapped.
+    g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
+    per_example = ops.einsum("bpi,kbpo->kbio", _patches(layer, x, shape), g)
+    kernel = ops.sum(ops.square(per_example), axis=(0, 1))
+    out = [_masked(layer, ops.reshape(kernel, layer.kernel.shape))]
+    if layer.use_bias:
+        out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
+    return out
+
+
+def kronecker_factors(layer, x, g, shape):
+    """Batch sums of a Dense or Conv2D layer's K-FAC terms, `(A, G)`.
+
+    `x` and `g` as for `squared_gradients`; see
+    `DenseTaps.kronecker_factors`.
+    """
+    positions = 1
+    if not isinstance(layer, keras.layers.Dense):
+        positions = shape[0] * shape[1]
+        x = _patches(layer, x, shape)
+    return position_factors(x, g, positions, layer.use_bias)
+
+
+def position_factors(x, g, positions, use_bias):
+    """K-FAC sums of a layer applied alike at `positions` places per example.
+
+    Args:
+        x: the inputs at every place, any shape ending in `fan_in`.
+        g: the output gradients at every place, any shape ending in `units`.
+        positions: places per example; `G` is averaged over them (Grosse &
+            Martens 2016), `A` summed.
+        use_bias: whether a 1 is appended to every input (for the bias).
+
+    Returns:
+        `(A, G)`, `(fan_in [+ 1], fan_in [+ 1])` and `(units, units)`.
+    """
+    x = ops.reshape(x, (-1, x.shape[-1]))
+    if use_bias:
+        x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+    g = ops.reshape(g, (-1, g.shape[-1]))
+    a_sum = ops.matmul(ops.transpose(x), x)
+    g_sum = ops.matmul(ops.transpose(g), g) / positions
+    return a_sum, g_sum
 
 
 def masked_kernel(layer):

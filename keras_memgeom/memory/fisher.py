@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_memgeom import backend
 from keras_memgeom.layers.connectivity_mask import MaskedKernelMixin
-from keras_memgeom.memory.dense_taps import DenseTaps
+from keras_memgeom.memory.layer_taps import LayerTaps
 from keras_memgeom.memory.likelihood import likelihood_from_loss
 from keras_memgeom.utils.batches import iterate_batches
 from keras_memgeom.utils.checks import check_finite_data
@@ -47,13 +47,20 @@ def estimate_fisher(
     - `batched`: the squared gradient of each mini-batch mean, times the batch
       size (biased; offered only to compare).
 
-    Dense layers called once on 2-D inputs and channels-last Conv2D layers
-    called once are fast: their squared per-example gradients come from one
-    backward pass per output-space cotangent (one for `empirical`,
-    `num_samples` for `sampled`, the output dimension for `exact`). All other
-    trainable variables (other convolutions, Embedding, normalization, custom
-    layers) use per-example gradients vectorized over the batch with the
-    backend's `vmap`.
+    Layers with a per-example rule (`layer_taps`: Dense, EinsumDense and so
+    MultiHeadAttention, channels-last Conv1D, Conv2D, DepthwiseConv2D and
+    SeparableConv2D, Embedding, LayerNormalization and inference
+    BatchNormalization), called once per forward pass, are fast: their
+    squared per-example gradients come from one backward pass per
+    output-space cotangent (one for `empirical`, `num_samples` for
+    `sampled`, the output dimension for `exact`). All other trainable
+    variables (recurrent and custom layers, layers called several times)
+    use per-example gradients vectorized over the batch with the backend's
+    `vmap`. Non-trainable variables (moving statistics) never enter.
+
+    Before the first batch, the memory a step needs per example is
+    estimated; batches larger than what fits in half of the device's free
+    memory (`backend.free_memory`) are computed in parts, with the same sums.
 
     Args:
         model: a built Keras model with a single `(batch, d)` output.
@@ -73,7 +80,10 @@ def estimate_fisher(
             processes do not change the draw.
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
-            every Dense and Conv2D layer the fast path covers, from the same
+            every Dense, Conv1D and Conv2D layer the fast path covers and
+            every EinsumDense that is a matmul over the input's last axes
+            into the kernel's last axis (a Dense at every position), from
+            the same
             backward passes (the exact, sampled and empirical estimators;
             `A` and `G` are batch sums, so the cost is one pass over the
             data), and the diagonal for every other variable.
@@ -103,9 +113,11 @@ def estimate_fisher(
             labels that the loss would not read (out of range, one-hot for a
             sparse loss, integers for a categorical one, a wrong shape),
             unbatched or endless data without `max_examples`, empty data,
-            non-finite inputs or Fisher values, or `structure="kfac"` on a
-            model without a Dense or Conv2D layer (a warning names the
-            variables that stay diagonal when only some are outside one).
+            non-finite inputs or Fisher values, when the backward passes of
+            a single example would not fit in the device's memory, or
+            `structure="kfac"` on a model with no layer to factor (Dense,
+            EinsumDense, Conv1D, Conv2D; a warning names the variables that
+            stay diagonal when only some are outside one).
 
     Example:
 
@@ -167,6 +179,9 @@ def estimate_fisher(
                 x,
                 structure,
             )
+            step.part_size = _examples_that_fit(
+                step, estimator, num_samples, backend.free_memory()
+            )
         y = likelihood.check_labels(y, step.output_dim)
         # On several processes each holds its rows of one global batch.
         offset, global_batch = backend.global_batch_position(len(y))
@@ -182,15 +197,16 @@ def estimate_fisher(
                     num_samples,
                 ),
             )
-        first = totals is None
-        totals, checks = step.run(totals, batch)
-        if first:
-            # The one host sync before the end: are probabilities
-            # probabilities? (on every device's share of the batch)
-            for device_checks in checks:
-                likelihood.check_outputs(
-                    [float(ops.convert_to_numpy(c)) for c in device_checks]
-                )
+        for part in _parts(batch, len(y), step.part_size):
+            first = totals is None
+            totals, checks = step.run(totals, part)
+            if first:
+                # The one host sync before the end: are probabilities
+                # probabilities? (on every device's share of the batch)
+                for device_checks in checks:
+                    likelihood.check_outputs(
+                        [float(ops.convert_to_numpy(c)) for c in device_checks]
+                    )
         num_examples += global_batch
     if num_examples == 0:
         raise ValueError(
@@ -208,8 +224,8 @@ def estimate_fisher(
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
-    for layer, (a, g) in zip(step.taps.layers, factor_totals):
-        bias = layer.bias.path if layer.use_bias else None
+    for layer, (a, g) in zip(step.kfac_layers, factor_totals):
+        bias = layer.bias.path if _has_bias(layer) else None
         kernel = layer.kernel.path
         kronecker[kernel] = (
             bias,
@@ -273,6 +289,11 @@ def sampled_noise(likelihood, seed, start, size, output_dim, num_samples):
     return np.ascontiguousarray(np.moveaxis(noise, 1, 0), dtype="float32")
 
 
+def _has_bias(layer):
+    # EinsumDense has no `use_bias`: its bias is `None` without bias axes.
+    return getattr(layer, "bias", None) is not None
+
+
 def _kernel_mask(layer):
     """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`."""
     if not isinstance(layer, MaskedKernelMixin):
@@ -293,6 +314,72 @@ def _mean(total, num_examples, path, dtype):
             "weights hold NaN or infinite values."
         )
     return value.astype(dtype)
+
+
+# The share of the free device memory one step may plan to use: the rest
+# is left to the compiler's workspace and to what the estimate misses.
+MEMORY_SHARE = 0.5
+
+
+def _examples_that_fit(step, estimator, num_samples, free):
+    """How many examples one step may hold, from an estimate of its memory.
+
+    A step holds, per example, the forward activations once and, per output
+    cotangent, their pullback and the per-example tensors of the tap rules;
+    the generic path adds a gradient of every variable it covers per
+    cotangent. Batches larger than what fits in `MEMORY_SHARE` of the free
+    memory are computed in parts (the sums are the same).
+
+    Returns:
+        The number of examples per part, or `None` where the backend does
+        not report its free memory.
+
+    Raises:
+        ValueError: when not even one example fits.
+    """
+    if free is None:
+        return None
+    cotangents = {
+        "exact": step.output_dim,
+        "sampled": num_samples,
+    }.get(estimator, 1)
+    taps = step.taps
+    activations = taps.activation_size
+    per_cotangent = 2 * activations + taps.per_example_elements()
+    generic = sum(int(np.prod(step.variables[i].shape)) for i in step.generic)
+    if generic:
+        per_cotangent += generic + activations
+    itemsize = np.dtype(
+        keras.backend.standardize_dtype(step.variables[0].dtype)
+    ).itemsize
+    need = itemsize * (activations + cotangents * per_cotangent)
+    budget = MEMORY_SHARE * free
+    if need > budget:
+        raise ValueError(
+            f"Estimating the {estimator!r} Fisher of one example needs about "
+            f"{need / 2**30:.3g} GiB ({cotangents} output cotangents, each "
+            f"pulled back through {activations} activation values"
+            + (
+                f" and {generic} variable entries without a per-example rule"
+                if generic
+                else ""
+            )
+            + f"), more than half the {free / 2**30:.3g} GiB free on the "
+            "device. Use estimator='sampled' (num_samples=1) or "
+            "'empirical', a smaller input, or a device with more memory."
+        )
+    return max(1, int(budget // need))
+
+
+def _parts(batch, size, part_size):
+    """`batch` (a tuple of row-aligned structures) in parts of `part_size`."""
+    if part_size is None or size <= part_size:
+        yield batch
+        return
+    for start in range(0, size, part_size):
+        yield keras.tree.map_structure(
+            lambda a: a[start : start + part_size], batch
+        )
 
 
 def _check_batch_axis(model, x):
@@ -324,16 +411,21 @@ class _BatchStep:
         self.likelihood = likelihood
         self.estimator = estimator
         self.structure = structure
-        self.taps = DenseTaps(model, conv2d=True).probe(example_x)
+        self.taps = LayerTaps(model).probe(example_x)
         position = {id(v): i for i, v in enumerate(variables)}
         self.fast = [position[id(v)] for v in self.taps.variables]
         self.generic = sorted(set(range(len(variables))) - set(self.fast))
+        self.kfac_layers = self.taps.kfac_layers if structure == "kfac" else []
+        in_blocks = {
+            position[id(v)]
+            for layer in self.kfac_layers
+            for v in (layer.kernel, layer.bias if _has_bias(layer) else None)
+            if v is not None
+        }
         # The variables whose diagonal the step returns, in its order.
-        self.diagonal = (
-            self.generic if structure == "kfac" else list(range(len(variables)))
-        )
+        self.diagonal = sorted(set(range(len(variables))) - in_blocks)
         if structure == "kfac":
-            _check_kfac_coverage(variables, self.fast, self.generic)
+            _check_kfac_coverage(variables, in_blocks, self.diagonal)
         outputs = model(example_x, training=False)
         if len(keras.tree.flatten(outputs)) != 1:
             names = getattr(model, "output_names", None) or len(
@@ -402,26 +494,25 @@ class _BatchStep:
         )
         cotangents = ops.stop_gradient(self._cotangents(outputs, y, noise))
         checks = self.likelihood.output_checks(ops.stop_gradient(outputs))
-        sums = [None] * len(self.variables)
-        generic = []
+        sums = {}
         if self.generic:
             generic = self._per_example(
                 values, x, ops.transpose(cotangents, (1, 0, 2))
             )
-        if self.structure == "kfac":
-            factors = []
-            if self.taps.layers:
-                factors = self.taps.kronecker_factors(
-                    inputs, pullback(cotangents)
-                )
-            return (generic, factors), checks
+            sums.update(zip(self.generic, generic))
+        factors = []
         if self.taps.layers:
-            fast = self.taps.squared_gradients(inputs, pullback(cotangents))
-            for i, s in zip(self.fast, fast):
-                sums[i] = s
-        for i, s in zip(self.generic, generic):
-            sums[i] = s
-        return sums, checks
+            grads = pullback(cotangents)
+            fast = self.taps.squared_gradients(
+                inputs, grads, skip=self.kfac_layers
+            )
+            sums.update(zip(self.fast, fast))
+            if self.kfac_layers:
+                factors = self.taps.kronecker_factors(inputs, grads)
+        diagonal = [sums[i] for i in self.diagonal]
+        if self.structure == "kfac":
+            return (diagonal, factors), checks
+        return diagonal, checks
 
     def _per_example(self, values, x, cotangents):
         """Generic path: per-example gradients, vectorized over the batch."""
@@ -462,22 +553,22 @@ class _BatchStep:
         return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
 
 
-def _check_kfac_coverage(variables, fast, generic):
+def _check_kfac_coverage(variables, in_blocks, diagonal):
     """Refuses a K-FAC memory of no layer; says which variables stay diagonal.
 
     Built once per model and settings (steps are cached), so it warns once.
     """
-    paths = [variables[i].path for i in generic]
-    if not fast:
+    paths = [variables[i].path for i in diagonal]
+    if not in_blocks:
         raise ValueError(
-            "structure='kfac' factors Dense and Conv2D layers, and this model "
-            f"has none to factor (its trainable variables: {paths}). Use "
-            "structure='diagonal'."
+            "structure='kfac' factors Dense, EinsumDense, Conv1D and Conv2D "
+            "layers, and this model has none to factor (its trainable "
+            f"variables: {paths}). Use structure='diagonal'."
         )
     if paths:
         warnings.warn(
-            "structure='kfac': these variables are not in a Dense or Conv2D "
-            f"layer and keep a diagonal Fisher: {paths}.",
+            "structure='kfac': these variables are not in a layer with "
+            f"Kronecker factors and keep a diagonal Fisher: {paths}.",
             stacklevel=5,
         )
 

@@ -1,0 +1,306 @@
+"""The tapped per-example Fisher of common layers against per-example loops."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_memgeom import backend
+from keras_memgeom.memory import fisher as fisher_module
+from keras_memgeom.memory.fisher import _BatchStep
+from keras_memgeom.memory.fisher import estimate_fisher
+from keras_memgeom.memory.fisher import sampled_noise
+from keras_memgeom.memory.layer_taps import LayerTaps
+from keras_memgeom.memory.likelihood import likelihood_from_loss
+
+pytestmark = pytest.mark.usefixtures("full_precision")
+
+NUM_CLASSES = 3
+
+
+def _images(rng, n):
+    return rng.normal(size=(n, 6, 6, 3)).astype("float32")
+
+
+def _sequences(rng, n):
+    return rng.normal(size=(n, 5, 4)).astype("float32")
+
+
+def _tokens(rng, n):
+    tokens = rng.integers(0, 9, size=(n, 6)).astype("int32")
+    tokens[:, 3:] = tokens[:, :3]  # repeated tokens in every example
+    return tokens
+
+
+def _depthwise():
+    return [
+        keras.Input((6, 6, 3)),
+        keras.layers.DepthwiseConv2D(
+            3, depth_multiplier=2, padding="same", activation="tanh"
+        ),
+        keras.layers.DepthwiseConv2D(2, strides=2, use_bias=False),
+    ], _images
+
+
+def _separable():
+    return [
+        keras.Input((6, 6, 3)),
+        keras.layers.SeparableConv2D(
+            4, 3, depth_multiplier=2, strides=2, padding="same"
+        ),
+        keras.layers.SeparableConv2D(2, 2, activation="tanh"),
+    ], _images
+
+
+def _batch_norm():
+    return [
+        keras.Input((6, 6, 3)),
+        keras.layers.Conv2D(4, 3),
+        keras.layers.BatchNormalization(),
+    ], _images
+
+
+def _conv1d():
+    return [
+        keras.Input((5, 4)),
+        keras.layers.Conv1D(3, 2, padding="same", activation="tanh"),
+        keras.layers.Conv1D(4, 2, strides=2, dilation_rate=1),
+    ], _sequences
+
+
+def _einsum():
+    return [
+        keras.Input((5, 4)),
+        keras.layers.EinsumDense("abc,cde->abde", (5, 2, 3), bias_axes="de"),
+        keras.layers.EinsumDense("abde,dec->abc", (5, 4), bias_axes="c"),
+        keras.layers.Dense(2, activation="tanh"),  # on (batch, 5, 4)
+    ], _sequences
+
+
+def _layer_norm():
+    return [
+        keras.Input((5, 4)),
+        keras.layers.Dense(4),
+        keras.layers.LayerNormalization(),
+        keras.layers.LayerNormalization(axis=(-2, -1), center=False),
+    ], _sequences
+
+
+def _embedding():
+    return [
+        keras.Input((6,), dtype="int32"),
+        keras.layers.Embedding(9, 4),
+    ], _tokens
+
+
+ARCHITECTURES = {
+    "depthwise": _depthwise,
+    "separable": _separable,
+    "batch_norm": _batch_norm,
+    "conv1d": _conv1d,
+    "einsum_dense": _einsum,
+    "layer_norm": _layer_norm,
+    "embedding": _embedding,
+}
+
+
+def _classifier(name):
+    layers, data = ARCHITECTURES[name]()
+    model = keras.Sequential(
+        layers + [keras.layers.Flatten(), keras.layers.Dense(NUM_CLASSES)]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model, data
+
+
+def _perturb_statistics(model, rng):
+    # Moving statistics away from 0 and 1, so inference BN is not identity.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape
+            layer.moving_mean.assign(0.3 * rng.normal(size=size))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size=size))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, size=size))
+            layer.beta.assign(0.3 * rng.normal(size=size))
+
+
+def _reference(model, x, y, estimator, num_samples, seed=0):
+    """Mean squared per-example gradients, one example at a time.
+
+    Each example's output cotangents (the likelihood's) are pulled back
+    through the whole model by the backend's autodiff, one example per
+    call: no taps, no vectorization over examples.
+    """
+    likelihood = likelihood_from_loss(model.loss)
+    step = _BatchStep(
+        model,
+        list(model.trainable_variables),
+        likelihood,
+        estimator,
+        x[:1],
+        "diagonal",
+    )
+    values = [v.value for v in step.variables]
+    totals = [0.0] * len(values)
+    for b in range(len(x)):
+
+        def forward(current):
+            return step._forward(current, x[b : b + 1]), ()
+
+        outputs, _, pullback = backend.linearize(forward, values)
+        noise = None
+        if estimator == "sampled":
+            noise = np.moveaxis(
+                sampled_noise(likelihood, seed, b, 1, NUM_CLASSES, num_samples),
+                1,
+                0,
+            )
+        cotangents = step._cotangents(outputs, y[b : b + 1], noise)
+        for i, g in enumerate(pullback(cotangents)):
+            g = np.asarray(keras.ops.convert_to_numpy(g), "float64")
+            totals[i] = totals[i] + (g**2).sum(axis=0)
+    return {v.path: t / len(x) for v, t in zip(step.variables, totals)}
+
+
+@pytest.mark.parametrize("estimator", ["exact", "empirical", "sampled"])
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_tapped_fisher_equals_a_per_example_loop(rng, name, estimator):
+    model, data = _classifier(name)
+    _perturb_statistics(model, rng)
+    x, y = data(rng, 5), rng.integers(0, NUM_CLASSES, 5)
+    taps = LayerTaps(model).probe(x)
+    # Every trainable variable of the model has a per-example rule.
+    assert {v.path for v in taps.variables} == {
+        v.path for v in model.trainable_variables
+    }
+    fisher, n = estimate_fisher(
+        model, (x, y), estimator=estimator, num_samples=2, batch_size=3
+    )
+    expected = _reference(model, x, y, estimator, num_samples=2)
+    assert n == 5 and sorted(fisher) == sorted(expected)
+    for path, value in expected.items():
+        assert np.abs(value).max() > 0, path
+        np.testing.assert_allclose(
+            fisher[path], value, rtol=2e-5, atol=1e-7, err_msg=path
+        )
+
+
+def test_multi_head_attention_is_tapped_and_exact(rng):
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(9, 4)(tokens)
+    h = keras.layers.MultiHeadAttention(2, 3)(h, h)
+    h = keras.layers.LayerNormalization()(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(tokens, keras.layers.Dense(NUM_CLASSES)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = _tokens(rng, 4), rng.integers(0, NUM_CLASSES, 4)
+    taps = LayerTaps(model).probe(x)
+    assert len(taps.variables) == len(model.trainable_variables)
+    fisher, _ = estimate_fisher(model, (x, y))
+    for path, value in _reference(model, x, y, "exact", 1).items():
+        np.testing.assert_allclose(
+            fisher[path], value, rtol=2e-5, atol=1e-9, err_msg=path
+        )
+
+
+def test_moving_statistics_and_frozen_layers_never_enter(rng):
+    model, data = _classifier("batch_norm")
+    model.layers[0].trainable = False
+    x, y = data(rng, 4), rng.integers(0, NUM_CLASSES, 4)
+    fisher, _ = estimate_fisher(model, (x, y))
+    assert sorted(fisher) == sorted(v.path for v in model.trainable_variables)
+    assert not any("moving" in path for path in fisher)
+    assert not any(model.layers[0].name in path for path in fisher)
+
+
+def _full_block(model, x, y, layer):
+    """The exact Fisher of `[kernel; bias]` as `(fan_in + 1) * units`."""
+    likelihood = likelihood_from_loss(model.loss)
+    step = _BatchStep(
+        model, list(model.trainable_variables), likelihood, "exact", x, "kfac"
+    )
+    values = [v.value for v in step.variables]
+    outputs, _, pullback = backend.linearize(
+        lambda current: (step._forward(current, x), ()), values
+    )
+    grads = pullback(step._cotangents(outputs, y, None))
+    by_path = {
+        v.path: np.asarray(keras.ops.convert_to_numpy(g), "float64")
+        for v, g in zip(step.variables, grads)
+    }
+    units = layer.kernel.shape[-1]
+    kernel = by_path[layer.kernel.path].reshape(len(grads[0]), -1, units)
+    bias = by_path[layer.bias.path].reshape(len(grads[0]), 1, units)
+    vectors = np.concatenate([kernel, bias], axis=1).reshape(len(kernel), -1)
+    return vectors.T @ vectors
+
+
+@pytest.mark.parametrize("kind", ["conv1d", "einsum_dense"])
+def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
+    if kind == "conv1d":
+        layer = keras.layers.Conv1D(3, 4, activation="tanh")
+        inputs = keras.Input((4, 2))  # one output position
+    else:
+        layer = keras.layers.EinsumDense(
+            "abc,bcd->ad", (3,), bias_axes="d", activation="tanh"
+        )
+        inputs = keras.Input((2, 2))
+    model = keras.Sequential(
+        [inputs, layer, keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x = rng.normal(size=(1, *inputs.shape[1:])).astype("float32")
+    y = np.array([1])
+    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    bias, a, g, _ = kronecker[layer.kernel.path]
+    assert bias == layer.bias.path
+    np.testing.assert_allclose(
+        np.kron(a, g),
+        _full_block(model, x, y, layer),
+        rtol=1e-5,
+        atol=1e-8,
+    )
+
+
+def test_query_projections_fall_back_to_the_diagonal(rng):
+    # `abc,cde->abde` has two output axes: not a `(fan_in, units)` kernel.
+    model, data = _classifier("einsum_dense")
+    x, y = data(rng, 3), rng.integers(0, NUM_CLASSES, 3)
+    fisher, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    first, second, dense = model.layers[:3]
+    assert first.kernel.path in fisher and first.kernel.path not in kronecker
+    assert second.kernel.path in kronecker
+    assert dense.kernel.path in kronecker
+
+
+def test_a_batch_that_does_not_fit_is_computed_in_parts(rng, monkeypatch):
+    model, data = _classifier("separable")
+    x, y = data(rng, 6), rng.integers(0, NUM_CLASSES, 6)
+    whole, _ = estimate_fisher(model, (x, y), batch_size=6)
+    fisher_module._STEPS.clear()
+    taps = LayerTaps(model).probe(x)
+    per_example = 4 * (
+        taps.activation_size
+        + NUM_CLASSES * (2 * taps.activation_size + taps.per_example_elements())
+    )
+    # Room for two examples in the share of memory a step may plan on.
+    free = 2.5 * per_example / fisher_module.MEMORY_SHARE
+    monkeypatch.setattr(backend, "free_memory", lambda: free)
+    parts, _ = estimate_fisher(model, (x, y), batch_size=6)
+    step = next(iter(fisher_module._STEPS[model].values()))
+    assert step.part_size == 2
+    for path, value in whole.items():
+        np.testing.assert_allclose(parts[path], value, rtol=1e-5, atol=1e-9)
+
+
+def test_an_example_that_does_not_fit_names_the_cause(rng, monkeypatch):
+    model, data = _classifier("depthwise")
+    x, y = data(rng, 2), rng.integers(0, NUM_CLASSES, 2)
+    monkeypatch.setattr(backend, "free_memory", lambda: 1000)
+    with pytest.raises(ValueError, match="one example needs about"):
+        estimate_fisher(model, (x, y))
