@@ -394,7 +394,7 @@ def _checked_terms(terms, bias, like, paired):
                 raise ValueError(
                     f"{where}: its anchor holds NaN or infinite values."
                 )
-        rows = kernel.shape[0] + (bias is not None)
+        rows = kernel.shape[0] + (bias_anchor is not None)
         a, g = check_kronecker_factors(f"{owner} (term {k})", a, g, rows, units)
         weight = check_number(f"terms[{k}] weight", weight, minimum=0.0)
         checked.append((kernel, bias_anchor, a, g, weight))
