@@ -403,3 +403,51 @@ def global_batch_position(local_batch_size):
     """
     # Keras does not distribute the torch backend: one process, one batch.
     return 0, local_batch_size
+
+
+def memory_quadratic(value, anchor, fisher):
+    """`sum(fisher * (value - anchor)^2)`, differentiated without autodiff.
+
+    The gradient with respect to `value`, `2 * fisher * (value - anchor)`,
+    is recomputed from the three inputs in the backward pass instead of
+    being kept from the forward one, so a compiled step fuses it into the
+    optimizer's update and no product of the size of `value` is stored
+    between the passes. `anchor` and `fisher` get no gradient.
+
+    Args:
+        value: a tensor.
+        anchor: a tensor of the same shape and dtype.
+        fisher: a tensor of the same shape and dtype, non-negative.
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+
+    ```python
+    import keras_memgeom
+    from keras import ops
+
+    value = ops.convert_to_tensor([1.0, 2.0])
+    print(keras_memgeom.backend.memory_quadratic(
+        value, ops.zeros((2,)), ops.ones((2,))
+    ))  # 5.0
+    ```
+    """
+    return _MemoryQuadratic.apply(value, anchor, fisher)
+
+
+class _MemoryQuadratic(torch.autograd.Function):
+    """Eager torch runs one kernel per op: one temporary, reused in place."""
+
+    @staticmethod
+    def forward(ctx, value, anchor, fisher):
+        ctx.save_for_backward(value, anchor, fisher)
+        squared = torch.sub(value, anchor).square_()
+        return torch.dot(squared.reshape(-1), fisher.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, upstream):
+        value, anchor, fisher = ctx.saved_tensors
+        gradient = torch.sub(value, anchor).mul_(fisher).mul_(2.0 * upstream)
+        return gradient, None, None

@@ -6,10 +6,14 @@ import numpy as np
 from keras import ops
 
 from keras_memgeom.memory.fisher import estimate_fisher
+from keras_memgeom.memory.kronecker import EigenFactor
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker import block_diagonal
+from keras_memgeom.memory.kronecker import check_rank
+from keras_memgeom.memory.kronecker import checked_eigen_factor
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import kronecker_effective_dimension
+from keras_memgeom.memory.kronecker import truncate_block
 from keras_memgeom.memory.memory_file import read_memory_file
 from keras_memgeom.memory.memory_file import write_memory_file
 from keras_memgeom.memory.penalty import kronecker_penalty
@@ -17,6 +21,10 @@ from keras_memgeom.memory.penalty import penalty_scale
 from keras_memgeom.memory.penalty import quadratic_penalty
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
+
+# Eigenvectors kept per Kronecker factor by default: the penalty's matmuls
+# then cost about as much as a batch of 32 through the layer.
+DEFAULT_RANK = 32
 
 
 class FisherMemory:
@@ -31,8 +39,9 @@ class FisherMemory:
     factored* (K-FAC; Martens & Grosse 2015, Grosse & Martens 2016): each
     Dense or Conv2D layer's kernel and bias get the block `A (x) G`
     (`KroneckerBlock`), an ellipsoid with its own axes, at a cost of
-    `fan_in^2 + units^2` numbers per layer; the other variables stay
-    diagonal.
+    `fan_in^2 + units^2` numbers per layer, or `r * (fan_in + units)` with
+    factors truncated to rank `r` (`estimate(..., rank=r)`); the other
+    variables stay diagonal.
 
     Args:
         anchor: dict from variable path to array, the remembered weights.
@@ -123,15 +132,6 @@ class FisherMemory:
     def _checked_block(self, path, block):
         fan_in, units = kernel_matrix_shape(self._anchor[path].shape)
         rows = fan_in + (block.bias is not None)
-        a, g = (
-            np.array(block.a, dtype="float64"),
-            np.array(block.g, dtype="float64"),
-        )
-        if a.shape != (rows, rows) or g.shape != (units, units):
-            raise ValueError(
-                f"The Kronecker factors of {path} must be {(rows, rows)} and "
-                f"{(units, units)}; got {a.shape} and {g.shape}."
-            )
         if block.bias is not None and self._anchor[block.bias].shape != (
             units,
         ):
@@ -150,7 +150,18 @@ class FisherMemory:
                     f"{(fan_in, units)}."
                 )
             mask.flags.writeable = False
-        for name, factor in (("a", a), ("g", g)):
+        factors = {}
+        for name, factor, size in (("a", block.a, rows), ("g", block.g, units)):
+            if isinstance(factor, EigenFactor):
+                factors[name] = checked_eigen_factor(path, name, factor, size)
+                continue
+            factor = np.array(factor, dtype="float64")
+            if factor.shape != (size, size):
+                raise ValueError(
+                    f"The Kronecker factors of {path} must be {(rows, rows)} "
+                    f"and {(units, units)}; the factor {name} is "
+                    f"{factor.shape}."
+                )
             if not np.all(np.isfinite(factor)):
                 raise ValueError(
                     f"The Kronecker factor {name} of {path} holds NaN or "
@@ -163,7 +174,8 @@ class FisherMemory:
                     f"The Kronecker factor {name} of {path} is not symmetric."
                 )
             factor.flags.writeable = False
-        return KroneckerBlock(block.bias, a, g, mask)
+            factors[name] = factor
+        return KroneckerBlock(block.bias, factors["a"], factors["g"], mask)
 
     @classmethod
     def estimate(
@@ -178,6 +190,8 @@ class FisherMemory:
         likelihood=None,
         seed=0,
         structure="diagonal",
+        rank=DEFAULT_RANK,
+        retained_trace=None,
     ):
         """Remembers what `model` learned from `data`.
 
@@ -185,6 +199,16 @@ class FisherMemory:
         values and their Fisher on `data`; see `estimate_fisher` for the
         estimators (`exact`, `sampled`, `empirical`, `batched`) and which
         layers are fast.
+
+        A Kronecker factor larger than `rank` is kept as its top `rank`
+        eigenvectors plus an isotropic remainder, the mean of the eigenvalues
+        it drops (`keras_memgeom.memory.kronecker.truncate_factor`): the
+        block stays positive semi-definite with the full block's trace, is
+        exact on the kept eigendirections, costs `r * (fan_in + units)`
+        numbers instead of `fan_in^2 + units^2`, and a training step
+        evaluates its penalty in `O(r * fan_in * units)` instead of
+        `O((fan_in + units) * fan_in * units)`. Smaller factors, and every
+        factor with `rank=None`, stay exact.
 
         Args:
             model: a built Keras model, compiled with a log-likelihood loss
@@ -199,13 +223,20 @@ class FisherMemory:
             seed: seed for `sampled`.
             structure: `"diagonal"`, or `"kfac"` for Kronecker factors on
                 the Dense and Conv2D layers the fast path covers.
+            rank: with `structure="kfac"`, the most eigenvectors each
+                Kronecker factor keeps, or `None` to keep the factors whole.
+            retained_trace: with `structure="kfac"`, keep only as many
+                eigenvectors (at most `rank`) as reach this share of each
+                factor's trace, in `(0, 1]`; `None` keeps `rank`.
 
         Returns:
             A `FisherMemory`.
 
         Raises:
-            ValueError: see `estimate_fisher`.
+            ValueError: see `estimate_fisher`; naming `rank` or
+                `retained_trace` if invalid.
         """
+        rank, retained_trace = check_rank(rank, retained_trace)
         estimate = estimate_fisher(
             model,
             data,
@@ -220,6 +251,13 @@ class FisherMemory:
         fisher, num_examples, kronecker = (
             estimate if structure == "kfac" else (*estimate, None)
         )
+        if kronecker:
+            kronecker = {
+                path: truncate_block(
+                    KroneckerBlock(*block), rank, retained_trace
+                )
+                for path, block in kronecker.items()
+            }
         anchor = {
             v.path: ops.convert_to_numpy(v.value)
             for v in model.trainable_variables

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_memgeom.memory.fisher_regularizer import memory_state
+from keras_memgeom.memory.kronecker import EigenFactor
 from keras_memgeom.memory.penalty import kronecker_penalty
 
 
@@ -23,7 +24,9 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     Args:
         terms: a list of `(anchor_kernel, anchor_bias, a, g, weight)`:
             `anchor_kernel` as a `(fan_in, units)` matrix, `anchor_bias`
-            `(units,)` or `None`, the factors, and the term's share `w_k`.
+            `(units,)` or `None`, the factors (matrices or `EigenFactor`s,
+            whose eigenvectors, eigenvalues and remainder become three
+            variables), and the term's share `w_k`.
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask.
         bias: the layer's bias variable, or `None`.
         scale: a scalar `keras.Variable`, `strength / 2 * n /
@@ -78,8 +81,8 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
                 memory_state(bias_anchor, "memory_anchor", bias)
                 if bias_anchor is not None
                 else None,
-                memory_state(np.asarray(a, "float32"), "memory_kronecker_a"),
-                memory_state(np.asarray(g, "float32"), "memory_kronecker_g"),
+                _factor_state(a, "memory_kronecker_a"),
+                _factor_state(g, "memory_kronecker_g"),
                 float(weight),
             )
             for kernel, bias_anchor, a, g, weight in terms
@@ -88,7 +91,17 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
     @property
     def variables(self):
         """The state the penalty reads (not the shared scale)."""
-        state = [v for term in self.terms for v in term[:4] if v is not None]
+        state = []
+        for kernel, bias_anchor, a, g, _ in self.terms:
+            state += [kernel] + (
+                [bias_anchor] if bias_anchor is not None else []
+            )
+            for factor in (a, g):
+                state += (
+                    list(factor)
+                    if isinstance(factor, EigenFactor)
+                    else [factor]
+                )
         return state + ([self.mask] if self.mask is not None else [])
 
     def __call__(self, x):
@@ -118,3 +131,14 @@ class KroneckerRegularizer(keras.regularizers.Regularizer):
             "keras_memgeom.Model or keras_memgeom.Sequential, which save "
             "memories with the model, or detach the memory before saving."
         )
+
+
+def _factor_state(factor, name):
+    """A factor as device state: one variable, or three for an `EigenFactor`."""
+    if not isinstance(factor, EigenFactor):
+        return memory_state(np.asarray(factor, "float32"), name)
+    return EigenFactor(
+        memory_state(np.asarray(factor.vectors, "float32"), f"{name}_vectors"),
+        memory_state(np.asarray(factor.values, "float32"), f"{name}_values"),
+        memory_state(np.float32(factor.remainder), f"{name}_remainder"),
+    )

@@ -4,9 +4,12 @@ import numpy as np
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker import dense_factor
+from keras_memgeom.memory.kronecker import factor_rank
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import merge_anchor
 from keras_memgeom.memory.kronecker import nearest_kronecker
+from keras_memgeom.memory.kronecker import truncate_factor
 from keras_memgeom.utils.checks import check_number
 
 
@@ -149,6 +152,12 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     minimizer of the two-term sum as the anchor (`merge_anchor`) and refits
     the precision as the nearest single product (`nearest_kronecker`), so an
     online memory stays one block whatever the number of tasks.
+
+    Truncated factors (`EigenFactor`) are merged as the full matrices they
+    stand for, which is exact for what they hold, and the merged factors
+    are truncated again to the newest memory's rank (or kept whole where it
+    keeps them whole): a memory's size stays bounded over any number of
+    merges, at the host cost of one eigendecomposition per factor.
     """
     shape = anchors[0][kernel].shape
 
@@ -164,17 +173,27 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     anchor, weight, a, g = (
         stacked(anchors[0]),
         weights[0] * memories[0].num_examples,
-        first.a,
-        first.g,
+        dense_factor(first.a),
+        dense_factor(first.g),
     )
     for w, memory, other in zip(weights[1:], memories[1:], anchors[1:]):
         block = memory.kronecker[kernel]
-        newer = (stacked(other), w * memory.num_examples, block.a, block.g)
+        newer = (
+            stacked(other),
+            w * memory.num_examples,
+            dense_factor(block.a),
+            dense_factor(block.g),
+        )
         anchor = merge_anchor((anchor, weight, a, g), newer)
         a, g = nearest_kronecker([(weight, a, g), newer[1:]])
         weight = 1.0
     # Per-example factors: n A (x) G is the precision.
     a = a * (weight / num_examples)
+    newest = memories[-1].kronecker[kernel]
+    a, g = (
+        truncate_factor(factor, factor_rank(own))
+        for factor, own in ((a, newest.a), (g, newest.g))
+    )
     fan_in = kernel_matrix_shape(shape)[0]
     bias_anchor = anchor[fan_in] if bias is not None else None
     return (

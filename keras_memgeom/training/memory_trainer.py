@@ -45,6 +45,7 @@ class MemoryTrainer:
         self.num_train_examples = None
         self._memory_num_train_examples = None
         self.memory_penalty_tracker = keras.metrics.Mean(name="memory_penalty")
+        self._memory_terms = None
         self.frontal_lobe = None
         self.information_penalty_active = False
         self.information_penalty_tracker = None
@@ -186,6 +187,7 @@ class MemoryTrainer:
     ):
         if self.memories and attachment_of(self) is None:
             raise ValueError(_UNKNOWN_NUM_TRAIN_EXAMPLES)
+        self._memory_terms = None
         loss = super().compute_loss(
             x, y, y_pred, sample_weight, training=training
         )
@@ -196,13 +198,34 @@ class MemoryTrainer:
             )
             self.information_penalty_tracker.update_state(information)
             loss = ops.add(loss, ops.cast(information, loss.dtype))
-        # Evaluated again for the metric; traced steps dedupe the arithmetic.
-        terms = [
-            reg(variable.value) for variable, reg in attached_regularizers(self)
-        ]
+        # The metric reads the penalties Keras just added to the loss where
+        # they were evaluated for it (eager torch would compute them twice);
+        # where Keras took them from an earlier forward pass (jax), they
+        # are evaluated again and the compiler merges the two.
+        terms = self._memory_terms
+        self._memory_terms = None
+        if terms is None:
+            terms = [
+                reg(variable.value)
+                for variable, reg in attached_regularizers(self)
+            ]
         if terms:
             self.memory_penalty_tracker.update_state(ops.sum(ops.stack(terms)))
         return loss
+
+    def _get_regularization_losses(self):
+        losses = super()._get_regularization_losses()
+        memory = {id(reg) for _, reg in attached_regularizers(self)}
+        if memory:
+            regularized = [
+                v for v in self.trainable_weights if v.regularizer is not None
+            ]
+            self._memory_terms = [
+                loss
+                for variable, loss in zip(regularized, losses)
+                if id(variable.regularizer) in memory
+            ]
+        return losses
 
     def _attach_memories(self, num_train_examples=None):
         """Attaches the compiled memories, or rescales them (no retracing)."""
