@@ -16,6 +16,7 @@ applies in `O(r * size)` instead of `O(size^2)`.
 import collections
 
 import numpy as np
+import scipy.linalg
 
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
@@ -125,10 +126,11 @@ def truncate_factor(matrix, rank=None, retained_trace=None):
     Keeps the eigenvectors of the `rank` largest eigenvalues, or of as few
     as reach `retained_trace` of the trace (the smaller of the two when both
     are given); the rest become one isotropic remainder, their mean
-    eigenvalue, so the trace is kept and the result stays positive
-    semi-definite (negative eigenvalues, float32 round-off of a PSD sum, are
-    clipped to zero first). When every eigenvector is kept the dense matrix
-    is returned unchanged: a full-rank factor is exactly what it was.
+    eigenvalue, so the trace is kept. Kept eigenvalues and the remainder are
+    clipped at zero (a PSD sum in float32 can show tiny negative ones), so
+    the result is positive semi-definite whatever the input. Only the kept
+    eigenvectors are computed. When every eigenvector is kept the dense
+    matrix is returned unchanged: a full-rank factor is exactly what it was.
 
     Args:
         matrix: `(size, size)`, symmetric.
@@ -147,20 +149,26 @@ def truncate_factor(matrix, rank=None, retained_trace=None):
     keep = size if rank is None else min(rank, size)
     if retained_trace is None and keep >= size:
         return matrix
-    eigenvalues, vectors = np.linalg.eigh(matrix.astype("float64"))
-    eigenvalues = np.maximum(eigenvalues[::-1], 0.0)
-    vectors = vectors[:, ::-1]
+    matrix64 = matrix.astype("float64")
     if retained_trace is not None:
+        eigenvalues = np.maximum(np.linalg.eigvalsh(matrix64)[::-1], 0.0)
         total = eigenvalues.sum()
         reached = np.cumsum(eigenvalues) >= retained_trace * total * (1 - 1e-12)
         keep = min(keep, int(np.argmax(reached)) + 1 if total > 0 else 1)
     if keep >= size:
         return matrix
+    # Only the kept eigenvectors are computed, O(keep * size^2); the
+    # dropped eigenvalues' mean follows from the trace.
+    values, vectors = scipy.linalg.eigh(
+        matrix64, subset_by_index=[size - keep, size - 1]
+    )
+    values = np.maximum(values[::-1], 0.0)
+    remainder = (np.trace(matrix64) - values.sum()) / (size - keep)
     dtype = matrix.dtype
     return EigenFactor(
-        vectors[:, :keep].astype(dtype),
-        eigenvalues[:keep].astype(dtype),
-        float(eigenvalues[keep:].mean()),
+        vectors[:, ::-1].astype(dtype),
+        values.astype(dtype),
+        max(float(remainder), 0.0),
     )
 
 
