@@ -48,9 +48,11 @@ and, for work spread over devices:
 and, for the memory penalty of every training step:
 
 - `memory_quadratic(value, anchor, fisher)`: `sum(fisher * (value -
-  anchor)^2)` with the gradient `2 * fisher * (value - anchor)` recomputed
-  in the backward pass (a custom gradient), so a compiled step fuses it
-  into the optimizer's update and keeps no product between the passes.
+  anchor)^2)` with the gradient `2 * fisher * (value - anchor)` given by a
+  custom gradient: recomputed in the backward pass, so a compiled step
+  (jax, tensorflow) fuses it into the optimizer's update and keeps no
+  product between the passes; eager torch keeps the forward product
+  instead, which takes fewer passes there.
 
 and, for exact numbers and for saying where a run ran:
 
