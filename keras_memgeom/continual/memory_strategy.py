@@ -151,5 +151,6 @@ class MemoryStrategy(Strategy):
             "estimator": self.estimator,
             "fisher_examples": self.fisher_examples,
             "structure": self.structure,
-            "rank": self.rank,
+            # The rank shapes Kronecker-factored memories only.
+            **({"rank": self.rank} if self.structure == "kfac" else {}),
         }
