@@ -11,10 +11,10 @@ from keras_memgeom.utils.checks import check_positive_int
 def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     """`scale * (sum(fisher * (value - anchor)^2) + offset)`.
 
-    One pass over the memory: the gradient `2 * scale * fisher * (value -
-    anchor)` is not taken by autodiff through the products but recomputed
-    from the inputs (`keras_memgeom.backend.memory_quadratic`), so a
-    compiled step fuses it into the optimizer's update.
+    The gradient `2 * scale * fisher * (value - anchor)` is not taken by
+    autodiff through the products but given by a custom gradient
+    (`keras_memgeom.backend.memory_quadratic`), which a compiled step fuses
+    into the optimizer's update: about one pass over the memory per step.
 
     Args:
         value: the variable's current value.
