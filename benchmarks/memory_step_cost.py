@@ -121,7 +121,7 @@ def _interleaved_steps(models, batch, repeats):
 
 def _report(what, ratio, goal):
     verdict = "meets" if ratio <= goal else "misses"
-    print(f"{what}: {ratio:.2f} (goal <= {goal:g}, {verdict} it)", flush=True)
+    print(f"{what}: {ratio:.3f} (goal <= {goal:g}, {verdict} it)", flush=True)
 
 
 def _diagonal_costs(args, rng):
