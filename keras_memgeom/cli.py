@@ -28,6 +28,7 @@ from keras_memgeom.continual.task_stream import SCENARIOS
 from keras_memgeom.continual.task_stream import SPLIT_SCENARIOS
 from keras_memgeom.memory.fisher import ESTIMATORS
 from keras_memgeom.memory.fisher import STRUCTURES
+from keras_memgeom.memory.fisher_memory import DEFAULT_RANK
 from keras_memgeom.utils.atomic_write import atomic_write
 from keras_memgeom.utils.atomic_write import check_writable_file_path
 from keras_memgeom.utils.checks import check_number
@@ -82,6 +83,10 @@ def _non_negative_int(text):
             f"expected a whole number >= 0, got {text!r}"
         )
     return value
+
+
+def _rank(text):
+    return None if text == "full" else _positive_int(text)
 
 
 def _finite(describe, *, minimum=0.0, maximum=None):
@@ -248,6 +253,15 @@ def build_parser():
         default="diagonal",
         help="Fisher memory structure of the memory methods: diagonal, or kfac "
         "(Kronecker factors for Dense and Conv2D layers) (default: diagonal)",
+    )
+    bench.add_argument(
+        "--rank",
+        type=_rank,
+        default=DEFAULT_RANK,
+        metavar="R|full",
+        help="with --structure kfac, the eigenvectors each Kronecker factor "
+        "keeps (the rest become one isotropic remainder), or 'full' for "
+        f"whole factors (default: {DEFAULT_RANK})",
     )
     bench.add_argument(
         "--estimator",
@@ -583,6 +597,8 @@ def make_strategies(
         kwargs = {
             k: v for k, v in options.items() if k in accepted and v is not None
         }
+        if "rank" in options and "rank" in accepted:
+            kwargs["rank"] = options["rank"]  # `None` is whole factors
         if (
             options.get("structure", "diagonal") != "diagonal"
             and "structure" not in accepted
@@ -1000,6 +1016,7 @@ def main(argv=None):
             fisher_examples=args.fisher_examples,
             structure=args.structure,
             information_epochs=args.information_epochs,
+            rank=args.rank,
         )
         _check_flags_apply(given, args.methods)
         harness = continual.Harness(

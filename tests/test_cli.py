@@ -3,13 +3,16 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import keras
 import numpy as np
 import pytest
 
+import keras_memgeom
 from keras_memgeom import cli
 from keras_memgeom import continual
+from keras_memgeom.memory.kronecker import factor_rank
 from keras_memgeom.utils.keras_backend import PREFERENCE
 
 TINY = [
@@ -89,6 +92,46 @@ def test_bench_on_tfds_under_mock_data(tmp_path, capsys):
     assert code == 0
     document = continual.load_results(str(tmp_path / "results.json"))
     assert document["config"]["dataset"] == "tfds:mnist"
+
+
+@pytest.mark.parametrize("rank", ["2", "full"])
+def test_bench_kfac_keeps_factors_of_the_rank_asked(rank, tmp_path, capsys):
+    kept = []
+    estimate = keras_memgeom.FisherMemory.estimate.__func__
+
+    def recording(cls, *args, **kwargs):
+        memory = estimate(cls, *args, **kwargs)
+        kept.append(memory)
+        return memory
+
+    out_dir = tmp_path / "run"
+    with mock.patch.object(
+        keras_memgeom.FisherMemory, "estimate", classmethod(recording)
+    ):
+        code, _, err = run_cli(
+            [
+                "bench",
+                *TINY,
+                "--methods",
+                "online",
+                "--structure",
+                "kfac",
+                "--rank",
+                rank,
+                "--out",
+                str(out_dir),
+            ],
+            capsys,
+        )
+    assert code == 0, err
+    document = continual.load_results(str(out_dir / "results.json"))
+    wanted = None if rank == "full" else 2
+    assert document["methods"]["online"]["config"]["rank"] == wanted
+    assert kept and all(m.structure == "kfac" for m in kept)
+    for memory in kept:
+        for block in memory.kronecker.values():
+            for factor in (block.a, block.g):
+                assert factor_rank(factor) == wanted
 
 
 def test_demo_settings(monkeypatch, tmp_path, capsys):
@@ -189,6 +232,10 @@ def test_demo_settings(monkeypatch, tmp_path, capsys):
             "--tasks 100000000: the task stream needs about",
         ),
         (["bench", "--estimator", "kfac"], "unknown fisher estimator 'kfac'"),
+        (
+            ["bench", "--rank", "0"],
+            "argument --rank: expected a positive integer",
+        ),
         (
             ["bench", "--strength", "joint=10", "--methods", "joint"],
             "method 'joint' takes no strength",

@@ -45,6 +45,15 @@ and, for work spread over devices:
   `keras.distribution` is set but Keras cannot distribute the backend
   (torch), rather than silently running on one device.
 
+and, for the memory penalty of every training step:
+
+- `memory_quadratic(value, anchor, fisher)`: `sum(fisher * (value -
+  anchor)^2)` with the gradient `2 * fisher * (value - anchor)` given by a
+  custom gradient: recomputed in the backward pass, so a compiled step
+  (jax, tensorflow) fuses it into the optimizer's update and keeps no
+  product between the passes; eager torch keeps the forward product
+  instead, which takes fewer passes there.
+
 and, for exact numbers and for saying where a run ran:
 
 - `device_constant(value, dtype)`: a tensor holding the array `value` on
@@ -78,6 +87,7 @@ if _BACKEND == "jax":
     from keras_memgeom.backend.jax import full_precision_matmul
     from keras_memgeom.backend.jax import global_batch_position
     from keras_memgeom.backend.jax import linearize
+    from keras_memgeom.backend.jax import memory_quadratic
     from keras_memgeom.backend.jax import vectorize
 elif _BACKEND == "tensorflow":
     from keras_memgeom.backend.tensorflow import batch_step
@@ -91,6 +101,7 @@ elif _BACKEND == "tensorflow":
     from keras_memgeom.backend.tensorflow import full_precision_matmul
     from keras_memgeom.backend.tensorflow import global_batch_position
     from keras_memgeom.backend.tensorflow import linearize
+    from keras_memgeom.backend.tensorflow import memory_quadratic
     from keras_memgeom.backend.tensorflow import vectorize
 elif _BACKEND == "torch":
     from keras_memgeom.backend.torch import batch_step
@@ -104,6 +115,7 @@ elif _BACKEND == "torch":
     from keras_memgeom.backend.torch import full_precision_matmul
     from keras_memgeom.backend.torch import global_batch_position
     from keras_memgeom.backend.torch import linearize
+    from keras_memgeom.backend.torch import memory_quadratic
     from keras_memgeom.backend.torch import vectorize
 else:
     raise ImportError(
@@ -123,5 +135,6 @@ __all__ = [
     "full_precision_matmul",
     "global_batch_position",
     "linearize",
+    "memory_quadratic",
     "vectorize",
 ]

@@ -6,6 +6,8 @@ from keras_memgeom.continual.task_stream import batched
 from keras_memgeom.continual.task_stream import num_examples
 from keras_memgeom.memory.fisher import ESTIMATORS
 from keras_memgeom.memory.fisher import STRUCTURES
+from keras_memgeom.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.memory.kronecker import check_rank
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
 
@@ -37,11 +39,13 @@ class MemoryStrategy(Strategy):
             examples of the task (default: all of them).
         structure: `"diagonal"` or `"kfac"` (Kronecker factors for Dense
             and Conv2D layers; see `FisherMemory`).
+        rank: with `"kfac"`, the eigenvectors each Kronecker factor keeps,
+            or `None` for whole factors (see `FisherMemory.estimate`).
 
     Raises:
         ValueError: naming the argument, for a strength that is not `"auto"`,
             `"sweep"` or a finite positive number, an unknown estimator or
-            structure, or a bad `fisher_examples`.
+            structure, or a bad `fisher_examples` or `rank`.
 
     Example:
 
@@ -75,6 +79,7 @@ class MemoryStrategy(Strategy):
         estimator="exact",
         fisher_examples=None,
         structure="diagonal",
+        rank=DEFAULT_RANK,
     ):
         if not (isinstance(strength, str) and strength in ("auto", "sweep")):
             strength = check_number(
@@ -93,6 +98,7 @@ class MemoryStrategy(Strategy):
         self.strength = strength
         self.estimator = estimator
         self.structure = structure
+        self.rank = check_rank(rank, None)[0]
         self.fisher_examples = check_positive_int(
             "fisher_examples", fisher_examples, allow_none=True
         )
@@ -127,6 +133,7 @@ class MemoryStrategy(Strategy):
             estimator=self.estimator,
             max_examples=self.fisher_examples,
             structure=self.structure,
+            rank=self.rank,
         )
         self.memories = self.consolidate(self.memories, memory)
 
@@ -144,4 +151,6 @@ class MemoryStrategy(Strategy):
             "estimator": self.estimator,
             "fisher_examples": self.fisher_examples,
             "structure": self.structure,
+            # The rank shapes Kronecker-factored memories only.
+            **({"rank": self.rank} if self.structure == "kfac" else {}),
         }

@@ -4,6 +4,7 @@ import keras_memgeom
 from keras_memgeom.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.continual.strategy import register_strategy
+from keras_memgeom.memory.fisher_memory import DEFAULT_RANK
 from keras_memgeom.utils.checks import check_number
 
 
@@ -17,9 +18,10 @@ class Online(MemoryStrategy):
     the cost of one memory.
 
     Args:
-        strength, estimator, fisher_examples, structure: see
+        strength, estimator, fisher_examples, structure, rank: see
             `MemoryStrategy`. With `"kfac"`, each merge keeps one
-            Kronecker block per layer (see `keras_memgeom.merge`).
+            Kronecker block per layer, truncated again to `rank` (see
+            `keras_memgeom.merge`).
         decay: factor on the older precisions at each merge, in `(0, 1]`;
             1 keeps all of the past, smaller values forget it gradually.
 
@@ -49,6 +51,7 @@ class Online(MemoryStrategy):
         estimator="exact",
         fisher_examples=None,
         structure="diagonal",
+        rank=DEFAULT_RANK,
         decay=1.0,
     ):
         super().__init__(
@@ -56,6 +59,7 @@ class Online(MemoryStrategy):
             estimator=estimator,
             fisher_examples=fisher_examples,
             structure=structure,
+            rank=rank,
         )
         self.decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0

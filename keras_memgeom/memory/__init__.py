@@ -2,6 +2,7 @@ from keras_memgeom.memory.attach import attach
 from keras_memgeom.memory.attach import detach
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.fisher_regularizer import FisherRegularizer
+from keras_memgeom.memory.kronecker import EigenFactor
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker_regularizer import KroneckerBiasRegularizer
 from keras_memgeom.memory.kronecker_regularizer import KroneckerRegularizer
@@ -15,6 +16,7 @@ from keras_memgeom.memory.merge import merge
 __all__ = [
     "Bernoulli",
     "Categorical",
+    "EigenFactor",
     "FisherMemory",
     "FisherRegularizer",
     "Gaussian",

@@ -9,8 +9,10 @@ from keras_memgeom.memory.fisher import estimate_fisher
 from keras_memgeom.memory.kronecker import KroneckerBlock
 from keras_memgeom.memory.kronecker import block_diagonal
 from keras_memgeom.memory.kronecker import check_kronecker_factors
+from keras_memgeom.memory.kronecker import check_rank
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import kronecker_effective_dimension
+from keras_memgeom.memory.kronecker import truncate_block
 from keras_memgeom.memory.memory_file import read_memory_file
 from keras_memgeom.memory.memory_file import write_memory_file
 from keras_memgeom.memory.penalty import kronecker_penalty
@@ -18,6 +20,10 @@ from keras_memgeom.memory.penalty import penalty_scale
 from keras_memgeom.memory.penalty import quadratic_penalty
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
+
+# Eigenvectors kept per Kronecker factor by default: the penalty's matmuls
+# then cost about as much as a batch of 32 through the layer.
+DEFAULT_RANK = 32
 
 
 class FisherMemory:
@@ -32,8 +38,9 @@ class FisherMemory:
     factored* (K-FAC; Martens & Grosse 2015, Grosse & Martens 2016): each
     Dense or Conv2D layer's kernel and bias get the block `A (x) G`
     (`KroneckerBlock`), an ellipsoid with its own axes, at a cost of
-    `fan_in^2 + units^2` numbers per layer; the other variables stay
-    diagonal.
+    `fan_in^2 + units^2` numbers per layer, or `r * (fan_in + units)` with
+    factors truncated to rank `r` (`estimate(..., rank=r)`); the other
+    variables stay diagonal.
 
     A memory covers the model's *trainable* variables only. Non-trainable
     state, such as the moving mean and variance of `BatchNormalization`, is
@@ -148,8 +155,6 @@ class FisherMemory:
                     f"{(fan_in, units)}."
                 )
             mask.flags.writeable = False
-        a.flags.writeable = False
-        g.flags.writeable = False
         return KroneckerBlock(block.bias, a, g, mask)
 
     @classmethod
@@ -165,6 +170,8 @@ class FisherMemory:
         likelihood=None,
         seed=0,
         structure="diagonal",
+        rank=DEFAULT_RANK,
+        retained_trace=None,
     ):
         """Remembers what `model` learned from `data`.
 
@@ -172,6 +179,16 @@ class FisherMemory:
         values and their Fisher on `data`; see `estimate_fisher` for the
         estimators (`exact`, `sampled`, `empirical`, `batched`) and which
         layers are fast.
+
+        A Kronecker factor larger than `rank` is kept as its top `rank`
+        eigenvectors plus an isotropic remainder, the mean of the eigenvalues
+        it drops (`keras_memgeom.memory.kronecker.truncate_factor`): the
+        block stays positive semi-definite with the full block's trace, is
+        exact on the kept eigendirections, costs `r * (fan_in + units)`
+        numbers instead of `fan_in^2 + units^2`, and a training step
+        evaluates its penalty in `O(r * fan_in * units)` instead of
+        `O((fan_in + units) * fan_in * units)`. Smaller factors, and every
+        factor with `rank=None`, stay exact.
 
         Args:
             model: a built Keras model, compiled with a log-likelihood loss
@@ -186,19 +203,26 @@ class FisherMemory:
             seed: seed for `sampled`.
             structure: `"diagonal"`, or `"kfac"` for Kronecker factors on
                 the Dense and Conv2D layers the fast path covers.
+            rank: with `structure="kfac"`, the most eigenvectors each
+                Kronecker factor keeps, or `None` to keep the factors whole.
+            retained_trace: with `structure="kfac"`, keep only as many
+                eigenvectors (at most `rank`) as reach this share of each
+                factor's trace, in `(0, 1]`; `None` keeps `rank`.
 
         Returns:
             A `FisherMemory`.
 
         Raises:
-            ValueError: see `estimate_fisher`; with `structure="kfac"`, if
-                the model has no Dense or Conv2D layer to factor.
+            ValueError: see `estimate_fisher`; naming `rank` or
+                `retained_trace` if invalid; with `structure="kfac"`, if
+                the model has no layer to factor.
 
         Warns:
             UserWarning: with `structure="kfac"`, naming the variables
-                outside Dense and Conv2D layers, which keep a diagonal
-                Fisher (see `structure_of`).
+                outside factored layers, which keep a diagonal Fisher (see
+                `structure_of`).
         """
+        rank, retained_trace = check_rank(rank, retained_trace)
         estimate = estimate_fisher(
             model,
             data,
@@ -213,6 +237,13 @@ class FisherMemory:
         fisher, num_examples, kronecker = (
             estimate if structure == "kfac" else (*estimate, None)
         )
+        if kronecker:
+            kronecker = {
+                path: truncate_block(
+                    KroneckerBlock(*block), rank, retained_trace
+                )
+                for path, block in kronecker.items()
+            }
         anchor = {
             v.path: ops.convert_to_numpy(v.value)
             for v in model.trainable_variables

@@ -7,11 +7,19 @@ convolutions): `A` the second moment of the layer's inputs (with a 1
 appended for the bias), `G` that of the gradients at its outputs. With the
 row-major `vec`, `vec(D)^T (A (x) G) vec(D) = sum(D * (A @ D @ G))`, which is
 how every function here evaluates it: `A (x) G` is never formed.
+
+A factor is a dense symmetric matrix or an `EigenFactor`, its top
+eigenvectors and a flat remainder (`truncate_factor`), which stores and
+applies in `O(r * size)` instead of `O(size^2)`.
 """
 
 import collections
 
 import numpy as np
+import scipy.linalg
+
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 KroneckerBlock = collections.namedtuple(
     "KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None]
@@ -22,9 +30,10 @@ Args:
     bias: the path of the layer's bias, or `None` without one.
     a: `(fan_in [+ 1], fan_in [+ 1])`, the per-example second moment of the
         layer's inputs (input patches for a convolution), with a 1 appended
-        where there is a bias.
+        where there is a bias; or that matrix as an `EigenFactor`.
     g: `(units, units)`, the per-example second moment of the gradients at
-        the layer's outputs (averaged over positions for a convolution).
+        the layer's outputs (averaged over positions for a convolution); or
+        that matrix as an `EigenFactor`.
     mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
         layer: masked entries carry no information, so the precision acts on
         `mask * (W - anchor)`.
@@ -34,6 +43,9 @@ Example:
 ```python
 import keras
 import numpy as np
+
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
 
 import keras_memgeom
 
@@ -51,6 +63,231 @@ print(block.a.shape, block.g.shape)  # (5, 5) (3, 3): a bias row in `a`
 """
 
 
+EigenFactor = collections.namedtuple(
+    "EigenFactor", ["vectors", "values", "remainder"]
+)
+EigenFactor.__doc__ = """A Kronecker factor as top eigenvectors and a remainder.
+
+It stands for the matrix `V diag(values) V^T + remainder (I - V V^T)`:
+exact on the span of the orthonormal columns `V` (the eigenvectors of the
+largest eigenvalues) and isotropic on the rest, where it takes the mean of
+the eigenvalues it drops. With `values >= 0` and `remainder >= 0` it is
+positive semi-definite whatever is dropped, its trace is the full
+factor's, and it needs `r * (size + 1) + 1` numbers instead of `size^2`.
+`truncate_factor` makes one.
+
+Args:
+    vectors: `(size, r)`, orthonormal columns.
+    values: `(r,)`, their eigenvalues, non-negative, largest first.
+    remainder: a non-negative float, the eigenvalue of the other
+        directions.
+
+Example:
+
+```python
+import numpy as np
+
+from keras_memgeom.utils.checks import check_number
+from keras_memgeom.utils.checks import check_positive_int
+
+from keras_memgeom.memory.kronecker import dense_factor
+from keras_memgeom.memory.kronecker import truncate_factor
+
+factor = truncate_factor(np.diag([4.0, 2.0, 1.0, 1.0]), rank=1)
+print(factor.values, factor.remainder)  # [4.] 1.333...
+print(np.diag(dense_factor(factor)))  # [4. 1.333 1.333 1.333]
+```
+"""
+
+
+def check_rank(rank, retained_trace):
+    """Checks the truncation arguments of `truncate_factor`.
+
+    Raises:
+        ValueError: naming `rank` if it is not `None` or a positive whole
+            number, or `retained_trace` if it is not `None` or in `(0, 1]`.
+    """
+    if rank is not None:
+        rank = check_positive_int("rank", rank)
+    if retained_trace is not None:
+        retained_trace = check_number(
+            "retained_trace",
+            retained_trace,
+            minimum=0.0,
+            inclusive_minimum=False,
+            maximum=1.0,
+        )
+    return rank, retained_trace
+
+
+def truncate_factor(matrix, rank=None, retained_trace=None):
+    """A symmetric factor as an `EigenFactor`, or itself when nothing drops.
+
+    Keeps the eigenvectors of the `rank` largest eigenvalues, or of as few
+    as reach `retained_trace` of the trace (the smaller of the two when both
+    are given); the rest become one isotropic remainder, their mean
+    eigenvalue, so the trace is kept. Kept eigenvalues and the remainder are
+    clipped at zero (a PSD sum in float32 can show tiny negative ones), so
+    the result is positive semi-definite whatever the input. Only the kept
+    eigenvectors are computed. When every eigenvector is kept the dense
+    matrix is returned unchanged: a full-rank factor is exactly what it was.
+
+    Args:
+        matrix: `(size, size)`, symmetric.
+        rank: the most eigenvectors to keep, or `None` for no bound.
+        retained_trace: a share of the trace in `(0, 1]`, or `None`.
+
+    Returns:
+        An `EigenFactor`, or `matrix`.
+
+    Raises:
+        ValueError: if `rank` or `retained_trace` is invalid.
+    """
+    rank, retained_trace = check_rank(rank, retained_trace)
+    matrix = np.asarray(matrix)
+    size = matrix.shape[0]
+    keep = size if rank is None else min(rank, size)
+    if retained_trace is None and keep >= size:
+        return matrix
+    matrix64 = matrix.astype("float64")
+    if retained_trace is not None:
+        eigenvalues = np.maximum(np.linalg.eigvalsh(matrix64)[::-1], 0.0)
+        total = eigenvalues.sum()
+        reached = np.cumsum(eigenvalues) >= retained_trace * total * (1 - 1e-12)
+        keep = min(keep, int(np.argmax(reached)) + 1 if total > 0 else 1)
+    if keep >= size:
+        return matrix
+    # Only the kept eigenvectors are computed, O(keep * size^2); the
+    # dropped eigenvalues' mean follows from the trace.
+    values, vectors = scipy.linalg.eigh(
+        matrix64, subset_by_index=[size - keep, size - 1]
+    )
+    values = np.maximum(values[::-1], 0.0)
+    remainder = (np.trace(matrix64) - values.sum()) / (size - keep)
+    dtype = matrix.dtype
+    return EigenFactor(
+        vectors[:, ::-1].astype(dtype),
+        values.astype(dtype),
+        max(float(remainder), 0.0),
+    )
+
+
+def checked_eigen_factor(path, name, factor, size):
+    """An `EigenFactor` as read-only arrays, its shapes and signs checked.
+
+    Raises:
+        ValueError: naming the factor `name` of `path` if its vectors are
+            not `(size, r)` with `r < size` orthonormal columns, its values
+            not `r` finite non-negative numbers, or its remainder not a
+            finite non-negative number.
+    """
+    # Float64 on the host, as dense factors are.
+    vectors = np.array(factor.vectors, dtype="float64")
+    values = np.array(factor.values, dtype="float64")
+    remainder = float(factor.remainder)
+    if (
+        vectors.ndim != 2
+        or vectors.shape[0] != size
+        or not (0 < vectors.shape[1] < size)
+    ):
+        raise ValueError(
+            f"The truncated Kronecker factor {name} of {path} must have "
+            f"eigenvectors of shape ({size}, r), 0 < r < {size}; got "
+            f"{vectors.shape}."
+        )
+    if values.shape != (vectors.shape[1],):
+        raise ValueError(
+            f"The truncated Kronecker factor {name} of {path} has "
+            f"{vectors.shape[1]} eigenvectors but eigenvalues of shape "
+            f"{values.shape}."
+        )
+    for what, array in (("eigenvectors", vectors), ("eigenvalues", values)):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"The {what} of the Kronecker factor {name} of {path} hold "
+                "NaN or infinite values."
+            )
+    if np.any(values < 0) or not (np.isfinite(remainder) and remainder >= 0):
+        raise ValueError(
+            f"The truncated Kronecker factor {name} of {path} has a negative "
+            "or non-finite eigenvalue or remainder: it would not be positive "
+            "semi-definite."
+        )
+    gram = vectors.T @ vectors
+    if not np.allclose(gram, np.eye(len(gram)), atol=1e-4):
+        raise ValueError(
+            f"The eigenvectors of the Kronecker factor {name} of {path} are "
+            "not orthonormal."
+        )
+    vectors.flags.writeable = False
+    values.flags.writeable = False
+    return EigenFactor(vectors, values, remainder)
+
+
+def dense_factor(factor):
+    """The `(size, size)` matrix a factor stands for (float64 if truncated)."""
+    if not isinstance(factor, EigenFactor):
+        return np.asarray(factor)
+    vectors = np.asarray(factor.vectors, "float64")
+    matrix = (vectors * (np.asarray(factor.values) - factor.remainder)) @ (
+        vectors.T
+    )
+    matrix[np.diag_indices_from(matrix)] += factor.remainder
+    return matrix
+
+
+def factor_diagonal(factor):
+    """The diagonal of a factor, in `O(r * size)` for an `EigenFactor`."""
+    if not isinstance(factor, EigenFactor):
+        return np.diag(factor)
+    vectors = np.asarray(factor.vectors, "float64")
+    return factor.remainder + (vectors**2) @ (
+        np.asarray(factor.values, "float64") - factor.remainder
+    )
+
+
+def factor_eigenvalues(factor):
+    """All `size` eigenvalues of a factor, clipped at zero."""
+    if not isinstance(factor, EigenFactor):
+        return np.maximum(np.linalg.eigvalsh(factor), 0.0)
+    size, kept = np.shape(factor.vectors)
+    return np.concatenate(
+        [
+            np.asarray(factor.values, "float64"),
+            np.full(size - kept, factor.remainder),
+        ]
+    )
+
+
+def factor_size(factor):
+    """The side of a factor's matrix."""
+    if isinstance(factor, EigenFactor):
+        return np.shape(factor.vectors)[0]
+    return np.shape(factor)[0]
+
+
+def factor_numbers(factor):
+    """How many numbers a factor stores."""
+    if isinstance(factor, EigenFactor):
+        return int(np.size(factor.vectors) + np.size(factor.values) + 1)
+    return int(np.size(factor))
+
+
+def factor_rank(factor):
+    """The eigenvectors a factor keeps, or `None` for a dense one."""
+    if isinstance(factor, EigenFactor):
+        return np.shape(factor.vectors)[1]
+    return None
+
+
+def truncate_block(block, rank=None, retained_trace=None):
+    """A `KroneckerBlock` with both factors truncated (`truncate_factor`)."""
+    return block._replace(
+        a=truncate_factor(block.a, rank, retained_trace),
+        g=truncate_factor(block.g, rank, retained_trace),
+    )
+
+
 def kernel_matrix_shape(kernel_shape):
     """`(fan_in, units)`: a kernel as the matrix its factors act on."""
     return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
@@ -59,7 +296,7 @@ def kernel_matrix_shape(kernel_shape):
 def block_diagonal(block, kernel_shape):
     """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`."""
     fan_in, _ = kernel_matrix_shape(kernel_shape)
-    a_diagonal, g_diagonal = np.diag(block.a), np.diag(block.g)
+    a_diagonal, g_diagonal = factor_diagonal(block.a), factor_diagonal(block.g)
     kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
     if block.mask is not None:
         kernel = kernel * block.mask
@@ -83,17 +320,18 @@ _PSD_TOLERANCE = 1e-4
 
 
 def check_kronecker_factors(owner, a, g, rows, units):
-    """Checks a layer's factors; returns them as float64 arrays.
+    """Checks a layer's factors; returns them read-only, dense ones float64.
 
     Args:
         owner: the kernel they describe, named in the errors.
-        a: the input factor, `(rows, rows)`.
-        g: the output factor, `(units, units)`.
+        a: the input factor, `(rows, rows)`, or an `EigenFactor`.
+        g: the output factor, `(units, units)`, or an `EigenFactor`.
         rows: `fan_in`, plus 1 with a bias.
         units: the layer's output units.
 
     Returns:
-        `(a, g)`, float64 arrays.
+        `(a, g)`: float64 arrays, or `EigenFactor`s checked by
+        `checked_eigen_factor`.
 
     Raises:
         ValueError: naming `owner` and the factor, if a factor has the
@@ -101,37 +339,47 @@ def check_kronecker_factors(owner, a, g, rows, units):
             is not positive semi-definite (an eigenvalue below
             `-1e-4` times the largest eigenvalue's magnitude).
     """
-    a, g = np.array(a, dtype="float64"), np.array(g, dtype="float64")
-    if a.shape != (rows, rows) or g.shape != (units, units):
-        raise ValueError(
-            f"The Kronecker factors of {owner} must be {(rows, rows)} and "
-            f"{(units, units)}; got {a.shape} and {g.shape}."
-        )
-    for name, factor in (("a", a), ("g", g)):
-        if not np.all(np.isfinite(factor)):
-            raise ValueError(
-                f"The Kronecker factor {name} of {owner} holds NaN or "
-                "infinite values."
-            )
-        if not factor.size:
+    checked = []
+    for name, factor, size in (("a", a, rows), ("g", g, units)):
+        if isinstance(factor, EigenFactor):
+            checked.append(checked_eigen_factor(owner, name, factor, size))
             continue
-        if not np.allclose(
-            factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
-        ):
+        factor = np.array(factor, dtype="float64")
+        if factor.shape != (size, size):
             raise ValueError(
-                f"The Kronecker factor {name} of {owner} is not symmetric."
+                f"The Kronecker factors of {owner} must be {(rows, rows)} and "
+                f"{(units, units)}; the factor {name} is {factor.shape}."
             )
-        eigenvalues = np.linalg.eigvalsh(factor)
-        largest = float(np.abs(eigenvalues).max())
-        if eigenvalues[0] < -_PSD_TOLERANCE * largest:
-            raise ValueError(
-                f"The Kronecker factor {name} of {owner} is not positive "
-                f"semi-definite: its smallest eigenvalue is "
-                f"{eigenvalues[0]:.3g} and its largest in magnitude "
-                f"{largest:.3g}. A Fisher factor is a second moment; under "
-                "this one the penalty would go negative."
-            )
-    return a, g
+        _check_dense_factor(owner, name, factor)
+        factor.flags.writeable = False
+        checked.append(factor)
+    return tuple(checked)
+
+
+def _check_dense_factor(owner, name, factor):
+    if not np.all(np.isfinite(factor)):
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} holds NaN or infinite "
+            "values."
+        )
+    if not factor.size:
+        return
+    if not np.allclose(
+        factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
+    ):
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} is not symmetric."
+        )
+    eigenvalues = np.linalg.eigvalsh(factor)
+    largest = float(np.abs(eigenvalues).max())
+    if eigenvalues[0] < -_PSD_TOLERANCE * largest:
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} is not positive "
+            f"semi-definite: its smallest eigenvalue is "
+            f"{eigenvalues[0]:.3g} and its largest in magnitude "
+            f"{largest:.3g}. A Fisher factor is a second moment; under "
+            "this one the penalty would go negative."
+        )
 
 
 def _joint_basis(m1, m2):
@@ -219,8 +467,7 @@ def _gram_root(stack):
 def kronecker_effective_dimension(a, g, num_examples, prior_precision):
     """`sum_ij P_ij / (P_ij + alpha)`, `P_ij = n * lambda_i(a) mu_j(g)`."""
     precision = num_examples * np.outer(
-        np.maximum(np.linalg.eigvalsh(a), 0.0),
-        np.maximum(np.linalg.eigvalsh(g), 0.0),
+        factor_eigenvalues(a), factor_eigenvalues(g)
     )
     return float(np.sum(precision / (precision + prior_precision)))
 

@@ -9,6 +9,7 @@ from keras.src.saving.keras_saveable import KerasSaveable
 
 from keras_memgeom.memory.fisher_regularizer import load_state
 from keras_memgeom.memory.fisher_regularizer import memory_state
+from keras_memgeom.memory.kronecker import EigenFactor
 from keras_memgeom.memory.kronecker import check_kronecker_factors
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.penalty import kronecker_penalty
@@ -41,7 +42,9 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
     Args:
         terms: a list of `(anchor_kernel, anchor_bias, a, g, weight)`:
             `anchor_kernel` as a `(fan_in, units)` matrix, `anchor_bias`
-            `(units,)` or `None`, the factors, and the term's share `w_k`.
+            `(units,)` or `None`, the factors (matrices or `EigenFactor`s,
+            whose eigenvectors, eigenvalues and remainder become three
+            variables), and the term's share `w_k`.
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask.
         bias: the layer's bias variable, or `None`.
         scale: a scalar `keras.Variable`, `strength / 2 * n /
@@ -122,8 +125,8 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
                 memory_state(bias_anchor, "memory_anchor", bias)
                 if bias_anchor is not None
                 else None,
-                memory_state(np.asarray(a, "float32"), "memory_kronecker_a"),
-                memory_state(np.asarray(g, "float32"), "memory_kronecker_g"),
+                _factor_state(a, "memory_kronecker_a"),
+                _factor_state(g, "memory_kronecker_g"),
                 float(weight),
             )
             for kernel, bias_anchor, a, g, weight in terms
@@ -132,7 +135,17 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
     @property
     def variables(self):
         """The state the penalty reads (not the shared scale)."""
-        state = [v for term in self.terms for v in term[:4] if v is not None]
+        state = []
+        for kernel, bias_anchor, a, g, _ in self.terms:
+            state += [kernel] + (
+                [bias_anchor] if bias_anchor is not None else []
+            )
+            for factor in (a, g):
+                state += (
+                    list(factor)
+                    if isinstance(factor, EigenFactor)
+                    else [factor]
+                )
         return state + ([self.mask] if self.mask is not None else [])
 
     def __call__(self, x):
@@ -196,8 +209,12 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
             state[f"term_{k}_kernel"] = kernel
             if bias is not None:
                 state[f"term_{k}_bias"] = bias
-            state[f"term_{k}_a"] = a
-            state[f"term_{k}_g"] = g
+            for name, factor in (("a", a), ("g", g)):
+                if isinstance(factor, EigenFactor):
+                    for part, variable in factor._asdict().items():
+                        state[f"term_{k}_{name}_{part}"] = variable
+                else:
+                    state[f"term_{k}_{name}"] = factor
         if self.mask is not None:
             state["mask"] = self.mask
         return state
@@ -210,8 +227,8 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
                 {
                     "kernel": list(kernel.shape),
                     "bias": list(bias.shape) if bias is not None else None,
-                    "a": list(a.shape),
-                    "g": list(g.shape),
+                    "a": _factor_shape(a),
+                    "g": _factor_shape(g),
                     "weight": weight,
                 }
                 for kernel, bias, a, g, weight in self.terms
@@ -238,8 +255,8 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
             (
                 zeros(t["kernel"]),
                 zeros(t["bias"]) if t["bias"] is not None else None,
-                zeros(t["a"]),
-                zeros(t["g"]),
+                _zero_factor(t["a"]),
+                _zero_factor(t["g"]),
                 t["weight"],
             )
             for t in config["terms"]
@@ -399,3 +416,35 @@ def _checked_terms(terms, bias, like, paired):
         weight = check_number(f"terms[{k}] weight", weight, minimum=0.0)
         checked.append((kernel, bias_anchor, a, g, weight))
     return checked
+
+
+def _factor_shape(factor):
+    """A factor's shape in a config: `[size, size]`, or `[size, r]` if
+    truncated (its eigenvectors')."""
+    if isinstance(factor, EigenFactor):
+        return {"vectors": list(factor.vectors.shape)}
+    return list(factor.shape)
+
+
+def _zero_factor(shape):
+    """A placeholder factor of a config's shape, filled by the weights file."""
+    if isinstance(shape, dict):
+        size, rank = shape["vectors"]
+        # Orthonormal columns, so the placeholder passes the factor checks.
+        return EigenFactor(
+            np.eye(size, rank, dtype="float32"),
+            np.zeros(rank, "float32"),
+            0.0,
+        )
+    return np.zeros(shape, "float32")
+
+
+def _factor_state(factor, name):
+    """A factor as device state: one variable, or three for an `EigenFactor`."""
+    if not isinstance(factor, EigenFactor):
+        return memory_state(np.asarray(factor, "float32"), name)
+    return EigenFactor(
+        memory_state(np.asarray(factor.vectors, "float32"), f"{name}_vectors"),
+        memory_state(np.asarray(factor.values, "float32"), f"{name}_values"),
+        memory_state(np.float32(factor.remainder), f"{name}_remainder"),
+    )

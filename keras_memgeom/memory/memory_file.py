@@ -10,13 +10,15 @@ import zlib
 
 import numpy as np
 
+from keras_memgeom.memory.kronecker import EigenFactor
 from keras_memgeom.utils.atomic_write import atomic_write
 from keras_memgeom.utils.atomic_write import check_writable_file_path
 
 FORMAT = "keras_memgeom.FisherMemory"
 # Version 2 added Kronecker blocks; version 3 checksums the metadata itself
 # (`num_examples`, the estimator, the list of variables), not only the
-# arrays. Versions 1 and 2 are still read.
+# arrays, and may hold truncated Kronecker factors (`EigenFactor`). Versions
+# 1 and 2 are still read.
 FORMAT_VERSION = 3
 
 # Deflate never shrinks data more than about 1032:1; a member that claims
@@ -82,19 +84,7 @@ def write_memory_file(
     }
     if kronecker:
         meta["kronecker"] = [
-            {
-                "kernel": kernel,
-                "bias": block.bias,
-                "dtype": str(block.a.dtype),
-                "a_shape": list(block.a.shape),
-                "g_shape": list(block.g.shape),
-                "a_sha256": _digest(block.a),
-                "g_sha256": _digest(block.g),
-                "mask_sha256": _digest(block.mask)
-                if block.mask is not None
-                else None,
-            }
-            for kernel, block in kronecker.items()
+            _block_meta(kernel, block) for kernel, block in kronecker.items()
         ]
     meta["meta_sha256"] = _meta_digest(meta)
     members = []
@@ -103,10 +93,15 @@ def write_memory_file(
         if name in fisher:
             members.append((f"fisher/{i}.npy", fisher[name]))
     for j, block in enumerate(kronecker.values()):
-        members += [
-            (f"kronecker_a/{j}.npy", block.a),
-            (f"kronecker_g/{j}.npy", block.g),
-        ]
+        for kind in ("a", "g"):
+            factor = getattr(block, kind)
+            if isinstance(factor, EigenFactor):
+                members += [
+                    (f"kronecker_{kind}/{j}.npy", factor.vectors),
+                    (f"kronecker_{kind}_values/{j}.npy", factor.values),
+                ]
+            else:
+                members.append((f"kronecker_{kind}/{j}.npy", factor))
         if block.mask is not None:
             members.append((f"kronecker_mask/{j}.npy", block.mask))
     with (
@@ -118,6 +113,33 @@ def write_memory_file(
             buffer = io.BytesIO()
             np.save(buffer, array, allow_pickle=False)
             z.writestr(member, buffer.getvalue())
+
+
+def _block_meta(kernel, block):
+    """A Kronecker block's metadata; a truncated factor (version 3) stores
+    its eigenvectors as the factor (`{kind}_shape` is theirs), its
+    eigenvalues as a second member and its remainder here."""
+    meta = {
+        "kernel": kernel,
+        "bias": block.bias,
+        "dtype": str(
+            (
+                block.a.vectors if isinstance(block.a, EigenFactor) else block.a
+            ).dtype
+        ),
+        "mask_sha256": _digest(block.mask) if block.mask is not None else None,
+    }
+    for kind in ("a", "g"):
+        factor = getattr(block, kind)
+        truncated = isinstance(factor, EigenFactor)
+        stored = factor.vectors if truncated else factor
+        meta[f"{kind}_shape"] = list(stored.shape)
+        meta[f"{kind}_sha256"] = _digest(stored)
+        if truncated:
+            meta[f"{kind}_rank"] = int(stored.shape[1])
+            meta[f"{kind}_values_sha256"] = _digest(factor.values)
+            meta[f"{kind}_remainder"] = float(factor.remainder)
+    return meta
 
 
 def _invalid(path, problem):
@@ -214,6 +236,26 @@ def _check_meta(path, meta):
                     path,
                     f"the Kronecker factors of {block['kernel']!r} have shape "
                     f"{shape!r}",
+                )
+        for kind in ("a", "g") if version >= 3 else ():
+            rank = block.get(f"{kind}_rank")
+            if rank is None:
+                continue
+            remainder = block.get(f"{kind}_remainder")
+            if (
+                not _is_count(rank)
+                or rank != block[f"{kind}_shape"][1]
+                or not isinstance(block.get(f"{kind}_values_sha256"), str)
+                or not isinstance(remainder, (int, float))
+                or isinstance(remainder, bool)
+                or not math.isfinite(remainder)
+                or remainder < 0
+            ):
+                raise _invalid(
+                    path,
+                    f"the truncated Kronecker factor {kind} of "
+                    f"{block['kernel']!r} has a malformed rank, eigenvalues "
+                    "or remainder",
                 )
         if block["dtype"] not in _DTYPES:
             raise _invalid(
@@ -312,6 +354,37 @@ def _read_checked(path, z, member, entry, kind):
     return array
 
 
+def _read_factor(path, z, block, j, kind):
+    """One Kronecker factor of block `j`: a matrix, or an `EigenFactor`."""
+    factor = _read_checked(
+        path,
+        z,
+        f"kronecker_{kind}/{j}.npy",
+        {
+            "path": block["kernel"],
+            "shape": block[f"{kind}_shape"],
+            "dtype": block["dtype"],
+            f"{kind}_sha256": block[f"{kind}_sha256"],
+        },
+        kind,
+    )
+    if block.get(f"{kind}_rank") is None:
+        return factor
+    values = _read_checked(
+        path,
+        z,
+        f"kronecker_{kind}_values/{j}.npy",
+        {
+            "path": block["kernel"],
+            "shape": [block[f"{kind}_rank"]],
+            "dtype": block["dtype"],
+            f"{kind}_values_sha256": block[f"{kind}_values_sha256"],
+        },
+        f"{kind}_values",
+    )
+    return EigenFactor(factor, values, block[f"{kind}_remainder"])
+
+
 def read_memory_file(path):
     """Reads a memory written by `write_memory_file`.
 
@@ -321,7 +394,8 @@ def read_memory_file(path):
 
     Returns:
         `(anchor, fisher, num_examples, estimator, kronecker)`; `kronecker`
-        maps a kernel's path to `(bias_path, a, g, mask)` (empty for version 1).
+        maps a kernel's path to `(bias_path, a, g, mask)` (empty for version
+        1), with `a` or `g` an `EigenFactor` where truncated (version 3).
 
     Raises:
         FileNotFoundError: if there is no such file.
@@ -346,21 +420,7 @@ def read_memory_file(path):
                             path, z, member, entry, kind
                         )
             for j, block in enumerate(blocks):
-                a, g = (
-                    _read_checked(
-                        path,
-                        z,
-                        f"kronecker_{kind}/{j}.npy",
-                        {
-                            "path": block["kernel"],
-                            "shape": block[f"{kind}_shape"],
-                            "dtype": block["dtype"],
-                            f"{kind}_sha256": block[f"{kind}_sha256"],
-                        },
-                        kind,
-                    )
-                    for kind in ("a", "g")
-                )
+                a, g = (_read_factor(path, z, block, j, kind) for kind in "ag")
                 mask = None
                 if block.get("mask_sha256") is not None:
                     kernel_entry = next(

@@ -4,10 +4,13 @@ import numpy as np
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker import dense_factor
+from keras_memgeom.memory.kronecker import factor_rank
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.memory.kronecker import merge_anchor
 from keras_memgeom.memory.kronecker import nearest_kronecker
+from keras_memgeom.memory.kronecker import truncate_factor
 from keras_memgeom.utils.checks import check_number
 
 
@@ -158,10 +161,16 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     minimizer of the sum of all the memories' quadratics (`merge_anchor`
     for two unmasked ones, else `kronecker_sum_minimizer`; both leave
     directions no memory constrains at the newest anchor, as the diagonal
-    merge does), and the precision is
-    the single product nearest to the sum (`nearest_kronecker`). Both are
-    symmetric in the terms: with `decay = 1` the order of the memories
-    changes nothing but which anchor the unconstrained directions keep.
+    merge does), and the precision is the single product nearest to the sum
+    (`nearest_kronecker`). Both are symmetric in the terms: with
+    `decay = 1` the order of the memories changes nothing but which anchor
+    the unconstrained directions keep.
+
+    Truncated factors (`EigenFactor`) are merged as the full matrices they
+    stand for, which is exact for what they hold, and the merged factors
+    are truncated again to the newest memory's rank (or kept whole where it
+    keeps them whole): a memory's size stays bounded over any number of
+    merges, at the host cost of one eigendecomposition per factor.
     """
     shape = anchors[0][kernel].shape
 
@@ -178,8 +187,8 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         (
             stacked(a),
             w * m.num_examples,
-            m.kronecker[kernel].a,
-            m.kronecker[kernel].g,
+            dense_factor(m.kronecker[kernel].a),
+            dense_factor(m.kronecker[kernel].g),
         )
         for w, m, a in zip(weights, memories, anchors)
     ]
@@ -195,6 +204,11 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         a, g = nearest_kronecker([term[1:] for term in terms])
     # Per-example factors: n A (x) G is the precision.
     a = a / num_examples
+    newest = memories[-1].kronecker[kernel]
+    a, g = (
+        truncate_factor(factor, factor_rank(own))
+        for factor, own in ((a, newest.a), (g, newest.g))
+    )
     fan_in = kernel_matrix_shape(shape)[0]
     bias_anchor = anchor[fan_in] if bias is not None else None
     return (

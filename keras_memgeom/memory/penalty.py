@@ -2,6 +2,8 @@
 
 from keras import ops
 
+from keras_memgeom import backend
+from keras_memgeom.memory.kronecker import EigenFactor
 from keras_memgeom.utils.checks import check_number
 from keras_memgeom.utils.checks import check_positive_int
 
@@ -9,9 +11,10 @@ from keras_memgeom.utils.checks import check_positive_int
 def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     """`scale * (sum(fisher * (value - anchor)^2) + offset)`.
 
-    The gradient `2 * scale * fisher * (value - anchor)` reuses the forward
-    product (see `held_quadratic`), so the backward pass reads the memory
-    once more at most.
+    The gradient `2 * scale * fisher * (value - anchor)` is not taken by
+    autodiff through the products but given by a custom gradient
+    (`keras_memgeom.backend.memory_quadratic`), which a compiled step fuses
+    into the optimizer's update: about one pass over the memory per step.
 
     Args:
         value: the variable's current value.
@@ -24,13 +27,15 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
         A scalar tensor.
     """
     value = ops.convert_to_tensor(value)
-    diff = ops.subtract(value, ops.cast(anchor, value.dtype))
-    quadratic = held_quadratic(
-        diff, ops.multiply(ops.cast(fisher, value.dtype), diff)
+    dtype = value.dtype
+    quadratic = backend.memory_quadratic(
+        value,
+        ops.cast(anchor, dtype),
+        ops.cast(fisher, dtype),
     )
-    return ops.multiply(
-        ops.add(quadratic, offset), ops.cast(scale, value.dtype)
-    )
+    if offset:
+        quadratic = ops.add(quadratic, offset)
+    return ops.multiply(quadratic, ops.cast(scale, dtype))
 
 
 def held_quadratic(diff, metric_diff):
@@ -53,8 +58,10 @@ def kronecker_penalty(
     """`scale * vec(D)^T (a (x) g) vec(D)` for the weights `D = W~ - anchor`.
 
     `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
-    extra row. The form is `sum(D * (a @ D @ g))`: two matmuls, `a (x) g` is
-    never formed. Its gradient `2 a D g` reuses the forward product
+    extra row. The form is `sum(D * (a @ D @ g))`: `a (x) g` is never
+    formed. A dense factor costs a matmul, `O(fan_in^2 * units)` for `a`;
+    an `EigenFactor` of rank `r` two thin ones, `O(r * fan_in * units)`
+    (`apply_factor`). The gradient `2 a D g` reuses the forward product
     (`held_quadratic`), so the backward pass costs no matmul.
 
     Args:
@@ -62,8 +69,9 @@ def kronecker_penalty(
         bias: the bias's current value, or `None`.
         anchor_kernel: the remembered kernel, `(fan_in, units)`.
         anchor_bias: the remembered bias, or `None`.
-        a: the input factor, `(fan_in [+ 1], fan_in [+ 1])`.
-        g: the output factor, `(units, units)`.
+        a: the input factor, `(fan_in [+ 1], fan_in [+ 1])`, or an
+            `EigenFactor` of tensors.
+        g: the output factor, `(units, units)`, or an `EigenFactor`.
         scale: `strength / 2 * n / num_train_examples` (times the term's
             share of `n` for a sum of memories).
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask: only
@@ -85,10 +93,45 @@ def kronecker_penalty(
             ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype)
         )
         diff = ops.concatenate([diff, bias_diff[None]], axis=0)
-    product = ops.matmul(
-        ops.matmul(ops.cast(a, dtype), diff), ops.cast(g, dtype)
-    )
+    product = apply_factor(a, diff)
+    product = apply_factor(g, product, right=True)
     return ops.multiply(held_quadratic(diff, product), ops.cast(scale, dtype))
+
+
+def apply_factor(factor, x, right=False):
+    """`factor @ x` (or `x @ factor`), for a dense factor or an `EigenFactor`.
+
+    For `V diag(values) V^T + remainder (I - V V^T)` this is
+    `remainder x + V ((values - remainder) * (V^T x))`: two thin matmuls.
+
+    Args:
+        factor: a symmetric matrix, or an `EigenFactor` of tensors.
+        x: a matrix.
+        right: multiply from the right.
+
+    Returns:
+        A tensor shaped like `x`.
+    """
+    dtype = x.dtype
+    if not isinstance(factor, EigenFactor):
+        factor = ops.cast(factor, dtype)
+        return ops.matmul(x, factor) if right else ops.matmul(factor, x)
+    vectors = ops.cast(factor.vectors, dtype)
+    remainder = ops.cast(factor.remainder, dtype)
+    excess = ops.subtract(ops.cast(factor.values, dtype), remainder)
+    if right:
+        low_rank = ops.matmul(
+            ops.multiply(ops.matmul(x, vectors), excess[None, :]),
+            ops.transpose(vectors),
+        )
+    else:
+        low_rank = ops.matmul(
+            vectors,
+            ops.multiply(
+                ops.matmul(ops.transpose(vectors), x), excess[:, None]
+            ),
+        )
+    return ops.add(ops.multiply(x, remainder), low_rank)
 
 
 def penalty_scale(num_examples, num_train_examples, strength):

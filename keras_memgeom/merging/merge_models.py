@@ -10,6 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from keras_memgeom.memory.fisher_memory import FisherMemory
 from keras_memgeom.memory.kronecker import KroneckerBlock
+from keras_memgeom.memory.kronecker import dense_factor
 from keras_memgeom.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.memory.kronecker import merge_anchor
@@ -494,8 +495,8 @@ def _memory_curvature(model, memory, structure):
     blocks = {
         by_path[kernel]: KroneckerBlock(
             None if block.bias is None else by_path[block.bias],
-            memory.num_examples * block.a,
-            block.g,
+            memory.num_examples * dense_factor(block.a),
+            dense_factor(block.g),
             block.mask,
         )
         for kernel, block in memory.kronecker.items()

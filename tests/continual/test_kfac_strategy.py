@@ -11,6 +11,9 @@ def test_kfac_memories_run_through_the_harness(tiny_stream, strategy):
     document = harness.compare([method])
     run = document["methods"][method.name]
     assert run["config"]["structure"] == "kfac"
+    assert run["config"]["rank"] == 32
+    config = {k: v for k, v in run["config"].items() if k != "name"}
+    assert strategy(**config).get_config() == run["config"]
     assert len(run["accuracy_matrix"]) == 2
     assert (
         run["effective_dimension"][0] > 0
