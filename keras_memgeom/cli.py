@@ -819,6 +819,8 @@ def _normalized(settings):
         {n.strip() for n in str(settings.get("methods", "")).split(",")} - {""}
     )
     settings["methods"] = names
+    if settings.get("structure", "diagonal") == "diagonal":
+        settings.pop("rank", None)  # only Kronecker factors are truncated
     for key in _STRATEGY_FLAGS:
         value = settings.pop(key, None)
         default, by_method = (
@@ -865,6 +867,11 @@ def _check_flags_apply(given, names):
             f"--{key.replace('_', '-')} applies to {', '.join(users)}; none "
             f"of --methods {','.join(names)} uses it: drop it or add one of "
             "those methods."
+        )
+    if "rank" in given and given.get("structure", "diagonal") != "kfac":
+        raise ValueError(
+            "--rank truncates Kronecker factors: it applies with --structure "
+            "kfac only."
         )
     if "strength_grid" in given:
         strength = given.get("strength") or (None, {})

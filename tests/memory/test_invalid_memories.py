@@ -99,8 +99,8 @@ def test_a_kronecker_regularizer_names_wrong_sized_factors():
     path = layer.kernel.path
     with pytest.raises(
         ValueError,
-        match=rf"of '{path}' \(term 0\) must be \(3, 3\) and \(2, 2\); got "
-        r"\(2, 2\) and \(2, 2\)",
+        match=rf"of '{path}' \(term 0\) must be \(3, 3\) and \(2, 2\); the "
+        r"factor a is \(2, 2\)",
     ):
         _regularizer(layer, a=np.eye(2))
     with pytest.raises(
