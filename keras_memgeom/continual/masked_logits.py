@@ -95,6 +95,7 @@ def masked_model(model, classes, num_outputs):
     return keras.Model(inputs, masked, name=f"{model.name}_masked")
 
 
+@keras.saving.register_keras_serializable(package="keras_memgeom")
 class MaskedLoss(keras.losses.Loss):
     """A loss on logits with the logits of other tasks' classes masked.
 
@@ -102,14 +103,31 @@ class MaskedLoss(keras.losses.Loss):
         loss: the loss on logits, e.g. sparse categorical cross-entropy.
         classes: the output indices to keep.
         num_outputs: the number of logits.
+        **kwargs: as `keras.losses.Loss` (`name`, `reduction`, `dtype`).
     """
 
-    def __init__(self, loss, classes, num_outputs):
-        super().__init__(name=f"masked_{getattr(loss, 'name', 'loss')}")
+    def __init__(self, loss, classes, num_outputs, **kwargs):
         loss = keras.losses.get(loss)
+        kwargs.setdefault("name", f"masked_{getattr(loss, 'name', 'loss')}")
+        super().__init__(**kwargs)
+        self.loss = loss
         # Per-example values: `Loss.__call__` reduces them itself.
         self.fn = loss.call if isinstance(loss, keras.losses.Loss) else loss
         self.mask = MaskedLogits(classes, num_outputs)
 
     def call(self, y_true, y_pred):
         return self.fn(y_true, self.mask(y_pred))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "loss": keras.losses.serialize(self.loss),
+            "classes": list(self.mask.classes),
+            "num_outputs": self.mask.num_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["loss"] = keras.losses.deserialize(config["loss"])
+        return cls(**config)

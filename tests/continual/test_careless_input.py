@@ -52,6 +52,32 @@ def test_masked_logits_survive_save_and_load(tmp_path):
     assert loaded.layers[-1].get_config()["classes"] == [0, 2]
 
 
+def test_a_model_compiled_with_a_masked_loss_saves_and_loads(tmp_path):
+    from keras_memgeom.continual.masked_logits import MaskedLoss
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    loss = MaskedLoss(
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        classes=(0, 2),
+        num_outputs=4,
+    )
+    model.compile("sgd", loss)
+    path = str(tmp_path / "masked_loss.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    y = np.array([0, 2, 2, 0, 2])
+    logits = keras.ops.convert_to_numpy(model(x))
+    # Cross-entropy over classes 0 and 2 only, by hand.
+    kept = logits[:, [0, 2]]
+    log_softmax = kept - np.log(np.exp(kept).sum(axis=1, keepdims=True))
+    expected = -np.mean(log_softmax[np.arange(5), y // 2])
+    value = loaded.loss(y, loaded(x))
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(value)), expected, rtol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
     "compile, match",
     [
