@@ -177,7 +177,9 @@ def free_memory():
     print(keras_memgeom.backend.free_memory())
     ```
     """
-    stats = jax.devices()[0].memory_stats()
+    # This process's device: on several processes the first global one may
+    # belong to another.
+    stats = jax.local_devices()[0].memory_stats()
     if stats and "bytes_limit" in stats:
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     return host_free_memory()

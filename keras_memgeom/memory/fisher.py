@@ -197,7 +197,10 @@ def estimate_fisher(
                     num_samples,
                 ),
             )
-        for part in _parts(batch, len(y), step.part_size):
+        # Processes split alike or not at all: each runs the same
+        # collectives, whatever memory it has free.
+        part_size = step.part_size if global_batch == len(y) else None
+        for part in _parts(batch, len(y), part_size):
             first = totals is None
             totals, checks = step.run(totals, part)
             if first:
