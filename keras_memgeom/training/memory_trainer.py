@@ -216,14 +216,20 @@ class MemoryTrainer:
                 * self.frontal_lobe.fisher_trace(self, x, y, sample_weight)
             )
             self.information_penalty_tracker.update_state(information)
-            loss = ops.add(loss, ops.cast(information, loss.dtype))
+            loss = self._add_penalty(loss, information)
         # Here, and not among `losses`, because the steps map the memory's
         # state (held apart, as `memory_state`) only while computing the loss.
         penalty = self.memory_penalty()
         if penalty is not None:
             self.memory_penalty_tracker.update_state(penalty)
-            loss = ops.add(loss, ops.cast(penalty, loss.dtype))
+            loss = self._add_penalty(loss, penalty)
         return loss
+
+    def _add_penalty(self, loss, penalty):
+        # As Keras adds `losses`: under a TensorFlow distribution strategy
+        # each replica's share is scaled so that the replicas sum to it once.
+        penalty = self._aggregate_additional_loss(penalty)
+        return ops.add(loss, ops.cast(penalty, loss.dtype))
 
     def memory_penalty(self):
         """The attached memories' penalty at the current weights.
