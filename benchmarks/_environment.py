@@ -5,7 +5,7 @@ folder on `sys.path`).
 """
 
 from keras_memgeom import backend
-from keras_memgeom.utils.keras_backend import backend_choice
+from keras_memgeom.src.utils.keras_backend import backend_choice
 
 
 def print_environment():

@@ -18,8 +18,8 @@ import time
 
 from _environment import print_environment
 
-from keras_memgeom import cli
 from keras_memgeom import continual
+from keras_memgeom.src import cli
 
 
 def main():

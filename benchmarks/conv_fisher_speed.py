@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 
-from keras_memgeom.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.fisher import estimate_fisher
 
 
 def main():

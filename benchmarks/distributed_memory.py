@@ -62,7 +62,7 @@ import keras
 import tensorflow_datasets as tfds
 import keras_memgeom
 from keras_memgeom import continual
-from keras_memgeom.continual.task_stream import batched
+from keras_memgeom.src.continual.task_stream import batched
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -38,9 +38,9 @@ import numpy as np
 from _environment import print_environment
 
 from keras_memgeom import continual
-from keras_memgeom.continual import metrics
-from keras_memgeom.utils.atomic_write import atomic_write
-from keras_memgeom.utils.figures import new_figure
+from keras_memgeom.src.continual import metrics
+from keras_memgeom.src.utils.atomic_write import atomic_write
+from keras_memgeom.src.utils.figures import new_figure
 
 WIDTHS = {"digits": 32, "mnist5k": 64}
 VARIANTS = ("merge", "forget", "reset", "distill")

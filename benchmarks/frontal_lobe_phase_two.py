@@ -19,7 +19,7 @@ from _environment import print_environment
 from sklearn.datasets import load_digits
 
 import keras_memgeom
-from keras_memgeom.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.fisher import estimate_fisher
 
 SETTINGS = [("exact", 1e-3, 20, 3), ("empirical", 3e-3, 15, 10)]
 

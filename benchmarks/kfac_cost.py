@@ -26,7 +26,7 @@ import numpy as np
 from _environment import print_environment
 
 import keras_memgeom
-from keras_memgeom.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -34,11 +34,11 @@ import numpy as np
 from _environment import print_environment
 
 import keras_memgeom
-from keras_memgeom.memory.fisher_memory import DEFAULT_RANK
-from keras_memgeom.memory.kronecker import EigenFactor
-from keras_memgeom.memory.kronecker import KroneckerBlock
-from keras_memgeom.memory.kronecker import factor_numbers
-from keras_memgeom.memory.kronecker import truncate_block
+from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.src.memory.kronecker import EigenFactor
+from keras_memgeom.src.memory.kronecker import KroneckerBlock
+from keras_memgeom.src.memory.kronecker import factor_numbers
+from keras_memgeom.src.memory.kronecker import truncate_block
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

@@ -33,8 +33,8 @@ from _environment import print_environment
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from keras_memgeom.layers.connectivity_mask import widened_units
 from keras_memgeom.pruning import pre_prune
+from keras_memgeom.src.layers.connectivity_mask import widened_units
 from keras_memgeom.symmetry import align
 from keras_memgeom.symmetry import count_equivalent_optima
 from keras_memgeom.symmetry import distance

@@ -32,7 +32,9 @@ import json
 import keras
 
 from keras_memgeom import continual
-from keras_memgeom.continual.frontal_lobe_strategy import FrontalLobeStrategy
+from keras_memgeom.src.continual.frontal_lobe_strategy import (
+    FrontalLobeStrategy,
+)
 
 
 def _floats(text):

@@ -6,7 +6,7 @@ merges them in closed form, breaks permutation symmetry with fixed masks,
 and consolidates a frontal lobe of working space into long-term memory.
 """
 
-from keras_memgeom.utils.keras_backend import configure_backend
+from keras_memgeom.src.utils.keras_backend import configure_backend
 
 # Before anything imports Keras, which would fall back to TensorFlow.
 configure_backend()
@@ -25,10 +25,10 @@ from keras_memgeom.memory import attach  # noqa: E402
 from keras_memgeom.memory import detach  # noqa: E402
 from keras_memgeom.memory import merge  # noqa: E402
 from keras_memgeom.merging import merge_models  # noqa: E402
-from keras_memgeom.pruning.pre_prune import pre_prune  # noqa: E402
-from keras_memgeom.training.frontal_lobe import FrontalLobe  # noqa: E402
-from keras_memgeom.training.model import Model  # noqa: E402
-from keras_memgeom.training.sequential import Sequential  # noqa: E402
+from keras_memgeom.src.pruning.pre_prune import pre_prune  # noqa: E402
+from keras_memgeom.src.training.frontal_lobe import FrontalLobe  # noqa: E402
+from keras_memgeom.src.training.model import Model  # noqa: E402
+from keras_memgeom.src.training.sequential import Sequential  # noqa: E402
 from keras_memgeom.version import __version__  # noqa: E402
 
 __all__ = [

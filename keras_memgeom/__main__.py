@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_memgeom.cli import main
+from keras_memgeom.src.cli import main
 
 sys.exit(main())

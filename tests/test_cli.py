@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import keras_memgeom
-from keras_memgeom import cli
 from keras_memgeom import continual
-from keras_memgeom.memory.kronecker import factor_rank
-from keras_memgeom.utils.keras_backend import PREFERENCE
+from keras_memgeom.src import cli
+from keras_memgeom.src.memory.kronecker import factor_rank
+from keras_memgeom.src.utils.keras_backend import PREFERENCE
 
 TINY = [
     "--tasks",

@@ -36,7 +36,7 @@ def test_the_core_package_imports_without_the_harness_extras():
     code = (
         "import sys\nfor name in ('matplotlib', 'sklearn', 'mlxtend', "
         "'tensorflow_datasets'):\n    sys.modules[name] = None\nimport "
-        "keras_memgeom\nfrom keras_memgeom.utils.figures import "
+        "keras_memgeom\nfrom keras_memgeom.src.utils.figures import "
         "new_figure\ntry:\n    new_figure()\nexcept ImportError as error:\n    "
         "assert 'keras-memgeom[harness]' in str(error)\nelse:\n    raise "
         "AssertionError('matplotlib was imported')\n"

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from keras_memgeom.utils.host_memory import host_free_memory
+from keras_memgeom.src.utils.host_memory import host_free_memory
 
 
 def compile_function(fn):

@@ -5,7 +5,7 @@ import weakref
 
 import tensorflow as tf
 
-from keras_memgeom.utils.host_memory import host_free_memory
+from keras_memgeom.src.utils.host_memory import host_free_memory
 
 
 def compile_function(fn):

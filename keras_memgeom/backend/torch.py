@@ -7,7 +7,7 @@ import torch
 from keras.src.backend.torch import core as keras_torch_core
 from keras.src.backend.torch import nn as keras_torch_nn
 
-from keras_memgeom.utils.host_memory import host_free_memory
+from keras_memgeom.src.utils.host_memory import host_free_memory
 
 
 def compile_function(fn):

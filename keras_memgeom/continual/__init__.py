@@ -14,36 +14,38 @@ print(continual.format_table(document))
 ```
 """
 
-from keras_memgeom.continual import metrics
-from keras_memgeom.continual.classifier import classifier
-from keras_memgeom.continual.ewc import EWC
-from keras_memgeom.continual.finetune import Finetune
-from keras_memgeom.continual.frontal_lobe_strategy import FrontalLobeStrategy
-from keras_memgeom.continual.harness import Harness
-from keras_memgeom.continual.image_dataset import ImageDataset
-from keras_memgeom.continual.image_dataset import StreamedImageDataset
-from keras_memgeom.continual.joint import Joint
-from keras_memgeom.continual.masked_logits import MaskedLogits
-from keras_memgeom.continual.memory_strategy import MemoryStrategy
-from keras_memgeom.continual.online import Online
-from keras_memgeom.continual.online_ewc import OnlineEWC
-from keras_memgeom.continual.plots import plot_results
-from keras_memgeom.continual.results import RESULTS_SCHEMA
-from keras_memgeom.continual.results import format_table
-from keras_memgeom.continual.results import load_results
-from keras_memgeom.continual.results import make_document
-from keras_memgeom.continual.results import save_results
-from keras_memgeom.continual.results import summarize_runs
-from keras_memgeom.continual.results import validate_results
-from keras_memgeom.continual.strategy import Strategy
-from keras_memgeom.continual.strategy import TaskContext
-from keras_memgeom.continual.strategy import available_strategies
-from keras_memgeom.continual.strategy import get_strategy
-from keras_memgeom.continual.strategy import get_strategy_class
-from keras_memgeom.continual.strategy import register_strategy
-from keras_memgeom.continual.task_stream import StreamedTask
-from keras_memgeom.continual.task_stream import Task
-from keras_memgeom.continual.task_stream import TaskStream
+from keras_memgeom.src.continual import metrics
+from keras_memgeom.src.continual.classifier import classifier
+from keras_memgeom.src.continual.ewc import EWC
+from keras_memgeom.src.continual.finetune import Finetune
+from keras_memgeom.src.continual.frontal_lobe_strategy import (
+    FrontalLobeStrategy,
+)
+from keras_memgeom.src.continual.harness import Harness
+from keras_memgeom.src.continual.image_dataset import ImageDataset
+from keras_memgeom.src.continual.image_dataset import StreamedImageDataset
+from keras_memgeom.src.continual.joint import Joint
+from keras_memgeom.src.continual.masked_logits import MaskedLogits
+from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
+from keras_memgeom.src.continual.online import Online
+from keras_memgeom.src.continual.online_ewc import OnlineEWC
+from keras_memgeom.src.continual.plots import plot_results
+from keras_memgeom.src.continual.results import RESULTS_SCHEMA
+from keras_memgeom.src.continual.results import format_table
+from keras_memgeom.src.continual.results import load_results
+from keras_memgeom.src.continual.results import make_document
+from keras_memgeom.src.continual.results import save_results
+from keras_memgeom.src.continual.results import summarize_runs
+from keras_memgeom.src.continual.results import validate_results
+from keras_memgeom.src.continual.strategy import Strategy
+from keras_memgeom.src.continual.strategy import TaskContext
+from keras_memgeom.src.continual.strategy import available_strategies
+from keras_memgeom.src.continual.strategy import get_strategy
+from keras_memgeom.src.continual.strategy import get_strategy_class
+from keras_memgeom.src.continual.strategy import register_strategy
+from keras_memgeom.src.continual.task_stream import StreamedTask
+from keras_memgeom.src.continual.task_stream import Task
+from keras_memgeom.src.continual.task_stream import TaskStream
 
 __all__ = [
     "EWC",

@@ -1,12 +1,12 @@
 """Permutation symmetry: count, reorder, compare and align hidden units."""
 
-from keras_memgeom.symmetry.align import align
-from keras_memgeom.symmetry.count_equivalent_optima import (
+from keras_memgeom.src.symmetry.align import align
+from keras_memgeom.src.symmetry.count_equivalent_optima import (
     count_equivalent_optima,
 )
-from keras_memgeom.symmetry.distance import Distance
-from keras_memgeom.symmetry.distance import distance
-from keras_memgeom.symmetry.reorder import reorder
+from keras_memgeom.src.symmetry.distance import Distance
+from keras_memgeom.src.symmetry.distance import distance
+from keras_memgeom.src.symmetry.reorder import reorder
 
 __all__ = [
     "Distance",

@@ -53,7 +53,7 @@ def test_masked_logits_survive_save_and_load(tmp_path):
 
 
 def test_a_model_compiled_with_a_masked_loss_saves_and_loads(tmp_path):
-    from keras_memgeom.continual.masked_logits import MaskedLoss
+    from keras_memgeom.src.continual.masked_logits import MaskedLoss
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
     loss = MaskedLoss(

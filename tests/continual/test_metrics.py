@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from keras_memgeom.continual import metrics
+from keras_memgeom.src.continual import metrics
 
 # Three tasks; the untrained model scores 0.1 everywhere.
 R = [

@@ -141,7 +141,7 @@ def _as_arrays(dataset):
 
 def test_tfds_under_mock_data_is_streamed():
     tfds = pytest.importorskip("tensorflow_datasets")
-    from keras_memgeom.continual.image_dataset import StreamedImageDataset
+    from keras_memgeom.src.continual.image_dataset import StreamedImageDataset
 
     with tfds.testing.mock_data(num_examples=24):
         data = ImageDataset.load("tfds:mnist")
@@ -376,7 +376,7 @@ def test_harness_trains_evaluates_and_remembers_streamed_tasks():
 
     import keras_memgeom
     from keras_memgeom import continual
-    from keras_memgeom.continual.task_stream import batched
+    from keras_memgeom.src.continual.task_stream import batched
 
     with tfds.testing.mock_data(num_examples=40):
         streamed = ImageDataset.load("tfds:mnist")

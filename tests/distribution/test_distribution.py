@@ -125,7 +125,7 @@ def test_data_and_model_parallel_memories_equal_one_device(tmp_path):
             model.compile(
                 "sgd", LOSS, regularizers=[memory], num_train_examples=64
             )
-            from keras_memgeom.memory.attach import attached_regularizers
+            from keras_memgeom.src.memory.attach import attached_regularizers
 
             attached = attached_regularizers(model)
             for variable, regularizer in attached:
@@ -163,7 +163,7 @@ def test_mirrored_strategy_memories_equal_one_device(tmp_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
         )
-        from keras_memgeom.memory import fisher
+        from keras_memgeom.src.memory import fisher
 
         # Which replica traced the per-batch work, and on how many rows.
         traced = []
@@ -269,7 +269,7 @@ def test_a_distribution_on_torch_is_refused_not_ignored(rng):
     ids=lambda likelihood: type(likelihood).__name__,
 )
 def test_sampled_noise_depends_only_on_the_global_example(likelihood):
-    from keras_memgeom.memory.fisher import sampled_noise
+    from keras_memgeom.src.memory.fisher import sampled_noise
 
     whole = sampled_noise(likelihood, 3, 0, 200, 4, 2)
     assert whole.shape == (200, 2, 4)
@@ -285,7 +285,7 @@ def test_sampled_noise_depends_only_on_the_global_example(likelihood):
 def test_sampled_fisher_of_two_processes_sums_to_one_process(rng, monkeypatch):
     """Each process draws the labels of its own rows of a global batch."""
     from keras_memgeom import backend
-    from keras_memgeom.memory.fisher import estimate_fisher
+    from keras_memgeom.src.memory.fisher import estimate_fisher
 
     x = rng.normal(size=(96, 5)).astype("float32")
     y = rng.integers(0, 4, 96)

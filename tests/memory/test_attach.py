@@ -9,7 +9,7 @@ from keras_memgeom import FisherMemory
 from keras_memgeom import FisherRegularizer
 from keras_memgeom import attach
 from keras_memgeom import detach
-from keras_memgeom.memory.attach import attached_regularizers
+from keras_memgeom.src.memory.attach import attached_regularizers
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")

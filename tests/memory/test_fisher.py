@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_memgeom import FisherMemory
-from keras_memgeom.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.fisher import estimate_fisher
 from tests.memory.helpers import classification_data
 from tests.memory.helpers import softmax_probabilities
 from tests.memory.helpers import softmax_regression

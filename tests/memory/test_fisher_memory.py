@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_memgeom import FisherMemory
-from keras_memgeom.memory import memory_file
+from keras_memgeom.src.memory import memory_file
 from tests.memory.helpers import classification_data
 from tests.memory.helpers import softmax_regression
 

@@ -6,7 +6,7 @@ import pytest
 
 from keras_memgeom import FisherMemory
 from keras_memgeom.memory import KroneckerRegularizer
-from keras_memgeom.memory.kronecker import kronecker_quadratic
+from keras_memgeom.src.memory.kronecker import kronecker_quadratic
 
 A = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
 G = np.array([[1.0, 0.2], [0.2, 3.0]])

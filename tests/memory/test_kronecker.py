@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from keras_memgeom.memory.kronecker import kronecker_effective_dimension
-from keras_memgeom.memory.kronecker import kronecker_quadratic
-from keras_memgeom.memory.kronecker import merge_anchor
-from keras_memgeom.memory.kronecker import nearest_kronecker
+from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
+from keras_memgeom.src.memory.kronecker import kronecker_quadratic
+from keras_memgeom.src.memory.kronecker import merge_anchor
+from keras_memgeom.src.memory.kronecker import nearest_kronecker
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 

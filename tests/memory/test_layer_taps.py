@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from keras_memgeom import backend
-from keras_memgeom.memory import fisher as fisher_module
-from keras_memgeom.memory.fisher import _BatchStep
-from keras_memgeom.memory.fisher import estimate_fisher
-from keras_memgeom.memory.fisher import sampled_noise
-from keras_memgeom.memory.layer_taps import LayerTaps
-from keras_memgeom.memory.likelihood import likelihood_from_loss
+from keras_memgeom.src.memory import fisher as fisher_module
+from keras_memgeom.src.memory.fisher import _BatchStep
+from keras_memgeom.src.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.fisher import sampled_noise
+from keras_memgeom.src.memory.layer_taps import LayerTaps
+from keras_memgeom.src.memory.likelihood import likelihood_from_loss
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 

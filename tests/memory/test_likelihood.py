@@ -6,8 +6,8 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory
-from keras_memgeom.memory.fisher import estimate_fisher
-from keras_memgeom.memory.likelihood import likelihood_from_loss
+from keras_memgeom.src.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.likelihood import likelihood_from_loss
 from tests.memory.helpers import flat_weights
 from tests.memory.helpers import minimize_quadratic
 from tests.memory.helpers import set_flat_weights

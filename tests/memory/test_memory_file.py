@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from keras_memgeom import FisherMemory
-from keras_memgeom.memory import memory_file
+from keras_memgeom.src.memory import memory_file
 
 
 def _npy(array):

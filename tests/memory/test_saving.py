@@ -10,7 +10,7 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory
-from keras_memgeom.memory.attach import attached_regularizers
+from keras_memgeom.src.memory.attach import attached_regularizers
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")

@@ -7,13 +7,13 @@ import pytest
 import keras_memgeom
 from keras_memgeom import FisherMemory
 from keras_memgeom import merge
-from keras_memgeom.memory.kronecker import EigenFactor
-from keras_memgeom.memory.kronecker import KroneckerBlock
-from keras_memgeom.memory.kronecker import dense_factor
-from keras_memgeom.memory.kronecker import factor_diagonal
-from keras_memgeom.memory.kronecker import factor_eigenvalues
-from keras_memgeom.memory.kronecker import truncate_factor
-from keras_memgeom.memory.penalty import kronecker_penalty
+from keras_memgeom.src.memory.kronecker import EigenFactor
+from keras_memgeom.src.memory.kronecker import KroneckerBlock
+from keras_memgeom.src.memory.kronecker import dense_factor
+from keras_memgeom.src.memory.kronecker import factor_diagonal
+from keras_memgeom.src.memory.kronecker import factor_eigenvalues
+from keras_memgeom.src.memory.kronecker import truncate_factor
+from keras_memgeom.src.memory.penalty import kronecker_penalty
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")

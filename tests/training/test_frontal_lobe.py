@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 
 import keras_memgeom
 from keras_memgeom import FrontalLobe
-from keras_memgeom.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.fisher import estimate_fisher
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 

@@ -6,8 +6,8 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory
-from keras_memgeom.memory.attach import attached_regularizers
-from keras_memgeom.memory.attach import attachment_of
+from keras_memgeom.src.memory.attach import attached_regularizers
+from keras_memgeom.src.memory.attach import attachment_of
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_memgeom
-from keras_memgeom.utils.clone_model import clone_model
+from keras_memgeom.src.utils.clone_model import clone_model
 
 
 def _sequential():

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from keras_memgeom.utils import keras_backend
-from keras_memgeom.utils.keras_backend import configure_backend
-from keras_memgeom.utils.keras_backend import keras_config_path
+from keras_memgeom.src.utils import keras_backend
+from keras_memgeom.src.utils.keras_backend import configure_backend
+from keras_memgeom.src.utils.keras_backend import keras_config_path
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def run_python(code, home, **env):
 def test_a_fresh_home_runs_twice_on_the_same_backend(tmp_path):
     code = (
         "import keras_memgeom, keras\n"
-        "from keras_memgeom.utils.keras_backend import backend_choice\n"
+        "from keras_memgeom.src.utils.keras_backend import backend_choice\n"
         "print(keras.backend.backend()); print(backend_choice())\n"
     )
     expected = next(

@@ -1,0 +1,306 @@
+"""Per-example Dense and Conv2D gradients from one batched backward pass."""
+
+import contextlib
+
+import keras
+from keras import ops
+
+from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
+from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
+from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
+
+
+def _tap_rank(layer, conv2d):
+    """The input rank the tap rule fits the layer at, or `None`."""
+    if (
+        not layer.trainable
+        or getattr(layer, "lora_enabled", False)
+        or getattr(layer, "quantization_mode", None) is not None
+    ):
+        return None
+    if type(layer) in (keras.layers.Dense, PrePrunedDense):
+        return 2
+    if (
+        conv2d
+        and type(layer) in (keras.layers.Conv2D, PrePrunedConv2D)
+        and layer.data_format == "channels_last"
+        and layer.groups == 1
+        and layer.padding in ("valid", "same")
+    ):
+        return 4
+    return None
+
+
+def _patches(layer, x, output_shape):
+    """`(batch, positions, kh * kw * in)` input patches of a Conv2D (im2col).
+
+    The last axis is ordered like the kernel `(kh, kw, in, out)`, so the
+    per-example kernel gradient is `patches^T g` over positions.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = (
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation_rate,
+    )
+    out_h, out_w = output_shape[:2]
+    if layer.padding == "same":
+        pads = []
+        for size, out, k, s, d in zip(
+            x.shape[1:3], (out_h, out_w), (kh, kw), (sh, sw), (dh, dw)
+        ):
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = ops.pad(x, [(0, 0), *pads, (0, 0)])
+    columns = [
+        x[
+            :,
+            i * dh : i * dh + sh * (out_h - 1) + 1 : sh,
+            j * dw : j * dw + sw * (out_w - 1) + 1 : sw,
+            :,
+        ]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = ops.stack(columns, axis=3)
+    return ops.reshape(patches, (-1, out_h * out_w, kh * kw * x.shape[-1]))
+
+
+class DenseTaps:
+    """Zero "taps" added to the outputs of the model's Dense and Conv2D layers.
+
+    The gradient of `sum_b <u_b, f(x_b)>` with respect to a tap on a Dense
+    layer's pre-activation is the per-example output gradient `g_b`, and the
+    per-example kernel gradient is `x_b g_b^T` for the layer input `x_b`. So
+    the squared per-example gradients sum to `(x^2)^T (g^2)` for the kernel
+    and `sum_b g_b^2` for the bias: one backward pass, no per-example copy.
+
+    A Conv2D is a Dense layer applied to every input patch: its per-example
+    kernel gradient is `sum_p patch_bp g_bp^T` over output positions `p`
+    (im2col), computed batched for all examples at once. This replaces the
+    vectorized per-example backward pass of the convolution, which
+    TensorFlow runs as a loop over examples.
+
+    The rule holds for a Dense layer called once per forward pass on 2-D
+    inputs and a channels-last, ungrouped Conv2D called once on 4-D inputs;
+    `probe` finds those layers, the others are left to the generic
+    vectorized path.
+
+    Args:
+        model: a built Keras model.
+        conv2d: whether Conv2D layers are tapped too (callers that handle
+            only 2-D layer inputs leave it off).
+    """
+
+    def __init__(self, model, conv2d=False):
+        self.model = model
+        self.conv2d = conv2d
+        self.layers = []
+        self._output_shapes = []
+        self._taps = None
+        self._inputs = None
+
+    def probe(self, x):
+        """Runs the model once on `x` and keeps the layers the rule fits."""
+        candidates = [
+            layer
+            for layer in self.model._flatten_layers(include_self=False)
+            if _tap_rank(layer, self.conv2d) is not None
+        ]
+        calls = {id(layer): [] for layer in candidates}
+
+        def recording(layer):
+            original = type(layer).call.__get__(layer)
+
+            def call(inputs, training=None):
+                outputs = original(inputs)
+                calls[id(layer)].append(
+                    (len(inputs.shape), tuple(outputs.shape[1:]))
+                )
+                return outputs
+
+            return call
+
+        with _patched(candidates, recording):
+            self.model(x, training=False)
+        self.layers, self._output_shapes = [], []
+        for layer in candidates:
+            if len(calls[id(layer)]) == 1 and calls[id(layer)][0][
+                0
+            ] == _tap_rank(layer, self.conv2d):
+                self.layers.append(layer)
+                self._output_shapes.append(calls[id(layer)][0][1])
+        return self
+
+    @property
+    def variables(self):
+        """The variables whose squared gradients the taps give."""
+        out = []
+        for layer in self.layers:
+            out.append(layer.kernel)
+            if layer.use_bias:
+                out.append(layer.bias)
+        return out
+
+    def zeros(self, batch_size, dtype):
+        return [
+            ops.zeros((batch_size, *shape), dtype=dtype)
+            for shape in self._output_shapes
+        ]
+
+    @contextlib.contextmanager
+    def active(self, taps):
+        """Adds `taps` to the Dense outputs and records the layer inputs."""
+        self._inputs = [None] * len(self.layers)
+        position = {id(layer): i for i, layer in enumerate(self.layers)}
+
+        def tapped(layer):
+            i = position[id(layer)]
+
+            def call(inputs, training=None):
+                self._inputs[i] = inputs
+                return tapped_call(layer, inputs, taps[i])
+
+            return call
+
+        with _patched(self.layers, tapped):
+            yield self._inputs
+
+    def squared_gradients(self, inputs, output_grads):
+        """Per-variable sums over the batch of squared per-example gradients.
+
+        Args:
+            inputs: the recorded layer inputs, `(batch, in)` (Dense) or
+                `(batch, height, width, in)` (Conv2D) each.
+            output_grads: the tap gradients, stacked over `K` cotangents,
+                `(K,) + output shape` each.
+
+        Returns:
+            A list aligned with `variables`.
+        """
+        out = []
+        for layer, x, g, shape in zip(
+            self.layers, inputs, output_grads, self._output_shapes
+        ):
+            out.extend(squared_gradients(layer, x, g, shape))
+        return out
+
+    def kronecker_factors(self, inputs, output_grads):
+        """Per-layer batch sums of the K-FAC factors' per-example terms.
+
+        For a Dense layer, `A = sum_b a_b a_b^T` over the inputs with a 1
+        appended for the bias and `G = sum_k sum_b g_kb g_kb^T` over the tap
+        gradients. For a Conv2D (Grosse & Martens 2016), `a` runs over the
+        input patches of every output position and `G` is averaged over the
+        positions, so `A (x) G` approximates the kernel's Fisher.
+
+        Args:
+            inputs: the recorded layer inputs, as for `squared_gradients`.
+            output_grads: the tap gradients, as for `squared_gradients`.
+
+        Returns:
+            A list of `(A, G)` sums over the batch, one pair per layer.
+        """
+        return [
+            kronecker_factors(layer, x, g, shape)
+            for layer, x, g, shape in zip(
+                self.layers, inputs, output_grads, self._output_shapes
+            )
+        ]
+
+
+def tapped_call(layer, inputs, tap):
+    """A Dense or Conv2D layer's call with `tap` added to its pre-activation."""
+    if isinstance(layer, keras.layers.Dense):
+        z = ops.matmul(inputs, masked_kernel(layer))
+    else:  # a pre-pruned Conv2D masks inside `convolution_op`
+        z = layer.convolution_op(inputs, layer.kernel)
+    if layer.use_bias:
+        z = ops.add(z, layer.bias)  # channels last: broadcasts
+    return layer.activation(ops.add(z, tap))
+
+
+def squared_gradients(layer, x, g, shape):
+    """Batch sums of a Dense or Conv2D layer's squared per-example gradients.
+
+    Args:
+        layer: the layer.
+        x: its input, `(batch, in)` (Dense) or `(batch, height, width, in)`.
+        g: its tap gradients, `(K, batch) + shape`.
+        shape: its output shape without the batch axis.
+
+    Returns:
+        `[kernel]` or `[kernel, bias]`.
+    """
+    if isinstance(layer, keras.layers.Dense):
+        g2 = ops.sum(ops.square(g), axis=0)
+        out = [_masked(layer, ops.matmul(ops.transpose(ops.square(x)), g2))]
+        if layer.use_bias:
+            out.append(ops.sum(g2, axis=0))
+        return out
+    # Per-example gradients, (K, batch, kh*kw*in, out): small for the
+    # kernels the rule meets, and never per-parameter vmapped.
+    g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
+    per_example = ops.einsum("bpi,kbpo->kbio", _patches(layer, x, shape), g)
+    kernel = ops.sum(ops.square(per_example), axis=(0, 1))
+    out = [_masked(layer, ops.reshape(kernel, layer.kernel.shape))]
+    if layer.use_bias:
+        out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
+    return out
+
+
+def kronecker_factors(layer, x, g, shape):
+    """Batch sums of a Dense or Conv2D layer's K-FAC terms, `(A, G)`.
+
+    `x` and `g` as for `squared_gradients`; see
+    `DenseTaps.kronecker_factors`.
+    """
+    positions = 1
+    if not isinstance(layer, keras.layers.Dense):
+        positions = shape[0] * shape[1]
+        x = _patches(layer, x, shape)
+    return position_factors(x, g, positions, layer.use_bias)
+
+
+def position_factors(x, g, positions, use_bias):
+    """K-FAC sums of a layer applied alike at `positions` places per example.
+
+    Args:
+        x: the inputs at every place, any shape ending in `fan_in`.
+        g: the output gradients at every place, any shape ending in `units`.
+        positions: places per example; `G` is averaged over them (Grosse &
+            Martens 2016), `A` summed.
+        use_bias: whether a 1 is appended to every input (for the bias).
+
+    Returns:
+        `(A, G)`, `(fan_in [+ 1], fan_in [+ 1])` and `(units, units)`.
+    """
+    x = ops.reshape(x, (-1, x.shape[-1]))
+    if use_bias:
+        x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+    g = ops.reshape(g, (-1, g.shape[-1]))
+    a_sum = ops.matmul(ops.transpose(x), x)
+    g_sum = ops.matmul(ops.transpose(g), g) / positions
+    return a_sum, g_sum
+
+
+def masked_kernel(layer):
+    """The kernel a layer computes with: `kernel * mask` if pre-pruned."""
+    return _masked(layer, layer.kernel)
+
+
+def _masked(layer, kernel):
+    # Masked entries of a pre-pruned layer get exactly zero gradient.
+    if isinstance(layer, MaskedKernelMixin):
+        return ops.multiply(kernel, ops.cast(layer.mask, kernel.dtype))
+    return kernel
+
+
+@contextlib.contextmanager
+def _patched(layers, make_call):
+    for layer in layers:
+        object.__setattr__(layer, "call", make_call(layer))
+    try:
+        yield
+    finally:
+        for layer in layers:
+            object.__delattr__(layer, "call")

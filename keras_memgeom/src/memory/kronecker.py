@@ -1,0 +1,547 @@
+"""The algebra of Kronecker-factored precisions `A (x) G`, on host arrays.
+
+A Dense or Conv2D layer's weights `W~` (the kernel, flattened to
+`(fan_in, units)`, with the bias appended as a last row) get the precision
+`n * A (x) G` of K-FAC (Martens & Grosse 2015; Grosse & Martens 2016 for
+convolutions): `A` the second moment of the layer's inputs (with a 1
+appended for the bias), `G` that of the gradients at its outputs. With the
+row-major `vec`, `vec(D)^T (A (x) G) vec(D) = sum(D * (A @ D @ G))`, which is
+how every function here evaluates it: `A (x) G` is never formed.
+
+A factor is a dense symmetric matrix or an `EigenFactor`, its top
+eigenvectors and a flat remainder (`truncate_factor`), which stores and
+applies in `O(r * size)` instead of `O(size^2)`.
+"""
+
+import collections
+
+import numpy as np
+import scipy.linalg
+
+from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive_int
+
+KroneckerBlock = collections.namedtuple(
+    "KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None]
+)
+KroneckerBlock.__doc__ = """The Kronecker factors of a layer's kernel and bias.
+
+Args:
+    bias: the path of the layer's bias, or `None` without one.
+    a: `(fan_in [+ 1], fan_in [+ 1])`, the per-example second moment of the
+        layer's inputs (input patches for a convolution), with a 1 appended
+        where there is a bias; or that matrix as an `EigenFactor`.
+    g: `(units, units)`, the per-example second moment of the gradients at
+        the layer's outputs (averaged over positions for a convolution); or
+        that matrix as an `EigenFactor`.
+    mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
+        layer: masked entries carry no information, so the precision acts on
+        `mask * (W - anchor)`.
+
+Example:
+
+```python
+import keras
+import numpy as np
+
+from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive_int
+
+import keras_memgeom
+
+x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+model.compile(
+    "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+)
+memory = keras_memgeom.FisherMemory.estimate(
+    model, (x, np.arange(32) % 3), structure="kfac"
+)
+block = memory.kronecker[model.layers[0].kernel.path]
+print(block.a.shape, block.g.shape)  # (5, 5) (3, 3): a bias row in `a`
+```
+"""
+
+
+EigenFactor = collections.namedtuple(
+    "EigenFactor", ["vectors", "values", "remainder"]
+)
+EigenFactor.__doc__ = """A Kronecker factor as top eigenvectors and a remainder.
+
+It stands for the matrix `V diag(values) V^T + remainder (I - V V^T)`:
+exact on the span of the orthonormal columns `V` (the eigenvectors of the
+largest eigenvalues) and isotropic on the rest, where it takes the mean of
+the eigenvalues it drops. With `values >= 0` and `remainder >= 0` it is
+positive semi-definite whatever is dropped, its trace is the full
+factor's, and it needs `r * (size + 1) + 1` numbers instead of `size^2`.
+`truncate_factor` makes one.
+
+Args:
+    vectors: `(size, r)`, orthonormal columns.
+    values: `(r,)`, their eigenvalues, non-negative, largest first.
+    remainder: a non-negative float, the eigenvalue of the other
+        directions.
+
+Example:
+
+```python
+import numpy as np
+
+from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive_int
+
+from keras_memgeom.src.memory.kronecker import dense_factor
+from keras_memgeom.src.memory.kronecker import truncate_factor
+
+factor = truncate_factor(np.diag([4.0, 2.0, 1.0, 1.0]), rank=1)
+print(factor.values, factor.remainder)  # [4.] 1.333...
+print(np.diag(dense_factor(factor)))  # [4. 1.333 1.333 1.333]
+```
+"""
+
+
+def check_rank(rank, retained_trace):
+    """Checks the truncation arguments of `truncate_factor`.
+
+    Raises:
+        ValueError: naming `rank` if it is not `None` or a positive whole
+            number, or `retained_trace` if it is not `None` or in `(0, 1]`.
+    """
+    if rank is not None:
+        rank = check_positive_int("rank", rank)
+    if retained_trace is not None:
+        retained_trace = check_number(
+            "retained_trace",
+            retained_trace,
+            minimum=0.0,
+            inclusive_minimum=False,
+            maximum=1.0,
+        )
+    return rank, retained_trace
+
+
+def truncate_factor(matrix, rank=None, retained_trace=None):
+    """A symmetric factor as an `EigenFactor`, or itself when nothing drops.
+
+    Keeps the eigenvectors of the `rank` largest eigenvalues, or of as few
+    as reach `retained_trace` of the trace (the smaller of the two when both
+    are given); the rest become one isotropic remainder, their mean
+    eigenvalue, so the trace is kept. Kept eigenvalues and the remainder are
+    clipped at zero (a PSD sum in float32 can show tiny negative ones), so
+    the result is positive semi-definite whatever the input. Only the kept
+    eigenvectors are computed. When every eigenvector is kept the dense
+    matrix is returned unchanged: a full-rank factor is exactly what it was.
+
+    Args:
+        matrix: `(size, size)`, symmetric.
+        rank: the most eigenvectors to keep, or `None` for no bound.
+        retained_trace: a share of the trace in `(0, 1]`, or `None`.
+
+    Returns:
+        An `EigenFactor`, or `matrix`.
+
+    Raises:
+        ValueError: if `rank` or `retained_trace` is invalid.
+    """
+    rank, retained_trace = check_rank(rank, retained_trace)
+    matrix = np.asarray(matrix)
+    size = matrix.shape[0]
+    keep = size if rank is None else min(rank, size)
+    if retained_trace is None and keep >= size:
+        return matrix
+    matrix64 = matrix.astype("float64")
+    if retained_trace is not None:
+        eigenvalues = np.maximum(np.linalg.eigvalsh(matrix64)[::-1], 0.0)
+        total = eigenvalues.sum()
+        reached = np.cumsum(eigenvalues) >= retained_trace * total * (1 - 1e-12)
+        keep = min(keep, int(np.argmax(reached)) + 1 if total > 0 else 1)
+    if keep >= size:
+        return matrix
+    # Only the kept eigenvectors are computed, O(keep * size^2); the
+    # dropped eigenvalues' mean follows from the trace.
+    values, vectors = scipy.linalg.eigh(
+        matrix64, subset_by_index=[size - keep, size - 1]
+    )
+    values = np.maximum(values[::-1], 0.0)
+    remainder = (np.trace(matrix64) - values.sum()) / (size - keep)
+    dtype = matrix.dtype
+    return EigenFactor(
+        vectors[:, ::-1].astype(dtype),
+        values.astype(dtype),
+        max(float(remainder), 0.0),
+    )
+
+
+def checked_eigen_factor(path, name, factor, size):
+    """An `EigenFactor` as read-only arrays, its shapes and signs checked.
+
+    Raises:
+        ValueError: naming the factor `name` of `path` if its vectors are
+            not `(size, r)` with `r < size` orthonormal columns, its values
+            not `r` finite non-negative numbers, or its remainder not a
+            finite non-negative number.
+    """
+    # Float64 on the host, as dense factors are.
+    vectors = np.array(factor.vectors, dtype="float64")
+    values = np.array(factor.values, dtype="float64")
+    remainder = float(factor.remainder)
+    if (
+        vectors.ndim != 2
+        or vectors.shape[0] != size
+        or not (0 < vectors.shape[1] < size)
+    ):
+        raise ValueError(
+            f"The truncated Kronecker factor {name} of {path} must have "
+            f"eigenvectors of shape ({size}, r), 0 < r < {size}; got "
+            f"{vectors.shape}."
+        )
+    if values.shape != (vectors.shape[1],):
+        raise ValueError(
+            f"The truncated Kronecker factor {name} of {path} has "
+            f"{vectors.shape[1]} eigenvectors but eigenvalues of shape "
+            f"{values.shape}."
+        )
+    for what, array in (("eigenvectors", vectors), ("eigenvalues", values)):
+        if not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"The {what} of the Kronecker factor {name} of {path} hold "
+                "NaN or infinite values."
+            )
+    if np.any(values < 0) or not (np.isfinite(remainder) and remainder >= 0):
+        raise ValueError(
+            f"The truncated Kronecker factor {name} of {path} has a negative "
+            "or non-finite eigenvalue or remainder: it would not be positive "
+            "semi-definite."
+        )
+    gram = vectors.T @ vectors
+    if not np.allclose(gram, np.eye(len(gram)), atol=1e-4):
+        raise ValueError(
+            f"The eigenvectors of the Kronecker factor {name} of {path} are "
+            "not orthonormal."
+        )
+    vectors.flags.writeable = False
+    values.flags.writeable = False
+    return EigenFactor(vectors, values, remainder)
+
+
+def dense_factor(factor):
+    """The `(size, size)` matrix a factor stands for (float64 if truncated)."""
+    if not isinstance(factor, EigenFactor):
+        return np.asarray(factor)
+    vectors = np.asarray(factor.vectors, "float64")
+    matrix = (vectors * (np.asarray(factor.values) - factor.remainder)) @ (
+        vectors.T
+    )
+    matrix[np.diag_indices_from(matrix)] += factor.remainder
+    return matrix
+
+
+def factor_diagonal(factor):
+    """The diagonal of a factor, in `O(r * size)` for an `EigenFactor`."""
+    if not isinstance(factor, EigenFactor):
+        return np.diag(factor)
+    vectors = np.asarray(factor.vectors, "float64")
+    return factor.remainder + (vectors**2) @ (
+        np.asarray(factor.values, "float64") - factor.remainder
+    )
+
+
+def factor_eigenvalues(factor):
+    """All `size` eigenvalues of a factor, clipped at zero."""
+    if not isinstance(factor, EigenFactor):
+        return np.maximum(np.linalg.eigvalsh(factor), 0.0)
+    size, kept = np.shape(factor.vectors)
+    return np.concatenate(
+        [
+            np.asarray(factor.values, "float64"),
+            np.full(size - kept, factor.remainder),
+        ]
+    )
+
+
+def factor_size(factor):
+    """The side of a factor's matrix."""
+    if isinstance(factor, EigenFactor):
+        return np.shape(factor.vectors)[0]
+    return np.shape(factor)[0]
+
+
+def factor_numbers(factor):
+    """How many numbers a factor stores."""
+    if isinstance(factor, EigenFactor):
+        return int(np.size(factor.vectors) + np.size(factor.values) + 1)
+    return int(np.size(factor))
+
+
+def factor_rank(factor):
+    """The eigenvectors a factor keeps, or `None` for a dense one."""
+    if isinstance(factor, EigenFactor):
+        return np.shape(factor.vectors)[1]
+    return None
+
+
+def truncate_block(block, rank=None, retained_trace=None):
+    """A `KroneckerBlock` with both factors truncated (`truncate_factor`)."""
+    return block._replace(
+        a=truncate_factor(block.a, rank, retained_trace),
+        g=truncate_factor(block.g, rank, retained_trace),
+    )
+
+
+def kernel_matrix_shape(kernel_shape):
+    """`(fan_in, units)`: a kernel as the matrix its factors act on."""
+    return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
+
+
+def block_diagonal(block, kernel_shape):
+    """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`."""
+    fan_in, _ = kernel_matrix_shape(kernel_shape)
+    a_diagonal, g_diagonal = factor_diagonal(block.a), factor_diagonal(block.g)
+    kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
+    if block.mask is not None:
+        kernel = kernel * block.mask
+    kernel = kernel.reshape(kernel_shape)
+    bias = a_diagonal[fan_in] * g_diagonal if block.bias is not None else None
+    return kernel, bias
+
+
+def kronecker_quadratic(a, g, delta):
+    """`vec(delta)^T (a (x) g) vec(delta)`, `delta`: `(len(a), len(g))`."""
+    return float(np.sum(delta * (a @ delta @ g)))
+
+
+# Eigenvalues below this share of the largest count as no information: the
+# factors are float32 sums, and e.g. a softmax's G is exactly singular.
+_RELATIVE_TOLERANCE = 1e-6
+# A factor's eigenvalues may fall this far (relative to the largest) below 0
+# from float32 rounding; a more negative one is a factor that is not a
+# second moment, under which the penalty goes negative.
+_PSD_TOLERANCE = 1e-4
+
+
+def check_kronecker_factors(owner, a, g, rows, units):
+    """Checks a layer's factors; returns them read-only, dense ones float64.
+
+    Args:
+        owner: the kernel they describe, named in the errors.
+        a: the input factor, `(rows, rows)`, or an `EigenFactor`.
+        g: the output factor, `(units, units)`, or an `EigenFactor`.
+        rows: `fan_in`, plus 1 with a bias.
+        units: the layer's output units.
+
+    Returns:
+        `(a, g)`: float64 arrays, or `EigenFactor`s checked by
+        `checked_eigen_factor`.
+
+    Raises:
+        ValueError: naming `owner` and the factor, if a factor has the
+            wrong shape, holds NaN or infinite values, is not symmetric, or
+            is not positive semi-definite (an eigenvalue below
+            `-1e-4` times the largest eigenvalue's magnitude).
+    """
+    checked = []
+    for name, factor, size in (("a", a, rows), ("g", g, units)):
+        if isinstance(factor, EigenFactor):
+            checked.append(checked_eigen_factor(owner, name, factor, size))
+            continue
+        factor = np.array(factor, dtype="float64")
+        if factor.shape != (size, size):
+            raise ValueError(
+                f"The Kronecker factors of {owner} must be {(rows, rows)} and "
+                f"{(units, units)}; the factor {name} is {factor.shape}."
+            )
+        _check_dense_factor(owner, name, factor)
+        factor.flags.writeable = False
+        checked.append(factor)
+    return tuple(checked)
+
+
+def _check_dense_factor(owner, name, factor):
+    if not np.all(np.isfinite(factor)):
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} holds NaN or infinite "
+            "values."
+        )
+    if not factor.size:
+        return
+    if not np.allclose(
+        factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
+    ):
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} is not symmetric."
+        )
+    eigenvalues = np.linalg.eigvalsh(factor)
+    largest = float(np.abs(eigenvalues).max())
+    if eigenvalues[0] < -_PSD_TOLERANCE * largest:
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} is not positive "
+            f"semi-definite: its smallest eigenvalue is "
+            f"{eigenvalues[0]:.3g} and its largest in magnitude "
+            f"{largest:.3g}. A Fisher factor is a second moment; under "
+            "this one the penalty would go negative."
+        )
+
+
+def _joint_basis(m1, m2):
+    """`T` (`p x k`) and `mu` with `T^T (m1 + m2) T = I`, `T^T m1 T = diag(mu)`.
+
+    `T` spans the range of `m1 + m2`; outside it neither matrix holds
+    information.
+    """
+    eigenvalues, vectors = np.linalg.eigh(m1 + m2)
+    kept = eigenvalues > _RELATIVE_TOLERANCE * max(
+        float(eigenvalues.max()), 0.0
+    )
+    root = vectors[:, kept] / np.sqrt(eigenvalues[kept])
+    mu, rotation = np.linalg.eigh(root.T @ m1 @ root)
+    return root @ rotation, np.clip(mu, 0.0, 1.0)
+
+
+def merge_anchor(older, newer):
+    """The minimizer of the sum of two Kronecker quadratics.
+
+    Each argument is `(anchor, precision_weight, a, g)`, the quadratic
+    `w/2 vec(W - anchor)^T (a (x) g) vec(W - anchor)`. The sum's minimizer
+    solves `(w1 a1 (x) g1 + w2 a2 (x) g2) vec(W) = ...` exactly, in the basis
+    that diagonalizes both pairs of factors at once (a generalized
+    eigenproblem per factor). Directions that neither quadratic constrains
+    keep the newer anchor.
+
+    Returns:
+        The merged anchor, shaped like the anchors.
+    """
+    anchor1, w1, a1, g1 = older
+    anchor2, w2, a2, g2 = newer
+    # Solve for the move away from the newer anchor, so that directions no
+    # memory constrains stay where the newer one put them.
+    rhs = w1 * (a1 @ (anchor1 - anchor2) @ g1)
+    t_a, mu = _joint_basis(w1 * a1, w2 * a2)
+    t_g, nu = _joint_basis(g1, g2)
+    # In the joint basis the operator is diagonal.
+    operator = np.outer(mu, nu) + np.outer(1.0 - mu, 1.0 - nu)
+    held = operator > _RELATIVE_TOLERANCE
+    y = np.where(held, (t_a.T @ rhs @ t_g) / np.where(held, operator, 1.0), 0.0)
+    return anchor2 + t_a @ y @ t_g.T
+
+
+def nearest_kronecker(terms):
+    """The Kronecker product nearest (Frobenius norm) to a weighted sum of them.
+
+    `sum_k w_k a_k (x) g_k` rearranged (Van Loan & Pitsianis 1993) is the
+    rank-`K` matrix `sum_k w_k vec(a_k) vec(g_k)^T`; its best rank-one
+    approximation is the nearest single product, and it lies in the span of
+    the `a_k` and of the `g_k`, so a `K x K` singular value problem finds it.
+
+    Args:
+        terms: a list of `(weight, a, g)`.
+
+    Returns:
+        `(a, g)` with `a (x) g` the nearest product, of equal norms.
+    """
+    weights = np.array([w for w, _, _ in terms], dtype="float64")
+    a_stack = np.stack([a.ravel() for _, a, _ in terms])
+    g_stack = np.stack([g.ravel() for _, _, g in terms])
+    # Orthonormal bases of the two spans from their Gram matrices.
+    r_a = _gram_root(a_stack)
+    r_g = _gram_root(g_stack)
+    core = r_a @ np.diag(weights) @ r_g.T
+    u, s, vt = np.linalg.svd(core)
+    alpha = np.linalg.lstsq(r_a, u[:, 0], rcond=None)[0]
+    beta = np.linalg.lstsq(r_g, vt[0], rcond=None)[0]
+    # Unit-norm factors, scaled by the square root of the singular value each.
+    root = np.sqrt(s[0])
+    a = root * np.tensordot(alpha, np.stack([a for _, a, _ in terms]), axes=1)
+    g = root * np.tensordot(beta, np.stack([g for _, _, g in terms]), axes=1)
+    if np.trace(a) < 0:  # singular vectors have an arbitrary common sign
+        a, g = -a, -g
+    return a, g
+
+
+def _gram_root(stack):
+    """A square `R` with `R^T R = stack @ stack.T`, even if singular."""
+    gram = stack @ stack.T
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    return (vectors * np.sqrt(np.maximum(eigenvalues, 0.0))).T
+
+
+def kronecker_effective_dimension(a, g, num_examples, prior_precision):
+    """`sum_ij P_ij / (P_ij + alpha)`, `P_ij = n * lambda_i(a) mu_j(g)`."""
+    precision = num_examples * np.outer(
+        factor_eigenvalues(a), factor_eigenvalues(g)
+    )
+    return float(np.sum(precision / (precision + prior_precision)))
+
+
+def kronecker_sum_minimizer(terms, start, mask=None, tolerance=1e-10):
+    """The minimizer of a sum of Kronecker quadratics nearest `start` (CG).
+
+    Minimizes `sum_k w_k vec(M (W - W_k))^T (a_k (x) g_k) vec(M (W - W_k))`,
+    `M` the 0/1 `mask` (all ones by default, a bias row always), with the
+    row-major `vec`; the operator is applied as `M a_k (M D) g_k`, never
+    formed. The move `D = W - start` is sought as `R_a Y R_g^T`, with
+    `R_a^T (sum_k w_k a_k) R_a = I` and `R_g^T (sum_k g_k) R_g = I` (the
+    basis `merge_anchor` uses for two terms), which preconditions the
+    system. Conjugate gradients started at `Y = 0` stay in the operator's
+    range: directions no term constrains keep `start`, and the result does
+    not depend on the order of the terms.
+
+    Args:
+        terms: a list of `(anchor, weight, a, g)`, anchors `(rows, units)`.
+        start: `(rows, units)`.
+        mask: `None`, or `(fan_in, units)` (no bias row).
+        tolerance: the residual's norm relative to the right-hand side's.
+
+    Returns:
+        The minimizer, `(rows, units)`.
+    """
+    full = np.ones_like(start)
+    if mask is not None:
+        full[: len(mask)] = mask
+    r_a = _whitening(sum(w * a for _, w, a, _ in terms))
+    r_g = _whitening(sum(g for _, _, _, g in terms))
+
+    def move(y):
+        return full * (r_a @ y @ r_g.T)
+
+    def apply(y):
+        d = move(y)
+        return (
+            r_a.T @ (full * sum(w * (a @ d @ g) for _, w, a, g in terms)) @ r_g
+        )
+
+    residual = (
+        r_a.T
+        @ (
+            full
+            * sum(
+                w * (a @ (full * (anchor - start)) @ g)
+                for anchor, w, a, g in terms
+            )
+        )
+        @ r_g
+    )
+    goal = tolerance * np.linalg.norm(residual)
+    y, direction, norm = np.zeros_like(residual), residual, np.sum(residual**2)
+    # Exact arithmetic needs one iteration per unknown; rounding, a few more.
+    for _ in range(4 * residual.size):
+        if np.sqrt(norm) <= goal:
+            break
+        image = apply(direction)
+        curvature = np.sum(direction * image)
+        if curvature <= 0:
+            break
+        alpha = norm / curvature
+        y = y + alpha * direction
+        residual = residual - alpha * image
+        norm, previous = np.sum(residual**2), norm
+        direction = residual + (norm / previous) * direction
+    return start + move(y)
+
+
+def _whitening(matrix):
+    """`R` (`p x k`) with `R^T matrix R = I` on the range of a PSD `matrix`."""
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    kept = eigenvalues > _RELATIVE_TOLERANCE * max(
+        float(eigenvalues.max()), 0.0
+    )
+    return vectors[:, kept] / np.sqrt(eigenvalues[kept])

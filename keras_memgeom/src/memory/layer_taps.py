@@ -1,0 +1,688 @@
+"""Per-example gradients of common Keras layers from one backward pass.
+
+A zero "tap" added to a layer's pre-activation output has, as gradient,
+the per-example output gradient `g_b` of that layer (for the backward pass
+of `sum_b <u_b, f(x_b)>`). Each rule below turns the layer's recorded
+input and its tap gradients into the batch sums of squared per-example
+gradients of its variables, exactly, without a per-example backward pass:
+
+- Dense and Conv2D (plain or pre-pruned): `dense_taps`.
+- Dense on `(batch, ..., in)` and EinsumDense (so MultiHeadAttention): the
+  per-example kernel gradient is the layer's einsum with the batch axis
+  kept, `einsum("b...i,b...o->bio")` for a Dense.
+- Conv1D: a Conv2D of height 1 (im2col).
+- DepthwiseConv2D: every input channel is correlated with its own output
+  gradients, `dK[i, j, c, m] = sum_p patch[p, i, j, c] g[p, c, m]`.
+- SeparableConv2D: a DepthwiseConv2D followed by a 1x1 convolution, with a
+  tap on each.
+- Embedding: the gradient of row `v` is the sum of the output gradients at
+  the positions holding token `v`.
+- LayerNormalization and BatchNormalization (inference): `dgamma = sum g *
+  x_hat` and `dbeta = sum g` over the non-feature axes of each example.
+
+Moving statistics and other non-trainable variables are never tapped.
+"""
+
+import contextlib
+import string
+import types
+
+import keras
+from keras import ops
+
+from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
+from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
+from keras_memgeom.src.memory import dense_taps
+
+
+def _plain(layer):
+    return (
+        layer.trainable
+        and not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+    )
+
+
+def _sum_squares(per_example):
+    """`sum_k sum_b per_example[k, b]^2`."""
+    return ops.sum(ops.square(per_example), axis=(0, 1))
+
+
+def _channels_last_conv(layer):
+    return layer.data_format == "channels_last" and layer.padding in (
+        "valid",
+        "same",
+    )
+
+
+def _depthwise_kernel_grads(patches, g, kernel_shape):
+    """`(K, batch) + kernel_shape` per-example depthwise kernel gradients."""
+    kh, kw, channels, multiplier = kernel_shape
+    batch = ops.shape(patches)[0]  # dynamic under `tf.function`
+    patches = ops.reshape(patches, (batch, -1, kh * kw, channels))
+    g = ops.reshape(g, (g.shape[0], batch, -1, channels, multiplier))
+    return ops.einsum("bpsc,kbpcm->kbscm", patches, g)
+
+
+class _Rule:
+    """How one layer type is tapped; subclasses fill in the math.
+
+    `taps(layer, input_shape, output_shape)` gives the per-example shapes
+    of the layer's taps; `call` runs the layer with the taps added and
+    returns its outputs and what `squared` (and `factors`) read back.
+    """
+
+    kfac = False
+
+    def fits(self, layer, input_shape):
+        return True
+
+    def variables(self, layer):
+        out = [layer.kernel]
+        if layer.use_bias:
+            out.append(layer.bias)
+        return out
+
+    def taps(self, layer, input_shape, output_shape):
+        return [output_shape]
+
+    def per_example_size(self, layer, input_shape, output_shape):
+        """Elements of the per-example tensors `squared` forms, per `K`."""
+        return 0
+
+
+class _DenseConv2D(_Rule):
+    """Dense on `(batch, in)` and Conv2D: `dense_taps`."""
+
+    kfac = True
+
+    def fits(self, layer, input_shape):
+        if type(layer) in (keras.layers.Dense, PrePrunedDense):
+            return len(input_shape) == 2
+        return (
+            layer.groups == 1
+            and _channels_last_conv(layer)
+            and len(input_shape) == 4
+        )
+
+    def call(self, layer, inputs, taps):
+        return dense_taps.tapped_call(layer, inputs, taps[0]), inputs
+
+    def squared(self, layer, x, grads, shapes):
+        return dense_taps.squared_gradients(layer, x, grads[0], shapes[0])
+
+    def factors(self, layer, x, grads, shapes):
+        return dense_taps.kronecker_factors(layer, x, grads[0], shapes[0])
+
+    def per_example_size(self, layer, input_shape, output_shape):
+        if isinstance(layer, keras.layers.Dense):
+            return 0
+        return _size(layer.kernel.shape)
+
+
+class _Einsum(_Rule):
+    """EinsumDense, and Dense on inputs with more than two axes.
+
+    The equation is made explicit (no `...`); its input's first axis is the
+    batch axis, which the output keeps first and the kernel does not hold.
+    """
+
+    def _equation(self, layer, rank):
+        if isinstance(layer, keras.layers.Dense):
+            return None
+        equation = layer.equation.replace(" ", "")
+        spec, out = equation.split("->")
+        x, kernel = spec.split(",")
+        if "..." in x:
+            free = [c for c in string.ascii_letters if c not in equation]
+            fill = "".join(free[: rank - (len(x) - 3)])
+            x = x.replace("...", fill)
+            out = out.replace("...", fill)
+        if "..." in kernel or len(x) != rank or not x or out[:1] != x[0]:
+            return None
+        if x[0] in kernel or not set(kernel) <= set(x) | set(out):
+            return None
+        return x, kernel, out
+
+    def fits(self, layer, input_shape):
+        if isinstance(layer, keras.layers.Dense):
+            return len(input_shape) > 2
+        return self._equation(layer, len(input_shape)) is not None
+
+    def variables(self, layer):
+        out = [layer.kernel]
+        if getattr(layer, "bias", None) is not None:
+            out.append(layer.bias)
+        return out
+
+    def call(self, layer, inputs, taps):
+        if isinstance(layer, keras.layers.Dense):
+            z = ops.matmul(inputs, dense_taps.masked_kernel(layer))
+        else:
+            z = ops.einsum(layer.equation, inputs, layer.kernel)
+        if getattr(layer, "bias", None) is not None:
+            z = ops.add(z, layer.bias)
+        z = ops.add(z, taps[0])
+        if layer.activation is not None:
+            z = layer.activation(z)
+        return z, inputs
+
+    def _letters(self, layer, x):
+        if isinstance(layer, keras.layers.Dense):
+            rank = len(x.shape)
+            fill = string.ascii_lowercase[: rank - 1]
+            return fill + "y", "yz", fill + "z"
+        return self._equation(layer, len(x.shape))
+
+    def squared(self, layer, x, grads, shapes):
+        g = grads[0]
+        spec, kernel, out = self._letters(layer, x)
+        k = next(c for c in string.ascii_letters if c not in spec + out)
+        per_example = ops.einsum(f"{spec},{k}{out}->{k}{spec[0]}{kernel}", x, g)
+        result = [dense_taps._masked(layer, _sum_squares(per_example))]
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            if isinstance(layer, keras.layers.Dense):
+                kept = out[-1]
+            else:
+                kept = "".join(c for c in out if c in layer.bias_axes)
+            per_example = ops.einsum(f"{k}{out}->{k}{out[0]}{kept}", g)
+            result.append(ops.reshape(_sum_squares(per_example), bias.shape))
+        return result
+
+    def per_example_size(self, layer, input_shape, output_shape):
+        return _size(layer.kernel.shape)
+
+    def matrix_split(self, layer, rank):
+        """`(prefix, contracted, units)` when the layer is a matmul.
+
+        A matmul over the input's last axes with the kernel's last axis as
+        its only output axis, `P S, S u -> P u`, is a Dense applied at every
+        position of `P`: K-FAC treats its kernel as `(fan_in, units)`.
+        """
+        if isinstance(layer, keras.layers.Dense):
+            return rank - 1
+        spec, kernel, out = self._equation(layer, rank)
+        contracted = kernel[:-1]
+        if not contracted or not spec.endswith(contracted):
+            return None
+        prefix = spec[: len(spec) - len(contracted)]
+        if out != prefix + kernel[-1] or set(prefix) & set(kernel):
+            return None
+        bias = getattr(layer, "bias", None)
+        if bias is not None and layer.bias_axes != kernel[-1]:
+            return None
+        return len(prefix)
+
+    def factors(self, layer, x, grads, shapes):
+        prefix = self.matrix_split(layer, len(x.shape))
+        positions = _size(x.shape[1:prefix])
+        fan_in = _size(x.shape[prefix:])
+        x = ops.reshape(x, (-1, fan_in))
+        return dense_taps.position_factors(
+            x, grads[0], positions, getattr(layer, "bias", None) is not None
+        )
+
+
+class _Conv1D(_Rule):
+    """Conv1D: a Conv2D of height 1, so im2col over one axis."""
+
+    kfac = True
+
+    def fits(self, layer, input_shape):
+        return (
+            layer.groups == 1
+            and _channels_last_conv(layer)
+            and len(input_shape) == 3
+        )
+
+    def call(self, layer, inputs, taps):
+        z = layer.convolution_op(inputs, layer.kernel)
+        if layer.use_bias:
+            z = ops.add(z, layer.bias)
+        z = ops.add(z, taps[0])
+        if layer.activation is not None:
+            z = layer.activation(z)
+        return z, inputs
+
+    def _patches(self, layer, x, shape):
+        geometry = types.SimpleNamespace(
+            kernel_size=(1, layer.kernel_size[0]),
+            strides=(1, layer.strides[0]),
+            dilation_rate=(1, layer.dilation_rate[0]),
+            padding=layer.padding,
+        )
+        return dense_taps._patches(geometry, x[:, None], (1, shape[0]))
+
+    def squared(self, layer, x, grads, shapes):
+        g = grads[0]
+        per_example = ops.einsum(
+            "bpi,kbpo->kbio", self._patches(layer, x, shapes[0]), g
+        )
+        out = [ops.reshape(_sum_squares(per_example), layer.kernel.shape)]
+        if layer.use_bias:
+            out.append(_sum_squares(ops.sum(g, axis=2)))
+        return out
+
+    def factors(self, layer, x, grads, shapes):
+        return dense_taps.position_factors(
+            self._patches(layer, x, shapes[0]),
+            grads[0],
+            shapes[0][0],
+            layer.use_bias,
+        )
+
+    def per_example_size(self, layer, input_shape, output_shape):
+        return _size(layer.kernel.shape)
+
+
+class _Depthwise(_Rule):
+    """DepthwiseConv2D: per-channel correlation of patches and gradients."""
+
+    def fits(self, layer, input_shape):
+        return _channels_last_conv(layer) and len(input_shape) == 4
+
+    def call(self, layer, inputs, taps):
+        z = ops.depthwise_conv(
+            inputs,
+            layer.kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+        if layer.use_bias:
+            z = ops.add(z, layer.bias)
+        z = ops.add(z, taps[0])
+        if layer.activation is not None:
+            z = layer.activation(z)
+        return z, inputs
+
+    def squared(self, layer, x, grads, shapes):
+        g = grads[0]
+        patches = dense_taps._patches(layer, x, shapes[0])
+        per_example = _depthwise_kernel_grads(patches, g, layer.kernel.shape)
+        out = [ops.reshape(_sum_squares(per_example), layer.kernel.shape)]
+        if layer.use_bias:
+            out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
+        return out
+
+    def per_example_size(self, layer, input_shape, output_shape):
+        return _size(layer.kernel.shape)
+
+
+class _Separable(_Rule):
+    """SeparableConv2D: a tapped depthwise step, then a tapped 1x1 step."""
+
+    def fits(self, layer, input_shape):
+        return _channels_last_conv(layer) and len(input_shape) == 4
+
+    def variables(self, layer):
+        out = [layer.depthwise_kernel, layer.pointwise_kernel]
+        if layer.use_bias:
+            out.append(layer.bias)
+        return out
+
+    def taps(self, layer, input_shape, output_shape):
+        inner = (*output_shape[:2], input_shape[-1] * layer.depth_multiplier)
+        return [inner, output_shape]
+
+    def call(self, layer, inputs, taps):
+        inner = ops.depthwise_conv(
+            inputs,
+            layer.depthwise_kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+        inner = ops.add(inner, taps[0])
+        pointwise = layer.pointwise_kernel
+        z = ops.matmul(inner, ops.reshape(pointwise, pointwise.shape[2:]))
+        if layer.use_bias:
+            z = ops.add(z, layer.bias)
+        z = ops.add(z, taps[1])
+        if layer.activation is not None:
+            z = layer.activation(z)
+        return z, (inputs, inner)
+
+    def squared(self, layer, saved, grads, shapes):
+        x, inner = saved
+        patches = dense_taps._patches(layer, x, shapes[0])
+        depthwise = _depthwise_kernel_grads(
+            patches, grads[0], layer.depthwise_kernel.shape
+        )
+        batch = ops.shape(inner)[0]
+        inner = ops.reshape(inner, (batch, -1, inner.shape[-1]))
+        g = grads[1]
+        g = ops.reshape(g, (g.shape[0], batch, -1, g.shape[-1]))
+        pointwise = ops.einsum("bpi,kbpo->kbio", inner, g)
+        out = [
+            ops.reshape(_sum_squares(depthwise), layer.depthwise_kernel.shape),
+            ops.reshape(_sum_squares(pointwise), layer.pointwise_kernel.shape),
+        ]
+        if layer.use_bias:
+            out.append(_sum_squares(ops.sum(g, axis=2)))
+        return out
+
+    def per_example_size(self, layer, input_shape, output_shape):
+        return _size(layer.depthwise_kernel.shape) + _size(
+            layer.pointwise_kernel.shape
+        )
+
+
+class _Embedding(_Rule):
+    """Embedding: a row's gradient sums the output gradients at its token.
+
+    For the positions `S_v` of token `v` in one example, the row gradient is
+    `G_v = sum_{t in S_v} g_t`. Every position `t` of `S_v` knows `G_v` (a
+    sum over the positions holding the same token) and adds `G_v^2 / |S_v|`
+    to row `v`, so the rows receive `sum_b G_bv^2` without a `(batch,
+    vocabulary)` tensor.
+    """
+
+    def variables(self, layer):
+        return [layer.embeddings]
+
+    def call(self, layer, inputs, taps):
+        tokens = inputs
+        if keras.backend.standardize_dtype(tokens.dtype) not in (
+            "int32",
+            "int64",
+        ):
+            tokens = ops.cast(tokens, "int32")
+        z = ops.take(layer.embeddings, tokens, axis=0)
+        return ops.add(z, taps[0]), tokens
+
+    def squared(self, layer, tokens, grads, shapes):
+        g = grads[0]
+        batch, dim = ops.shape(tokens)[0], g.shape[-1]
+        tokens = ops.reshape(tokens, (batch, -1))
+        g = ops.reshape(g, (g.shape[0], batch, -1, dim))
+        same = ops.cast(
+            ops.equal(tokens[:, :, None], tokens[:, None, :]), g.dtype
+        )
+        rows = ops.einsum("bts,kbsd->kbtd", same, g)
+        share = (
+            ops.sum(ops.square(rows), axis=0) / ops.sum(same, axis=2)[..., None]
+        )
+        return [
+            ops.segment_sum(
+                ops.reshape(share, (-1, dim)),
+                ops.reshape(tokens, (-1,)),
+                num_segments=layer.input_dim,
+            )
+        ]
+
+
+class _Normalization(_Rule):
+    """LayerNormalization and inference BatchNormalization, channels last.
+
+    Both compute `x_hat * gamma + beta` with `x_hat` free of `gamma` and
+    `beta`, so per example `dgamma = sum g * x_hat` and `dbeta = sum g` over
+    the axes `gamma` does not span.
+    """
+
+    def fits(self, layer, input_shape):
+        rank = len(input_shape)
+        if isinstance(layer, keras.layers.LayerNormalization):
+            axes = sorted(a % rank for a in layer.axis)
+            return not layer.rms_scaling and axes == list(
+                range(rank - len(axes), rank)
+            )
+        return (
+            layer.axis % rank == rank - 1
+            and not layer.renorm
+            and not layer.synchronized
+        )
+
+    def variables(self, layer):
+        out = []
+        if layer.scale:
+            out.append(layer.gamma)
+        if layer.center:
+            out.append(layer.beta)
+        return out
+
+    def call(self, layer, inputs, taps):
+        x = ops.cast(inputs, "float32")
+        if isinstance(layer, keras.layers.LayerNormalization):
+            outputs = type(layer).call(layer, inputs)
+            axes = [a % len(x.shape) for a in layer.axis]
+            mean, variance = ops.moments(x, axes=axes, keepdims=True)
+        else:
+            outputs = type(layer).call(layer, inputs, training=False)
+            mean, variance = layer.moving_mean, layer.moving_variance
+        x_hat = (x - mean) * ops.rsqrt(variance + layer.epsilon)
+        return ops.add(outputs, taps[0]), x_hat
+
+    def squared(self, layer, x_hat, grads, shapes):
+        g = grads[0]
+        features = _size(layer.variables[0].shape)
+        batch = ops.shape(x_hat)[0]
+        g = ops.reshape(g, (g.shape[0], batch, -1, features))
+        out = []
+        if layer.scale:
+            x_hat = ops.reshape(x_hat, (batch, -1, features))
+            gamma = ops.sum(g * ops.cast(x_hat, g.dtype), axis=2)
+            out.append(ops.reshape(_sum_squares(gamma), layer.gamma.shape))
+        if layer.center:
+            beta = ops.sum(g, axis=2)
+            out.append(ops.reshape(_sum_squares(beta), layer.beta.shape))
+        return out
+
+
+_RULES = {
+    keras.layers.Dense: (_DenseConv2D(), _Einsum()),
+    PrePrunedDense: (_DenseConv2D(), _Einsum()),
+    keras.layers.Conv2D: (_DenseConv2D(),),
+    PrePrunedConv2D: (_DenseConv2D(),),
+    keras.layers.EinsumDense: (_Einsum(),),
+    keras.layers.Conv1D: (_Conv1D(),),
+    keras.layers.DepthwiseConv2D: (_Depthwise(),),
+    keras.layers.SeparableConv2D: (_Separable(),),
+    keras.layers.Embedding: (_Embedding(),),
+    keras.layers.LayerNormalization: (_Normalization(),),
+    keras.layers.BatchNormalization: (_Normalization(),),
+}
+
+
+def _size(shape):
+    size = 1
+    for d in shape:
+        size *= int(d)
+    return size
+
+
+class LayerTaps:
+    """Taps on every layer of a model that a per-example rule covers.
+
+    Generalizes `dense_taps.DenseTaps` to the rules listed in this module.
+    A rule fits a layer of exactly that type (subclasses may compute
+    differently), trainable, without LoRA or quantization, called once per
+    forward pass on inputs of the rank the rule reads; `probe` finds those
+    layers, the others are left to the generic vectorized path.
+
+    Args:
+        model: a built Keras model.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.layers = []
+        self._rules = []
+        self._shapes = []
+        self._sizes = []
+        self._ranks = []
+        self.activation_size = 0
+
+    def probe(self, x):
+        """Runs the model once on `x` and keeps the layers a rule fits.
+
+        Also counts the elements of every layer's outputs per example
+        (`activation_size`), which the backward passes hold.
+        """
+        layers = list(self.model._flatten_layers(include_self=False))
+        calls = {id(layer): [] for layer in layers}
+
+        def recording(layer):
+            original = type(layer).call.__get__(layer)
+
+            def call(*args, **kwargs):
+                outputs = original(*args, **kwargs)
+                inputs = args[0] if args else None
+                calls[id(layer)].append(
+                    (
+                        tuple(getattr(inputs, "shape", ()) or ())[1:],
+                        keras.tree.flatten(outputs),
+                    )
+                )
+                return outputs
+
+            return call
+
+        with dense_taps._patched(layers, recording):
+            self.model(x, training=False)
+        self.layers, self._rules, self._shapes, self._sizes = [], [], [], []
+        self._ranks = []
+        self.activation_size = sum(
+            _size(t.shape[1:])
+            for layer in layers
+            for _, outputs in calls[id(layer)]
+            for t in outputs
+            if hasattr(t, "shape") and len(t.shape) > 0
+        )
+        for layer in layers:
+            rules = _RULES.get(type(layer), ())
+            if not rules or not _plain(layer) or len(calls[id(layer)]) != 1:
+                continue
+            input_shape, outputs = calls[id(layer)][0]
+            input_shape = (None, *input_shape)
+            rule = next((r for r in rules if r.fits(layer, input_shape)), None)
+            if rule is None or len(outputs) != 1:
+                continue
+            output_shape = tuple(outputs[0].shape[1:])
+            self.layers.append(layer)
+            self._ranks.append(len(input_shape))
+            self._rules.append(rule)
+            self._shapes.append(rule.taps(layer, input_shape, output_shape))
+            self._sizes.append(
+                rule.per_example_size(layer, input_shape, output_shape)
+            )
+        return self
+
+    @property
+    def variables(self):
+        """The variables whose squared gradients the taps give."""
+        return [
+            v
+            for layer, rule in zip(self.layers, self._rules)
+            for v in rule.variables(layer)
+        ]
+
+    @property
+    def kfac_layers(self):
+        """The tapped layers that get Kronecker factors, in tap order."""
+        return [
+            layer
+            for layer, rule, shapes in zip(
+                self.layers, self._rules, self._shapes
+            )
+            if self._kfac(layer, rule, shapes)
+        ]
+
+    def _kfac(self, layer, rule, shapes):
+        if isinstance(rule, _Einsum):
+            rank = self._ranks[self.layers.index(layer)]
+            return rule.matrix_split(layer, rank) is not None
+        return rule.kfac
+
+    def per_example_elements(self):
+        """Elements per example and cotangent the tapped backward holds."""
+        taps = sum(_size(s) for shapes in self._shapes for s in shapes)
+        return taps + sum(self._sizes)
+
+    def zeros(self, batch_size, dtype):
+        return [
+            ops.zeros((batch_size, *shape), dtype=dtype)
+            for shapes in self._shapes
+            for shape in shapes
+        ]
+
+    def _grouped(self, flat):
+        out, start = [], 0
+        for shapes in self._shapes:
+            out.append(flat[start : start + len(shapes)])
+            start += len(shapes)
+        return out
+
+    @contextlib.contextmanager
+    def active(self, taps):
+        """Adds `taps` to the tapped layers and records what rules read."""
+        saved = [None] * len(self.layers)
+        position = {id(layer): i for i, layer in enumerate(self.layers)}
+        grouped = self._grouped(taps)
+
+        def tapped(layer):
+            i = position[id(layer)]
+
+            def call(inputs, *args, **kwargs):
+                outputs, saved[i] = self._rules[i].call(
+                    layer, inputs, grouped[i]
+                )
+                return outputs
+
+            return call
+
+        with dense_taps._patched(self.layers, tapped):
+            yield saved
+
+    def squared_gradients(self, saved, output_grads, skip=()):
+        """Per-variable batch sums of squared per-example gradients.
+
+        Args:
+            saved: what `active` recorded.
+            output_grads: the tap gradients, stacked over `K` cotangents,
+                `(K, batch) + tap shape` each.
+            skip: layers whose sums are not needed (`None` in their place).
+
+        Returns:
+            A list aligned with `variables`.
+        """
+        skip = {id(layer) for layer in skip}
+        out = []
+        for layer, rule, s, grads, shapes in zip(
+            self.layers,
+            self._rules,
+            saved,
+            self._grouped(output_grads),
+            self._shapes,
+        ):
+            if id(layer) in skip:
+                out.extend([None] * len(rule.variables(layer)))
+            else:
+                out.extend(rule.squared(layer, s, grads, shapes))
+        return out
+
+    def kronecker_factors(self, saved, output_grads):
+        """Batch sums `(A, G)` of the K-FAC terms of every `kfac_layers` one.
+
+        Args:
+            saved: what `active` recorded.
+            output_grads: the tap gradients, as for `squared_gradients`.
+
+        Returns:
+            A list of `(A, G)` pairs aligned with `kfac_layers`.
+        """
+        kfac = {id(layer) for layer in self.kfac_layers}
+        return [
+            rule.factors(layer, s, grads, shapes)
+            for layer, rule, s, grads, shapes in zip(
+                self.layers,
+                self._rules,
+                saved,
+                self._grouped(output_grads),
+                self._shapes,
+            )
+            if id(layer) in kfac
+        ]
