@@ -8,6 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from keras_memgeom import backend  # noqa: E402
+from keras_memgeom.src.continual import strategy  # noqa: E402
 
 
 def pytest_report_header(config):
@@ -19,7 +20,11 @@ def _fresh_keras_state():
     # Auto-numbered layer names depend on what ran before; tests must not.
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
+    # Strategies registered by a test (or a docs example) stay with it.
+    registered = dict(strategy._STRATEGIES)
     yield
+    strategy._STRATEGIES.clear()
+    strategy._STRATEGIES.update(registered)
 
 
 @pytest.fixture
