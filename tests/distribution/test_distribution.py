@@ -262,9 +262,9 @@ def test_a_distribution_on_torch_is_refused_not_ignored(rng):
 @pytest.mark.parametrize(
     "likelihood",
     [
-        keras_memgeom.memory.likelihood.Categorical(),
-        keras_memgeom.memory.likelihood.Bernoulli(),
-        keras_memgeom.memory.likelihood.Gaussian(),
+        keras_memgeom.memory.Categorical(),
+        keras_memgeom.memory.Bernoulli(),
+        keras_memgeom.memory.Gaussian(),
     ],
     ids=lambda likelihood: type(likelihood).__name__,
 )
