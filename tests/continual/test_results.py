@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from keras_memgeom import continual
-from keras_memgeom.src.continual.results import schema_errors
+from keras_memgeom.src.utils.json_schema import schema_errors
 
 
 def test_document_follows_the_schema(tiny_document):
