@@ -19,7 +19,7 @@ import time
 from _environment import print_environment
 
 from keras_memgeom import continual
-from keras_memgeom.src import cli
+from keras_memgeom.src.cli.main import main as memgeom
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--out", default="memgeom_runs/acceptance")
     args = parser.parse_args()
     start = time.perf_counter()
-    code = cli.main(
+    code = memgeom(
         [
             "bench",
             "--scenario",

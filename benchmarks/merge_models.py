@@ -26,9 +26,9 @@ import numpy as np
 from _environment import print_environment
 
 from keras_memgeom.merging import merge_models
-from keras_memgeom.src.merging.merge_experiment import load_split
-from keras_memgeom.src.merging.merge_experiment import merge_experiment
-from keras_memgeom.src.merging.merge_experiment import train_mlp
+from keras_memgeom.src.cli.merge_experiment import load_split
+from keras_memgeom.src.cli.merge_experiment import merge_experiment
+from keras_memgeom.src.cli.merge_experiment import train_mlp
 from keras_memgeom.src.merging.merge_models import METHODS
 
 SAME_TASK = "digits:16,digits:32,digits:128,mnist5k:32,mnist5k:128"

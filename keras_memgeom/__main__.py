@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_memgeom.src.cli import main
+from keras_memgeom.src.cli.main import main
 
 sys.exit(main())

@@ -1,40 +1,16 @@
-import importlib.util
-import json
+"""`memgeom bench`: results, plots, errors, interruption and --resume."""
+
 import os
-import subprocess
-import sys
 from unittest import mock
 
-import keras
 import numpy as np
 import pytest
 
 import keras_memgeom
 from keras_memgeom import continual
-from keras_memgeom.src import cli
 from keras_memgeom.src.memory.kronecker import factor_rank
-from keras_memgeom.src.utils.keras_backend import PREFERENCE
-
-TINY = [
-    "--tasks",
-    "2",
-    "--width",
-    "8",
-    "--epochs",
-    "1",
-    "--train-examples",
-    "150",
-    "--quiet",
-]
-
-
-def run_cli(args, capsys):
-    try:
-        code = cli.main(args)
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli.command_line import TINY
+from tests.cli.command_line import run_cli
 
 
 def test_bench_writes_results_and_plots(tmp_path, capsys):
@@ -132,33 +108,6 @@ def test_bench_kfac_keeps_factors_of_the_rank_asked(rank, tmp_path, capsys):
         for block in memory.kronecker.values():
             for factor in (block.a, block.g):
                 assert factor_rank(factor) == wanted
-
-
-def test_demo_settings(monkeypatch, tmp_path, capsys):
-    # The real demo takes a minute; check it asks the harness for the right run.
-    seen = {}
-
-    def compare(harness, strategies, **kwargs):
-        seen["stream"] = harness.stream
-        seen["harness"] = harness
-        seen["strategies"] = strategies
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(continual.Harness, "compare", compare)
-    code, _, err = run_cli(["demo", "--out", str(tmp_path), "--quiet"], capsys)
-    assert code == 130 and f"--resume {tmp_path}" in err
-    assert (
-        seen["stream"].scenario == "permuted"
-        and seen["stream"].dataset == "digits"
-    )
-    assert len(seen["stream"].tasks) == 5
-    assert [s.name for s in seen["strategies"]] == [
-        "finetune",
-        "online",
-        "joint",
-    ]
-    assert seen["strategies"][1].strength == 1000.0
-    assert (seen["harness"].width, seen["harness"].epochs) == (400, 10)
 
 
 @pytest.mark.parametrize(
@@ -412,91 +361,6 @@ def test_interrupted_run_keeps_its_results_and_resumes(
         )
 
 
-def test_help_explains_every_flag(capsys):
-    code, out, _ = run_cli(["bench", "--help"], capsys)
-    assert code == 0
-    parser = cli.build_parser()
-    bench = parser._subparsers._group_actions[0].choices["bench"]
-    for action in bench._actions:
-        assert action.help, action.option_strings
-        for flag in action.option_strings:
-            assert flag in out
-    code, out, _ = run_cli([], capsys)
-    assert code == 2 and "memgeom demo" in out
-
-
-def test_info_says_backend_versions_and_devices(capsys):
-    code, out, err = run_cli(["info"], capsys)
-    assert code == 0 and not err
-    backend, version, devices = out.splitlines()
-    assert backend.startswith(
-        f"memgeom: Keras backend {keras.backend.backend()} ("
-    )
-    assert version.endswith(f"keras {keras.__version__}")
-    assert (
-        devices.startswith(f"{keras.backend.backend()} ") and " on " in devices
-    )
-
-
-def test_every_command_prints_the_backend_first(capsys):
-    code, _, err = run_cli(
-        ["bench", "--methods", "finetune,si", "--quiet"], capsys
-    )
-    assert code == 2
-    assert err.splitlines()[0].startswith(
-        f"memgeom: Keras backend {keras.backend.backend()} ("
-    )
-
-
-def test_a_fresh_machine_says_which_backend_it_chose(tmp_path):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("KERAS_BACKEND", "KERAS_HOME")
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_memgeom", "info"],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        env={**env, "HOME": str(tmp_path)},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    first = next(b for b in PREFERENCE if importlib.util.find_spec(b))
-    assert result.stdout.splitlines()[0] == (
-        f"memgeom: Keras backend {first} (chosen: first installed of jax, "
-        f"torch, tensorflow; saved in {tmp_path / '.keras' / 'keras.json'})"
-    )
-
-
-def test_python_dash_m_runs_the_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_memgeom", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "memgeom demo" in result.stdout
-
-
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path, capsys):
-    code, out, _ = run_cli(["demo", "--out", str(tmp_path), "--quiet"], capsys)
-    assert code == 0
-    methods = json.loads((tmp_path / "results.json").read_text())["methods"]
-    assert (
-        methods["online"]["average_accuracy"]
-        > methods["finetune"]["average_accuracy"] + 0.1
-    )
-    assert (
-        methods["joint"]["average_accuracy"]
-        > methods["online"]["average_accuracy"]
-    )
-
-
 @pytest.mark.slow
 def test_acceptance_permuted_mnist5k(tmp_path, capsys):
     # About 3 minutes on 2 CPU cores with JAX;
@@ -526,25 +390,6 @@ def test_acceptance_permuted_mnist5k(tmp_path, capsys):
     # (docs/harness.md).
     assert accuracy["finetune"] < accuracy["online"] - 0.15
     assert accuracy["joint"] == max(accuracy.values())
-
-
-def test_merge_prints_every_method_and_writes_its_results(tmp_path, capsys):
-    code, out, _ = run_cli(
-        ["merge", "--width", "4", "--epochs", "1", "--out", str(tmp_path)],
-        capsys,
-    )
-    assert code == 0
-    result = json.loads((tmp_path / "merge.json").read_text())
-    for name in (
-        "raw average",
-        "average",
-        "fisher+repair",
-        "regmean",
-        "regmean+repair",
-    ):
-        assert name in out and name in result["ratio"]
-    assert (tmp_path / "loss_path.png").stat().st_size > 0
-    assert len(result["path"]["aligned"]["loss"]) == 11
 
 
 def test_bench_strength_sweep_reports_every_grid_point(tmp_path, capsys):
@@ -708,53 +553,6 @@ def test_a_finished_or_unreadable_run_is_never_overwritten(
         assert (folder / "results.json").read_bytes() == before
 
 
-def test_resume_compares_settings_as_the_run_reads_them():
-    parse = cli.build_parser().parse_args
-    stored = cli._settings(
-        parse(["bench", "--methods", "finetune,online", "--strength", "50"])
-    )
-    previous = {
-        "config": {"settings": stored},
-        "backend": keras.backend.backend(),
-    }
-    same = [
-        # Defaults said out loud, and the methods in another order.
-        [
-            "--methods",
-            "online,finetune",
-            "--strength",
-            "online=50",
-            "--estimator",
-            "exact",
-            "--decay",
-            "1",
-            "--epochs",
-            "10",
-            "--data-seed",
-            "0",
-            "--init-seed",
-            "0",
-            "--strength-grid",
-            "1,2",  # used by no method: auto and sweep are not asked for
-        ],
-        ["--methods", "online,finetune", "--strength", "50", "--seed", "0"],
-    ]
-    for args in same:
-        cli._check_resume(previous, cli._settings(parse(["bench", *args])), "d")
-    for args, changed in [
-        (["--methods", "online", "--strength", "50"], "--methods"),
-        (["--methods", "finetune,online"], "--strength"),
-        (
-            ["--methods", "finetune,online", "--strength", "50", "--seed", "1"],
-            r"--data-seed 0 \(now 1\)",
-        ),
-    ]:
-        with pytest.raises(ValueError, match=changed):
-            cli._check_resume(
-                previous, cli._settings(parse(["bench", *args])), "d"
-            )
-
-
 def test_ctrl_c_while_plotting_keeps_the_results_and_resumes(
     tmp_path, capsys, monkeypatch
 ):
@@ -797,131 +595,3 @@ def test_ctrl_c_while_plotting_keeps_the_results_and_resumes(
     resumed = continual.load_results(str(out / "results.json"))
     for name, run in document["methods"].items():
         assert resumed["methods"][name] == run
-
-
-def _merge_result():
-    # The shape of a merge_experiment result; the numbers are arbitrary.
-    line = {
-        "t": [0.0, 0.5, 1.0],
-        "loss": [0.2, 0.9, 0.3],
-        "accuracy": [1.0] * 3,
-    }
-    return {
-        "dataset": "digits",
-        "width": 4,
-        "endpoints": [0.9, 0.8],
-        "ratio": {"raw average": 0.5, "average": 0.9},
-        "barrier": {"raw": 0.65, "aligned": 0.1},
-        "path": {"raw": line, "aligned": line},
-    }
-
-
-def test_merge_checks_its_folder_before_training(tmp_path, capsys, monkeypatch):
-    from keras_memgeom.merging import merge_experiment
-
-    monkeypatch.setattr(
-        merge_experiment,
-        "merge_experiment",
-        lambda *a, **k: pytest.fail("trained"),
-    )
-    a_file = tmp_path / "file"
-    a_file.write_text("")
-    done = tmp_path / "done"
-    done.mkdir()
-    (done / "merge.json").write_text("{}")
-    cases = [
-        (a_file, f"'{a_file}' is a file, not a folder"),
-        (a_file / "run", f"its parent '{a_file}' is a file"),
-        (done, f"'{done}' holds a finished merge"),
-    ]
-    read_only = tmp_path / "read-only"
-    read_only.mkdir()
-    read_only.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anyway: what the check asks says no
-        access = os.access
-        monkeypatch.setattr(
-            os,
-            "access",
-            lambda path, mode: (
-                not str(path).startswith(str(read_only)) and access(path, mode)
-            ),
-        )
-    cases += [
-        (read_only, f"'{read_only}' is not writable"),
-        (read_only / "run", f"'{read_only / 'run'}' is not writable"),
-    ]
-    try:
-        for out, message in cases:
-            code, _, err = run_cli(["merge", "--out", str(out)], capsys)
-            assert code == 2 and message in err, err
-            assert "Traceback" not in err
-    finally:
-        read_only.chmod(0o755)
-    assert (done / "merge.json").read_text() == "{}"
-
-
-def test_ctrl_c_in_merge_keeps_what_finished(tmp_path, capsys, monkeypatch):
-    from keras_memgeom.merging import merge_experiment
-    from keras_memgeom.merging import plot_loss_path
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(merge_experiment, "merge_experiment", interrupt)
-    code, _, err = run_cli(["merge", "--out", str(tmp_path / "a")], capsys)
-    assert code == 130 and "Traceback" not in err
-    assert "nothing was written" in err
-    assert not os.listdir(tmp_path / "a")
-
-    # Interrupted while drawing: merge.json is whole, the numbers printed.
-    monkeypatch.setattr(
-        merge_experiment, "merge_experiment", lambda *a, **k: _merge_result()
-    )
-    monkeypatch.setattr(plot_loss_path, "plot_loss_path", interrupt)
-    code, out, err = run_cli(["merge", "--out", str(tmp_path / "b")], capsys)
-    assert code == 130 and "Traceback" not in err
-    assert "kept in" in err and "merge.json" in err
-    assert "raw average" in out
-    assert json.loads((tmp_path / "b" / "merge.json").read_text())["ratio"] == {
-        "raw average": 0.5,
-        "average": 0.9,
-    }
-    assert sorted(os.listdir(tmp_path / "b")) == ["merge.json"]
-
-
-@pytest.mark.parametrize("stop", [OSError("disk full"), KeyboardInterrupt()])
-def test_a_save_stopped_midway_leaves_the_previous_file_intact(
-    tmp_path, monkeypatch, stop
-):
-    stream = continual.TaskStream.make(
-        "permuted", "digits", num_tasks=1, max_train_examples=60
-    )
-    harness = continual.Harness(stream, width=4, epochs=1)
-    runs = {"finetune": harness.run(continual.Finetune())}
-    document = continual.make_document(harness.get_config(), 0, runs)
-    continual.save_results(document, str(tmp_path / "results.json"))
-    continual.plot_results(document, str(tmp_path))
-    cli.write_merge(_merge_result(), str(tmp_path))
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert {"results.json", "merge.json", "loss_path.png"} <= set(before)
-    assert "average_accuracy.png" in before
-
-    # New contents, stopped in the middle of every write (before the
-    # rename that would publish it).
-    changed = dict(document, seed=1)
-    result = dict(_merge_result(), width=8)
-
-    def fail(fd):
-        raise stop
-
-    monkeypatch.setattr(os, "fsync", fail)
-    for save in (
-        lambda: continual.save_results(changed, str(tmp_path / "results.json")),
-        lambda: continual.plot_results(changed, str(tmp_path)),
-        lambda: cli.write_merge(result, str(tmp_path)),
-    ):
-        with pytest.raises(type(stop)):
-            save()
-    monkeypatch.undo()
-    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert after == before  # byte for byte, and no temporary left behind

