@@ -10,9 +10,10 @@ with a default shown with that default, never as required).
 import ast
 import html.parser
 import importlib
+import importlib.util
 import inspect
 import os
-import shutil
+import re
 import subprocess
 import sys
 
@@ -88,17 +89,13 @@ class _ApiPage(html.parser.HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """The API pages, parsed, from a fresh strict build of the site."""
-    if (
-        shutil.which("mkdocs") is None
-        and importlib.util.find_spec("mkdocs") is None
-    ):
-        pytest.skip("mkdocs is not installed (pip install -e '.[docs]').")
-    for plugin in ("mkdocstrings", "material"):
-        if importlib.util.find_spec(plugin) is None:
+def built_site(tmp_path_factory):
+    """The folder of a fresh strict build of the site."""
+    for module in ("mkdocs", "mkdocstrings", "material"):
+        if importlib.util.find_spec(module) is None:
             pytest.skip(
-                f"{plugin} is not installed (pip install -e '.[docs]')."
+                f"{module} is not installed: the site cannot be built "
+                "(pip install -e '.[docs]')."
             )
     out = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
@@ -114,6 +111,13 @@ def site(tmp_path_factory):
         timeout=300,
     )
     assert build.returncode == 0, build.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(built_site):
+    """The API pages of the built site, parsed, by file name."""
+    out = built_site
     pages = {}
     for name in sorted(os.listdir(out / "api")):
         if name.endswith(".html"):
@@ -272,3 +276,17 @@ def test_parser_reads_rows_and_defaults():
     )
     assert page.anchors == ["pkg.f"]
     assert page.tables == {"pkg.f": [("a", None), ("b", "2")]}
+
+
+def test_every_image_of_the_built_site_exists(built_site):
+    root = built_site
+    images = 0
+    for page in root.rglob("*.html"):
+        for source in re.findall(r'<img[^>]*\ssrc="([^"]+)"', page.read_text()):
+            if source.startswith(("http:", "https:", "data:")):
+                continue
+            images += 1
+            assert (page.parent / source).resolve().is_file(), (
+                f"{page.relative_to(root)}: {source} is missing"
+            )
+    assert images, "the site shows no figure"
