@@ -7,6 +7,7 @@ backend of the test process. A block whose preceding line is
 """
 
 import glob
+import importlib.util
 import os
 import re
 
@@ -130,3 +131,35 @@ def test_readme_commands_name_existing_extras():
             assert re.search(
                 rf"^{re.escape(extra)} = \[", pyproject, flags=re.M
             ), extra
+
+
+def _make_figures():
+    path = os.path.join(ROOT, "docs", "make_figures.py")
+    spec = importlib.util.spec_from_file_location("make_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_figure_exists_and_has_a_maker():
+    """Each image the pages show exists and says what draws it."""
+    make_figures = _make_figures()
+    made = set(make_figures.FIGURES) | set(make_figures.OTHER_FIGURES)
+    shown = []
+    for path in PAGES:
+        with open(path) as f:
+            for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", f.read()):
+                shown.append((path, target))
+    assert shown
+    for path, target in shown:
+        image = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        assert os.path.exists(image), f"{_page_id(path)}: {target} is missing"
+        assert os.path.dirname(image) == os.path.join(ROOT, "docs", "figures")
+        assert os.path.basename(image) in made, (
+            f"{_page_id(path)}: {target} is neither drawn by "
+            "docs/make_figures.py nor listed in its OTHER_FIGURES"
+        )
+    for name in make_figures.FIGURES:
+        image = os.path.join(ROOT, "docs", "figures", name)
+        assert os.path.exists(image), f"docs/make_figures.py: {name} missing"
+        assert os.path.getsize(image) < 200_000, name

@@ -144,6 +144,20 @@ def test_a_memory_not_in_a_list_is_refused_with_the_fix(rng):
         model.compile("adam", LOSS, regularizers=memory)
 
 
+def test_regularizers_is_a_deprecated_alias_of_memories(rng):
+    x, y = classification_data(rng, num_examples=16)
+    model = _functional()
+    model.compile("adam", LOSS)
+    memory = FisherMemory.estimate(model, (x, y))
+    with pytest.warns(DeprecationWarning, match="memories="):
+        model.compile("adam", LOSS, regularizers=[memory])
+    assert model.memories == [memory]
+    with pytest.raises(ValueError, match="memories="):
+        model.compile("adam", LOSS, memories=[memory], regularizers=[memory])
+    with pytest.raises(ValueError, match=r"memories=\[memory\]"):
+        model.compile("adam", LOSS, memories=memory)
+
+
 def test_train_on_batch_applies_the_penalty(rng):
     model, memory, x, y = _remembering(
         rng, num_train_examples=32, strength=20.0

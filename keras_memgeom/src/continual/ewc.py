@@ -14,9 +14,13 @@ class EWC(MemoryStrategy):
     number of tasks.
 
     Args:
-        strength, estimator, fisher_examples, structure: see
-            `MemoryStrategy`. With `"kfac"`, one Kronecker penalty per task
-            and layer, summed exactly.
+        strength: penalty strength, as for `MemoryStrategy`.
+        estimator: Fisher estimator, as for `MemoryStrategy`.
+        fisher_examples: examples per memory, as for `MemoryStrategy`.
+        structure: `"diagonal"` or `"kfac"`; with `"kfac"`, one Kronecker
+            penalty per task and layer, summed exactly.
+        rank: eigenvectors kept per Kronecker factor, as for
+            `MemoryStrategy`.
 
     Example:
 

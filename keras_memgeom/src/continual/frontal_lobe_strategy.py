@@ -26,9 +26,11 @@ class FrontalLobeStrategy(MemoryStrategy):
     task's `fit` attaches with `strength`.
 
     Args:
-        strength, estimator, fisher_examples: see `MemoryStrategy`;
-            `strength` must be a number (the consolidation runs inside
-            `fit`, so `"auto"` cannot replay it per grid point).
+        strength: penalty strength, as for `MemoryStrategy` but a number
+            (the consolidation runs inside `fit`, so `"auto"` cannot
+            replay it per grid point).
+        estimator: Fisher estimator, as for `MemoryStrategy`.
+        fisher_examples: examples per memory, as for `MemoryStrategy`.
         decay: factor on the older precision at each merge, in `(0, 1]`.
         fraction: share of the units of each hidden layer in the frontal
             lobe, in `(0, 1]`.

@@ -20,6 +20,7 @@ class MaskedLogits(keras.layers.Layer):
     Args:
         classes: the output indices to keep.
         num_outputs: the number of logits.
+        **kwargs: as `keras.layers.Layer` (`name`, `dtype`, ...).
 
     Input shape:
         N-D tensor of logits with shape `(batch_size, ..., num_outputs)`.

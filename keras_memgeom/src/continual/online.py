@@ -18,10 +18,14 @@ class Online(MemoryStrategy):
     the cost of one memory.
 
     Args:
-        strength, estimator, fisher_examples, structure, rank: see
-            `MemoryStrategy`. With `"kfac"`, each merge keeps one
-            Kronecker block per layer, truncated again to `rank` (see
-            `keras_memgeom.merge`).
+        strength: penalty strength, as for `MemoryStrategy`.
+        estimator: Fisher estimator, as for `MemoryStrategy`.
+        fisher_examples: examples per memory, as for `MemoryStrategy`.
+        structure: `"diagonal"` or `"kfac"`; with `"kfac"`, each merge
+            keeps one Kronecker block per layer, truncated again to `rank`
+            (see `keras_memgeom.merge`).
+        rank: eigenvectors kept per Kronecker factor, as for
+            `MemoryStrategy`.
         decay: factor on the older precisions at each merge, in `(0, 1]`;
             1 keeps all of the past, smaller values forget it gradually.
 

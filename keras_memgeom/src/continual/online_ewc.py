@@ -23,7 +23,9 @@ class OnlineEWC(MemoryStrategy):
     past anchors but simply the newest weights.
 
     Args:
-        strength, estimator, fisher_examples: see `MemoryStrategy`.
+        strength: penalty strength, as for `MemoryStrategy`.
+        estimator: Fisher estimator, as for `MemoryStrategy`.
+        fisher_examples: examples per memory, as for `MemoryStrategy`.
         gamma: factor on the older importance, in `(0, 1]`; 1 keeps all
             of it.
 

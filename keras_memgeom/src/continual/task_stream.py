@@ -429,8 +429,10 @@ class TaskStream:
         Args:
             dataset: an `ImageDataset`, or a `StreamedImageDataset` (whose
                 tasks hold no examples: 0 bytes).
-            scenario, num_tasks, split_scenario, max_train_examples: as for
-                `make`.
+            scenario: as for `make`.
+            num_tasks: as for `make`.
+            split_scenario: as for `make`.
+            max_train_examples: as for `make`.
 
         Returns:
             A dict: `nbytes` (the total), `tasks`, `examples` (train,

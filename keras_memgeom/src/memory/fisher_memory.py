@@ -61,6 +61,8 @@ class FisherMemory:
             the Fisher is negative, a factor is not symmetric or has the
             wrong size, or `num_examples` is not a positive whole number.
 
+    Training under a memory is `keras_memgeom.Model`'s example.
+
     Example:
 
     ```python
@@ -71,16 +73,13 @@ class FisherMemory:
 
     x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
     y = np.arange(64) % 3
-    model = keras_memgeom.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile("adam", loss)
-    model.fit(x, y, epochs=2, verbose=0)
-
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
-    print(memory.num_examples)  # 64
-    # Learn a second task, remembering the first.
-    model.compile("adam", loss, regularizers=[memory], strength=100)
-    model.fit(x[:, ::-1], y, epochs=2, verbose=0)
+    memory.save("task_a.memory")
+    print(keras_memgeom.FisherMemory.load("task_a.memory").num_examples)  # 64
     ```
     """
 

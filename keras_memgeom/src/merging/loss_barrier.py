@@ -23,34 +23,10 @@ class LossBarrier(NamedTuple):
     Example:
 
     ```python
-    import keras
-    import numpy as np
-
     import keras_memgeom
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-
-    def trained(seed):
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
-                keras.Input((8,)),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(2),
-            ]
-        )
-        model.compile(
-            "adam",
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        model.fit(x, y, epochs=5, verbose=0)
-        return model
-
-    model_a, model_b = trained(1), trained(2)
-
+    # model_a, model_b: two trained models of one architecture and (x, y)
+    # their data, as built in the how-to guide "Merging two models".
     result = keras_memgeom.merging.loss_barrier(model_a, model_b, (x, y))
     print(result.t[0], result.t[-1], result.barrier >= 0.0)  # 0.0 1.0 True
     ```
@@ -79,36 +55,12 @@ def interpolate(model_a, model_b, t):
     Example:
 
     ```python
-    import keras
-    import numpy as np
-
     import keras_memgeom
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-
-    def trained(seed):
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
-                keras.Input((8,)),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(2),
-            ]
-        )
-        model.compile(
-            "adam",
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        model.fit(x, y, epochs=5, verbose=0)
-        return model
-
-    model_a, model_b = trained(1), trained(2)
-
+    # model_a, model_b: two trained models of one architecture and (x, y)
+    # their data, as built in the how-to guide "Merging two models".
     midpoint = keras_memgeom.merging.interpolate(model_a, model_b, 0.5)
-    print(midpoint(x[:2]).shape)  # (2, 2)
+    print(midpoint(x[:2]).shape)  # (2, number of outputs)
     ```
     """
     weights_a, weights_b = model_a.get_weights(), model_b.get_weights()
@@ -154,34 +106,10 @@ def loss_barrier(
     Example:
 
     ```python
-    import keras
-    import numpy as np
-
     import keras_memgeom
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-
-    def trained(seed):
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
-                keras.Input((8,)),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(2),
-            ]
-        )
-        model.compile(
-            "adam",
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        model.fit(x, y, epochs=5, verbose=0)
-        return model
-
-    model_a, model_b = trained(1), trained(2)
-
+    # model_a, model_b: two trained models of one architecture and (x, y)
+    # their data, as built in the how-to guide "Merging two models".
     aligned_b = keras_memgeom.symmetry.align(model_b, model_a)
     before = keras_memgeom.merging.loss_barrier(model_a, model_b, (x, y))
     after = keras_memgeom.merging.loss_barrier(model_a, aligned_b, (x, y))

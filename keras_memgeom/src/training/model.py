@@ -12,7 +12,7 @@ class Model(MemoryTrainer, keras.Model):
     """`keras.Model` with Fisher memories as drop-in regularizers.
 
     Build it like `keras.Model` (functional: `Model(inputs, outputs)`, or
-    subclassed). `compile(..., regularizers=[memory, ...])` adds the memories'
+    subclassed). `compile(..., memories=[memory, ...])` adds the memories'
     penalty (one term per memory) to the loss of `fit`, `train_on_batch`,
     `evaluate` and custom loops calling `compute_loss`, reported as the
     metric `memory_penalty`. The penalty is added by overriding
@@ -20,7 +20,12 @@ class Model(MemoryTrainer, keras.Model):
     backend, keeping sample weights, metrics and loss scaling) and `fit`
     (which counts the examples the loss averages over). The memories are
     device state, saved with the model by `model.save` and restored by
-    `keras.saving.load_model`. See `MemoryTrainer` for the frontal lobe.
+    `keras.saving.load_model`. See `compile` for its arguments and the
+    frontal lobe.
+
+    The example below is the package's whole workflow (learn a task,
+    remember it, learn the next under the memory); the other docstrings
+    show their own step only.
 
     Args:
         *args: as `keras.Model`: `inputs` and `outputs` for the functional
@@ -45,7 +50,7 @@ class Model(MemoryTrainer, keras.Model):
     model.fit(x, y, epochs=2, verbose=0)
     memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
 
-    model.compile("adam", loss, regularizers=[memory_a], strength=100)
+    model.compile("adam", loss, memories=[memory_a], strength=100)
     history = model.fit(x[:, ::-1], y, epochs=2, verbose=0)
     print(sorted(history.history))  # ['loss', 'memory_penalty']
     ```

@@ -9,14 +9,15 @@ from keras_memgeom.src.training.memory_trainer import MemoryTrainer
 class Sequential(MemoryTrainer, keras.Sequential):
     """`keras.Sequential` with Fisher memories as drop-in regularizers.
 
-    The same `compile(..., regularizers=[memory], strength=,
+    The same `compile(..., memories=[memory], strength=,
     num_train_examples=, frontal_lobe=)` as `keras_memgeom.Model`, for a
-    stack of layers.
+    stack of layers; `keras_memgeom.Model`'s example shows the whole
+    workflow.
 
     Args:
-        layers: the layers, as for `keras.Sequential`.
-        trainable: whether the model is trainable.
-        name: the model's name.
+        *args: as `keras.Sequential`: `layers` (the layers, default none
+            yet), `trainable` (default `True`), `name`.
+        **kwargs: as `keras.Sequential`.
 
     Example:
 
@@ -31,10 +32,7 @@ class Sequential(MemoryTrainer, keras.Sequential):
     model = keras_memgeom.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile("adam", loss)
-    model.fit(x, y, epochs=2, verbose=0)
-    memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
-
-    model.compile("adam", loss, regularizers=[memory_a], strength=100)
-    model.fit(x[:, ::-1], y, epochs=2, verbose=0)
+    memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
+    model.compile("adam", loss, memories=[memory], num_train_examples=64)
     ```
     """
