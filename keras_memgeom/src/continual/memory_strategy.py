@@ -1,13 +1,16 @@
 """Base class of the methods that keep Fisher memories of past tasks."""
 
-import keras_memgeom
 from keras_memgeom.src.continual.strategy import Strategy
 from keras_memgeom.src.continual.task_stream import batched
 from keras_memgeom.src.continual.task_stream import num_examples
+from keras_memgeom.src.memory.attach import attach
+from keras_memgeom.src.memory.attach import detach
 from keras_memgeom.src.memory.fisher import ESTIMATORS
 from keras_memgeom.src.memory.fisher import STRUCTURES
 from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import check_rank
+from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
 
@@ -117,9 +120,9 @@ class MemoryStrategy(Strategy):
         raise NotImplementedError
 
     def before_task(self, model, context):
-        keras_memgeom.detach(model)
+        detach(model)
         if self.memories:
-            keras_memgeom.attach(
+            attach(
                 model,
                 self.memories,
                 num_train_examples=num_examples(self.training_data(context)),
@@ -127,7 +130,7 @@ class MemoryStrategy(Strategy):
             )
 
     def after_task(self, model, context):
-        memory = keras_memgeom.FisherMemory.estimate(
+        memory = FisherMemory.estimate(
             context.fisher_model(model),
             batched(context.task.data("train"), 256),
             estimator=self.estimator,
@@ -142,7 +145,7 @@ class MemoryStrategy(Strategy):
         """All kept memories merged into one (their penalties summed)."""
         if len(self.memories) < 2:
             return self.memories[0] if self.memories else None
-        return keras_memgeom.merge(self.memories)
+        return merge(self.memories)
 
     def get_config(self):
         return {

@@ -1,10 +1,10 @@
 """Online consolidation: one Fisher memory, merged after each task."""
 
-import keras_memgeom
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
 from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.utils.checks import check_number
 
 
@@ -68,7 +68,7 @@ class Online(MemoryStrategy):
     def consolidate(self, memories, memory):
         if not memories:
             return [memory]
-        return [keras_memgeom.merge(memories + [memory], decay=self.decay)]
+        return [merge(memories + [memory], decay=self.decay)]
 
     def get_config(self):
         return {**super().get_config(), "decay": self.decay}

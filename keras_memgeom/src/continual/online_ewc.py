@@ -1,9 +1,9 @@
 """Online EWC: one running importance, anchored at the latest weights."""
 
-import keras_memgeom
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
+from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.utils.checks import check_number
 
 
@@ -72,7 +72,7 @@ class OnlineEWC(MemoryStrategy):
             for path, fisher in memory.fisher.items()
         }
         return [
-            keras_memgeom.FisherMemory(
+            FisherMemory(
                 memory.anchor,
                 importance,
                 memory.num_examples,

@@ -252,7 +252,7 @@ class _Conv1D(_Rule):
             dilation_rate=(1, layer.dilation_rate[0]),
             padding=layer.padding,
         )
-        return dense_taps._patches(geometry, x[:, None], (1, shape[0]))
+        return dense_taps.patches(geometry, x[:, None], (1, shape[0]))
 
     def squared(self, layer, x, grads, shapes):
         g = grads[0]
@@ -300,7 +300,7 @@ class _Depthwise(_Rule):
 
     def squared(self, layer, x, grads, shapes):
         g = grads[0]
-        patches = dense_taps._patches(layer, x, shapes[0])
+        patches = dense_taps.patches(layer, x, shapes[0])
         per_example = _depthwise_kernel_grads(patches, g, layer.kernel.shape)
         out = [ops.reshape(_sum_squares(per_example), layer.kernel.shape)]
         if layer.use_bias:
@@ -348,7 +348,7 @@ class _Separable(_Rule):
 
     def squared(self, layer, saved, grads, shapes):
         x, inner = saved
-        patches = dense_taps._patches(layer, x, shapes[0])
+        patches = dense_taps.patches(layer, x, shapes[0])
         depthwise = _depthwise_kernel_grads(
             patches, grads[0], layer.depthwise_kernel.shape
         )

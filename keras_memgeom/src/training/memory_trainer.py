@@ -10,6 +10,7 @@ from keras.src.backend import in_stateless_scope
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_memgeom import backend
+from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.attach import MEMORY_REGULARIZERS
 from keras_memgeom.src.memory.attach import attach
 from keras_memgeom.src.memory.attach import attached_regularizers
@@ -17,7 +18,6 @@ from keras_memgeom.src.memory.attach import attachment_of
 from keras_memgeom.src.memory.attach import detach
 from keras_memgeom.src.memory.attach import memory_list
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
-from keras_memgeom.src.training import normalization_statistics as statistics
 from keras_memgeom.src.training.frontal_lobe import FrontalLobe
 from keras_memgeom.src.training.train_examples import count_train_examples
 from keras_memgeom.src.utils.checks import check_number

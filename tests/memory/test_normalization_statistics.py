@@ -6,9 +6,7 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory
-from keras_memgeom.src.training.normalization_statistics import (
-    statistics_frozen,
-)
+from keras_memgeom.src.memory.normalization_statistics import statistics_frozen
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
