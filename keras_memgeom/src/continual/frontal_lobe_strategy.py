@@ -172,7 +172,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         model.compile(
             optimizer=optimizer,
             loss=loss,
-            regularizers=self.memories,
+            memories=self.memories,
             strength=self.strength,
             frontal_lobe=frontal_lobe,
         )

@@ -85,7 +85,7 @@ def attach(
     trained before.
 
     On a `keras_memgeom.Model` or `keras_memgeom.Sequential` this is the same
-    as compiling with `regularizers=`: the model holds the memory as state
+    as compiling with `memories=`: the model holds the memory as state
     apart from its own variables (so a traced step reads it as device
     state), saves it as assets and keeps it across `fit` calls. On any other
     Keras model the layers' `*_regularizer` attributes are set (a

@@ -79,7 +79,7 @@ class FisherMemory:
     memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
     print(memory.num_examples)  # 64
     # Learn a second task, remembering the first.
-    model.compile("adam", loss, regularizers=[memory], strength=100)
+    model.compile("adam", loss, memories=[memory], strength=100)
     model.fit(x[:, ::-1], y, epochs=2, verbose=0)
     ```
     """

@@ -23,12 +23,13 @@ from keras_memgeom.src.training.train_examples import count_train_examples
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
 from keras_memgeom.src.utils.model_save import save_model
+from keras_memgeom.src.utils.renamed_argument import renamed_argument
 
 
 class MemoryTrainer:
     """Mixin for `keras.Model`: Fisher memories as compile-time regularizers.
 
-    `compile(..., regularizers=[memory, ...], strength=, num_train_examples=)`
+    `compile(..., memories=[memory, ...], strength=, num_train_examples=)`
     adds the memories' penalty (one term per memory) to the loss on every
     path that computes it: `fit`, `train_on_batch`, `evaluate`,
     `test_on_batch` and custom loops calling `compute_loss`. `fit` and
@@ -65,19 +66,20 @@ class MemoryTrainer:
     def compile(
         self,
         *args,
-        regularizers=None,
+        memories=None,
         strength=1.0,
         num_train_examples=None,
         frontal_lobe=None,
         normalization_statistics=statistics.DEFAULT_POLICY,
+        regularizers=None,
         **kwargs,
     ):
         """Configures the model for training, as `keras.Model.compile`.
 
         Args:
             *args: as `keras.Model.compile`.
-            regularizers: a list of `FisherMemory` whose penalties are added
-                to the loss.
+            memories: a list of `FisherMemory` whose penalties are added to
+                the loss.
             strength: the memories' strength (`1` is the Laplace scaling).
             num_train_examples: the number of examples the loss averages
                 over. By default `fit` counts them: the arrays' length less
@@ -89,7 +91,7 @@ class MemoryTrainer:
             frontal_lobe: a `FrontalLobe` whose information penalty is added
                 to the training loss (on until
                 `set_information_penalty(False)`).
-            normalization_statistics: what training with `regularizers`
+            normalization_statistics: what training with `memories`
                 does to the moving statistics of `BatchNormalization`
                 layers, which a memory does not remember. `"freeze"` (the
                 default): they are neither updated nor replaced by batch
@@ -98,12 +100,14 @@ class MemoryTrainer:
                 remembered task keeps its statistics. `"update"`: Keras's
                 behaviour (batch statistics, moving statistics updated),
                 which can lose the remembered task although its weights are
-                kept. Without `regularizers` the layers are left as they
+                kept. Without `memories` the layers are left as they
                 are.
+            regularizers: deprecated alias of `memories`.
             **kwargs: as `keras.Model.compile`.
 
         Raises:
-            ValueError: if `regularizers` is not a list of `FisherMemory`,
+            ValueError: if `memories` is not a list of `FisherMemory`,
+                both `memories` and `regularizers` are passed,
                 `strength` is not a finite non-negative number,
                 `num_train_examples` is not a positive whole number,
                 `frontal_lobe` is not a `FrontalLobe`,
@@ -117,14 +121,15 @@ class MemoryTrainer:
                 "`frontal_lobe` takes a FrontalLobe; got "
                 f"{type(frontal_lobe).__name__}."
             )
-        if regularizers is not None and not isinstance(
-            regularizers, (list, tuple)
-        ):
+        memories = renamed_argument(
+            "memories", memories, "regularizers", regularizers
+        )
+        if memories is not None and not isinstance(memories, (list, tuple)):
             raise ValueError(
-                "`regularizers` takes a list of FisherMemory objects; got "
-                f"{type(regularizers).__name__}. Write `regularizers=[memory]`."
+                "`memories` takes a list of FisherMemory objects; got "
+                f"{type(memories).__name__}. Write `memories=[memory]`."
             )
-        memories = memory_list(regularizers or [], "regularizers")
+        memories = memory_list(memories or [], "memories")
         strength = check_number("strength", strength, minimum=0.0)
         num_train_examples = check_positive_int(
             "num_train_examples", num_train_examples, allow_none=True
@@ -254,7 +259,7 @@ class MemoryTrainer:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile("sgd", loss)
         memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
-        model.compile("sgd", loss, regularizers=[memory], num_train_examples=32)
+        model.compile("sgd", loss, memories=[memory], num_train_examples=32)
         print(float(model.memory_penalty()))  # 0.0 at the anchor
         ```
         """

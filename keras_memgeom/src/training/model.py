@@ -12,7 +12,7 @@ class Model(MemoryTrainer, keras.Model):
     """`keras.Model` with Fisher memories as drop-in regularizers.
 
     Build it like `keras.Model` (functional: `Model(inputs, outputs)`, or
-    subclassed). `compile(..., regularizers=[memory, ...])` adds the memories'
+    subclassed). `compile(..., memories=[memory, ...])` adds the memories'
     penalty (one term per memory) to the loss of `fit`, `train_on_batch`,
     `evaluate` and custom loops calling `compute_loss`, reported as the
     metric `memory_penalty`. The penalty is added by overriding
@@ -45,7 +45,7 @@ class Model(MemoryTrainer, keras.Model):
     model.fit(x, y, epochs=2, verbose=0)
     memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
 
-    model.compile("adam", loss, regularizers=[memory_a], strength=100)
+    model.compile("adam", loss, memories=[memory_a], strength=100)
     history = model.fit(x[:, ::-1], y, epochs=2, verbose=0)
     print(sorted(history.history))  # ['loss', 'memory_penalty']
     ```

@@ -9,7 +9,7 @@ from keras_memgeom.src.training.memory_trainer import MemoryTrainer
 class Sequential(MemoryTrainer, keras.Sequential):
     """`keras.Sequential` with Fisher memories as drop-in regularizers.
 
-    The same `compile(..., regularizers=[memory], strength=,
+    The same `compile(..., memories=[memory], strength=,
     num_train_examples=, frontal_lobe=)` as `keras_memgeom.Model`, for a
     stack of layers.
 
@@ -34,7 +34,7 @@ class Sequential(MemoryTrainer, keras.Sequential):
     model.fit(x, y, epochs=2, verbose=0)
     memory_a = keras_memgeom.FisherMemory.estimate(model, (x, y))
 
-    model.compile("adam", loss, regularizers=[memory_a], strength=100)
+    model.compile("adam", loss, memories=[memory_a], strength=100)
     model.fit(x[:, ::-1], y, epochs=2, verbose=0)
     ```
     """
