@@ -236,9 +236,25 @@ def tapped_call(layer, inputs, tap):
         z = ops.matmul(inputs, masked_kernel(layer))
     else:  # a pre-pruned Conv2D masks inside `convolution_op`
         z = layer.convolution_op(inputs, layer.kernel)
-    if layer.use_bias:
+    return tapped_output(layer, z, tap)
+
+
+def tapped_output(layer, z, tap):
+    """A layer's output from its product `z`: bias, then `tap`, activation.
+
+    Args:
+        layer: a layer with a `bias` (or `None`) and an `activation` (or
+            `None`), channels last.
+        z: the layer's input times its kernel.
+        tap: the zero tap added to the pre-activation.
+
+    Returns:
+        `activation(z + bias + tap)`.
+    """
+    if getattr(layer, "bias", None) is not None:
         z = ops.add(z, layer.bias)  # channels last: broadcasts
-    return layer.activation(ops.add(z, tap))
+    z = ops.add(z, tap)
+    return z if layer.activation is None else layer.activation(z)
 
 
 def squared_gradients(layer, x, g, shape):
