@@ -28,10 +28,6 @@ KNOWN = {
         "keras_memgeom/src/memory/fisher_memory.py",
     ): "the callback checks prior_precision like FisherMemory",
     (
-        "keras_memgeom/src/callbacks/consolidate.py",
-        "keras_memgeom/src/training/frontal_lobe.py",
-    ): "both check the Fisher estimator against ESTIMATORS",
-    (
         "keras_memgeom/src/continual/frontal_lobe_strategy.py",
         "keras_memgeom/src/training/frontal_lobe.py",
     ): "the strategy checks FrontalLobe's arguments again",

@@ -7,7 +7,7 @@ from keras_memgeom.src.continual.classifier import classifier
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
-from keras_memgeom.src.training.frontal_lobe import ESTIMATORS
+from keras_memgeom.src.training.frontal_lobe import INFORMATION_ESTIMATORS
 from keras_memgeom.src.utils.checks import check_number
 
 
@@ -93,10 +93,11 @@ class FrontalLobeStrategy(MemoryStrategy):
         decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
         )
-        if information_estimator not in ESTIMATORS:
+        if information_estimator not in INFORMATION_ESTIMATORS:
             raise ValueError(
                 "Unknown information_estimator "
-                f"{information_estimator!r}; expected one of {ESTIMATORS}."
+                f"{information_estimator!r}; expected one of "
+                f"{INFORMATION_ESTIMATORS}."
             )
         fraction = check_number(
             "fraction",

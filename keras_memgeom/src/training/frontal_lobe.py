@@ -23,7 +23,9 @@ from keras_memgeom.src.memory.likelihood import likelihood_from_loss
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
 
-ESTIMATORS = ("empirical", "exact")
+# The Fisher estimators (of `memory.fisher.ESTIMATORS`) whose information
+# penalty the frontal lobe computes.
+INFORMATION_ESTIMATORS = ("empirical", "exact")
 
 _DENSE = (keras.layers.Dense, PrePrunedDense)
 _CONV = (keras.layers.Conv2D, PrePrunedConv2D)
@@ -132,10 +134,10 @@ class FrontalLobe:
         information_strength = check_number(
             "information_strength", information_strength, minimum=0.0
         )
-        if estimator not in ESTIMATORS:
+        if estimator not in INFORMATION_ESTIMATORS:
             raise ValueError(
                 f"Unknown estimator {estimator!r}; expected one of "
-                f"{ESTIMATORS}."
+                f"{INFORMATION_ESTIMATORS}."
             )
         self.layers = layers
         self.fraction = fraction
