@@ -31,6 +31,10 @@ KNOWN = {
         "keras_memgeom/src/continual/frontal_lobe_strategy.py",
         "keras_memgeom/src/training/frontal_lobe.py",
     ): "the strategy checks FrontalLobe's arguments again",
+    (
+        "keras_memgeom/src/continual/frontal_lobe_strategy.py",
+        "keras_memgeom/src/continual/online_ewc.py",
+    ): "both forward the same MemoryStrategy arguments to it",
 }
 
 

@@ -570,7 +570,7 @@ def make_strategies(
 
     Every strategy gets the options its constructor accepts: `strength`
     and `estimator` (a default and per-method values) and the rest of
-    `options` (e.g. `decay`, `fisher_examples`).
+    `options` (e.g. `decay`, `max_examples`).
 
     Raises:
         ValueError: for an unknown or repeated method, or a per-method
@@ -1020,7 +1020,7 @@ def main(argv=None):
             estimator=args.estimator,
             decay=args.decay,
             gamma=args.gamma,
-            fisher_examples=args.fisher_examples,
+            max_examples=args.fisher_examples,
             structure=args.structure,
             information_epochs=args.information_epochs,
             rank=args.rank,

@@ -14,7 +14,7 @@ class EWC(MemoryStrategy):
     number of tasks.
 
     Args:
-        strength, estimator, fisher_examples, structure: see
+        strength, estimator, max_examples, structure: see
             `MemoryStrategy`. With `"kfac"`, one Kronecker penalty per task
             and layer, summed exactly.
 

@@ -26,7 +26,8 @@ class FrontalLobeStrategy(MemoryStrategy):
     task's `fit` attaches with `strength`.
 
     Args:
-        strength, estimator, fisher_examples: see `MemoryStrategy`;
+        strength, estimator, max_examples, fisher_examples: see
+            `MemoryStrategy`;
             `strength` must be a number (the consolidation runs inside
             `fit`, so `"auto"` cannot replay it per grid point).
         decay: factor on the older precision at each merge, in `(0, 1]`.
@@ -69,7 +70,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         decay=1.0,
         fraction=0.5,
         information_strength=1.0,
@@ -79,6 +80,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         distill_epochs=5,
         distill_batch_size=32,
         distill_learning_rate=1e-3,
+        fisher_examples=None,
     ):
         if strength == "auto":
             raise ValueError(
@@ -88,6 +90,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         super().__init__(
             strength=strength,
             estimator=estimator,
+            max_examples=max_examples,
             fisher_examples=fisher_examples,
         )
         decay = check_number(
@@ -186,7 +189,7 @@ class FrontalLobeStrategy(MemoryStrategy):
             self.training_data(context),
             information_epochs=self.information_epochs,
             estimator=self.estimator,
-            max_examples=self.fisher_examples,
+            max_examples=self.max_examples,
             decay=self.decay,
             consolidation=self.consolidation,
             distill_epochs=self.distill_epochs,

@@ -18,8 +18,8 @@ class Online(MemoryStrategy):
     the cost of one memory.
 
     Args:
-        strength, estimator, fisher_examples, structure, rank: see
-            `MemoryStrategy`. With `"kfac"`, each merge keeps one
+        strength, estimator, max_examples, structure, rank, fisher_examples:
+            see `MemoryStrategy`. With `"kfac"`, each merge keeps one
             Kronecker block per layer, truncated again to `rank` (see
             `keras_memgeom.merge`).
         decay: factor on the older precisions at each merge, in `(0, 1]`;
@@ -49,17 +49,19 @@ class Online(MemoryStrategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         structure="diagonal",
         rank=DEFAULT_RANK,
         decay=1.0,
+        fisher_examples=None,
     ):
         super().__init__(
             strength=strength,
             estimator=estimator,
-            fisher_examples=fisher_examples,
+            max_examples=max_examples,
             structure=structure,
             rank=rank,
+            fisher_examples=fisher_examples,
         )
         self.decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0

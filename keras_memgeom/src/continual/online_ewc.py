@@ -23,7 +23,8 @@ class OnlineEWC(MemoryStrategy):
     past anchors but simply the newest weights.
 
     Args:
-        strength, estimator, fisher_examples: see `MemoryStrategy`.
+        strength, estimator, max_examples, fisher_examples: see
+            `MemoryStrategy`.
         gamma: factor on the older importance, in `(0, 1]`; 1 keeps all
             of it.
 
@@ -51,12 +52,14 @@ class OnlineEWC(MemoryStrategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         gamma=1.0,
+        fisher_examples=None,
     ):
         super().__init__(
             strength=strength,
             estimator=estimator,
+            max_examples=max_examples,
             fisher_examples=fisher_examples,
         )
         self.gamma = check_number(
