@@ -111,7 +111,7 @@ def _measure(name, args, rng):
     remembering.compile(
         keras.optimizers.SGD(1e-3),
         LOSS,
-        regularizers=[memory],
+        memories=[memory],
         strength=1.0,
         num_train_examples=len(x),
     )

@@ -107,7 +107,7 @@ def run(args):
             model.compile(
                 keras.optimizers.Adam(3e-3),
                 LOSS,
-                regularizers=[memory],
+                memories=[memory],
                 strength=strength,
                 normalization_statistics=policy,
             )

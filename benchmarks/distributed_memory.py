@@ -116,7 +116,7 @@ with strategy.scope():
     start = time.perf_counter()
     memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
     estimate = time.perf_counter() - start
-    model.compile("sgd", loss, regularizers=[memory])
+    model.compile("sgd", loss, memories=[memory])
     model.fit(x, y, batch_size=256, epochs=1, verbose=0)  # trace
     start = time.perf_counter()
     model.fit(x, y, batch_size=256, epochs=1, verbose=0)
@@ -148,7 +148,7 @@ with keras.distribution.DataParallel(devices=devices).scope():
     start = time.perf_counter()
     memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
     estimate = time.perf_counter() - start
-    model.compile("sgd", loss, regularizers=[memory])
+    model.compile("sgd", loss, memories=[memory])
     model.fit(x, y, batch_size=256, epochs=1, verbose=0)  # compile
     start = time.perf_counter()
     model.fit(x, y, batch_size=256, epochs=1, verbose=0)

@@ -52,7 +52,7 @@ def build(width, estimator, x, y):
     model.compile(
         "adam",
         loss,
-        regularizers=[memory],
+        memories=[memory],
         strength=10.0,
         frontal_lobe=frontal_lobe,
     )

@@ -107,7 +107,7 @@ def main():
             models[structure].compile(
                 "sgd",
                 LOSS,
-                regularizers=[memory],
+                memories=[memory],
                 strength=100.0,
                 num_train_examples=args.examples,
             )

@@ -38,7 +38,7 @@ def main():
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     memories, weights = [], []
     for task in tasks:
-        model.compile("adam", loss, regularizers=memories[-1:], strength=1.0)
+        model.compile("adam", loss, memories=memories[-1:], strength=1.0)
         model.fit(task, y, epochs=20, batch_size=64, verbose=0)
         memories.append(
             keras_memgeom.FisherMemory.estimate(

@@ -103,7 +103,7 @@ def _compiled(model, memory, num_train_examples):
     model.compile(
         keras.optimizers.SGD(1e-3),
         LOSS,
-        regularizers=None if memory is None else [memory],
+        memories=None if memory is None else [memory],
         strength=1.0,
         num_train_examples=num_train_examples,
     )

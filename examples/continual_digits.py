@@ -66,12 +66,12 @@ def run(epochs=10, strength=100.0, seed=0, batch_size=32):
             verbose=0,
         )
         memory = keras_memgeom.FisherMemory.estimate(model, task_a[:2])
-        regularizers = [memory] if method == "memory" else []
+        memories = [memory] if method == "memory" else []
         model.compile(
             keras.optimizers.Adam(1e-3),
             loss,
             metrics=["accuracy"],
-            regularizers=regularizers,
+            memories=memories,
             strength=strength,
         )
         model.fit(

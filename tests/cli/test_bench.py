@@ -226,8 +226,8 @@ def test_bench_kfac_keeps_factors_of_the_rank_asked(rank, tmp_path, capsys):
             "--information-epochs applies to frontal-lobe;",
         ),
         (
-            ["bench", "--methods", "finetune", "--fisher-examples", "10"],
-            "--fisher-examples applies to",
+            ["bench", "--methods", "finetune", "--max-examples", "10"],
+            "--max-examples applies to",
         ),
         (
             ["bench", "--methods", "joint", "--prior-precision", "2"],

@@ -51,3 +51,24 @@ def test_resume_compares_settings_as_the_run_reads_them():
     ]:
         with pytest.raises(ValueError, match=changed):
             check_resume(previous, settings(parse(["bench", *args])), "d")
+
+
+def test_results_that_recorded_fisher_examples_still_resume():
+    parse = build_parser().parse_args
+    args = ["bench", "--methods", "online", "--max-examples", "100"]
+    stored = settings(parse(args))
+    # Results files written before the rename call it `fisher_examples`.
+    stored["fisher_examples"] = stored.pop("max_examples")
+    previous = {
+        "config": {"settings": stored},
+        "backend": keras.backend.backend(),
+    }
+    check_resume(previous, settings(parse(args)), "d")
+    old_flag = ["bench", "--methods", "online", "--fisher-examples", "100"]
+    check_resume(previous, settings(parse(old_flag)), "d")
+    with pytest.raises(ValueError, match="max.examples"):
+        check_resume(
+            previous,
+            settings(parse(["bench", "--methods", "online"])),
+            "d",
+        )

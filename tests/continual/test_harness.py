@@ -1,3 +1,5 @@
+import copy
+
 import keras
 import numpy as np
 import pytest
@@ -38,6 +40,23 @@ def test_same_seed_same_results(tiny_stream, tiny_document):
     harness = continual.Harness(tiny_stream, width=16, epochs=1)
     again = harness.run(continual.Finetune())["accuracy_matrix"]
     assert again == tiny_document["methods"]["finetune"]["accuracy_matrix"]
+
+
+def test_results_recorded_with_fisher_examples_still_resume(
+    tiny_stream, tiny_document
+):
+    # A results file from before the rename names `max_examples` the old
+    # way; its complete runs are kept, not repeated.
+    previous = copy.deepcopy(tiny_document)
+    config = previous["methods"]["online"]["config"]
+    config["fisher_examples"] = config.pop("max_examples")
+    harness = continual.Harness(
+        tiny_stream, width=16, epochs=1, strength_grid=(1, 1000)
+    )
+    again = harness.compare(
+        [continual.Online(strength="auto", decay=0.5)], previous=previous
+    )
+    assert again["methods"]["online"] == previous["methods"]["online"]
 
 
 def test_memory_protects_the_first_task():

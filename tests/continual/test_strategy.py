@@ -62,7 +62,7 @@ def test_names_are_unique():
         ({"strength": 0}, "strength"),
         ({"strength": "high"}, "strength"),
         ({"estimator": "kfac"}, "Unknown Fisher estimator 'kfac'"),
-        ({"fisher_examples": 0}, "fisher_examples"),
+        ({"max_examples": 0}, "max_examples"),
         ({"decay": 1.5}, "decay"),
         ({"strength": float("inf")}, "`strength` must be finite"),
         ({"strength": float("nan")}, "`strength` must be finite"),
@@ -75,13 +75,26 @@ def test_bad_settings(kwargs, match):
         continual.Online(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "cls", [continual.EWC, continual.Online, continual.OnlineEWC]
+)
+def test_fisher_examples_is_a_deprecated_alias_of_max_examples(cls):
+    with pytest.warns(DeprecationWarning, match="`max_examples`"):
+        strategy = cls(fisher_examples=7)
+    assert strategy.max_examples == 7
+    assert strategy.get_config()["max_examples"] == 7
+    assert "fisher_examples" not in strategy.get_config()
+    with pytest.raises(ValueError, match="`fisher_examples`.*alias"):
+        cls(max_examples=5, fisher_examples=7)
+
+
 def test_config_and_repr():
     online = continual.Online(strength=30, estimator="empirical", decay=0.9)
     assert online.get_config() == {
         "name": "online",
         "strength": 30.0,
         "estimator": "empirical",
-        "fisher_examples": None,
+        "max_examples": None,
         "structure": "diagonal",
         "decay": 0.9,
     }

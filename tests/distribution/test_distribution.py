@@ -57,7 +57,7 @@ def factors(memory):
 
 def fit_with_memory(model, memory):
     model.compile(
-        keras.optimizers.SGD(0.1), LOSS, regularizers=[memory], strength=10.0
+        keras.optimizers.SGD(0.1), LOSS, memories=[memory], strength=10.0
     )
     model.set_weights([w + 0.1 for w in model.get_weights()])
     model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
@@ -123,7 +123,7 @@ def test_data_and_model_parallel_memories_equal_one_device(tmp_path):
             model = make()
             memory = keras_memgeom.FisherMemory.estimate(model, (x, y))
             model.compile(
-                "sgd", LOSS, regularizers=[memory], num_train_examples=64
+                "sgd", LOSS, memories=[memory], num_train_examples=64
             )
             from keras_memgeom.src.memory.attach import attached_regularizers
 

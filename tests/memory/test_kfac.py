@@ -98,7 +98,7 @@ def test_sequential_bayes_lands_on_the_joint_fit(rng, num_outputs):
     model.compile(
         keras.optimizers.SGD(0.05),
         "mean_squared_error",
-        regularizers=[memory],
+        memories=[memory],
         strength=1.0,
         num_train_examples=len(task_b[0]),
     )
@@ -131,7 +131,7 @@ def test_penalty_gradient_matches_finite_differences(rng):
     model.compile(
         keras.optimizers.SGD(1e-3),
         lambda y_true, y_pred: 0.0 * keras.ops.mean(y_pred),
-        regularizers=[memory],
+        memories=[memory],
         strength=3.0,
         num_train_examples=30,
     )
@@ -235,7 +235,7 @@ def test_model_with_a_kfac_memory_survives_save_and_load(tmp_path, rng):
     model.compile(
         "sgd",
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        regularizers=[memory],
+        memories=[memory],
         strength=5.0,
         num_train_examples=40,
     )

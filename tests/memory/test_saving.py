@@ -90,7 +90,7 @@ def _remembering(rng, make, package, structure="diagonal", strength=5.0):
         model.compile(
             keras.optimizers.SGD(0.01),
             LOSS,
-            regularizers=[memory],
+            memories=[memory],
             strength=strength,
             num_train_examples=len(x),
         )
@@ -285,7 +285,7 @@ def test_a_keras_hub_bert_classifier_keeps_its_penalty(tmp_path, rng):
     model.compile(
         keras.optimizers.SGD(0.01),
         LOSS,
-        regularizers=[memory],
+        memories=[memory],
         strength=3.0,
         num_train_examples=10,
     )

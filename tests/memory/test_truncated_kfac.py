@@ -167,7 +167,7 @@ def test_training_step_takes_the_closed_form_gradient(rng):
         # One step, so the rate only sets how far float32 resolves it.
         keras.optimizers.SGD(0.1),
         lambda y_true, y_pred: 0.0 * keras.ops.mean(y_pred),
-        regularizers=[memory],
+        memories=[memory],
         strength=3.0,
         num_train_examples=30,
     )

@@ -6,7 +6,9 @@ from sklearn.datasets import load_digits
 
 import keras_memgeom
 from keras_memgeom import FrontalLobe
+from keras_memgeom.src.memory.fisher import ESTIMATORS
 from keras_memgeom.src.memory.fisher import estimate_fisher
+from keras_memgeom.src.training.frontal_lobe import INFORMATION_ESTIMATORS
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -87,6 +89,13 @@ def test_masks_whole_layers_and_unit_fractions():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FrontalLobe(**kwargs)
+
+
+def test_information_estimators_are_memory_estimators():
+    # One set of estimator names: the frontal lobe takes some of them.
+    assert set(INFORMATION_ESTIMATORS) < set(ESTIMATORS)
+    for estimator in INFORMATION_ESTIMATORS:
+        assert FrontalLobe(["hidden_0"], estimator=estimator)
 
 
 def test_unknown_or_non_dense_layer_is_named():

@@ -41,7 +41,7 @@ def test_compile_with_memories_reports_the_penalty(rng, make):
     model.compile("adam", LOSS)
     model.fit(x, y, epochs=1, verbose=0)
     memory = FisherMemory.estimate(model, (x, y))
-    model.compile("adam", LOSS, regularizers=[memory], strength=100.0)
+    model.compile("adam", LOSS, memories=[memory], strength=100.0)
     history = model.fit(x, y, epochs=2, verbose=0)
     assert "memory_penalty" in history.history
     assert history.history["memory_penalty"][-1] > 0.0
@@ -59,7 +59,7 @@ def test_compile_without_memories_removes_the_previous_ones(rng):
     model = _functional()
     model.compile("adam", LOSS)
     memory = FisherMemory.estimate(model, (x, y))
-    model.compile("adam", LOSS, regularizers=[memory])
+    model.compile("adam", LOSS, memories=[memory])
     model.fit(x, y, epochs=1, verbose=0)
     assert model.memory_penalty() is not None
     model.compile("adam", LOSS)
@@ -73,7 +73,7 @@ def test_model_with_memories_survives_save_and_load(tmp_path, rng):
     model = _functional()
     model.compile("adam", LOSS)
     memory = FisherMemory.estimate(model, (x, y))
-    model.compile("adam", LOSS, regularizers=[memory], strength=7.0)
+    model.compile("adam", LOSS, memories=[memory], strength=7.0)
     model.fit(x, y, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -106,7 +106,7 @@ def _remembering(rng, make=_functional, num_examples=32, **compile_kwargs):
     memory = FisherMemory.estimate(model, (x, y))
     model.set_weights([w + 0.3 for w in model.get_weights()])
     model.compile(
-        keras.optimizers.SGD(0.1), LOSS, regularizers=[memory], **compile_kwargs
+        keras.optimizers.SGD(0.1), LOSS, memories=[memory], **compile_kwargs
     )
     return model, memory, x, y
 
@@ -114,7 +114,7 @@ def _remembering(rng, make=_functional, num_examples=32, **compile_kwargs):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"regularizers": [keras.regularizers.L2(0.1)]}, "FisherMemory"),
+        ({"memories": [keras.regularizers.L2(0.1)]}, "FisherMemory"),
         ({"strength": "abc"}, "strength"),
         ({"strength": None}, "strength"),
         ({"strength": float("nan")}, "strength"),
@@ -130,7 +130,7 @@ def test_bad_compile_arguments_are_refused(rng, kwargs, match):
     model = _functional()
     model.compile("adam", LOSS)
     memory = FisherMemory.estimate(model, (x, y))
-    kwargs = {"regularizers": [memory], **kwargs}
+    kwargs = {"memories": [memory], **kwargs}
     with pytest.raises(ValueError, match=match):
         model.compile("adam", LOSS, **kwargs)
 
@@ -140,22 +140,38 @@ def test_a_memory_not_in_a_list_is_refused_with_the_fix(rng):
     model = _functional()
     model.compile("adam", LOSS)
     memory = FisherMemory.estimate(model, (x, y))
-    with pytest.raises(ValueError, match=r"regularizers=\[memory\]"):
-        model.compile("adam", LOSS, regularizers=memory)
+    with pytest.raises(ValueError, match=r"memories=\[memory\]"):
+        model.compile("adam", LOSS, memories=memory)
 
 
 def test_regularizers_is_a_deprecated_alias_of_memories(rng):
+    x, y = classification_data(rng, num_examples=32)
+    model = _functional()
+    model.compile("adam", LOSS)
+    memory = FisherMemory.estimate(model, (x, y))
+    model.set_weights([w + 0.3 for w in model.get_weights()])
+    with pytest.warns(DeprecationWarning, match="`memories`"):
+        model.compile(
+            "adam", LOSS, regularizers=[memory], num_train_examples=32
+        )
+    assert model.memories == [memory]
+    # The penalty is the memory's quadratic at the default Laplace scaling.
+    expected = memory.penalty(model, num_train_examples=32, strength=1.0)
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(model.memory_penalty())),
+        float(keras.ops.convert_to_numpy(expected)),
+        rtol=1e-5,
+    )
+    assert float(keras.ops.convert_to_numpy(expected)) > 0.0
+
+
+def test_memories_and_regularizers_together_are_refused(rng):
     x, y = classification_data(rng, num_examples=16)
     model = _functional()
     model.compile("adam", LOSS)
     memory = FisherMemory.estimate(model, (x, y))
-    with pytest.warns(DeprecationWarning, match="memories="):
-        model.compile("adam", LOSS, regularizers=[memory])
-    assert model.memories == [memory]
-    with pytest.raises(ValueError, match="memories="):
+    with pytest.raises(ValueError, match="`regularizers`.*alias"):
         model.compile("adam", LOSS, memories=[memory], regularizers=[memory])
-    with pytest.raises(ValueError, match=r"memories=\[memory\]"):
-        model.compile("adam", LOSS, memories=memory)
 
 
 def test_train_on_batch_applies_the_penalty(rng):

@@ -54,7 +54,7 @@ def run_bench(parser, args):
             estimator=args.estimator,
             decay=args.decay,
             gamma=args.gamma,
-            fisher_examples=args.fisher_examples,
+            max_examples=args.max_examples,
             structure=args.structure,
             information_epochs=args.information_epochs,
             rank=args.rank,

@@ -14,7 +14,7 @@ def make_strategies(
     A method is the name of a registered strategy. Every strategy gets
     the options its constructor accepts: `strength` and `estimator` (a
     default and per-method values) and the rest of `options` (e.g.
-    `decay`, `fisher_examples`).
+    `decay`, `max_examples`).
 
     Args:
         methods: comma-separated method names, as `--methods` takes them.

@@ -273,11 +273,14 @@ def _add_bench_parser(commands):
         ),
     )
     bench.add_argument(
+        "--max-examples",
         "--fisher-examples",
+        dest="max_examples",
         type=types.positive_int,
         default=None,
         help=(
-            "estimate each memory on at most this many examples (default: all)"
+            "estimate each memory on at most this many examples (default: "
+            "all; --fisher-examples is its former name)"
         ),
     )
     bench.add_argument(

@@ -23,7 +23,7 @@ _STRATEGY_OPTIONS = (
     "estimator",
     "decay",
     "gamma",
-    "fisher_examples",
+    "max_examples",
     "structure",
     "information_epochs",
 )
@@ -64,6 +64,8 @@ def normalized(settings):
     left out.
     """
     settings = dict(settings)
+    if "fisher_examples" in settings:  # its name in older results files
+        settings["max_examples"] = settings.pop("fisher_examples")
     seed = settings.pop("seed", 0)
     for key in ("data_seed", "init_seed"):
         if settings.get(key) is None:

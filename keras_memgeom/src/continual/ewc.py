@@ -16,11 +16,12 @@ class EWC(MemoryStrategy):
     Args:
         strength: penalty strength, as for `MemoryStrategy`.
         estimator: Fisher estimator, as for `MemoryStrategy`.
-        fisher_examples: examples per memory, as for `MemoryStrategy`.
+        max_examples: examples per memory, as for `MemoryStrategy`.
         structure: `"diagonal"` or `"kfac"`; with `"kfac"`, one Kronecker
             penalty per task and layer, summed exactly.
         rank: eigenvectors kept per Kronecker factor, as for
             `MemoryStrategy`.
+        fisher_examples: deprecated alias of `max_examples`.
 
     Example:
 

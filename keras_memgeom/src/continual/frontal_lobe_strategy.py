@@ -7,7 +7,7 @@ from keras_memgeom.src.continual.classifier import classifier
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
-from keras_memgeom.src.training.frontal_lobe import ESTIMATORS
+from keras_memgeom.src.training.frontal_lobe import INFORMATION_ESTIMATORS
 from keras_memgeom.src.utils.checks import check_number
 
 
@@ -30,7 +30,7 @@ class FrontalLobeStrategy(MemoryStrategy):
             (the consolidation runs inside `fit`, so `"auto"` cannot
             replay it per grid point).
         estimator: Fisher estimator, as for `MemoryStrategy`.
-        fisher_examples: examples per memory, as for `MemoryStrategy`.
+        max_examples: examples per memory, as for `MemoryStrategy`.
         decay: factor on the older precision at each merge, in `(0, 1]`.
         fraction: share of the units of each hidden layer in the frontal
             lobe, in `(0, 1]`.
@@ -47,6 +47,7 @@ class FrontalLobeStrategy(MemoryStrategy):
             (`"distill"`), on top of the harness's epochs per task.
         distill_batch_size: batch size of distillation.
         distill_learning_rate: Adam's learning rate in distillation.
+        fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
         ValueError: for `strength="auto"` or bad arguments.
@@ -71,7 +72,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         decay=1.0,
         fraction=0.5,
         information_strength=1.0,
@@ -81,6 +82,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         distill_epochs=5,
         distill_batch_size=32,
         distill_learning_rate=1e-3,
+        fisher_examples=None,
     ):
         if strength == "auto":
             raise ValueError(
@@ -90,15 +92,17 @@ class FrontalLobeStrategy(MemoryStrategy):
         super().__init__(
             strength=strength,
             estimator=estimator,
+            max_examples=max_examples,
             fisher_examples=fisher_examples,
         )
         decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
         )
-        if information_estimator not in ESTIMATORS:
+        if information_estimator not in INFORMATION_ESTIMATORS:
             raise ValueError(
                 "Unknown information_estimator "
-                f"{information_estimator!r}; expected one of {ESTIMATORS}."
+                f"{information_estimator!r}; expected one of "
+                f"{INFORMATION_ESTIMATORS}."
             )
         fraction = check_number(
             "fraction",
@@ -174,7 +178,7 @@ class FrontalLobeStrategy(MemoryStrategy):
         model.compile(
             optimizer=optimizer,
             loss=loss,
-            regularizers=self.memories,
+            memories=self.memories,
             strength=self.strength,
             frontal_lobe=frontal_lobe,
         )
@@ -187,7 +191,7 @@ class FrontalLobeStrategy(MemoryStrategy):
             self.training_data(context),
             information_epochs=self.information_epochs,
             estimator=self.estimator,
-            max_examples=self.fisher_examples,
+            max_examples=self.max_examples,
             decay=self.decay,
             consolidation=self.consolidation,
             distill_epochs=self.distill_epochs,

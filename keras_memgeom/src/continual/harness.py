@@ -301,7 +301,11 @@ class Harness:
                 < config["num_tasks"]
             ):
                 continue
-            if run["config"] != _as_json(strategy.get_config()):
+            stored = {
+                _RENAMED_CONFIG_KEYS.get(k, k): v
+                for k, v in run["config"].items()
+            }
+            if stored != _as_json(strategy.get_config()):
                 raise ValueError(
                     f"{key}: the previous results were made with "
                     f"{run['config']}, not {strategy.get_config()}."
@@ -733,6 +737,11 @@ def _model_name(model):
         if isinstance(model, keras.Model)
         else getattr(model, "__name__", "custom")
     )
+
+
+# Strategy config keys renamed since results were first written: a
+# previous results file keeps resuming.
+_RENAMED_CONFIG_KEYS = {"fisher_examples": "max_examples"}
 
 
 def _as_json(value):

@@ -1,15 +1,19 @@
 """Base class of the methods that keep Fisher memories of past tasks."""
 
-import keras_memgeom
 from keras_memgeom.src.continual.strategy import Strategy
 from keras_memgeom.src.continual.task_stream import batched
 from keras_memgeom.src.continual.task_stream import num_examples
+from keras_memgeom.src.memory.attach import attach
+from keras_memgeom.src.memory.attach import detach
 from keras_memgeom.src.memory.fisher import ESTIMATORS
 from keras_memgeom.src.memory.fisher import STRUCTURES
 from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import check_rank
+from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
+from keras_memgeom.src.utils.renamed_argument import renamed_argument
 
 DEFAULT_STRENGTH = 100.0
 
@@ -35,17 +39,19 @@ class MemoryStrategy(Strategy):
             (see docs/harness.md), hence the default of 100.
         estimator: Fisher estimator: `"exact"`, `"sampled"`, `"empirical"`
             or `"batched"`.
-        fisher_examples: estimate each memory on at most this many
+        max_examples: estimate each memory on at most this many
             examples of the task (default: all of them).
         structure: `"diagonal"` or `"kfac"` (Kronecker factors for Dense
             and Conv2D layers; see `FisherMemory`).
         rank: with `"kfac"`, the eigenvectors each Kronecker factor keeps,
             or `None` for whole factors (see `FisherMemory.estimate`).
+        fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
         ValueError: naming the argument, for a strength that is not `"auto"`,
             `"sweep"` or a finite positive number, an unknown estimator or
-            structure, or a bad `fisher_examples` or `rank`.
+            structure, a bad `max_examples` or `rank`, or both
+            `max_examples` and `fisher_examples`.
 
     Example:
 
@@ -77,9 +83,10 @@ class MemoryStrategy(Strategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         structure="diagonal",
         rank=DEFAULT_RANK,
+        fisher_examples=None,
     ):
         if not (isinstance(strength, str) and strength in ("auto", "sweep")):
             strength = check_number(
@@ -99,8 +106,11 @@ class MemoryStrategy(Strategy):
         self.estimator = estimator
         self.structure = structure
         self.rank = check_rank(rank, None)[0]
-        self.fisher_examples = check_positive_int(
-            "fisher_examples", fisher_examples, allow_none=True
+        max_examples = renamed_argument(
+            "max_examples", max_examples, "fisher_examples", fisher_examples
+        )
+        self.max_examples = check_positive_int(
+            "max_examples", max_examples, allow_none=True
         )
         self.memories = []
 
@@ -117,9 +127,9 @@ class MemoryStrategy(Strategy):
         raise NotImplementedError
 
     def before_task(self, model, context):
-        keras_memgeom.detach(model)
+        detach(model)
         if self.memories:
-            keras_memgeom.attach(
+            attach(
                 model,
                 self.memories,
                 num_train_examples=num_examples(self.training_data(context)),
@@ -127,11 +137,11 @@ class MemoryStrategy(Strategy):
             )
 
     def after_task(self, model, context):
-        memory = keras_memgeom.FisherMemory.estimate(
+        memory = FisherMemory.estimate(
             context.fisher_model(model),
             batched(context.task.data("train"), 256),
             estimator=self.estimator,
-            max_examples=self.fisher_examples,
+            max_examples=self.max_examples,
             structure=self.structure,
             rank=self.rank,
         )
@@ -142,14 +152,14 @@ class MemoryStrategy(Strategy):
         """All kept memories merged into one (their penalties summed)."""
         if len(self.memories) < 2:
             return self.memories[0] if self.memories else None
-        return keras_memgeom.merge(self.memories)
+        return merge(self.memories)
 
     def get_config(self):
         return {
             "name": self.name,
             "strength": self.strength,
             "estimator": self.estimator,
-            "fisher_examples": self.fisher_examples,
+            "max_examples": self.max_examples,
             "structure": self.structure,
             # The rank shapes Kronecker-factored memories only.
             **({"rank": self.rank} if self.structure == "kfac" else {}),

@@ -1,10 +1,10 @@
 """Online consolidation: one Fisher memory, merged after each task."""
 
-import keras_memgeom
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
 from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
+from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.utils.checks import check_number
 
 
@@ -20,7 +20,7 @@ class Online(MemoryStrategy):
     Args:
         strength: penalty strength, as for `MemoryStrategy`.
         estimator: Fisher estimator, as for `MemoryStrategy`.
-        fisher_examples: examples per memory, as for `MemoryStrategy`.
+        max_examples: examples per memory, as for `MemoryStrategy`.
         structure: `"diagonal"` or `"kfac"`; with `"kfac"`, each merge
             keeps one Kronecker block per layer, truncated again to `rank`
             (see `keras_memgeom.merge`).
@@ -28,6 +28,7 @@ class Online(MemoryStrategy):
             `MemoryStrategy`.
         decay: factor on the older precisions at each merge, in `(0, 1]`;
             1 keeps all of the past, smaller values forget it gradually.
+        fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
         ValueError: for a `decay` outside `(0, 1]`, or as `MemoryStrategy`.
@@ -53,17 +54,19 @@ class Online(MemoryStrategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         structure="diagonal",
         rank=DEFAULT_RANK,
         decay=1.0,
+        fisher_examples=None,
     ):
         super().__init__(
             strength=strength,
             estimator=estimator,
-            fisher_examples=fisher_examples,
+            max_examples=max_examples,
             structure=structure,
             rank=rank,
+            fisher_examples=fisher_examples,
         )
         self.decay = check_number(
             "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
@@ -72,7 +75,7 @@ class Online(MemoryStrategy):
     def consolidate(self, memories, memory):
         if not memories:
             return [memory]
-        return [keras_memgeom.merge(memories + [memory], decay=self.decay)]
+        return [merge(memories + [memory], decay=self.decay)]
 
     def get_config(self):
         return {**super().get_config(), "decay": self.decay}

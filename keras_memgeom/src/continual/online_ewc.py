@@ -1,9 +1,9 @@
 """Online EWC: one running importance, anchored at the latest weights."""
 
-import keras_memgeom
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
+from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.utils.checks import check_number
 
 
@@ -25,9 +25,10 @@ class OnlineEWC(MemoryStrategy):
     Args:
         strength: penalty strength, as for `MemoryStrategy`.
         estimator: Fisher estimator, as for `MemoryStrategy`.
-        fisher_examples: examples per memory, as for `MemoryStrategy`.
+        max_examples: examples per memory, as for `MemoryStrategy`.
         gamma: factor on the older importance, in `(0, 1]`; 1 keeps all
             of it.
+        fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
         ValueError: for a `gamma` outside `(0, 1]`, or as `MemoryStrategy`.
@@ -53,12 +54,14 @@ class OnlineEWC(MemoryStrategy):
         *,
         strength=DEFAULT_STRENGTH,
         estimator="exact",
-        fisher_examples=None,
+        max_examples=None,
         gamma=1.0,
+        fisher_examples=None,
     ):
         super().__init__(
             strength=strength,
             estimator=estimator,
+            max_examples=max_examples,
             fisher_examples=fisher_examples,
         )
         self.gamma = check_number(
@@ -74,7 +77,7 @@ class OnlineEWC(MemoryStrategy):
             for path, fisher in memory.fisher.items()
         }
         return [
-            keras_memgeom.FisherMemory(
+            FisherMemory(
                 memory.anchor,
                 importance,
                 memory.num_examples,

@@ -10,7 +10,7 @@ import math
 
 import keras
 
-from keras_memgeom.src.pruning.distinct_column_mask import distinct_column_mask
+from keras_memgeom.src.layers.distinct_column_mask import distinct_column_mask
 
 
 def widened_units(units, zero_rate):

@@ -4,10 +4,10 @@ import keras
 from keras import ops
 
 from keras_memgeom.src.layers.connectivity_mask import add_connectivity_mask
+from keras_memgeom.src.layers.distinct_column_mask import validate_zero_rate
 from keras_memgeom.src.layers.polynomial_basis import map_to_domain
 from keras_memgeom.src.layers.polynomial_basis import polynomial_basis
 from keras_memgeom.src.layers.polynomial_basis import validate_basis
-from keras_memgeom.src.pruning.distinct_column_mask import validate_zero_rate
 from keras_memgeom.src.utils.checks import check_positive_int
 
 

@@ -6,7 +6,7 @@ from keras import ops
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.src.layers.connectivity_mask import add_connectivity_mask
 from keras_memgeom.src.layers.connectivity_mask import widened_units
-from keras_memgeom.src.pruning.distinct_column_mask import validate_zero_rate
+from keras_memgeom.src.layers.distinct_column_mask import validate_zero_rate
 from keras_memgeom.src.utils.checks import check_positive_int
 
 

@@ -6,6 +6,7 @@ from functools import partial
 import keras
 import numpy as np
 
+from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
@@ -16,7 +17,6 @@ from keras_memgeom.src.memory.kronecker_regularizer import KroneckerRegularizer
 from keras_memgeom.src.memory.merge import common_blocks
 from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.memory.penalty import penalty_scale
-from keras_memgeom.src.training import normalization_statistics as statistics
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.model_save import save_model
 

@@ -31,11 +31,33 @@ def _tap_rank(layer, conv2d):
     return None
 
 
-def _patches(layer, x, output_shape):
+def patches(layer, x, output_shape):
     """`(batch, positions, kh * kw * in)` input patches of a Conv2D (im2col).
 
     The last axis is ordered like the kernel `(kh, kw, in, out)`, so the
     per-example kernel gradient is `patches^T g` over positions.
+
+    Args:
+        layer: a channels-last `keras.layers.Conv2D` (or `PrePrunedConv2D`)
+            with `"valid"` or `"same"` padding.
+        x: the layer's input, `(batch, height, width, in)`.
+        output_shape: the layer's output `(height, width, ...)` per example.
+
+    Returns:
+        A tensor `(batch, out_height * out_width, kh * kw * in)`.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+
+    from keras_memgeom.src.memory.dense_taps import patches
+
+    layer = keras.layers.Conv2D(4, 3)
+    x = np.zeros((2, 5, 5, 3), "float32")
+    print(patches(layer, x, (3, 3)).shape)  # (2, 9, 27)
+    ```
     """
     (kh, kw), (sh, sw), (dh, dw) = (
         layer.kernel_size,
@@ -61,8 +83,8 @@ def _patches(layer, x, output_shape):
         for i in range(kh)
         for j in range(kw)
     ]
-    patches = ops.stack(columns, axis=3)
-    return ops.reshape(patches, (-1, out_h * out_w, kh * kw * x.shape[-1]))
+    stacked = ops.stack(columns, axis=3)
+    return ops.reshape(stacked, (-1, out_h * out_w, kh * kw * x.shape[-1]))
 
 
 class DenseTaps:
@@ -214,9 +236,25 @@ def tapped_call(layer, inputs, tap):
         z = ops.matmul(inputs, masked_kernel(layer))
     else:  # a pre-pruned Conv2D masks inside `convolution_op`
         z = layer.convolution_op(inputs, layer.kernel)
-    if layer.use_bias:
+    return tapped_output(layer, z, tap)
+
+
+def tapped_output(layer, z, tap):
+    """A layer's output from its product `z`: bias, then `tap`, activation.
+
+    Args:
+        layer: a layer with a `bias` (or `None`) and an `activation` (or
+            `None`), channels last.
+        z: the layer's input times its kernel.
+        tap: the zero tap added to the pre-activation.
+
+    Returns:
+        `activation(z + bias + tap)`.
+    """
+    if getattr(layer, "bias", None) is not None:
         z = ops.add(z, layer.bias)  # channels last: broadcasts
-    return layer.activation(ops.add(z, tap))
+    z = ops.add(z, tap)
+    return z if layer.activation is None else layer.activation(z)
 
 
 def squared_gradients(layer, x, g, shape):
@@ -240,7 +278,7 @@ def squared_gradients(layer, x, g, shape):
     # Per-example gradients, (K, batch, kh*kw*in, out): small for the
     # kernels the rule meets, and never per-parameter vmapped.
     g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
-    per_example = ops.einsum("bpi,kbpo->kbio", _patches(layer, x, shape), g)
+    per_example = ops.einsum("bpi,kbpo->kbio", patches(layer, x, shape), g)
     kernel = ops.sum(ops.square(per_example), axis=(0, 1))
     out = [_masked(layer, ops.reshape(kernel, layer.kernel.shape))]
     if layer.use_bias:
@@ -257,7 +295,7 @@ def kronecker_factors(layer, x, g, shape):
     positions = 1
     if not isinstance(layer, keras.layers.Dense):
         positions = shape[0] * shape[1]
-        x = _patches(layer, x, shape)
+        x = patches(layer, x, shape)
     return position_factors(x, g, positions, layer.use_bias)
 
 

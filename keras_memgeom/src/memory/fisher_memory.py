@@ -527,16 +527,8 @@ class FisherMemory:
             FileNotFoundError: if there is no file.
             ValueError: if it is corrupt, truncated or of a newer format.
         """
-        anchor, fisher, num_examples, estimator, kronecker = read_memory_file(
-            path
-        )
-        return cls(
-            anchor,
-            fisher,
-            num_examples,
-            estimator=estimator,
-            kronecker=kronecker,
-        )
+        # The file holds the constructor's arguments, in its order.
+        return cls(*read_memory_file(path))
 
     def __repr__(self):
         size = sum(a.size for a in self._anchor.values())

@@ -160,12 +160,7 @@ class _Einsum(_Rule):
             z = ops.matmul(inputs, dense_taps.masked_kernel(layer))
         else:
             z = ops.einsum(layer.equation, inputs, layer.kernel)
-        if getattr(layer, "bias", None) is not None:
-            z = ops.add(z, layer.bias)
-        z = ops.add(z, taps[0])
-        if layer.activation is not None:
-            z = layer.activation(z)
-        return z, inputs
+        return dense_taps.tapped_output(layer, z, taps[0]), inputs
 
     def _letters(self, layer, x):
         if isinstance(layer, keras.layers.Dense):
@@ -238,12 +233,7 @@ class _Conv1D(_Rule):
 
     def call(self, layer, inputs, taps):
         z = layer.convolution_op(inputs, layer.kernel)
-        if layer.use_bias:
-            z = ops.add(z, layer.bias)
-        z = ops.add(z, taps[0])
-        if layer.activation is not None:
-            z = layer.activation(z)
-        return z, inputs
+        return dense_taps.tapped_output(layer, z, taps[0]), inputs
 
     def _patches(self, layer, x, shape):
         geometry = types.SimpleNamespace(
@@ -252,7 +242,7 @@ class _Conv1D(_Rule):
             dilation_rate=(1, layer.dilation_rate[0]),
             padding=layer.padding,
         )
-        return dense_taps._patches(geometry, x[:, None], (1, shape[0]))
+        return dense_taps.patches(geometry, x[:, None], (1, shape[0]))
 
     def squared(self, layer, x, grads, shapes):
         g = grads[0]
@@ -291,16 +281,11 @@ class _Depthwise(_Rule):
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-        if layer.use_bias:
-            z = ops.add(z, layer.bias)
-        z = ops.add(z, taps[0])
-        if layer.activation is not None:
-            z = layer.activation(z)
-        return z, inputs
+        return dense_taps.tapped_output(layer, z, taps[0]), inputs
 
     def squared(self, layer, x, grads, shapes):
         g = grads[0]
-        patches = dense_taps._patches(layer, x, shapes[0])
+        patches = dense_taps.patches(layer, x, shapes[0])
         per_example = _depthwise_kernel_grads(patches, g, layer.kernel.shape)
         out = [ops.reshape(_sum_squares(per_example), layer.kernel.shape)]
         if layer.use_bias:
@@ -339,16 +324,12 @@ class _Separable(_Rule):
         inner = ops.add(inner, taps[0])
         pointwise = layer.pointwise_kernel
         z = ops.matmul(inner, ops.reshape(pointwise, pointwise.shape[2:]))
-        if layer.use_bias:
-            z = ops.add(z, layer.bias)
-        z = ops.add(z, taps[1])
-        if layer.activation is not None:
-            z = layer.activation(z)
-        return z, (inputs, inner)
+        outputs = dense_taps.tapped_output(layer, z, taps[1])
+        return outputs, (inputs, inner)
 
     def squared(self, layer, saved, grads, shapes):
         x, inner = saved
-        patches = dense_taps._patches(layer, x, shapes[0])
+        patches = dense_taps.patches(layer, x, shapes[0])
         depthwise = _depthwise_kernel_grads(
             patches, grads[0], layer.depthwise_kernel.shape
         )
@@ -616,6 +597,16 @@ class LayerTaps:
             start += len(shapes)
         return out
 
+    def _per_layer(self, saved, output_grads):
+        """`(layer, rule, saved, grads, output shapes)` of every layer."""
+        return zip(
+            self.layers,
+            self._rules,
+            saved,
+            self._grouped(output_grads),
+            self._shapes,
+        )
+
     @contextlib.contextmanager
     def active(self, taps):
         """Adds `taps` to the tapped layers and records what rules read."""
@@ -651,12 +642,8 @@ class LayerTaps:
         """
         skip = {id(layer) for layer in skip}
         out = []
-        for layer, rule, s, grads, shapes in zip(
-            self.layers,
-            self._rules,
-            saved,
-            self._grouped(output_grads),
-            self._shapes,
+        for layer, rule, s, grads, shapes in self._per_layer(
+            saved, output_grads
         ):
             if id(layer) in skip:
                 out.extend([None] * len(rule.variables(layer)))
@@ -677,12 +664,8 @@ class LayerTaps:
         kfac = {id(layer) for layer in self.kfac_layers}
         return [
             rule.factors(layer, s, grads, shapes)
-            for layer, rule, s, grads, shapes in zip(
-                self.layers,
-                self._rules,
-                saved,
-                self._grouped(output_grads),
-                self._shapes,
+            for layer, rule, s, grads, shapes in self._per_layer(
+                saved, output_grads
             )
             if id(layer) in kfac
         ]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_memgeom import layers as memgeom_layers
+from keras_memgeom.src.layers.polynomial_dense import PolynomialDense
 from keras_memgeom.src.symmetry.unit_chain import unit_chain
 from keras_memgeom.src.utils.batches import iterate_batches
 from keras_memgeom.src.utils.checks import check_finite_data
@@ -88,7 +88,7 @@ def layer_inputs(model, data, *, batch_size=256, name="data"):
 
 
 def _check_rows(layer):
-    if isinstance(layer, memgeom_layers.PolynomialDense):
+    if isinstance(layer, PolynomialDense):
         raise ValueError(
             f"Layer {layer.name!r} (PolynomialDense): its kernel multiplies a "
             "basis expansion of its inputs, not the inputs; it cannot be "

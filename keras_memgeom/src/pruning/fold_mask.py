@@ -2,7 +2,8 @@
 
 import keras
 
-from keras_memgeom import layers as memgeom_layers
+from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
+from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
 from keras_memgeom.src.utils.clone_model import clone_model
 
 
@@ -39,8 +40,8 @@ def fold_mask(model):
     ```
     """
     plain_classes = {
-        memgeom_layers.PrePrunedDense: keras.layers.Dense,
-        memgeom_layers.PrePrunedConv2D: keras.layers.Conv2D,
+        PrePrunedDense: keras.layers.Dense,
+        PrePrunedConv2D: keras.layers.Conv2D,
     }
 
     def clone(layer):

@@ -2,10 +2,12 @@
 
 import keras
 
+from keras_memgeom.src.layers.distinct_column_mask import validate_zero_rate
+
 # Module import (not names): keras_memgeom.layers imports this package's
 # mask function, so the names are looked up at call time.
-from keras_memgeom import layers as memgeom_layers
-from keras_memgeom.src.pruning.distinct_column_mask import validate_zero_rate
+from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
+from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
 from keras_memgeom.src.utils.clone_model import clone_model
 
 
@@ -65,8 +67,8 @@ def pre_prune(model, *, zero_rate, widen=True, seed=None, prune_output=False):
         if any(layer.output is tensor for tensor in model.outputs)
     }
     replacements = {
-        keras.layers.Dense: memgeom_layers.PrePrunedDense,
-        keras.layers.Conv2D: memgeom_layers.PrePrunedConv2D,
+        keras.layers.Dense: PrePrunedDense,
+        keras.layers.Conv2D: PrePrunedConv2D,
     }
     order = {layer.name: k for k, layer in enumerate(model.layers)}
 

@@ -11,7 +11,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_memgeom import layers as memgeom_layers
+from keras_memgeom.src.layers.ortho_polynomial import OrthoPolynomial
+from keras_memgeom.src.layers.polynomial_dense import PolynomialDense
 from keras_memgeom.src.utils.clone_model import clone_model
 
 # Layers with a kernel shaped (..., inputs, units) and an optional bias and
@@ -20,13 +21,13 @@ from keras_memgeom.src.utils.clone_model import clone_model
 _WEIGHT_LAYERS = (
     keras.layers.Dense,
     keras.layers.Conv2D,
-    memgeom_layers.PolynomialDense,
+    PolynomialDense,
 )
 # Layers whose weights are indexed by unit along their first axis.
 _UNIT_WISE_LAYERS = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
-    memgeom_layers.OrthoPolynomial,
+    OrthoPolynomial,
 )
 # Weightless layers that commute with a permutation of the units: they act
 # on each unit (channel) separately, or flatten channels-last maps, which

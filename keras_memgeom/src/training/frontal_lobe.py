@@ -16,14 +16,16 @@ from keras_memgeom import backend
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
 from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
+from keras_memgeom.src.memory import dense_taps
 from keras_memgeom.src.memory.dense_taps import DenseTaps
-from keras_memgeom.src.memory.dense_taps import _patches
 from keras_memgeom.src.memory.likelihood import Categorical
 from keras_memgeom.src.memory.likelihood import likelihood_from_loss
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
 
-ESTIMATORS = ("empirical", "exact")
+# The Fisher estimators (of `memory.fisher.ESTIMATORS`) whose information
+# penalty the frontal lobe computes.
+INFORMATION_ESTIMATORS = ("empirical", "exact")
 
 _DENSE = (keras.layers.Dense, PrePrunedDense)
 _CONV = (keras.layers.Conv2D, PrePrunedConv2D)
@@ -132,10 +134,10 @@ class FrontalLobe:
         information_strength = check_number(
             "information_strength", information_strength, minimum=0.0
         )
-        if estimator not in ESTIMATORS:
+        if estimator not in INFORMATION_ESTIMATORS:
             raise ValueError(
                 f"Unknown estimator {estimator!r}; expected one of "
-                f"{ESTIMATORS}."
+                f"{INFORMATION_ESTIMATORS}."
             )
         self.layers = layers
         self.fraction = fraction
@@ -391,7 +393,7 @@ class FrontalLobe:
                 grad, (grad.shape[0], -1, shape[0] * shape[1], shape[2])
             )
             if kernel_mask is not None:
-                patches = _patches(layer, layer_input, shape)
+                patches = dense_taps.patches(layer, layer_input, shape)
                 kernel = ops.einsum("bpi,kbpo->kbio", patches, grad)
                 squares = ops.sum(ops.square(kernel), axis=0)
                 per_example = per_example + ops.sum(

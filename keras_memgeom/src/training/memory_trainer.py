@@ -2,7 +2,6 @@
 
 import inspect
 import os
-import warnings
 
 import keras
 from keras import ops
@@ -11,6 +10,7 @@ from keras.src.backend import in_stateless_scope
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_memgeom import backend
+from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.attach import MEMORY_REGULARIZERS
 from keras_memgeom.src.memory.attach import attach
 from keras_memgeom.src.memory.attach import attached_regularizers
@@ -18,12 +18,12 @@ from keras_memgeom.src.memory.attach import attachment_of
 from keras_memgeom.src.memory.attach import detach
 from keras_memgeom.src.memory.attach import memory_list
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
-from keras_memgeom.src.training import normalization_statistics as statistics
 from keras_memgeom.src.training.frontal_lobe import FrontalLobe
 from keras_memgeom.src.training.train_examples import count_train_examples
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
 from keras_memgeom.src.utils.model_save import save_model
+from keras_memgeom.src.utils.renamed_argument import renamed_argument
 
 
 class MemoryTrainer:
@@ -122,27 +122,15 @@ class MemoryTrainer:
                 "`frontal_lobe` takes a FrontalLobe; got "
                 f"{type(frontal_lobe).__name__}."
             )
-        if regularizers is not None:
-            if memories is not None:
-                raise ValueError(
-                    "Pass the memories as `memories=` only; `regularizers=` "
-                    "is its deprecated alias."
-                )
-            warnings.warn(
-                "`compile(regularizers=...)` is deprecated: use "
-                "`compile(memories=...)`.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            memories = regularizers
-        # Errors name the argument as the caller spelled it.
-        argument = "memories" if regularizers is None else "regularizers"
+        memories = renamed_argument(
+            "memories", memories, "regularizers", regularizers
+        )
         if memories is not None and not isinstance(memories, (list, tuple)):
             raise ValueError(
-                f"`{argument}` takes a list of FisherMemory objects; got "
-                f"{type(memories).__name__}. Write `{argument}=[memory]`."
+                "`memories` takes a list of FisherMemory objects; got "
+                f"{type(memories).__name__}. Write `memories=[memory]`."
             )
-        memories = memory_list(memories or [], argument)
+        memories = memory_list(memories or [], "memories")
         strength = check_number("strength", strength, minimum=0.0)
         num_train_examples = check_positive_int(
             "num_train_examples", num_train_examples, allow_none=True

@@ -6,9 +6,7 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory
-from keras_memgeom.src.training.normalization_statistics import (
-    statistics_frozen,
-)
+from keras_memgeom.src.memory.normalization_statistics import statistics_frozen
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -43,7 +41,7 @@ def _remembering(rng, **compile_kwargs):
     model.compile(
         keras.optimizers.SGD(0.1),
         LOSS,
-        regularizers=[memory],
+        memories=[memory],
         strength=1.0,
         **compile_kwargs,
     )
@@ -175,7 +173,7 @@ def test_task_a_is_kept_on_a_batchnorm_model(rng):
         model.compile(
             keras.optimizers.Adam(1e-2),
             LOSS,
-            regularizers=[memory],
+            memories=[memory],
             strength=1e4,
             normalization_statistics=policy,
         )
