@@ -82,7 +82,9 @@ def layer_inputs(model, data, *, batch_size=256, name="data"):
     layers = weight_layers(model)
     for layer in layers:
         _check_rows(layer)
-    probe = keras.Model(model.input, [layer.input for layer in layers])
+    # One input tensor, not a list of one: the data's `x` is an array.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [layer.input for layer in layers])
     if isinstance(data, np.ndarray):
         data = (data, np.zeros(len(data)))
     empty = True
