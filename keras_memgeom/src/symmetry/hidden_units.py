@@ -280,21 +280,21 @@ def units_of(model, layer):
         source, repeats = frontier.pop(0)
         if any(source.output is tensor for tensor in outputs):
             is_output = True
-        for reader in consumers.get(id(source.output), []):
+        for consumer in consumers.get(id(source.output), []):
             # A layer reached along two paths (e.g. an Add) counts once.
-            if id(reader) in seen:
+            if id(consumer) in seen:
                 continue
-            seen.add(id(reader))
-            kind, detail = _classify(reader, repeats)
+            seen.add(id(consumer))
+            kind, detail = _classify(consumer, repeats)
             if kind == "reader":
-                found["readers"].append(Reader(reader, repeats))
+                found["readers"].append(Reader(consumer, repeats))
             elif kind == "mixing":
-                found["mixing"].append(reader)
+                found["mixing"].append(consumer)
                 found["reasons"].append(detail)
             else:
                 if kind == "follower":
-                    found["followers"].append(reader)
-                frontier.append((reader, detail))
+                    found["followers"].append(consumer)
+                frontier.append((consumer, detail))
     return HiddenUnits(
         layer=layer,
         units=int(layer.kernel.shape[-1]),
