@@ -5,6 +5,7 @@ import pytest
 from keras_memgeom import layers as memgeom_layers
 from keras_memgeom.memory import FisherMemory
 from keras_memgeom.merging import merge_models
+from keras_memgeom.symmetry import reorder
 from tests.memory.helpers import classification_data
 from tests.memory.helpers import softmax_probabilities
 from tests.memory.helpers import softmax_regression
@@ -70,6 +71,31 @@ def test_merging_a_model_with_its_permuted_copies_gives_the_model(
     merged = merge_models(
         [model] + copies, method=method, data=data, repair=repair
     )
+    _assert_same_weights(merged, model)
+
+
+def _two_heads(seed):
+    """A hidden layer read by two output heads, one through BatchNorm."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(
+        6, activation="relu", bias_initializer="random_normal"
+    )(inputs)
+    left = keras.layers.Dense(3)(hidden)
+    right = keras.layers.BatchNormalization(
+        gamma_initializer="random_normal", beta_initializer="random_normal"
+    )(hidden)
+    return keras.Model(inputs, [left, keras.layers.Dense(2)(right)])
+
+
+@pytest.mark.parametrize("method", ["average", "regmean"])
+def test_units_read_by_two_heads_are_aligned_in_both(rng, method):
+    model = _two_heads(0)
+    # A pure permutation of the shared units, moved in both heads.
+    permuted = reorder(model)
+    assert not np.allclose(permuted.get_weights()[0], model.get_weights()[0])
+    data = [(rng.normal(size=(40, 5)).astype("float32"), np.zeros(40))] * 2
+    merged = merge_models([model, permuted], method=method, data=data)
     _assert_same_weights(merged, model)
 
 

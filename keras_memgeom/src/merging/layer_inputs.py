@@ -5,18 +5,19 @@ import numpy as np
 from keras import ops
 
 from keras_memgeom.src.layers.polynomial_dense import PolynomialDense
-from keras_memgeom.src.symmetry.unit_chain import unit_chain
+from keras_memgeom.src.symmetry.hidden_units import weight_layers
 from keras_memgeom.src.utils.batches import iterate_batches
 from keras_memgeom.src.utils.checks import check_finite_data
 
 
 def layer_inputs(model, data, *, batch_size=256, name="data"):
-    """Yields, per batch, the input rows of every weight layer of a chain model.
+    """Yields, per batch, the input rows of every weight layer of a model.
 
-    The model is run layer by layer in inference mode (dropout off,
-    normalization with its moving statistics) and the input of each Dense
-    and Conv2D layer is recorded as the rows its kernel multiplies: a
-    Dense layer's inputs flattened to `(rows, inputs)`, a Conv2D layer's
+    The model runs in inference mode (dropout off, normalization with its
+    moving statistics) with the inputs of its weight layers
+    (`keras_memgeom.symmetry.weight_layers`) as extra outputs, and each is
+    recorded as the rows its kernel multiplies: a Dense (or Dense-like
+    EinsumDense) layer's inputs flattened to `(rows, inputs)`, a Conv2D layer's
     input patches `(rows, kernel_h * kernel_w * channels)`, one row per
     example and output position, in the order of
     `kernel.reshape(-1, units)`. A layer's pre-activations are then
@@ -25,7 +26,7 @@ def layer_inputs(model, data, *, batch_size=256, name="data"):
     whole data set is never held at once.
 
     Args:
-        model: a chain model supported by `keras_memgeom.symmetry`.
+        model: a Sequential or functional model.
         data: `(x, y)` arrays (labels are ignored), an array of inputs, or
             anything `FisherMemory.estimate` takes.
         batch_size: batch size for arrays.
@@ -33,13 +34,13 @@ def layer_inputs(model, data, *, batch_size=256, name="data"):
 
     Returns:
         A generator of lists of float64 numpy arrays, one per weight layer
-        of `unit_chain(model)`, input to output.
+        of `keras_memgeom.symmetry.weight_layers(model)`, input to output.
 
     Raises:
-        ValueError: naming the layer, for models `keras_memgeom.symmetry`
-            does not support, PolynomialDense layers (their kernel
-            multiplies a basis expansion) and dilated convolutions; for
-            empty data, or inputs holding NaN or infinite values.
+        ValueError: naming the layer, for weight layers `weight_layers`
+            refuses, PolynomialDense layers (their kernel multiplies a basis
+            expansion), Conv1D and Conv3D layers and dilated convolutions;
+            for empty data, or inputs holding NaN or infinite values.
 
     Example:
 
@@ -54,9 +55,12 @@ def layer_inputs(model, data, *, batch_size=256, name="data"):
     print([g.shape for g in grams])  # one (fan_in, fan_in) per layer
     ```
     """
-    weight_layers = [unit_layer.layer for unit_layer in unit_chain(model)]
-    for layer in weight_layers:
+    layers = weight_layers(model)
+    for layer in layers:
         _check_rows(layer)
+    # One input tensor, not a list of one: the data's `x` is an array.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [layer.input for layer in layers])
     if isinstance(data, np.ndarray):
         data = (data, np.zeros(len(data)))
     empty = True
@@ -65,21 +69,14 @@ def layer_inputs(model, data, *, batch_size=256, name="data"):
         if not len(y):
             continue
         empty = False
-        rows, hidden = [], ops.convert_to_tensor(x)
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            if any(layer is w for w in weight_layers):
-                rows.append(
-                    _kernel_rows(
-                        layer,
-                        np.asarray(
-                            ops.convert_to_numpy(hidden), dtype="float64"
-                        ),
-                    )
-                )
-            hidden = layer(hidden, training=False)
-        yield rows
+        inputs = probe(x, training=False)
+        yield [
+            _kernel_rows(
+                layer,
+                np.asarray(ops.convert_to_numpy(value), dtype="float64"),
+            )
+            for layer, value in zip(layers, inputs)
+        ]
     if empty:
         raise ValueError(
             f"{name} is empty: statistics of the layers' inputs need at "
@@ -93,6 +90,11 @@ def _check_rows(layer):
             f"Layer {layer.name!r} (PolynomialDense): its kernel multiplies a "
             "basis expansion of its inputs, not the inputs; it cannot be "
             "merged or repaired from its inputs."
+        )
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv3D)):
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}): only Conv2D "
+            "input patches are supported."
         )
     if isinstance(layer, keras.layers.Conv2D) and tuple(
         layer.dilation_rate

@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_memgeom.src.merging.layer_inputs import layer_inputs
 from keras_memgeom.src.symmetry.unit_chain import copy_model
+from keras_memgeom.src.symmetry.unit_chain import hidden_indices
 from keras_memgeom.src.symmetry.unit_chain import unit_chain
 
 # A unit whose pre-activation barely varies in the merged model is only
@@ -71,8 +72,10 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
         if weights is None
         else np.asarray(weights, "float64")
     )
-    hidden = unit_chain(merged)[:-1]
-    for unit_layer in hidden:
+    chain = unit_chain(merged)
+    hidden = hidden_indices(chain)
+    for index in hidden:
+        unit_layer = chain[index]
         layer = unit_layer.layer
         if (
             not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
@@ -84,47 +87,50 @@ def repair(merged, models, data, *, weights=None, batch_size=256):
             )
     target_mean, target_std = 0.0, 0.0
     for k, (w, model, d) in enumerate(zip(weights, models, data)):
-        mean, std = _unit_statistics(model, [d], batch_size, first=k)
+        mean, std = _unit_statistics(model, [d], batch_size, hidden, first=k)
         target_mean = target_mean + w * mean
         target_std = target_std + w * std
     result = copy_model(merged)
-    for index in range(len(hidden)):
+    for position, index in enumerate(hidden):
         # Measured after the layers before it were corrected.
-        mean, std = _unit_statistics(result, data, batch_size, upto=index + 1)
+        mean, std = _unit_statistics(
+            result, data, batch_size, hidden[: position + 1]
+        )
         unit_layer = unit_chain(result)[index]
         scale = np.where(
-            std[index] > _MIN_STD,
-            target_std[index] / np.maximum(std[index], _MIN_STD),
+            std[position] > _MIN_STD,
+            target_std[position] / np.maximum(std[position], _MIN_STD),
             1.0,
         )
         layer = unit_layer.layer
         layer.kernel.assign(
             (unit_layer.kernel * scale).astype(unit_layer.kernel.dtype)
         )
-        bias = (unit_layer.bias - mean[index]) * scale + target_mean[index]
+        bias = (unit_layer.bias - mean[position]) * scale + target_mean[
+            position
+        ]
         layer.bias.assign(bias.astype(unit_layer.bias.dtype))
     return result
 
 
-def _unit_statistics(model, data, batch_size, upto=None, first=0):
-    """Per hidden layer, the mean and std of each unit's pre-activation.
+def _unit_statistics(model, data, batch_size, indices, first=0):
+    """Per `unit_chain` layer of `indices`, each unit's pre-activation stats.
 
     `data` is a list of data sets, `data[first + k]` in errors.
 
     Returns:
-        `(means, stds)`: object arrays with one `(units,)` array per hidden
-        layer (the first `upto` of them).
+        `(means, stds)`: object arrays with one `(units,)` array per index.
     """
     chain = unit_chain(model)
-    hidden = chain[: len(chain) - 1 if upto is None else upto]
-    count, total, square = ([0.0] * len(hidden) for _ in range(3))
+    count, total, square = ([0.0] * len(indices) for _ in range(3))
     for k, d in enumerate(data, start=first):
         for rows in layer_inputs(
             model, d, batch_size=batch_size, name=f"data[{k}]"
         ):
-            for i, unit_layer in enumerate(hidden):
+            for i, index in enumerate(indices):
+                unit_layer = chain[index]
                 z = (
-                    rows[i]
+                    rows[index]
                     @ unit_layer.effective_kernel().reshape(
                         -1, unit_layer.units
                     )

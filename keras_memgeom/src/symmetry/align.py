@@ -5,6 +5,7 @@ from scipy.optimize import linear_sum_assignment
 
 from keras_memgeom.src.symmetry.unit_chain import check_same_architecture
 from keras_memgeom.src.symmetry.unit_chain import copy_model
+from keras_memgeom.src.symmetry.unit_chain import hidden_indices
 from keras_memgeom.src.symmetry.unit_chain import permute_units
 from keras_memgeom.src.symmetry.unit_chain import unit_chain
 from keras_memgeom.src.symmetry.unit_chain import unit_features
@@ -62,16 +63,61 @@ def align(model, reference, method="weight_matching", max_sweeps=100):
     print(after <= before)  # True
     ```
     """
+    return permuted_copy(
+        model,
+        unit_permutations(
+            model, reference, method=method, max_sweeps=max_sweeps
+        ),
+    )
+
+
+def permuted_copy(model, permutations):
+    """A copy of `model`, hidden units permuted, computing the same function.
+
+    Args:
+        model: a model supported by `keras_memgeom.symmetry`.
+        permutations: a dict from hidden layer indices in
+            `unit_chain(model)` to permutations, as `unit_permutations`
+            returns.
+
+    Returns:
+        A new `keras.Model` (uncompiled).
+    """
+    result = copy_model(model)
+    chain = unit_chain(result)
+    for index, permutation in permutations.items():
+        permute_units(chain, index, permutation)
+    write_chain(chain)
+    return result
+
+
+def unit_permutations(
+    model, reference, method="weight_matching", max_sweeps=100
+):
+    """The permutation `align` applies to each hidden layer of `model`.
+
+    Args:
+        model, reference, method, max_sweeps: as for `align`.
+
+    Returns:
+        A dict from each hidden layer's index in `unit_chain(model)` to an
+        integer array: unit `j` of the aligned layer is unit
+        `permutation[j]` of `model`'s.
+
+    Raises:
+        ValueError: as `align`.
+    """
     if method not in METHODS:
         raise ValueError(
             f"Unknown method {method!r}; expected one of {METHODS}."
         )
-    result = copy_model(model)
-    chain, reference_chain = unit_chain(result), unit_chain(reference)
+    chain, reference_chain = unit_chain(model), unit_chain(reference)
     check_same_architecture(chain, reference_chain)
+    hidden = hidden_indices(chain)
+    total = {index: np.arange(chain[index].units) for index in hidden}
     for _ in range(max_sweeps):
         changed = False
-        for index in range(len(chain) - 1):
+        for index in hidden:
             similarity = (
                 unit_features(reference_chain, index).astype("float64")
                 @ unit_features(chain, index).astype("float64").T
@@ -79,8 +125,8 @@ def align(model, reference, method="weight_matching", max_sweeps=100):
             _, permutation = linear_sum_assignment(similarity, maximize=True)
             if np.any(permutation != np.arange(len(permutation))):
                 permute_units(chain, index, permutation)
+                total[index] = total[index][permutation]
                 changed = True
         if not changed:
             break
-    write_chain(chain)
-    return result
+    return total

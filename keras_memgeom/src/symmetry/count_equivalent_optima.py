@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from keras_memgeom.src.symmetry.unit_chain import hidden_indices
 from keras_memgeom.src.symmetry.unit_chain import unit_chain
 from keras_memgeom.src.symmetry.unit_chain import unit_connectivity
 
@@ -20,8 +21,8 @@ def count_equivalent_optima(model):
     columns has only groups of one and contributes 1.
 
     Args:
-        model: a model supported by `keras_memgeom.symmetry` (a chain of
-            Dense / Conv2D / PolynomialDense layers).
+        model: a model supported by `keras_memgeom.symmetry` (its hidden
+            units found by `keras_memgeom.symmetry.hidden_units`).
 
     Returns:
         float, `sum_l sum_groups log10(g!)` (0.0 when no unit is
@@ -51,7 +52,7 @@ def count_equivalent_optima(model):
     """
     chain = unit_chain(model)
     log_count = 0.0
-    for index in range(len(chain) - 1):
+    for index in hidden_indices(chain):
         connectivity = unit_connectivity(chain, index)
         _, group_sizes = np.unique(connectivity, axis=0, return_counts=True)
         log_count += sum(math.lgamma(g + 1) for g in group_sizes)

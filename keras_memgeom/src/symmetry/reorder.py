@@ -3,6 +3,7 @@
 import numpy as np
 
 from keras_memgeom.src.symmetry.unit_chain import copy_model
+from keras_memgeom.src.symmetry.unit_chain import hidden_indices
 from keras_memgeom.src.symmetry.unit_chain import incoming_weights
 from keras_memgeom.src.symmetry.unit_chain import permute_units
 from keras_memgeom.src.symmetry.unit_chain import unit_chain
@@ -68,7 +69,7 @@ def reorder(model, method="lexicographic"):
         )
     result = copy_model(model)
     chain = unit_chain(result)
-    for index in range(len(chain) - 1):
+    for index in hidden_indices(chain):
         permute_units(chain, index, _canonical_order(chain[index], method))
     write_chain(chain)
     return result
