@@ -18,9 +18,6 @@ from keras_memgeom.src.continual import metrics
 from keras_memgeom.src.continual.classifier import classifier
 from keras_memgeom.src.continual.ewc import EWC
 from keras_memgeom.src.continual.finetune import Finetune
-from keras_memgeom.src.continual.frontal_lobe_strategy import (
-    FrontalLobeStrategy,
-)
 from keras_memgeom.src.continual.harness import Harness
 from keras_memgeom.src.continual.image_dataset import ImageDataset
 from keras_memgeom.src.continual.image_dataset import StreamedImageDataset
@@ -46,6 +43,9 @@ from keras_memgeom.src.continual.strategy import register_strategy
 from keras_memgeom.src.continual.task_stream import StreamedTask
 from keras_memgeom.src.continual.task_stream import Task
 from keras_memgeom.src.continual.task_stream import TaskStream
+from keras_memgeom.src.frontal_lobe.frontal_lobe_strategy import (
+    FrontalLobeStrategy,
+)
 
 __all__ = [
     "EWC",
