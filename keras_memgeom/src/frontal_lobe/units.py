@@ -3,7 +3,8 @@
 A unit of a Dense or Conv2D layer is its incoming weights, its bias and its
 outgoing weights: the input rows of the kernels of the Dense and Conv2D
 layers that read the layer's output, directly or through channel-wise
-layers (activations, dropout, pooling) and `Flatten`.
+layers (activations, dropout, pooling) and `Flatten`, as the package's
+walk `keras_memgeom.symmetry.units_of` finds them.
 """
 
 import keras
@@ -13,22 +14,10 @@ from keras import ops
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
 from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
+from keras_memgeom.src.symmetry.hidden_units import units_of
 
 _DENSE = (keras.layers.Dense, PrePrunedDense)
 _CONV = (keras.layers.Conv2D, PrePrunedConv2D)
-# Layers whose output channel `c` is computed from input channel `c` alone,
-# so a unit's outgoing weights can be followed through them.
-_CHANNELWISE = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-)
 
 
 def lobe_units(model, layers, fraction, need_outgoing=False):
@@ -52,9 +41,7 @@ def lobe_units(model, layers, fraction, need_outgoing=False):
             weights cannot be split by input unit, or (`need_outgoing`) a
             layer that nothing reads.
     """
-    by_name = {
-        layer.name: layer for layer in model._flatten_layers(include_self=False)
-    }
+    by_name = {layer.name: layer for layer in model.layers}
     lobes = []
     for name in layers:
         if name not in by_name:
@@ -106,50 +93,39 @@ def _is_unit_layer(layer):
 
 
 def _readers(model, layer, units):
-    """`(consumer, kernel mask)` for each Dense or Conv2D reading `layer`.
+    """`(reader, kernel mask)` for each Dense or Conv2D reading `layer`.
 
-    `units` marks the channels of `layer`'s output; it is followed through
-    channel-wise layers and `Flatten` (channels last) to the kernels that
-    read those channels.
+    `units` marks the channels of `layer`'s output; the package's walk
+    (`keras_memgeom.symmetry.units_of`) follows them through channel-wise
+    layers and `Flatten` (channels last) to the kernels that read them.
 
     Raises:
         ValueError: naming a layer that reads the units but whose weights
             cannot be split by input unit.
     """
-    layers = list(model._flatten_layers(include_self=False))
+    found = units_of(model, layer)
+    blocking = (
+        found.mixing
+        + found.followers
+        + tuple(r.layer for r in found.readers if not _is_unit_layer(r.layer))
+    )
+    if blocking:
+        other = blocking[0]
+        raise ValueError(
+            f"Layer {other.name!r} ({type(other).__name__}) reads the "
+            f"frontal lobe of {layer.name!r}; a frontal lobe's units "
+            "may be read only by Dense or Conv2D layers, directly or "
+            "through Flatten, activations, dropout or pooling."
+        )
     out = []
-    frontier = [(layer, units)]
-    while frontier:
-        source, channels = frontier.pop()
-        for other in layers:
-            if other is source or not _reads(other, source):
-                continue
-            if _is_unit_layer(other) and other.kernel is not None:
-                # Input units are the kernel's second-to-last axis for
-                # Dense `(in, out)` and Conv2D `(kh, kw, in, out)` alike.
-                mask = np.broadcast_to(channels[:, None], other.kernel.shape)
-                out.append((other, np.array(mask, "float32")))
-            elif isinstance(other, keras.layers.Flatten):
-                spatial = int(np.prod(source.output.shape[1:-1]))
-                frontier.append((other, np.tile(channels, spatial)))
-            elif isinstance(other, _CHANNELWISE):
-                frontier.append((other, channels))
-            else:
-                raise ValueError(
-                    f"Layer {other.name!r} ({type(other).__name__}) reads the "
-                    f"frontal lobe of {layer.name!r}; a frontal lobe's units "
-                    "may be read only by Dense or Conv2D layers, directly or "
-                    "through Flatten, activations, dropout or pooling."
-                )
+    for reader in found.readers:
+        # Input units are the kernel's second-to-last axis for Dense
+        # `(in, out)` and Conv2D `(kh, kw, in, out)` alike; after a Flatten
+        # input `p * units + j` is unit `j` at position `p`.
+        channels = np.tile(units, reader.repeats)
+        mask = np.broadcast_to(channels[:, None], reader.layer.kernel.shape)
+        out.append((reader.layer, np.array(mask, "float32")))
     return out
-
-
-def _reads(layer, source):
-    for node in layer._inbound_nodes:
-        tensors = [t._keras_history.operation for t in node.input_tensors]
-        if source in tensors:
-            return True
-    return False
 
 
 def _connected(layer, mask):
