@@ -29,7 +29,7 @@ class FrontalLobe:
     `information_strength * trace(F_FL)`, the trace of the diagonal Fisher
     of the frontal-lobe parameters (for a positive semi-definite block, its
     nuclear norm), pushes its information into the rest of the network; at
-    the task boundary `keras_memgeom.callbacks.Consolidate` consolidates the
+    the task boundary `keras_memgeom.frontal_lobe.Consolidate` consolidates the
     task into long-term memory, and can first empty the frontal lobe
     outright (`distill`, `reset`).
 
