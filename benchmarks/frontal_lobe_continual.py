@@ -6,7 +6,7 @@ ReLU MLP, `--tasks` tasks, in the harness of `keras_memgeom.continual`
 memory). Every method runs over the same grid of memory strengths: `online`
 and the frontal-lobe variants of `--variants`:
 
-- `merge`: the information penalty in the last `--information-epochs`, the
+- `keep`: the information penalty in the last `--information-epochs`, the
   whole Fisher merged;
 - `forget`: the same, the frontal lobe's Fisher dropped;
 - `reset`: the information penalty, then the frontal lobe re-initialized
@@ -37,13 +37,14 @@ import time
 import numpy as np
 from _environment import print_environment
 
+import keras_memgeom
 from keras_memgeom import continual
 from keras_memgeom.src.continual import metrics
 from keras_memgeom.src.utils.atomic_write import atomic_write
 from keras_memgeom.src.utils.figures import new_figure
 
 WIDTHS = {"digits": 32, "mnist5k": 64}
-VARIANTS = ("merge", "forget", "reset", "distill")
+VARIANTS = ("keep", "forget", "reset", "distill")
 
 
 def _floats(text):
@@ -69,7 +70,9 @@ def make_strategy(variant, strength, args):
         return continual.Online(strength=strength)
     return continual.FrontalLobeStrategy(
         strength=strength,
-        fraction=args.fraction,
+        frontal_lobe=keras_memgeom.FrontalLobe(
+            ["hidden_0", "hidden_1"], fraction=args.fraction
+        ),
         information_epochs=args.information_epochs,
         consolidation=variant,
         distill_epochs=args.distill_epochs,

@@ -6,7 +6,7 @@ without the information penalty, phase 2 adds `lambda * trace(F_FL)`; the
 exact Fisher trace of the frontal lobe on the training set and the test
 accuracy are printed before and after phase 2, for the exact penalty and
 for the empirical proxy (the settings of the test in
-tests/training/test_frontal_lobe.py).
+tests/frontal_lobe/test_frontal_lobe.py).
 
 Goal: the trace falls by at least half, the accuracy by at most
 2 points.

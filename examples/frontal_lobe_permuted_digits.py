@@ -31,10 +31,9 @@ import json
 
 import keras
 
+import keras_memgeom
 from keras_memgeom import continual
-from keras_memgeom.src.continual.frontal_lobe_strategy import (
-    FrontalLobeStrategy,
-)
+from keras_memgeom.frontal_lobe import FrontalLobeStrategy
 
 
 def _floats(text):
@@ -116,11 +115,14 @@ def main():
                 label,
                 FrontalLobeStrategy(
                     strength=strength,
-                    information_strength=lam,
-                    fraction=fraction,
+                    frontal_lobe=keras_memgeom.FrontalLobe(
+                        ["hidden_0", "hidden_1"],
+                        fraction=fraction,
+                        information_strength=lam,
+                        estimator=args.information_estimator,
+                    ),
                     information_epochs=args.information_epochs,
-                    information_estimator=args.information_estimator,
-                    consolidation="forget" if drop else "merge",
+                    consolidation="forget" if drop else "keep",
                 ),
             )
 

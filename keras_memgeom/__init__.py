@@ -13,6 +13,7 @@ configure_backend()
 
 from keras_memgeom import callbacks  # noqa: E402
 from keras_memgeom import continual  # noqa: E402
+from keras_memgeom import frontal_lobe  # noqa: E402
 from keras_memgeom import layers  # noqa: E402
 from keras_memgeom import merging  # noqa: E402
 from keras_memgeom import pruning  # noqa: E402
@@ -25,8 +26,8 @@ from keras_memgeom.memory import attach  # noqa: E402
 from keras_memgeom.memory import detach  # noqa: E402
 from keras_memgeom.memory import merge  # noqa: E402
 from keras_memgeom.merging import merge_models  # noqa: E402
+from keras_memgeom.src.frontal_lobe.frontal_lobe import FrontalLobe  # noqa: E402
 from keras_memgeom.src.pruning.pre_prune import pre_prune  # noqa: E402
-from keras_memgeom.src.training.frontal_lobe import FrontalLobe  # noqa: E402
 from keras_memgeom.src.training.model import Model  # noqa: E402
 from keras_memgeom.src.training.sequential import Sequential  # noqa: E402
 from keras_memgeom.version import __version__  # noqa: E402
@@ -44,6 +45,7 @@ __all__ = [
     "callbacks",
     "continual",
     "detach",
+    "frontal_lobe",
     "layers",
     "merge",
     "merge_models",

@@ -23,6 +23,7 @@ PACKAGES = [
     "keras_memgeom",
     "keras_memgeom.memory",
     "keras_memgeom.callbacks",
+    "keras_memgeom.frontal_lobe",
     "keras_memgeom.layers",
     "keras_memgeom.continual",
     "keras_memgeom.merging",

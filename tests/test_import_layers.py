@@ -22,11 +22,11 @@ FLOORS = (
     "keras_memgeom.backend",
     "keras_memgeom.src.layers",
     "keras_memgeom.src.memory",
-    "keras_memgeom.src.training",
     "keras_memgeom.src.pruning",
     "keras_memgeom.src.symmetry",
+    "keras_memgeom.src.frontal_lobe",
+    "keras_memgeom.src.training",
     "keras_memgeom.src.merging",
-    "keras_memgeom.src.callbacks",
     "keras_memgeom.src.continual",
     (
         "keras_memgeom.callbacks",
@@ -41,12 +41,6 @@ FLOORS = (
     ),
     "keras_memgeom.src.cli",
 )
-
-# (importing module, imported name) pairs still to be moved by the branches
-# that own these files: the frontal-lobe strategy (to `src/frontal_lobe/`).
-KNOWN = {
-    ("keras_memgeom.src.continual.frontal_lobe_strategy", "keras_memgeom"),
-}
 
 
 def _module_name(path):
@@ -115,8 +109,6 @@ def _violations():
             if not target.startswith("keras_memgeom"):
                 continue
             floor = _floor(target)
-            if (module, target) in KNOWN:
-                continue
             if floor is None:
                 found.append(f"{module} imports {target} (not in src/backend)")
             elif floor > own:
@@ -128,15 +120,6 @@ def _violations():
 
 def test_every_module_imports_only_its_floor_or_lower():
     assert _violations() == []
-
-
-def test_known_exceptions_are_still_needed():
-    # An entry that no longer matches an import is stale: remove it.
-    used = set()
-    for path in _modules():
-        module = _module_name(path)
-        used.update((module, target) for target, _ in _imports(path))
-    assert KNOWN <= used, sorted(KNOWN - used)
 
 
 def test_the_checker_sees_every_kind_of_violation(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """No mechanism is written twice: no block of code occurs in two places.
 
 Every `.py` file of `keras_memgeom/` is read as stripped lines, without
-blank lines, comments, docstrings, imports and function signatures (these
-name an interface, which a forwarding function repeats by design). A block
+blank lines, comments, docstrings, imports, function signatures and calls
+that pass their names on unchanged (`f(a, b=b)`): these name an interface,
+which a forwarding function repeats by design. A block
 of `BLOCK` consecutive such lines found twice, within a file or across
 files, fails the test: extract the shared helper.
 """
@@ -16,26 +17,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "keras_memgeom"
 BLOCK = 6
 
-# Repeats inside files that other work is still rewriting, keyed by the
-# pair of files (sorted, relative to the repository); each with its reason.
-KNOWN = {
-    (
-        "keras_memgeom/src/callbacks/consolidate.py",
-        "keras_memgeom/src/continual/frontal_lobe_strategy.py",
-    ): "the strategy unpacks check_consolidation like the callback",
-    (
-        "keras_memgeom/src/callbacks/consolidate.py",
-        "keras_memgeom/src/memory/fisher_memory.py",
-    ): "the callback checks prior_precision like FisherMemory",
-    (
-        "keras_memgeom/src/continual/frontal_lobe_strategy.py",
-        "keras_memgeom/src/training/frontal_lobe.py",
-    ): "the strategy checks FrontalLobe's arguments again",
-    (
-        "keras_memgeom/src/continual/frontal_lobe_strategy.py",
-        "keras_memgeom/src/continual/online_ewc.py",
-    ): "both forward the same MemoryStrategy arguments to it",
-}
+
+def _forwards_its_arguments(node):
+    """Whether `node` is a call passing on names as they are: `f(a, b=b)`."""
+    return (
+        isinstance(node, ast.Call)
+        and bool(node.args or node.keywords)
+        and all(isinstance(arg, ast.Name) for arg in node.args)
+        and all(
+            isinstance(k.value, ast.Name) and k.value.id == k.arg
+            for k in node.keywords
+        )
+    )
 
 
 def _skipped_lines(tree):
@@ -58,6 +51,8 @@ def _skipped_lines(tree):
                 skipped.update(range(first.lineno, first.end_lineno + 1))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             skipped.update(range(node.lineno, node.body[0].lineno))
+        if _forwards_its_arguments(node):
+            skipped.update(range(node.lineno, node.end_lineno + 1))
     return skipped
 
 
@@ -92,15 +87,10 @@ def repeats(paths, root=ROOT):
 
 def test_no_block_of_code_is_written_twice():
     found = repeats(sorted(PACKAGE.rglob("*.py")))
-    unexpected = {
-        pair: lines for pair, lines in found.items() if pair not in KNOWN
-    }
-    assert not unexpected, "\n".join(
+    assert not found, "\n".join(
         f"{a} and {b}, blocks at lines {lines[:5]}"
-        for (a, b), lines in sorted(unexpected.items())
+        for (a, b), lines in sorted(found.items())
     )
-    # An entry whose repeat is gone is stale: remove it.
-    assert set(KNOWN) <= set(found), sorted(set(KNOWN) - set(found))
 
 
 def test_the_checker_finds_a_repeat_and_ignores_what_is_not_code(tmp_path):

@@ -1,29 +1,38 @@
 """Frontal-lobe consolidation as a continual-learning method."""
 
-import keras_memgeom
-from keras_memgeom.src.callbacks.consolidate import Consolidate
-from keras_memgeom.src.callbacks.consolidate import check_consolidation
 from keras_memgeom.src.continual.classifier import classifier
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
-from keras_memgeom.src.training.frontal_lobe import INFORMATION_ESTIMATORS
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.frontal_lobe.consolidate import Consolidate
+from keras_memgeom.src.frontal_lobe.consolidation import check_consolidation
+from keras_memgeom.src.frontal_lobe.frontal_lobe import FrontalLobe
+from keras_memgeom.src.training.model import Model
+from keras_memgeom.src.utils.checks import check_positive
+
+# The harness's classifier: two hidden layers, half of each the frontal lobe.
+DEFAULT_LAYERS = ("hidden_0", "hidden_1")
+
+# The arguments that moved into `FrontalLobe`, and their names there.
+_MOVED = {
+    "fraction": "fraction",
+    "information_strength": "information_strength",
+    "information_estimator": "estimator",
+}
 
 
 @register_strategy
 class FrontalLobeStrategy(MemoryStrategy):
     """Keeps a frontal lobe of working space free, task after task.
 
-    The model is a `keras_memgeom.Model` with a frontal lobe made of a
-    `fraction` of the units of every hidden layer. Each task's `fit` runs
-    `keras_memgeom.callbacks.Consolidate`: the first epochs train with the
-    long-term memory's penalty, the last `information_epochs` add
-    `information_strength * trace(F_FL)`, and at the end the frontal lobe
-    is consolidated as `consolidation` says (kept, forgotten, reset, or
-    distilled into the rest of the network and reset) and the task's Fisher
-    is merged into one long-term memory (as `online` does), which the next
-    task's `fit` attaches with `strength`.
+    The model is a `keras_memgeom.Model` compiled with `frontal_lobe`. Each
+    task's `fit` runs `keras_memgeom.frontal_lobe.Consolidate`: the first
+    epochs train with the long-term memory's penalty, the last
+    `information_epochs` add `information_strength * trace(F_FL)`, and at
+    the end the frontal lobe is consolidated as `consolidation` says (kept,
+    forgotten, reset, or distilled into the rest of the network and reset)
+    and the task's Fisher is merged into one long-term memory (as `online`
+    does), which the next task's `fit` attaches with `strength`.
 
     Args:
         strength: penalty strength, as for `MemoryStrategy` but a number
@@ -31,18 +40,16 @@ class FrontalLobeStrategy(MemoryStrategy):
             replay it per grid point).
         estimator: Fisher estimator, as for `MemoryStrategy`.
         max_examples: examples per memory, as for `MemoryStrategy`.
+        frontal_lobe: the `FrontalLobe` (its layers, fraction, information
+            strength and estimator), or its `get_config()` dict. By
+            default half of the units of the harness classifier's hidden
+            layers `hidden_0` and `hidden_1`, `information_strength=1`.
         decay: factor on the older precision at each merge, in `(0, 1]`.
-        fraction: share of the units of each hidden layer in the frontal
-            lobe, in `(0, 1]`.
-        information_strength: `lambda`, the weight of the information
-            penalty.
         information_epochs: epochs of phase 2 at the end of each task (out
             of the harness's epochs per task).
-        information_estimator: `"empirical"` or `"exact"` Fisher trace in
-            the penalty.
         consolidation: what happens to the frontal lobe at the end of a
-            task: `"merge"`, `"forget"`, `"reset"` or `"distill"` (see
-            `keras_memgeom.callbacks.Consolidate`).
+            task: `"keep"`, `"forget"`, `"reset"` or `"distill"` (see
+            `keras_memgeom.frontal_lobe.Consolidate`).
         distill_epochs: epochs of distillation after each task
             (`"distill"`), on top of the harness's epochs per task.
         distill_batch_size: batch size of distillation.
@@ -50,16 +57,25 @@ class FrontalLobeStrategy(MemoryStrategy):
         fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
+        TypeError: for the old arguments `fraction`,
+            `information_strength` and `information_estimator`, naming
+            their place in `frontal_lobe=FrontalLobe(...)`.
         ValueError: for `strength="auto"` or bad arguments.
 
     Example:
 
     ```python
+    import keras_memgeom
     from keras_memgeom import continual
 
     stream = continual.TaskStream.make("permuted", "digits", num_tasks=2)
     strategy = continual.FrontalLobeStrategy(
-        strength=100, consolidation="distill", information_epochs=1
+        strength=100,
+        frontal_lobe=keras_memgeom.FrontalLobe(
+            ["hidden_0", "hidden_1"], fraction=0.5
+        ),
+        consolidation="distill",
+        information_epochs=1,
     )
     continual.Harness(stream, width=32, epochs=2).run(strategy)
     ```
@@ -73,17 +89,28 @@ class FrontalLobeStrategy(MemoryStrategy):
         strength=DEFAULT_STRENGTH,
         estimator="exact",
         max_examples=None,
+        frontal_lobe=None,
         decay=1.0,
-        fraction=0.5,
-        information_strength=1.0,
         information_epochs=3,
-        information_estimator="empirical",
-        consolidation="merge",
+        consolidation="keep",
         distill_epochs=5,
         distill_batch_size=32,
         distill_learning_rate=1e-3,
         fisher_examples=None,
+        **moved,
     ):
+        for name in moved:
+            if name not in _MOVED:
+                raise TypeError(
+                    "FrontalLobeStrategy got an unexpected keyword argument "
+                    f"{name!r}."
+                )
+        if moved:
+            settings = ", ".join(f"{_MOVED[k]}=..." for k in moved)
+            raise TypeError(
+                f"FrontalLobeStrategy no longer takes {sorted(moved)}: pass "
+                f"`frontal_lobe=keras_memgeom.FrontalLobe(layers, {settings})`."
+            )
         if strength == "auto":
             raise ValueError(
                 "frontal-lobe consolidates inside `fit`, so it takes a "
@@ -95,28 +122,17 @@ class FrontalLobeStrategy(MemoryStrategy):
             max_examples=max_examples,
             fisher_examples=fisher_examples,
         )
-        decay = check_number(
-            "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
-        )
-        if information_estimator not in INFORMATION_ESTIMATORS:
+        if frontal_lobe is None:
+            frontal_lobe = FrontalLobe(list(DEFAULT_LAYERS), fraction=0.5)
+        elif isinstance(frontal_lobe, dict):
+            frontal_lobe = FrontalLobe.from_config(frontal_lobe)
+        elif not isinstance(frontal_lobe, FrontalLobe):
             raise ValueError(
-                "Unknown information_estimator "
-                f"{information_estimator!r}; expected one of "
-                f"{INFORMATION_ESTIMATORS}."
+                "`frontal_lobe` takes a FrontalLobe or its config; got "
+                f"{type(frontal_lobe).__name__}."
             )
-        fraction = check_number(
-            "fraction",
-            fraction,
-            minimum=0.0,
-            inclusive_minimum=False,
-            maximum=1.0,
-        )
-        information_strength = check_number(
-            "information_strength", information_strength, minimum=0.0
-        )
-        self.decay = decay
-        self.fraction = fraction
-        self.information_strength = information_strength
+        self.frontal_lobe = frontal_lobe
+        self.decay = check_positive("decay", decay, maximum=1.0)
         if (
             isinstance(information_epochs, bool)
             or not isinstance(information_epochs, int)
@@ -127,17 +143,13 @@ class FrontalLobeStrategy(MemoryStrategy):
                 f"{information_epochs!r}."
             )
         self.information_epochs = information_epochs
-        self.information_estimator = information_estimator
-        (
-            self.consolidation,
-            self.distill_epochs,
-            self.distill_batch_size,
-            self.distill_learning_rate,
-        ) = check_consolidation(
-            consolidation,
-            distill_epochs,
-            distill_batch_size,
-            distill_learning_rate,
+        vars(self).update(
+            check_consolidation(
+                consolidation,
+                distill_epochs,
+                distill_batch_size,
+                distill_learning_rate,
+            )
         )
         self.records = []  # The Consolidate records of each task.
 
@@ -161,26 +173,15 @@ class FrontalLobeStrategy(MemoryStrategy):
 
     def build_model(self, stream, *, width):
         base = classifier(stream, width=width)
-        return keras_memgeom.Model(base.input, base.output, name=base.name)
+        return Model(base.input, base.output, name=base.name)
 
     def compile(self, model, *, optimizer, loss):
-        hidden = [
-            layer.name
-            for layer in model.layers
-            if layer.name.startswith("hidden_")
-        ]
-        frontal_lobe = keras_memgeom.FrontalLobe(
-            hidden,
-            fraction=self.fraction,
-            information_strength=self.information_strength,
-            estimator=self.information_estimator,
-        )
         model.compile(
             optimizer=optimizer,
             loss=loss,
             memories=self.memories,
             strength=self.strength,
-            frontal_lobe=frontal_lobe,
+            frontal_lobe=self.frontal_lobe,
         )
 
     def before_task(self, model, context):
@@ -207,11 +208,9 @@ class FrontalLobeStrategy(MemoryStrategy):
     def get_config(self):
         return {
             **super().get_config(),
+            "frontal_lobe": self.frontal_lobe.get_config(),
             "decay": self.decay,
-            "fraction": self.fraction,
-            "information_strength": self.information_strength,
             "information_epochs": self.information_epochs,
-            "information_estimator": self.information_estimator,
             "consolidation": self.consolidation,
             "distill_epochs": self.distill_epochs,
             "distill_batch_size": self.distill_batch_size,

@@ -16,7 +16,7 @@ from keras_memgeom.src.continual.masked_logits import MaskedLoss
 from keras_memgeom.src.continual.strategy import Strategy
 from keras_memgeom.src.continual.strategy import TaskContext
 from keras_memgeom.src.continual.task_stream import batched
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.clone_model import clone_model
 
 DEFAULT_STRENGTH_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -125,20 +125,12 @@ class Harness:
         self.width = width
         self.epochs = epochs
         self.batch_size = batch_size
-        self.learning_rate = check_number(
-            "learning_rate", learning_rate, minimum=0.0, inclusive_minimum=False
-        )
+        self.learning_rate = check_positive("learning_rate", learning_rate)
         self.strength_grid = tuple(
-            check_number(
-                "strength_grid", s, minimum=0.0, inclusive_minimum=False
-            )
-            for s in strength_grid
+            check_positive("strength_grid", s) for s in strength_grid
         )
-        self.prior_precision = check_number(
-            "prior_precision",
-            prior_precision,
-            minimum=0.0,
-            inclusive_minimum=False,
+        self.prior_precision = check_positive(
+            "prior_precision", prior_precision
         )
         if not (
             model is None or isinstance(model, keras.Model) or callable(model)

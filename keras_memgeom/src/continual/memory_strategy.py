@@ -11,7 +11,7 @@ from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import check_rank
 from keras_memgeom.src.memory.merge import merge
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.checks import check_positive_int
 from keras_memgeom.src.utils.renamed_argument import renamed_argument
 
@@ -89,9 +89,7 @@ class MemoryStrategy(Strategy):
         fisher_examples=None,
     ):
         if not (isinstance(strength, str) and strength in ("auto", "sweep")):
-            strength = check_number(
-                "strength", strength, minimum=0.0, inclusive_minimum=False
-            )
+            strength = check_positive("strength", strength)
         if estimator not in ESTIMATORS:
             raise ValueError(
                 f"Unknown Fisher estimator {estimator!r}. Choose one of: "

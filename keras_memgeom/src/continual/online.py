@@ -5,7 +5,7 @@ from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
 from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
 from keras_memgeom.src.memory.merge import merge
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 
 
 @register_strategy
@@ -68,9 +68,7 @@ class Online(MemoryStrategy):
             rank=rank,
             fisher_examples=fisher_examples,
         )
-        self.decay = check_number(
-            "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
-        )
+        self.decay = check_positive("decay", decay, maximum=1.0)
 
     def consolidate(self, memories, memory):
         if not memories:

@@ -4,7 +4,7 @@ from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 
 
 @register_strategy
@@ -64,9 +64,7 @@ class OnlineEWC(MemoryStrategy):
             max_examples=max_examples,
             fisher_examples=fisher_examples,
         )
-        self.gamma = check_number(
-            "gamma", gamma, minimum=0.0, inclusive_minimum=False, maximum=1.0
-        )
+        self.gamma = check_positive("gamma", gamma, maximum=1.0)
 
     def consolidate(self, memories, memory):
         if not memories:

@@ -8,7 +8,7 @@ from keras_memgeom.src.continual.image_dataset import StreamedImageDataset
 from keras_memgeom.src.continual.image_dataset import as_images
 from keras_memgeom.src.continual.image_dataset import check_labels
 from keras_memgeom.src.utils.checks import check_finite_data
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.checks import check_positive_int
 
 
@@ -329,13 +329,7 @@ class TaskStream:
         tasks = list(tasks)
         if not tasks:
             raise ValueError("from_arrays needs at least one task, got none.")
-        test_split = check_number(
-            "test_split",
-            test_split,
-            minimum=0.0,
-            maximum=1.0,
-            inclusive_minimum=False,
-        )
+        test_split = check_positive("test_split", test_split, maximum=1.0)
         if test_split == 1.0:
             raise ValueError("`test_split` must be < 1, got 1.0.")
         check_validation_split(validation_split)

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 
 # Rounds of redrawing at the requested zero rate before falling back to
 # uniform draws, which always finish (coupon collector) even near capacity.
@@ -84,9 +84,7 @@ def validate_zero_rate(zero_rate):
         ValueError: naming `zero_rate`, if it is not a finite number (e.g.
             the string `"0.5"`) or is outside (0, 1).
     """
-    value = check_number(
-        "zero_rate", zero_rate, minimum=0.0, inclusive_minimum=False
-    )
+    value = check_positive("zero_rate", zero_rate)
     if value >= 1.0:
         raise ValueError(
             f"`zero_rate` must be strictly between 0 and 1; got {zero_rate!r}."

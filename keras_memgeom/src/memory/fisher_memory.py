@@ -18,7 +18,7 @@ from keras_memgeom.src.memory.memory_file import write_memory_file
 from keras_memgeom.src.memory.penalty import kronecker_penalty
 from keras_memgeom.src.memory.penalty import penalty_scale
 from keras_memgeom.src.memory.penalty import quadratic_penalty
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.checks import check_positive_int
 
 # Eigenvectors kept per Kronecker factor by default: the penalty's matmuls
@@ -485,12 +485,7 @@ class FisherMemory:
         Raises:
             ValueError: if `prior_precision` is not a finite positive number.
         """
-        prior_precision = check_number(
-            "prior_precision",
-            prior_precision,
-            minimum=0.0,
-            inclusive_minimum=False,
-        )
+        prior_precision = check_positive("prior_precision", prior_precision)
         per_variable = {
             path: float(np.sum(p / (p + prior_precision), dtype="float64"))
             for path, p in (

@@ -18,7 +18,7 @@ import collections
 import numpy as np
 import scipy.linalg
 
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.checks import check_positive_int
 
 KroneckerBlock = collections.namedtuple(
@@ -110,12 +110,8 @@ def check_rank(rank, retained_trace):
     if rank is not None:
         rank = check_positive_int("rank", rank)
     if retained_trace is not None:
-        retained_trace = check_number(
-            "retained_trace",
-            retained_trace,
-            minimum=0.0,
-            inclusive_minimum=False,
-            maximum=1.0,
+        retained_trace = check_positive(
+            "retained_trace", retained_trace, maximum=1.0
         )
     return rank, retained_trace
 

@@ -11,7 +11,7 @@ from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.src.memory.kronecker import merge_anchor
 from keras_memgeom.src.memory.kronecker import nearest_kronecker
 from keras_memgeom.src.memory.kronecker import truncate_factor
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 
 
 def merge(memories, *, decay=1.0):
@@ -79,9 +79,7 @@ def merge(memories, *, decay=1.0):
                 "`merge` takes FisherMemory objects; got "
                 f"{type(memory).__name__} as memories[{k}]."
             )
-    decay = check_number(
-        "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
-    )
+    decay = check_positive("decay", decay, maximum=1.0)
     paths = memories[0].paths
     anchors = [m.anchor for m in memories]
     fishers = [m.fisher for m in memories]

@@ -19,6 +19,7 @@ from keras_memgeom.src.symmetry.align import permuted_copy
 from keras_memgeom.src.symmetry.align import unit_permutations
 from keras_memgeom.src.utils.checks import check_finite_data
 from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 
 METHODS = ("average", "fisher", "regmean", "kfac")
 MEMORY_METHODS = ("fisher", "kfac")
@@ -197,9 +198,7 @@ def merge_models(
         for k, d in enumerate(data):
             check_finite_data(f"data[{k}]", d)
     weights = _normalized_weights(weights, len(models))
-    prior_precision = check_number(
-        "prior_precision", prior_precision, minimum=0.0, inclusive_minimum=False
-    )
+    prior_precision = check_positive("prior_precision", prior_precision)
     regmean_alpha = check_number(
         "regmean_alpha", regmean_alpha, minimum=0.0, maximum=1.0
     )

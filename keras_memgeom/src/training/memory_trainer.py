@@ -10,6 +10,7 @@ from keras.src.backend import in_stateless_scope
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_memgeom import backend
+from keras_memgeom.src.frontal_lobe.frontal_lobe import FrontalLobe
 from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.attach import MEMORY_REGULARIZERS
 from keras_memgeom.src.memory.attach import attach
@@ -18,7 +19,8 @@ from keras_memgeom.src.memory.attach import attachment_of
 from keras_memgeom.src.memory.attach import detach
 from keras_memgeom.src.memory.attach import memory_list
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
-from keras_memgeom.src.training.frontal_lobe import FrontalLobe
+from keras_memgeom.src.memory.fisher_regularizer import FisherRegularizer
+from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.training.train_examples import count_train_examples
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
@@ -48,6 +50,8 @@ class MemoryTrainer:
     information penalty `information_strength * trace(F_FL)` to the training
     loss (phase 2 of the frontal-lobe procedure), reported as
     `information_penalty`; `set_information_penalty(False)` turns it off.
+    `consolidate(memory)` merges a task's memory into the model's memories
+    in place, as a task boundary does.
     """
 
     def __init__(self, *args, **kwargs):
@@ -183,6 +187,114 @@ class MemoryTrainer:
             self.information_penalty_active = bool(active)
             self.make_train_function(force=True)
 
+    def consolidate(
+        self, memory, *, decay=1.0, replace=False, num_train_examples=None
+    ):
+        """Merges `memory` into the model's memories, in place.
+
+        The model's memories become one: `merge(memories + [memory],
+        decay=decay)`, or `memory` alone with `replace=True`, attached with
+        the compiled `strength` and kept by later `fit` calls. The memories
+        are device state: when the attached memory is one diagonal memory
+        of the same variables (every consolidation after the first, for
+        diagonal memories), the new anchors, Fishers and scale are assigned
+        to the variables the traced steps read, so the next step, even
+        inside a running `fit`, uses them without retracing. Otherwise the
+        memory is attached anew and the steps are traced again at their
+        next call.
+
+        Args:
+            memory: a `FisherMemory` of the model's variables.
+            decay: factor in `(0, 1]` on the older precision (as `merge`).
+            replace: whether `memory` replaces the model's memories instead
+                of being merged into them.
+            num_train_examples: the number of examples the training loss
+                averages over. By default the compiled one, else the one
+                the memories are attached with.
+
+        Returns:
+            The model's memory now, a `FisherMemory`.
+
+        Raises:
+            ValueError: if `memory` is not a `FisherMemory` or does not fit
+                the model, `decay` or `num_train_examples` is invalid, the
+                model is not built, or the number of training examples is
+                unknown.
+
+        Example:
+
+        ```python
+        import keras
+        import numpy as np
+
+        import keras_memgeom
+
+        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+        y = np.arange(32) % 2
+        model = keras_memgeom.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(2)]
+        )
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile("sgd", loss, num_train_examples=32)
+        for task in (x, -x):
+            model.fit(task, y, epochs=1, verbose=0)
+            memory = keras_memgeom.FisherMemory.estimate(model, (task, y))
+            model.consolidate(memory)
+        print(model.memories[0].num_examples)  # 64
+        ```
+        """
+        if not isinstance(memory, FisherMemory):
+            raise ValueError(
+                f"`memory` takes a FisherMemory; got {type(memory).__name__}."
+            )
+        num_train_examples = check_positive_int(
+            "num_train_examples", num_train_examples, allow_none=True
+        )
+        memories = [memory] if replace else list(self.memories) + [memory]
+        merged = merge(memories, decay=decay)
+        num_train_examples = self._known_num_train_examples(num_train_examples)
+        if not self._assign_memory(merged, num_train_examples):
+            self.memories = [merged]
+            self._attach_memories(num_train_examples)
+            # A running `fit` calls `train_function` at its next step.
+            self.make_train_function()
+        return merged
+
+    def _assign_memory(self, memory, num_train_examples):
+        """Writes `memory` into the attached memory's variables, if it fits.
+
+        Returns:
+            Whether it did: the attachment is one memory of the same
+            variables, all diagonal, at the compiled strength.
+        """
+        attachment = attachment_of(self)
+        if (
+            attachment is None
+            or len(attachment.memories) != 1
+            or attachment.strength != self.memory_strength
+            or memory.kronecker
+            or attachment.memories[0].kronecker
+            or set(memory.paths) != set(attachment.memories[0].paths)
+        ):
+            return False
+        paths = {id(v): path for path, v in memory.match(self)}
+        if not all(
+            isinstance(r, FisherRegularizer) and id(v) in paths
+            for v, r in attachment.regularizers
+        ):
+            return False
+        anchor, fisher = memory.anchor, memory.fisher
+        for variable, regularizer in attachment.regularizers:
+            path = paths[id(variable)]
+            regularizer.anchor.assign(anchor[path])
+            regularizer.fisher.assign(fisher[path])
+        attachment.memories = [memory]
+        attachment.num_examples = memory.num_examples
+        attachment.set_num_train_examples(num_train_examples)
+        self.memories = [memory]
+        self._memory_num_train_examples = num_train_examples
+        return True
+
     def fit(self, x=None, y=None, *args, **kwargs):
         backend.check_distribution()
         if self.memories:
@@ -287,10 +399,8 @@ class MemoryTrainer:
             losses.append(regularizer(value))
         return losses
 
-    def _attach_memories(self, num_train_examples=None):
-        """Attaches the compiled memories, or rescales them (no retracing)."""
-        if not self.memories:
-            return
+    def _known_num_train_examples(self, num_train_examples=None):
+        """The `n` of the memories: given, compiled, or last attached."""
         num_train_examples = (
             num_train_examples
             or self.num_train_examples
@@ -298,6 +408,13 @@ class MemoryTrainer:
         )
         if num_train_examples is None:
             raise ValueError(_UNKNOWN_NUM_TRAIN_EXAMPLES)
+        return num_train_examples
+
+    def _attach_memories(self, num_train_examples=None):
+        """Attaches the compiled memories, or rescales them (no retracing)."""
+        if not self.memories:
+            return
+        num_train_examples = self._known_num_train_examples(num_train_examples)
         if not self.built:
             raise ValueError(
                 "The model must be built before its memories are attached: "

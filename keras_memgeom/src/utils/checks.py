@@ -46,6 +46,25 @@ def check_number(
     return value
 
 
+def check_positive(name, value, *, maximum=None):
+    """Returns `value` as a float after checking it is finite and `> 0`.
+
+    Args:
+        name: the argument's name, quoted in the error.
+        value: what the caller passed.
+        maximum: the largest value allowed (inclusive), or `None`.
+
+    Returns:
+        A float.
+
+    Raises:
+        ValueError: as `check_number` with `minimum=0` excluded.
+    """
+    return check_number(
+        name, value, minimum=0.0, inclusive_minimum=False, maximum=maximum
+    )
+
+
 def check_positive_int(name, value, *, allow_none=False):
     """Returns `value` as an int after checking it is a whole number >= 1.
 

@@ -71,6 +71,22 @@ def test_every_k_epochs_and_forgetting_the_frontal_lobe(rng):
     assert callback.records[-1]["frontal_lobe_effective_dimension"] == 0
 
 
+def test_the_old_merge_consolidation_is_a_deprecated_keep(rng):
+    model, x, y = model_and_data(rng)
+    with pytest.warns(DeprecationWarning, match="consolidation='keep'"):
+        callback = Consolidate(
+            (x, y), information_epochs=0, consolidation="merge"
+        )
+    assert callback.consolidation == "keep"
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    # "keep": the frontal lobe's Fisher is remembered with the rest.
+    fisher = model.memories[0].fisher
+    assert any(
+        np.any(fisher[path][mask == 1] > 0)
+        for path, mask in model.frontal_lobe.masks(model).items()
+    )
+
+
 def test_bad_arguments_and_models_are_named(rng):
     model, x, y = model_and_data(rng, frontal_lobe=False)
     with pytest.raises(ValueError, match="compiled with `frontal_lobe"):

@@ -2,57 +2,11 @@
 
 import keras
 
-from keras_memgeom.src.memory.attach import attach
+from keras_memgeom.src.frontal_lobe.consolidation import check_consolidation
 from keras_memgeom.src.memory.fisher import ESTIMATORS
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
-from keras_memgeom.src.memory.merge import merge
-from keras_memgeom.src.utils.checks import check_number
+from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.checks import check_positive_int
-
-CONSOLIDATIONS = ("merge", "forget", "reset", "distill")
-
-
-def check_consolidation(
-    consolidation, distill_epochs, distill_batch_size, distill_learning_rate
-):
-    """Checks the consolidation settings of `Consolidate` and its users.
-
-    Args:
-        consolidation: one of `CONSOLIDATIONS`.
-        distill_epochs: a positive int.
-        distill_batch_size: a positive int.
-        distill_learning_rate: a positive number.
-
-    Returns:
-        The four settings, the learning rate as a float.
-
-    Raises:
-        ValueError: naming the first setting that is not valid.
-
-    Example:
-
-    ```python
-    from keras_memgeom.src.callbacks.consolidate import check_consolidation
-
-    print(check_consolidation("distill", 5, 32, 1e-3))
-    ```
-    """
-    if consolidation not in CONSOLIDATIONS:
-        raise ValueError(
-            f"Unknown consolidation {consolidation!r}; expected one of "
-            f"{CONSOLIDATIONS}."
-        )
-    return (
-        consolidation,
-        check_positive_int("distill_epochs", distill_epochs),
-        check_positive_int("distill_batch_size", distill_batch_size),
-        check_number(
-            "distill_learning_rate",
-            distill_learning_rate,
-            minimum=0.0,
-            inclusive_minimum=False,
-        ),
-    )
 
 
 class Consolidate(keras.callbacks.Callback):
@@ -66,12 +20,14 @@ class Consolidate(keras.callbacks.Callback):
        penalty `information_strength * trace(F_FL)` (phase 2), so its
        information moves into the rest of the network;
     3. at the cycle's end the task is consolidated: the Fisher on `data`
-       is estimated and merged into the model's long-term memory
-       (`model.memories`, attached again with the compiled `strength`).
+       is estimated and merged into the model's long-term memory by
+       `model.consolidate` (in place: the running `fit` goes on with the
+       new memory, at the compiled `strength`).
 
     `consolidation` says what happens to the frontal lobe at step 3:
 
-    - `"merge"`: nothing; its Fisher is merged with the rest.
+    - `"keep"`: nothing; its Fisher is merged with the rest (`"merge"` is
+      the deprecated old name).
     - `"forget"`: its Fisher is zeroed before merging, so long-term memory
       never pins it (its units keep what they hold, unprotected).
     - `"reset"`: its units are re-initialized with zero outgoing weights
@@ -109,7 +65,7 @@ class Consolidate(keras.callbacks.Callback):
         estimator: the Fisher estimator of the consolidated memory.
         max_examples: estimate the Fisher on at most this many examples.
         decay: factor in `(0, 1]` on the older precision at each merge.
-        consolidation: one of `"merge"`, `"forget"`, `"reset"`,
+        consolidation: one of `"keep"`, `"forget"`, `"reset"`,
             `"distill"`.
         distill_epochs: epochs of distillation (`"distill"`).
         distill_batch_size: batch size of distillation.
@@ -135,7 +91,7 @@ class Consolidate(keras.callbacks.Callback):
     )
     x = np.random.normal(size=(32, 4)).astype("float32")
     y = np.arange(32) % 3
-    consolidate = keras_memgeom.callbacks.Consolidate(
+    consolidate = keras_memgeom.frontal_lobe.Consolidate(
         (x, y), information_epochs=1, consolidation="distill"
     )
     model.fit(x, y, epochs=2, verbose=0, callbacks=[consolidate])
@@ -151,7 +107,7 @@ class Consolidate(keras.callbacks.Callback):
         estimator="exact",
         max_examples=None,
         decay=1.0,
-        consolidation="merge",
+        consolidation="keep",
         distill_epochs=5,
         distill_batch_size=32,
         distill_learning_rate=1e-3,
@@ -176,15 +132,8 @@ class Consolidate(keras.callbacks.Callback):
                 f"Unknown estimator {estimator!r}; expected one of "
                 f"{ESTIMATORS}."
             )
-        decay = check_number(
-            "decay", decay, minimum=0.0, inclusive_minimum=False, maximum=1.0
-        )
-        prior_precision = check_number(
-            "prior_precision",
-            prior_precision,
-            minimum=0.0,
-            inclusive_minimum=False,
-        )
+        decay = check_positive("decay", decay, maximum=1.0)
+        prior_precision = check_positive("prior_precision", prior_precision)
         self.data = data
         self.information_epochs = information_epochs
         self.period = period
@@ -193,16 +142,13 @@ class Consolidate(keras.callbacks.Callback):
             "max_examples", max_examples, allow_none=True
         )
         self.decay = decay
-        (
-            self.consolidation,
-            self.distill_epochs,
-            self.distill_batch_size,
-            self.distill_learning_rate,
-        ) = check_consolidation(
-            consolidation,
-            distill_epochs,
-            distill_batch_size,
-            distill_learning_rate,
+        vars(self).update(
+            check_consolidation(
+                consolidation,
+                distill_epochs,
+                distill_batch_size,
+                distill_learning_rate,
+            )
         )
         self.prior_precision = prior_precision
         self.records = []
@@ -289,7 +235,7 @@ class Consolidate(keras.callbacks.Callback):
             fisher, memory = self._fisher(self.estimator)
         else:
             fisher, memory = exact, exact_memory
-        if self.consolidation != "merge":
+        if self.consolidation != "keep":
             masks = frontal_lobe.masks(model)
             fisher = {
                 path: value * (1.0 - masks.get(path, 0.0))
@@ -298,16 +244,13 @@ class Consolidate(keras.callbacks.Callback):
             memory = FisherMemory(
                 memory.anchor, fisher, memory.num_examples, memory.estimator
             )
-        model.memories = [
-            merge(list(model.memories) + [memory], decay=self.decay)
-        ]
-        attach(
-            model,
-            model.memories,
-            num_train_examples=model.num_train_examples or len(self.data[1]),
-            strength=model.memory_strength,
+        model.consolidate(
+            memory,
+            decay=self.decay,
+            num_train_examples=model.num_train_examples
+            or model._memory_num_train_examples
+            or len(self.data[1]),
         )
-        model.make_train_function(force=True)
         precision = model.memories[0].precision
         occupied = {
             variable.path: precision[path]

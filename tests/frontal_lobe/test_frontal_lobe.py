@@ -6,9 +6,9 @@ from sklearn.datasets import load_digits
 
 import keras_memgeom
 from keras_memgeom import FrontalLobe
+from keras_memgeom.src.frontal_lobe.frontal_lobe import INFORMATION_ESTIMATORS
 from keras_memgeom.src.memory.fisher import ESTIMATORS
 from keras_memgeom.src.memory.fisher import estimate_fisher
-from keras_memgeom.src.training.frontal_lobe import INFORMATION_ESTIMATORS
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
