@@ -86,6 +86,7 @@ if _BACKEND == "jax":
     from keras_memgeom.backend.jax import free_memory
     from keras_memgeom.backend.jax import full_precision_matmul
     from keras_memgeom.backend.jax import global_batch_position
+    from keras_memgeom.backend.jax import kronecker_quadratic
     from keras_memgeom.backend.jax import linearize
     from keras_memgeom.backend.jax import memory_quadratic
     from keras_memgeom.backend.jax import vectorize
@@ -100,6 +101,7 @@ elif _BACKEND == "tensorflow":
     from keras_memgeom.backend.tensorflow import free_memory
     from keras_memgeom.backend.tensorflow import full_precision_matmul
     from keras_memgeom.backend.tensorflow import global_batch_position
+    from keras_memgeom.backend.tensorflow import kronecker_quadratic
     from keras_memgeom.backend.tensorflow import linearize
     from keras_memgeom.backend.tensorflow import memory_quadratic
     from keras_memgeom.backend.tensorflow import vectorize
@@ -114,6 +116,7 @@ elif _BACKEND == "torch":
     from keras_memgeom.backend.torch import free_memory
     from keras_memgeom.backend.torch import full_precision_matmul
     from keras_memgeom.backend.torch import global_batch_position
+    from keras_memgeom.backend.torch import kronecker_quadratic
     from keras_memgeom.backend.torch import linearize
     from keras_memgeom.backend.torch import memory_quadratic
     from keras_memgeom.backend.torch import vectorize
@@ -134,6 +137,7 @@ __all__ = [
     "free_memory",
     "full_precision_matmul",
     "global_batch_position",
+    "kronecker_quadratic",
     "linearize",
     "memory_quadratic",
     "vectorize",

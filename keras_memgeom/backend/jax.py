@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from keras_memgeom.backend.common import kronecker_product
 from keras_memgeom.src.utils.host_memory import host_free_memory
 
 
@@ -435,3 +436,23 @@ def _memory_quadratic_backward(residuals, upstream):
 
 
 memory_quadratic.defvjp(_memory_quadratic_forward, _memory_quadratic_backward)
+
+
+@jax.custom_vjp
+def kronecker_quadratic(diff, a, g):
+    """Jax: a `custom_vjp` whose residual is the forward's `a @ diff @ g`."""
+    return jnp.vdot(diff, kronecker_product(diff, a, g))
+
+
+def _kronecker_quadratic_forward(diff, a, g):
+    product = kronecker_product(diff, a, g)
+    return jnp.vdot(diff, product), product
+
+
+def _kronecker_quadratic_backward(product, upstream):
+    return (2.0 * upstream) * product, None, None
+
+
+kronecker_quadratic.defvjp(
+    _kronecker_quadratic_forward, _kronecker_quadratic_backward
+)

@@ -5,6 +5,7 @@ import weakref
 
 import tensorflow as tf
 
+from keras_memgeom.backend.common import kronecker_product
 from keras_memgeom.src.utils.host_memory import host_free_memory
 
 
@@ -506,3 +507,22 @@ def _memory_quadratic(value, anchor, fisher):
         return (2.0 * upstream) * fisher * (value - anchor), None, None
 
     return tf.reduce_sum(fisher * diff * diff), gradient
+
+
+def kronecker_quadratic(diff, a, g):
+    """TensorFlow: a `custom_gradient` returning the forward's product."""
+    # `tf.custom_gradient` takes flat tensors: the factors' parts, read.
+    factors = (a, g)
+    parts = [tf.convert_to_tensor(p) for p in tf.nest.flatten(factors)]
+
+    @tf.custom_gradient
+    def quadratic(diff, *parts):
+        a, g = tf.nest.pack_sequence_as(factors, list(parts))
+        product = kronecker_product(diff, a, g)
+
+        def gradient(upstream):
+            return [(2.0 * upstream) * product] + [None] * len(parts)
+
+        return tf.reduce_sum(diff * product), gradient
+
+    return quadratic(tf.convert_to_tensor(diff), *parts)

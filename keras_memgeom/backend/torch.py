@@ -484,3 +484,45 @@ class _MemoryQuadratic(torch.autograd.Function):
     def backward(ctx, upstream):
         (metric_diff,) = ctx.saved_tensors
         return torch.mul(metric_diff, 2.0 * upstream), None, None
+
+
+def kronecker_quadratic(diff, a, g):
+    """Torch: an `autograd.Function` keeping `a @ diff @ g` for backward."""
+    return _KroneckerQuadratic.apply(diff, a, g)
+
+
+class _KroneckerQuadratic(torch.autograd.Function):
+    """Eager torch pays per kernel: a factor triple costs four of them.
+
+    `x @ A` for `A = V diag(s) V^T + r (I - V V^T)` is `r x` plus one
+    accumulating matmul of the thin `(x @ V) * (s - r)`; the forward's
+    product is the gradient but for a scalar, so the backward pass costs
+    one multiply.
+    """
+
+    @staticmethod
+    def forward(ctx, diff, a, g):
+        product = _factor_product(a, diff, left=True)
+        product = _factor_product(g, product, left=False)
+        ctx.save_for_backward(product)
+        return torch.dot(diff.reshape(-1), product.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, upstream):
+        (product,) = ctx.saved_tensors
+        return torch.mul(product, 2.0 * upstream), None, None
+
+
+def _factor_product(factor, x, left):
+    if not isinstance(factor, tuple):
+        return torch.mm(factor, x) if left else torch.mm(x, factor)
+    vectors, values, remainder = factor
+    excess = torch.sub(values, remainder)
+    # `addmm`'s `beta` takes a Python number, which would read the
+    # remainder back from the device: scale first, then accumulate.
+    product = torch.mul(x, remainder)
+    if left:
+        thin = torch.mm(vectors.T, x).mul_(excess[:, None])
+        return product.addmm_(vectors, thin)
+    thin = torch.mm(x, vectors).mul_(excess)
+    return product.addmm_(thin, vectors.T)
