@@ -38,20 +38,6 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
     return ops.multiply(quadratic, ops.cast(scale, dtype))
 
 
-def held_quadratic(diff, metric_diff):
-    """`sum(diff * metric_diff)`, with the constant gradient `2 * metric_diff`.
-
-    For a symmetric metric `M` and `metric_diff = M diff`, the gradient of
-    the quadratic form is `2 M diff`, which the forward pass has already
-    computed: the value is written as `2q - q` with the product held
-    constant in the first term and the whole second term, so autodiff
-    returns the product instead of differentiating through it again.
-    """
-    held = ops.stop_gradient(metric_diff)
-    linear = ops.sum(ops.multiply(diff, held))
-    return ops.subtract(ops.multiply(linear, 2.0), ops.stop_gradient(linear))
-
-
 def kronecker_penalty(
     kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None
 ):
@@ -60,9 +46,10 @@ def kronecker_penalty(
     `W~` is the kernel as a `(fan_in, units)` matrix with the bias as an
     extra row. The form is `sum(D * (a @ D @ g))`: `a (x) g` is never
     formed. A dense factor costs a matmul, `O(fan_in^2 * units)` for `a`;
-    an `EigenFactor` of rank `r` two thin ones, `O(r * fan_in * units)`
-    (`apply_factor`). The gradient `2 a D g` reuses the forward product
-    (`held_quadratic`), so the backward pass costs no matmul.
+    an `EigenFactor` of rank `r` two thin ones, `O(r * fan_in * units)`.
+    The gradient `2 a D g` is the forward's product, given by a custom
+    gradient (`keras_memgeom.backend.kronecker_quadratic`), so the backward
+    pass costs no matmul.
 
     Args:
         kernel: the kernel's current value.
@@ -93,45 +80,17 @@ def kronecker_penalty(
             ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype)
         )
         diff = ops.concatenate([diff, bias_diff[None]], axis=0)
-    product = apply_factor(a, diff)
-    product = apply_factor(g, product, right=True)
-    return ops.multiply(held_quadratic(diff, product), ops.cast(scale, dtype))
+    quadratic = backend.kronecker_quadratic(
+        diff, _factor_tensors(a, dtype), _factor_tensors(g, dtype)
+    )
+    return ops.multiply(quadratic, ops.cast(scale, dtype))
 
 
-def apply_factor(factor, x, right=False):
-    """`factor @ x` (or `x @ factor`), for a dense factor or an `EigenFactor`.
-
-    For `V diag(values) V^T + remainder (I - V V^T)` this is
-    `remainder x + V ((values - remainder) * (V^T x))`: two thin matmuls.
-
-    Args:
-        factor: a symmetric matrix, or an `EigenFactor` of tensors.
-        x: a matrix.
-        right: multiply from the right.
-
-    Returns:
-        A tensor shaped like `x`.
-    """
-    dtype = x.dtype
-    if not isinstance(factor, EigenFactor):
-        factor = ops.cast(factor, dtype)
-        return ops.matmul(x, factor) if right else ops.matmul(factor, x)
-    vectors = ops.cast(factor.vectors, dtype)
-    remainder = ops.cast(factor.remainder, dtype)
-    excess = ops.subtract(ops.cast(factor.values, dtype), remainder)
-    if right:
-        low_rank = ops.matmul(
-            ops.multiply(ops.matmul(x, vectors), excess[None, :]),
-            ops.transpose(vectors),
-        )
-    else:
-        low_rank = ops.matmul(
-            vectors,
-            ops.multiply(
-                ops.matmul(ops.transpose(vectors), x), excess[:, None]
-            ),
-        )
-    return ops.add(ops.multiply(x, remainder), low_rank)
+def _factor_tensors(factor, dtype):
+    """A factor as `kronecker_quadratic` takes it: a matrix or a triple."""
+    if isinstance(factor, EigenFactor):
+        return tuple(ops.cast(part, dtype) for part in factor)
+    return ops.cast(factor, dtype)
 
 
 def penalty_scale(num_examples, num_train_examples, strength):

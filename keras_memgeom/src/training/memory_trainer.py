@@ -21,6 +21,7 @@ from keras_memgeom.src.memory.attach import memory_list
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.fisher_regularizer import FisherRegularizer
 from keras_memgeom.src.memory.merge import merge
+from keras_memgeom.src.training.scalar_mean import ScalarMean
 from keras_memgeom.src.training.train_examples import count_train_examples
 from keras_memgeom.src.utils.checks import check_number
 from keras_memgeom.src.utils.checks import check_positive_int
@@ -61,7 +62,7 @@ class MemoryTrainer:
         self.num_train_examples = None
         self.normalization_statistics = statistics.DEFAULT_POLICY
         self._memory_num_train_examples = None
-        self.memory_penalty_tracker = keras.metrics.Mean(name="memory_penalty")
+        self.memory_penalty_tracker = ScalarMean(name="memory_penalty")
         self.memory_state = MemoryState()
         self.frontal_lobe = None
         self.information_penalty_active = False
@@ -157,7 +158,7 @@ class MemoryTrainer:
             frontal_lobe is not None
             and self.information_penalty_tracker is None
         ):
-            self.information_penalty_tracker = keras.metrics.Mean(
+            self.information_penalty_tracker = ScalarMean(
                 name="information_penalty"
             )
         if self.memories and self.built and num_train_examples is not None:
