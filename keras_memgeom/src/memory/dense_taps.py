@@ -267,8 +267,10 @@ def position_factors(x, g, positions, use_bias):
     Args:
         x: the inputs at every place, any shape ending in `fan_in`.
         g: the output gradients at every place, any shape ending in `units`.
-        positions: places per example; `G` is averaged over them (Grosse &
-            Martens 2016), `A` summed.
+        positions: places per example; `G` is averaged over them, `A`
+            summed: K-FAC-expand (Grosse & Martens 2016; Eschenhagen et
+            al. 2023), so `A (x) G` over the examples' means is exact for
+            one example at one place.
         use_bias: whether a 1 is appended to every input (for the bias).
 
     Returns:

@@ -81,12 +81,20 @@ def estimate_fisher(
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
             every Dense, Conv1D and Conv2D layer the fast path covers and
-            every EinsumDense that is a matmul over the input's last axes
-            into the kernel's last axis (a Dense at every position), from
-            the same
+            every EinsumDense that is a matmul of the input's last axes
+            into the kernel's last axes (a Dense at every position: all
+            four projections of MultiHeadAttention), from the same
             backward passes (the exact, sampled and empirical estimators;
             `A` and `G` are batch sums, so the cost is one pass over the
-            data), and the diagonal for every other variable.
+            data), and the diagonal for every other variable, which a
+            warning lists. A layer applied at several positions (a
+            sequence, an image) gets the K-FAC-expand factors of
+            Eschenhagen et al. (2023), "Kronecker-Factored Approximate
+            Curvature for Modern Neural Network Architectures": every
+            position counts as an input, `A` is the mean of `a a^T` over
+            examples and positions, `G` the sum of `g g^T` over positions
+            averaged over examples; exact for one example at one
+            position.
 
     Labels are checked on the host as Keras's losses read them, and the
     outputs of the first batch are checked to be probabilities when the loss
@@ -564,8 +572,9 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
     paths = [variables[i].path for i in diagonal]
     if not in_blocks:
         raise ValueError(
-            "structure='kfac' factors Dense, EinsumDense, Conv1D and Conv2D "
-            "layers, and this model has none to factor (its trainable "
+            "structure='kfac' factors Dense, matmul-shaped EinsumDense "
+            "(attention projections), Conv1D and Conv2D layers, and this "
+            "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."
         )
     if paths:

@@ -10,6 +10,7 @@ from keras_memgeom.src.memory.kronecker import KroneckerBlock
 from keras_memgeom.src.memory.kronecker import block_diagonal
 from keras_memgeom.src.memory.kronecker import check_kronecker_factors
 from keras_memgeom.src.memory.kronecker import check_rank
+from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.src.memory.kronecker import truncate_block
@@ -134,15 +135,19 @@ class FisherMemory:
         self.estimator = estimator
 
     def _checked_block(self, path, block):
-        fan_in, units = kernel_matrix_shape(self._anchor[path].shape)
+        shape = self._anchor[path].shape
+        fan_in, units = kernel_matrix_shape(shape, factor_size(block.g))
         rows = fan_in + (block.bias is not None)
         a, g = check_kronecker_factors(path, block.a, block.g, rows, units)
-        if block.bias is not None and self._anchor[block.bias].shape != (
-            units,
+        # The bias spans the kernel's output axes (one for a Dense).
+        if block.bias is not None and (
+            self._anchor[block.bias].shape
+            != shape[len(shape) - self._anchor[block.bias].ndim :]
+            or self._anchor[block.bias].size != units
         ):
             raise ValueError(
                 f"The bias {block.bias} of {path} does not have shape "
-                f"{(units,)}."
+                f"{(units,)} (or the kernel's output axes)."
             )
         mask = None
         if block.mask is not None:
@@ -279,8 +284,10 @@ class FisherMemory:
     def structure_of(self, path):
         """How the memory keeps one variable's Fisher.
 
-        With `structure="kfac"` only Dense and Conv2D layers get Kronecker
-        blocks; every other variable keeps a diagonal Fisher.
+        With `structure="kfac"` Dense, Conv1D, Conv2D and matmul-shaped
+        EinsumDense layers (so attention projections) get Kronecker blocks;
+        every other variable keeps a diagonal Fisher (`estimate_fisher`
+        warns once, naming them).
 
         Args:
             path: a remembered variable's path (see `paths`).
@@ -338,7 +345,9 @@ class FisherMemory:
                     block, self._anchor[path].shape
                 )
                 if bias is not None:
-                    fisher[block.bias] = bias
+                    fisher[block.bias] = bias.reshape(
+                        self._anchor[block.bias].shape
+                    )
             for value in fisher.values():
                 value.flags.writeable = False
             self._diagonal = {path: fisher[path] for path in self._anchor}
@@ -454,7 +463,9 @@ class FisherMemory:
                 self._anchor[block.bias] if block.bias is not None else None
             )
             anchor = self._anchor[path].reshape(
-                kernel_matrix_shape(self._anchor[path].shape)
+                kernel_matrix_shape(
+                    self._anchor[path].shape, factor_size(block.g)
+                )
             )
             terms.append(
                 kronecker_penalty(

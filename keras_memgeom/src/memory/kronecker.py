@@ -288,14 +288,35 @@ def truncate_block(block, rank=None, retained_trace=None):
     )
 
 
-def kernel_matrix_shape(kernel_shape):
-    """`(fan_in, units)`: a kernel as the matrix its factors act on."""
-    return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
+def kernel_matrix_shape(kernel_shape, units=None):
+    """`(fan_in, units)`: a kernel as the matrix its factors act on.
+
+    The kernel's trailing axes whose sizes multiply to `units` (the side of
+    its output factor `g`) are its output axes, the others its input axes:
+    a Dense or convolution kernel has one output axis (the default), a
+    query projection of attention, `(dim, heads, head_dim)`, two.
+
+    Raises:
+        ValueError: if no trailing axes of `kernel_shape` make `units`.
+    """
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    if units is None:
+        return int(np.prod(kernel_shape[:-1])), kernel_shape[-1]
+    for split in range(len(kernel_shape) - 1, -1, -1):
+        if int(np.prod(kernel_shape[split:])) == units:
+            return int(np.prod(kernel_shape[:split])), int(units)
+    raise ValueError(
+        f"A kernel of shape {kernel_shape} has no trailing axes of "
+        f"{units} entries: its output factor g does not fit it."
+    )
 
 
 def block_diagonal(block, kernel_shape):
-    """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`."""
-    fan_in, _ = kernel_matrix_shape(kernel_shape)
+    """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`.
+
+    The bias's diagonal is flat, `(units,)`.
+    """
+    fan_in, _ = kernel_matrix_shape(kernel_shape, factor_size(block.g))
     a_diagonal, g_diagonal = factor_diagonal(block.a), factor_diagonal(block.g)
     kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
     if block.mask is not None:
