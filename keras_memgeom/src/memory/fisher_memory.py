@@ -52,7 +52,8 @@ class FisherMemory:
         anchor: dict from variable path to array, the remembered weights.
         fisher: dict from path to the per-example mean diagonal Fisher
             (non-negative) of every variable no Kronecker block covers.
-        num_examples: `n_A`, the number of examples remembered.
+        num_examples: `n_A`, the number of examples remembered (of tokens,
+            for per-token outputs: the units the loss averages over).
         estimator: how the Fisher was estimated (kept for the record).
         kronecker: dict from a kernel's path to its `KroneckerBlock`, or
             `None` for a diagonal memory.
@@ -182,8 +183,9 @@ class FisherMemory:
 
         The memory holds the model's trainable variables at their current
         values and their Fisher on `data`; see `estimate_fisher` for the
-        estimators (`exact`, `sampled`, `empirical`, `batched`) and which
-        layers are fast.
+        estimators (`exact`, `sampled`, `empirical`, `batched`), which
+        layers are fast, and per-token outputs (`num_examples` then counts
+        the unmasked tokens).
 
         A Kronecker factor larger than `rank` is kept as its top `rank`
         eigenvectors plus an isotropic remainder, the mean of the eigenvalues
