@@ -392,6 +392,7 @@ class FisherMemory:
         variables = list(model.trainable_variables)
         by_path = {v.path: v for v in variables}
         missing = [path for path in self._anchor if path not in by_path]
+        _refuse_lora_weights(model, missing)
         by_order = bool(missing)
         if not by_order:
             pairs = [(path, by_path[path]) for path in self._anchor]
@@ -560,6 +561,31 @@ class FisherMemory:
             f"structure={self.structure}; trainable variables only, "
             "not normalization statistics>"
         )
+
+
+def _refuse_lora_weights(model, missing):
+    """Names a remembered weight that `enable_lora` froze, if any.
+
+    After `layer.enable_lora(rank)` the layer computes with `W + A B *
+    scale` and only `A` and `B` train: a penalty on `W` itself would be a
+    constant, so it is refused rather than silently dropped.
+    """
+    frozen = {}
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "lora_enabled", False):
+            for name in ("_kernel", "_embeddings"):
+                if hasattr(layer, name):
+                    frozen[getattr(layer, name).path] = layer.name
+    for path in missing:
+        if path in frozen:
+            raise ValueError(
+                f"The memory remembers {path!r}, which `enable_lora` froze "
+                f"in layer {frozen[path]!r}: the layer now trains only its "
+                "LoRA factors, so a penalty on that weight would do "
+                "nothing. Estimate the memory after `enable_lora` (it then "
+                "remembers the LoRA factors `lora_kernel_a` and "
+                "`lora_kernel_b`), or keep the layer without LoRA."
+            )
 
 
 def _few(paths, count=4):
