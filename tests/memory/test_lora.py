@@ -65,7 +65,7 @@ def test_a_memory_remembers_the_lora_factors_exactly(rng):
 def test_the_lora_memory_penalizes_the_factors(rng):
     model = _lora_model(rng)
     x, y = _data(rng, 16)
-    memory = FisherMemory.estimate(model, (x, y))
+    memory = FisherMemory.estimate(model, (x, y), batch_size=4)
     anchor = {v.path: memory.anchor[v.path] for v in model.trainable_variables}
     model.set_weights([w + 0.2 for w in model.get_weights()])
     # The penalty is the diagonal quadratic in the factors themselves.

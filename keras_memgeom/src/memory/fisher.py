@@ -613,7 +613,11 @@ class _BatchStep:
             apart = ops.einsum(
                 "st,kbtd->skbtd", ops.eye(positions, dtype=dtype), cotangents
             )
-            cotangents = ops.reshape(apart, (-1, *ops.shape(outputs)))
+            # A static count of cotangents: TensorFlow maps over it.
+            cotangents = ops.reshape(
+                apart,
+                (positions * cotangents.shape[0], *ops.shape(outputs)),
+            )
         return ops.stop_gradient(cotangents), count
 
     def _squared_gradients(self, values, x, y, weights, noise=None):
