@@ -253,11 +253,13 @@ def test_bad_inputs_are_refused(rng):
     unbuilt.compile(loss="mse")
     with pytest.raises(ValueError, match="no trainable variables"):
         estimate_fisher(unbuilt, (x, y))
-    sequence = keras.Sequential([keras.Input((4, 5)), keras.layers.Dense(3)])
-    sequence.compile(loss="mse")
-    with pytest.raises(ValueError, match=r"\(batch, d\)"):
+    # Per-token `(batch, positions, d)` outputs are read; images are not.
+    image = keras.Sequential([keras.Input((2, 4, 5)), keras.layers.Dense(3)])
+    image.compile(loss="mse")
+    with pytest.raises(ValueError, match=r"\(batch, positions, d\)"):
         estimate_fisher(
-            sequence, (rng.normal(size=(6, 4, 5)), rng.normal(size=(6, 4, 3)))
+            image,
+            (rng.normal(size=(6, 2, 4, 5)), rng.normal(size=(6, 2, 4, 3))),
         )
 
 

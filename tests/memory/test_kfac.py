@@ -409,3 +409,120 @@ def test_kfac_without_a_layer_to_factor_is_refused(rng):
         ValueError, match="no.*to factor.*only/gamma.*structure='diagonal'"
     ):
         FisherMemory.estimate(model, (x, y), structure="kfac")
+
+
+def _attention_classifier(model_class):
+    tokens = keras.Input((5, 4))
+    attention = keras.layers.MultiHeadAttention(2, 3, name="attention")
+    h = keras.layers.GlobalAveragePooling1D()(attention(tokens, tokens))
+    model = model_class(tokens, keras.layers.Dense(3, name="out")(h))
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _kronecker_quadratic(memory, model):
+    """`sum vec(D)^T (A (x) G) vec(D)` over blocks, from the numpy weights.
+
+    `D` stacks the kernel, its input axes flattened into rows and its
+    output axes into columns (as many as `G` has), and the bias as a row.
+    """
+    current = {v.path: ops_numpy(v) for v in model.trainable_variables}
+    total = 0.0
+    for kernel, block in memory.kronecker.items():
+        units = len(block.g)
+        rows = [current[kernel] - memory.anchor[kernel]]
+        rows.append(current[block.bias] - memory.anchor[block.bias])
+        d = np.concatenate([r.reshape(-1, units) for r in rows])
+        total += d.ravel() @ np.kron(block.a, block.g) @ d.ravel()
+    return total
+
+
+def ops_numpy(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable), "float64")
+
+
+def test_an_attention_memory_is_kronecker_factored_and_saved(tmp_path, rng):
+    x = rng.normal(size=(24, 5, 4)).astype("float32")
+    y = rng.integers(0, 3, 24)
+    model = _attention_classifier(keras.Model)
+    memory = FisherMemory.estimate(model, (x, y), structure="kfac")
+    # All four projections and the classifier, none left diagonal.
+    assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
+    query = model.get_layer("attention")._query_dense
+    assert memory.kronecker[query.kernel.path].g.shape == (6, 6)
+    # The diagonal view keeps the variables' shapes: (heads, head_dim).
+    assert memory.fisher[query.bias.path].shape == (2, 3)
+    block = memory.kronecker[query.kernel.path]
+    np.testing.assert_allclose(
+        memory.fisher[query.bias.path].ravel(),
+        block.a[-1, -1] * np.diag(block.g),
+        rtol=1e-6,
+    )
+    model.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
+    )
+    expected = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / 24
+        * (_kronecker_quadratic(memory, model))
+    )
+    penalty = memory.penalty(model, num_train_examples=24, strength=2.0)
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-4
+    )
+    # Attention builds its projections itself, so their configs cannot
+    # rebuild a memory: `attach` on a plain model says so.
+    with pytest.raises(ValueError, match="keras_memgeom.Model"):
+        keras_memgeom.attach(model, memory, num_train_examples=24, strength=2.0)
+    package = _attention_classifier(keras_memgeom.Model)
+    package.set_weights(model.get_weights())
+    package.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        regularizers=[memory],
+        strength=2.0,
+        num_train_examples=24,
+    )
+    package.save(tmp_path / "attention.keras")
+    loaded = keras.saving.load_model(tmp_path / "attention.keras")
+    logs = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["memory_penalty"], expected, rtol=1e-4)
+    memory.save(tmp_path / "attention.memory")
+    again = FisherMemory.load(tmp_path / "attention.memory")
+    np.testing.assert_array_equal(again.kronecker[query.kernel.path].g, block.g)
+
+
+def test_two_attention_memories_merge_to_the_exact_anchor(rng):
+    x = rng.normal(size=(24, 5, 4)).astype("float32")
+    y = rng.integers(0, 3, 24)
+    model = _attention_classifier(keras.Model)
+    memories = []
+    for shift in (0.0, 1.0):
+        model.set_weights(
+            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
+        )
+        memories.append(
+            FisherMemory.estimate(model, (x + shift, y), structure="kfac")
+        )
+    merged = merge(memories)
+    value = model.get_layer("attention")._value_dense
+    kernel, bias = value.kernel.path, value.bias.path
+    assert merged.anchor[bias].shape == (2, 3)
+
+    def stacked(m):
+        return np.r_[
+            m.anchor[kernel].reshape(4, 6), m.anchor[bias].reshape(1, 6)
+        ].astype("float64")
+
+    precisions = [
+        m.num_examples * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g)
+        for m in memories
+    ]
+    moment = sum(p @ stacked(m).ravel() for p, m in zip(precisions, memories))
+    residual = sum(precisions) @ stacked(merged).ravel() - moment
+    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)

@@ -216,7 +216,7 @@ def test_moving_statistics_and_frozen_layers_never_enter(rng):
     assert not any(model.layers[0].name in path for path in fisher)
 
 
-def _full_block(model, x, y, layer):
+def _full_block(model, x, y, layer, units):
     """The exact Fisher of `[kernel; bias]` as `(fan_in + 1) * units`."""
     likelihood = likelihood_from_loss(model.loss)
     step = _BatchStep(
@@ -231,11 +231,19 @@ def _full_block(model, x, y, layer):
         v.path: np.asarray(keras.ops.convert_to_numpy(g), "float64")
         for v, g in zip(step.variables, grads)
     }
-    units = layer.kernel.shape[-1]
     kernel = by_path[layer.kernel.path].reshape(len(grads[0]), -1, units)
     bias = by_path[layer.bias.path].reshape(len(grads[0]), 1, units)
     vectors = np.concatenate([kernel, bias], axis=1).reshape(len(kernel), -1)
     return vectors.T @ vectors
+
+
+def _assert_kfac_is_the_full_block(model, x, y, layer):
+    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    bias, a, g, _ = kronecker[layer.kernel.path]
+    assert bias == layer.bias.path
+    full = _full_block(model, x, y, layer, len(g))
+    np.testing.assert_allclose(np.kron(a, g), full, rtol=1e-5, atol=1e-8)
+    return full
 
 
 @pytest.mark.parametrize("kind", ["conv1d", "einsum_dense"])
@@ -255,27 +263,84 @@ def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     x = rng.normal(size=(1, *inputs.shape[1:])).astype("float32")
-    y = np.array([1])
-    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    bias, a, g, _ = kronecker[layer.kernel.path]
-    assert bias == layer.bias.path
-    np.testing.assert_allclose(
-        np.kron(a, g),
-        _full_block(model, x, y, layer),
-        rtol=1e-5,
-        atol=1e-8,
+    _assert_kfac_is_the_full_block(model, x, np.array([1]), layer)
+
+
+def _attention_classifier(query_length, key_length):
+    """Attention of `query_length` queries over `key_length` keys, then Dense.
+
+    With one key the attention weights are constant: the query and key
+    projections get no gradient, the value and output ones all of it.
+    """
+    query = keras.Input((query_length, 4))
+    inputs = [query]
+    source = query
+    if key_length != query_length:
+        source = keras.Input((key_length, 4))
+        inputs.append(source)
+    attention = keras.layers.MultiHeadAttention(2, 3, name="attention")
+    h = keras.layers.Flatten()(attention(query, source))
+    inputs = inputs if len(inputs) > 1 else query
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
+    return model, attention
 
 
-def test_query_projections_fall_back_to_the_diagonal(rng):
-    # `abc,cde->abde` has two output axes: not a `(fan_in, units)` kernel.
-    model, data = _classifier("einsum_dense")
-    x, y = data(rng, 3), rng.integers(0, NUM_CLASSES, 3)
-    fisher, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    first, second, dense = model.layers[:3]
-    assert first.kernel.path in fisher and first.kernel.path not in kronecker
-    assert second.kernel.path in kronecker
-    assert dense.kernel.path in kronecker
+@pytest.mark.parametrize(
+    "projection, key_length",
+    [("value", 1), ("output", 1), ("query", 2)],
+)
+def test_attention_kfac_is_exact_on_one_example_of_length_one(
+    rng, projection, key_length
+):
+    # Each projection sees one position (the query, or a single key): its
+    # Kronecker factors are the exact Fisher of its kernel and bias.
+    model, attention = _attention_classifier(1, key_length)
+    x = [
+        rng.normal(size=(1, *t.shape[1:])).astype("float32")
+        for t in model.inputs
+    ]
+    x = x if len(x) > 1 else x[0]
+    layer = getattr(attention, f"_{projection}_dense")
+    full = _assert_kfac_is_the_full_block(model, x, np.array([2]), layer)
+    assert np.abs(full).max() > 1e-6  # information, not two zero matrices
+
+
+def test_every_attention_projection_gets_kronecker_factors(rng):
+    model, attention = _attention_classifier(5, 5)
+    x = rng.normal(size=(4, 5, 4)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, 4)
+    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    for name, units in (("query", 6), ("key", 6), ("value", 6), ("output", 4)):
+        layer = getattr(attention, f"_{name}_dense")
+        bias, a, g, _ = kronecker[layer.kernel.path]
+        assert bias == layer.bias.path
+        fan_in = 4 if name != "output" else 6
+        assert a.shape == (fan_in + 1, fan_in + 1) and g.shape == (units, units)
+
+
+def test_an_einsum_that_is_not_a_matmul_stays_diagonal(rng):
+    # `abc,bcd->abd`: a kernel per position, not one `(fan_in, units)` map.
+    layer = keras.layers.EinsumDense("abc,bcd->abd", (5, 2), bias_axes="d")
+    model = keras.Sequential(
+        [
+            keras.Input((5, 4)),
+            layer,
+            keras.layers.Flatten(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = _sequences(rng, 3), rng.integers(0, NUM_CLASSES, 3)
+    with pytest.warns(UserWarning, match="keep a diagonal Fisher") as record:
+        fisher, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    assert layer.kernel.path in str(record[0].message)
+    assert layer.kernel.path in fisher and layer.kernel.path not in kronecker
+    assert model.layers[-1].kernel.path in kronecker
 
 
 def test_a_batch_that_does_not_fit_is_computed_in_parts(rng, monkeypatch):

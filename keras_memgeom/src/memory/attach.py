@@ -9,6 +9,7 @@ import numpy as np
 from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.fisher_regularizer import FisherRegularizer
+from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.kronecker_regularizer import (
     KroneckerBiasRegularizer,
@@ -200,9 +201,13 @@ def attach(
         for m in memories:
             anchor = m.anchor
             matrix = anchor[kernel].reshape(
-                kernel_matrix_shape(anchor[kernel].shape)
+                kernel_matrix_shape(anchor[kernel].shape, factor_size(block.g))
             )
-            bias = anchor[block.bias] if block.bias is not None else None
+            bias = (
+                anchor[block.bias].reshape(-1)
+                if block.bias is not None
+                else None
+            )
             own = m.kronecker[kernel]
             terms.append(
                 (matrix, bias, own.a, own.g, m.num_examples / num_examples)

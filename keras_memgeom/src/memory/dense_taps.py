@@ -211,9 +211,10 @@ class DenseTaps:
 
         For a Dense layer, `A = sum_b a_b a_b^T` over the inputs with a 1
         appended for the bias and `G = sum_k sum_b g_kb g_kb^T` over the tap
-        gradients. For a Conv2D (Grosse & Martens 2016), `a` runs over the
-        input patches of every output position and `G` is averaged over the
-        positions, so `A (x) G` approximates the kernel's Fisher.
+        gradients. For a Conv2D (Grosse & Martens 2016), `A` is averaged
+        over the input patches of every output position and `G` summed
+        over the positions (`position_factors`), so `A (x) G`
+        approximates the kernel's Fisher.
 
         Args:
             inputs: the recorded layer inputs, as for `squared_gradients`.
@@ -305,8 +306,11 @@ def position_factors(x, g, positions, use_bias):
     Args:
         x: the inputs at every place, any shape ending in `fan_in`.
         g: the output gradients at every place, any shape ending in `units`.
-        positions: places per example; `G` is averaged over them (Grosse &
-            Martens 2016), `A` summed.
+        positions: places per example; `A` is averaged over them, `G`
+            summed: K-FAC-expand (Grosse & Martens 2016; Eschenhagen et
+            al. 2023). `A` divided by the examples and `G` by the units the
+            loss averages over (examples, or tokens) make `A (x) G` the
+            per-unit Fisher, exact for one example at one place.
         use_bias: whether a 1 is appended to every input (for the bias).
 
     Returns:
@@ -316,8 +320,8 @@ def position_factors(x, g, positions, use_bias):
     if use_bias:
         x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
     g = ops.reshape(g, (-1, g.shape[-1]))
-    a_sum = ops.matmul(ops.transpose(x), x)
-    g_sum = ops.matmul(ops.transpose(g), g) / positions
+    a_sum = ops.matmul(ops.transpose(x), x) / positions
+    g_sum = ops.matmul(ops.transpose(g), g)
     return a_sum, g_sum
 
 

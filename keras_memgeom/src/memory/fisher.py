@@ -7,6 +7,7 @@ import weakref
 import keras
 import numpy as np
 from keras import ops
+from keras.src.backend.common.masking import get_keras_mask
 
 from keras_memgeom import backend
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
@@ -58,14 +59,30 @@ def estimate_fisher(
     use per-example gradients vectorized over the batch with the backend's
     `vmap`. Non-trainable variables (moving statistics) never enter.
 
+    Per-token outputs `(batch, positions, d)` (a softmax over a vocabulary
+    at every position, or a regression per position) count every unmasked
+    position as one unit, as Keras's losses average over them: the Fisher
+    is a mean per token and the count returned (the memory's `n`) is the
+    number of tokens, so that `num_train_examples` counted in tokens keeps
+    `strength=1` the Bayesian scaling. Positions are masked by the
+    output's Keras mask (e.g. `Embedding(mask_zero=True)` or `Masking`);
+    sample weights (per example or per position, the third element of the
+    data) weigh each unit's Fisher as they weigh its loss. The labels of
+    the positions are independent given the inputs, so the `exact` Fisher
+    of a sequence is the sum of its positions' (one pullback per position
+    and output); `sampled` and `empirical` pull back the sum of the
+    positions' scores.
+
     Before the first batch, the memory a step needs per example is
     estimated; batches larger than what fits in half of the device's free
     memory (`backend.free_memory`) are computed in parts, with the same sums.
 
     Args:
-        model: a built Keras model with a single `(batch, d)` output.
-        data: what `model.fit` accepts: `(x, y)` arrays, a `tf.data.Dataset`,
-            a `keras.utils.PyDataset` or an iterable of `(x, y)` batches.
+        model: a built Keras model with a single `(batch, d)` output, or
+            `(batch, positions, d)` per-token outputs.
+        data: what `model.fit` accepts: `(x, y)` or `(x, y, sample_weight)`
+            arrays, a `tf.data.Dataset`, a `keras.utils.PyDataset` or an
+            iterable of such batches.
         estimator: one of `ESTIMATORS`.
         num_samples: labels drawn per example by `sampled`.
         max_examples: use at most this many examples.
@@ -81,12 +98,20 @@ def estimate_fisher(
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
             every Dense, Conv1D and Conv2D layer the fast path covers and
-            every EinsumDense that is a matmul over the input's last axes
-            into the kernel's last axis (a Dense at every position), from
-            the same
+            every EinsumDense that is a matmul of the input's last axes
+            into the kernel's last axes (a Dense at every position: all
+            four projections of MultiHeadAttention), from the same
             backward passes (the exact, sampled and empirical estimators;
             `A` and `G` are batch sums, so the cost is one pass over the
-            data), and the diagonal for every other variable.
+            data), and the diagonal for every other variable, which a
+            warning lists. A layer applied at several positions (a
+            sequence, an image) gets the K-FAC-expand factors of
+            Eschenhagen et al. (2023), "Kronecker-Factored Approximate
+            Curvature for Modern Neural Network Architectures": every
+            position counts as an input, `A` is the mean of `a a^T` over
+            examples and positions, `G` the sum of `g g^T` over positions
+            averaged over examples; exact for one example at one
+            position.
 
     Labels are checked on the host as Keras's losses read them, and the
     outputs of the first batch are checked to be probabilities when the loss
@@ -99,17 +124,23 @@ def estimate_fisher(
 
     Returns:
         `(fisher, num_examples)`: a dict from variable path to a float32 numpy
-        array, and the number of examples used. With `structure="kfac"`,
-        `(fisher, num_examples, kronecker)`: `fisher` then covers the
-        variables outside Kronecker blocks, and `kronecker` maps each
-        kernel's path to `(bias_path or None, A, G, mask or None)`, the
-        factors as per-example means (a pre-pruned layer's mask too).
+        array, and the number of units it averages over: the unmasked
+        examples, or the unmasked tokens of per-token outputs. With
+        `structure="kfac"`, `(fisher, num_examples, kronecker)`: `fisher`
+        then covers the variables outside Kronecker blocks, and `kronecker`
+        maps each kernel's path to `(bias_path or None, A, G, mask or
+        None)`, `A` a mean per example, `G` per unit (a pre-pruned layer's
+        mask too).
 
     Raises:
         ValueError: for an unknown estimator, a `num_samples`, `batch_size`
             or `max_examples` that is not a positive whole number, an
             unsupported loss or reduction, a model without trainable
-            variables, with several outputs or a non-`(batch, d)` output,
+            variables, with several outputs or an output that is neither
+            `(batch, d)` nor `(batch, positions, d)`, per-token outputs
+            with the `batched` estimator or labels without positions, a
+            `sample_weight` of the wrong shape or a negative one, data whose
+            outputs are all masked,
             labels that the loss would not read (out of range, one-hot for a
             sparse loss, integers for a categorical one, a wrong shape),
             unbatched or endless data without `max_examples`, empty data,
@@ -166,7 +197,9 @@ def estimate_fisher(
     step = None
     totals = None
     num_examples = 0
-    for x, y in iterate_batches(data, batch_size, max_examples):
+    for x, y, weights in iterate_batches(
+        data, batch_size, max_examples, weights=True
+    ):
         check_finite_data("The data's inputs", x)
         if step is None:
             _check_batch_axis(model, x)
@@ -182,21 +215,23 @@ def estimate_fisher(
             step.part_size = _examples_that_fit(
                 step, estimator, num_samples, backend.free_memory()
             )
-        y = likelihood.check_labels(y, step.output_dim)
+        y = step.check_labels(y)
         # On several processes each holds its rows of one global batch.
         offset, global_batch = backend.global_batch_position(len(y))
-        batch = (x, y)
+        batch = (x, y, step.unit_weights(weights, y))
         if estimator == "sampled":
-            batch += (
-                sampled_noise(
-                    likelihood,
-                    seed,
-                    num_examples + offset,
-                    len(y),
-                    step.output_dim,
-                    num_samples,
-                ),
+            # Per-token outputs draw a label per position: the positions of
+            # all examples are numbered one after another.
+            positions = y.shape[1] if step.sequence else 1
+            noise = sampled_noise(
+                likelihood,
+                seed,
+                (num_examples + offset) * positions,
+                len(y) * positions,
+                step.output_dim,
+                num_samples,
             )
+            batch += (noise.reshape(len(y), positions, *noise.shape[1:]),)
         # Processes split alike or not at all: each runs the same
         # collectives, whatever memory it has free.
         part_size = step.part_size if global_batch == len(y) else None
@@ -216,23 +251,31 @@ def estimate_fisher(
             "The data is empty: a Fisher memory needs at least one example."
         )
     totals = backend.batch_total(totals)
-    diagonal_totals, factor_totals = (
-        totals if structure == "kfac" else (totals, [])
-    )
+    # The Fisher is a mean per unit the loss averages over: per unmasked
+    # position for per-token outputs, per (unmasked) example otherwise.
+    num_sequences = num_examples
+    num_examples = int(round(float(ops.convert_to_numpy(totals["units"]))))
+    if num_examples == 0:
+        raise ValueError(
+            "Every output of the data is masked: a Fisher memory needs at "
+            "least one unmasked example or position."
+        )
     fisher = {}
-    for index, total in zip(step.diagonal, diagonal_totals):
+    for index, total in zip(step.diagonal, totals["diagonal"]):
         fisher[variables[index].path] = _mean(
             total, num_examples, variables[index].path, "float32"
         )
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
-    for layer, (a, g) in zip(step.kfac_layers, factor_totals):
+    for layer, (a, g) in zip(step.kfac_layers, totals["factors"]):
         bias = layer.bias.path if _has_bias(layer) else None
         kernel = layer.kernel.path
         kronecker[kernel] = (
             bias,
-            _mean(a, num_examples, kernel, "float64"),
+            # K-FAC-expand: `A` a mean per example (over its positions),
+            # `G` per unit (summed over positions).
+            _mean(a, num_sequences, kernel, "float64"),
             _mean(g, num_examples, kernel, "float64"),
             _kernel_mask(layer),
         )
@@ -343,7 +386,7 @@ def _examples_that_fit(step, estimator, num_samples, free):
     if free is None:
         return None
     cotangents = {
-        "exact": step.output_dim,
+        "exact": step.output_dim * step.positions,
         "sampled": num_samples,
     }.get(estimator, 1)
     taps = step.taps
@@ -439,15 +482,77 @@ class _BatchStep:
                 f"has outputs {names}. Estimate it on a model with a single "
                 "output, or pass `likelihood=` for a single-output sub-model."
             )
-        if len(outputs.shape) != 2:
+        if len(outputs.shape) not in (2, 3):
             raise ValueError(
-                f"A Fisher memory needs a model with one `(batch, d)` output; "
-                f"this model outputs shape {tuple(outputs.shape)}."
+                "A Fisher memory needs a model with one `(batch, d)` output, "
+                "or `(batch, positions, d)` per-token outputs; this model "
+                f"outputs shape {tuple(outputs.shape)}."
+            )
+        self.sequence = len(outputs.shape) == 3
+        if self.sequence and estimator == "batched":
+            raise ValueError(
+                "The `batched` estimator squares whole-batch gradients and "
+                "has no per-token form: use `exact`, `sampled` or "
+                "`empirical` with per-token outputs."
             )
         self.output_dim = outputs.shape[-1]
+        self.positions = outputs.shape[1] if self.sequence else 1
         # Sums kept where they are computed (on every device or replica)
         # from batch to batch, reduced once by `backend.batch_total`.
         self.run = backend.batch_step(self._squared_gradients, variables)
+
+    def check_labels(self, y):
+        """Host labels checked per output unit (per position of a sequence).
+
+        Raises:
+            ValueError: as `Likelihood.check_labels`, or if per-token
+                outputs come with labels that have no position axis.
+        """
+        if not self.sequence:
+            return self.likelihood.check_labels(y, self.output_dim)
+        y = np.asarray(y)
+        if y.ndim < 2:
+            raise ValueError(
+                "The model has per-token outputs `(batch, positions, d)`, so "
+                "the labels need a position axis too; got labels of shape "
+                f"{y.shape}."
+            )
+        flat = self.likelihood.check_labels(
+            y.reshape(-1, *y.shape[2:]), self.output_dim
+        )
+        return flat.reshape(*y.shape[:2], *flat.shape[1:])
+
+    def unit_weights(self, weights, y):
+        """The sample weights as one float per example (or position).
+
+        A weight per example applies to all its positions, as Keras's losses
+        broadcast it.
+
+        Raises:
+            ValueError: naming `sample_weight` if it does not have one
+                non-negative finite weight per example (or position).
+        """
+        shape = y.shape[:2] if self.sequence else y.shape[:1]
+        if weights is None:
+            return np.ones(shape, "float32")
+        weights = np.asarray(weights, "float32")
+        if weights.ndim == len(shape) + 1 and weights.shape[-1] == 1:
+            weights = weights[..., 0]
+        if weights.shape == shape[:1]:
+            weights = np.broadcast_to(
+                weights.reshape(-1, *([1] * (len(shape) - 1))), shape
+            )
+        if weights.shape != shape:
+            raise ValueError(
+                f"The sample_weight of shape {weights.shape} does not fit "
+                f"outputs of shape {shape + (self.output_dim,)}: expected "
+                f"{shape[:1]} or {shape}."
+            )
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError(
+                "The sample_weight must be finite and non-negative."
+            )
+        return np.ascontiguousarray(weights)
 
     def _forward(self, values, x):
         mapping = list(zip(self.variables, values))
@@ -472,16 +577,58 @@ class _BatchStep:
         labels = self.likelihood.prepare_labels(y, outputs)
         return self.likelihood.score(outputs, labels)[None] * root
 
-    def _squared_gradients(self, values, x, y, noise=None):
-        """Per-variable sums of squared per-example gradients, and checks.
+    def _unit_cotangents(self, outputs, y, weights, mask, noise):
+        """`(K,) + outputs.shape` cotangents, and the units they count.
 
-        `noise` (for `sampled`) comes per example, `(batch, samples, d)`,
-        so that it is split with the batch.
+        Every output unit (an example, or a position of a sequence) is one
+        draw of the likelihood: its cotangents are scaled by the square root
+        of its sample weight, masked units get none and are not counted.
+        Per-token outputs with the `exact` estimator pull back every
+        position's cotangents apart, so that the squares hold no products
+        of two positions: the Fisher of a sequence is the sum of its
+        positions' (their labels are independent given the inputs).
+        """
+        d = self.output_dim
+        dtype = outputs.dtype
+        weights = ops.cast(weights, dtype)
+        count = ops.cast(ops.size(weights), dtype)
+        if mask is not None:
+            mask = ops.cast(ops.reshape(mask, ops.shape(weights)), dtype)
+            weights = weights * mask
+            count = ops.sum(mask)
+        if noise is not None:  # (batch, positions, samples, d)
+            noise = ops.reshape(
+                ops.transpose(noise, (2, 0, 1, 3)), (noise.shape[2], -1, d)
+            )
+        flat = ops.reshape(outputs, (-1, d))
+        rank = len(outputs.shape)
+        labels = ops.reshape(y, (-1, *y.shape[rank - 1 :]))
+        cotangents = self._cotangents(flat, labels, noise)
+        cotangents = cotangents * ops.sqrt(ops.reshape(weights, (1, -1, 1)))
+        cotangents = ops.reshape(
+            cotangents, (cotangents.shape[0], *ops.shape(outputs))
+        )
+        if self.sequence and self.estimator == "exact":
+            positions = outputs.shape[1]
+            apart = ops.einsum(
+                "st,kbtd->skbtd", ops.eye(positions, dtype=dtype), cotangents
+            )
+            # A static count of cotangents: TensorFlow maps over it.
+            cotangents = ops.reshape(
+                apart,
+                (positions * cotangents.shape[0], *ops.shape(outputs)),
+            )
+        return ops.stop_gradient(cotangents), count
+
+    def _squared_gradients(self, values, x, y, weights, noise=None):
+        """Per-variable sums of squared per-unit gradients, and checks.
+
+        `weights` and `noise` (for `sampled`) come per example, `(batch,
+        [positions])` and `(batch, positions, samples, d)`, so that they
+        are split with the batch.
         """
         if self.estimator == "batched":
-            return self._batched(values, x, y)
-        if noise is not None:
-            noise = ops.transpose(noise, (1, 0, 2))
+            return self._batched(values, x, y, weights)
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
 
         def forward(taps):
@@ -489,18 +636,23 @@ class _BatchStep:
             with keras.StatelessScope(state_mapping=mapping):
                 with self.taps.active(taps) as inputs:
                     outputs = self.model(x, training=False)
-            return outputs, list(inputs)
+            mask = get_keras_mask(outputs)
+            return outputs, (list(inputs), [] if mask is None else [mask])
 
         dtype = values[0].dtype
-        outputs, inputs, pullback = backend.linearize(
+        outputs, (inputs, mask), pullback = backend.linearize(
             forward, self.taps.zeros(batch, dtype)
         )
-        cotangents = ops.stop_gradient(self._cotangents(outputs, y, noise))
-        checks = self.likelihood.output_checks(ops.stop_gradient(outputs))
+        cotangents, count = self._unit_cotangents(
+            outputs, y, weights, mask[0] if mask else None, noise
+        )
+        checks = self.likelihood.output_checks(
+            ops.reshape(ops.stop_gradient(outputs), (-1, self.output_dim))
+        )
         sums = {}
         if self.generic:
             generic = self._per_example(
-                values, x, ops.transpose(cotangents, (1, 0, 2))
+                values, x, ops.moveaxis(cotangents, 1, 0)
             )
             sums.update(zip(self.generic, generic))
         factors = []
@@ -513,9 +665,11 @@ class _BatchStep:
             if self.kfac_layers:
                 factors = self.taps.kronecker_factors(inputs, grads)
         diagonal = [sums[i] for i in self.diagonal]
-        if self.structure == "kfac":
-            return (diagonal, factors), checks
-        return diagonal, checks
+        return {
+            "diagonal": diagonal,
+            "factors": factors,
+            "units": count,
+        }, checks
 
     def _per_example(self, values, x, cotangents):
         """Generic path: per-example gradients, vectorized over the batch."""
@@ -533,13 +687,13 @@ class _BatchStep:
             _, _, pullback = backend.linearize(
                 forward, [values[i] for i in self.generic]
             )
-            grads = pullback(u_b[:, None, :])
+            grads = pullback(u_b[:, None])
             return [ops.sum(ops.square(g), axis=0) for g in grads]
 
         per_example = backend.vectorize(one_example)(x, cotangents)
         return [ops.sum(g, axis=0) for g in per_example]
 
-    def _batched(self, values, x, y):
+    def _batched(self, values, x, y, weights):
         def forward(all_values):
             return self._forward(all_values, x), ()
 
@@ -549,11 +703,13 @@ class _BatchStep:
         score = self.likelihood.score(outputs, labels) * self._loss_root(
             outputs
         )
-        grads = pullback(ops.stop_gradient(score)[None] / batch)
+        weights = ops.cast(weights, score.dtype)[:, None]
+        grads = pullback(ops.stop_gradient(score * weights)[None] / batch)
         # batch * (batch-mean gradient)^2 estimates the per-example Fisher; the
         # extra factor `batch` makes the sums average correctly over examples.
         sums = [batch * batch * ops.square(g[0]) for g in grads]
-        return sums, self.likelihood.output_checks(ops.stop_gradient(outputs))
+        checks = self.likelihood.output_checks(ops.stop_gradient(outputs))
+        return {"diagonal": sums, "factors": [], "units": batch}, checks
 
 
 def _check_kfac_coverage(variables, in_blocks, diagonal):
@@ -564,8 +720,9 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
     paths = [variables[i].path for i in diagonal]
     if not in_blocks:
         raise ValueError(
-            "structure='kfac' factors Dense, EinsumDense, Conv1D and Conv2D "
-            "layers, and this model has none to factor (its trainable "
+            "structure='kfac' factors Dense, matmul-shaped EinsumDense "
+            "(attention projections), Conv1D and Conv2D layers, and this "
+            "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."
         )
     if paths:

@@ -10,6 +10,7 @@ from keras_memgeom.src.memory.kronecker import KroneckerBlock
 from keras_memgeom.src.memory.kronecker import block_diagonal
 from keras_memgeom.src.memory.kronecker import check_kronecker_factors
 from keras_memgeom.src.memory.kronecker import check_rank
+from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.src.memory.kronecker import truncate_block
@@ -51,7 +52,8 @@ class FisherMemory:
         anchor: dict from variable path to array, the remembered weights.
         fisher: dict from path to the per-example mean diagonal Fisher
             (non-negative) of every variable no Kronecker block covers.
-        num_examples: `n_A`, the number of examples remembered.
+        num_examples: `n_A`, the number of examples remembered (of tokens,
+            for per-token outputs: the units the loss averages over).
         estimator: how the Fisher was estimated (kept for the record).
         kronecker: dict from a kernel's path to its `KroneckerBlock`, or
             `None` for a diagonal memory.
@@ -133,15 +135,19 @@ class FisherMemory:
         self.estimator = estimator
 
     def _checked_block(self, path, block):
-        fan_in, units = kernel_matrix_shape(self._anchor[path].shape)
+        shape = self._anchor[path].shape
+        fan_in, units = kernel_matrix_shape(shape, factor_size(block.g))
         rows = fan_in + (block.bias is not None)
         a, g = check_kronecker_factors(path, block.a, block.g, rows, units)
-        if block.bias is not None and self._anchor[block.bias].shape != (
-            units,
+        # The bias spans the kernel's output axes (one for a Dense).
+        if block.bias is not None and (
+            self._anchor[block.bias].shape
+            != shape[len(shape) - self._anchor[block.bias].ndim :]
+            or self._anchor[block.bias].size != units
         ):
             raise ValueError(
                 f"The bias {block.bias} of {path} does not have shape "
-                f"{(units,)}."
+                f"{(units,)} (or the kernel's output axes)."
             )
         mask = None
         if block.mask is not None:
@@ -176,8 +182,9 @@ class FisherMemory:
 
         The memory holds the model's trainable variables at their current
         values and their Fisher on `data`; see `estimate_fisher` for the
-        estimators (`exact`, `sampled`, `empirical`, `batched`) and which
-        layers are fast.
+        estimators (`exact`, `sampled`, `empirical`, `batched`), which
+        layers are fast, and per-token outputs (`num_examples` then counts
+        the unmasked tokens).
 
         A Kronecker factor larger than `rank` is kept as its top `rank`
         eigenvectors plus an isotropic remainder, the mean of the eigenvalues
@@ -278,8 +285,10 @@ class FisherMemory:
     def structure_of(self, path):
         """How the memory keeps one variable's Fisher.
 
-        With `structure="kfac"` only Dense and Conv2D layers get Kronecker
-        blocks; every other variable keeps a diagonal Fisher.
+        With `structure="kfac"` Dense, Conv1D, Conv2D and matmul-shaped
+        EinsumDense layers (so attention projections) get Kronecker blocks;
+        every other variable keeps a diagonal Fisher (`estimate_fisher`
+        warns once, naming them).
 
         Args:
             path: a remembered variable's path (see `paths`).
@@ -337,7 +346,9 @@ class FisherMemory:
                     block, self._anchor[path].shape
                 )
                 if bias is not None:
-                    fisher[block.bias] = bias
+                    fisher[block.bias] = bias.reshape(
+                        self._anchor[block.bias].shape
+                    )
             for value in fisher.values():
                 value.flags.writeable = False
             self._diagonal = {path: fisher[path] for path in self._anchor}
@@ -380,6 +391,7 @@ class FisherMemory:
         variables = list(model.trainable_variables)
         by_path = {v.path: v for v in variables}
         missing = [path for path in self._anchor if path not in by_path]
+        _refuse_lora_weights(model, missing)
         by_order = bool(missing)
         if not by_order:
             pairs = [(path, by_path[path]) for path in self._anchor]
@@ -453,7 +465,9 @@ class FisherMemory:
                 self._anchor[block.bias] if block.bias is not None else None
             )
             anchor = self._anchor[path].reshape(
-                kernel_matrix_shape(self._anchor[path].shape)
+                kernel_matrix_shape(
+                    self._anchor[path].shape, factor_size(block.g)
+                )
             )
             terms.append(
                 kronecker_penalty(
@@ -533,6 +547,31 @@ class FisherMemory:
             f"structure={self.structure}; trainable variables only, "
             "not normalization statistics>"
         )
+
+
+def _refuse_lora_weights(model, missing):
+    """Names a remembered weight that `enable_lora` froze, if any.
+
+    After `layer.enable_lora(rank)` the layer computes with `W + A B *
+    scale` and only `A` and `B` train: a penalty on `W` itself would be a
+    constant, so it is refused rather than silently dropped.
+    """
+    frozen = {}
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "lora_enabled", False):
+            for name in ("_kernel", "_embeddings"):
+                if hasattr(layer, name):
+                    frozen[getattr(layer, name).path] = layer.name
+    for path in missing:
+        if path in frozen:
+            raise ValueError(
+                f"The memory remembers {path!r}, which `enable_lora` froze "
+                f"in layer {frozen[path]!r}: the layer now trains only its "
+                "LoRA factors, so a penalty on that weight would do "
+                "nothing. Estimate the memory after `enable_lora` (it then "
+                "remembers the LoRA factors `lora_kernel_a` and "
+                "`lora_kernel_b`), or keep the layer without LoRA."
+            )
 
 
 def _few(paths, count=4):

@@ -29,11 +29,13 @@ KroneckerBlock.__doc__ = """The Kronecker factors of a layer's kernel and bias.
 Args:
     bias: the path of the layer's bias, or `None` without one.
     a: `(fan_in [+ 1], fan_in [+ 1])`, the per-example second moment of the
-        layer's inputs (input patches for a convolution), with a 1 appended
-        where there is a bias; or that matrix as an `EigenFactor`.
-    g: `(units, units)`, the per-example second moment of the gradients at
-        the layer's outputs (averaged over positions for a convolution); or
-        that matrix as an `EigenFactor`.
+        layer's inputs (averaged over the input patches of a convolution or
+        the positions of a sequence), with a 1 appended where there is a
+        bias; or that matrix as an `EigenFactor`.
+    g: `(units, units)`, the second moment of the gradients at the
+        layer's outputs (summed over positions), per unit the loss averages
+        over (an example, or a token of per-token outputs); or that matrix
+        as an `EigenFactor`.
     mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
         layer: masked entries carry no information, so the precision acts on
         `mask * (W - anchor)`.
@@ -284,14 +286,35 @@ def truncate_block(block, rank=None, retained_trace=None):
     )
 
 
-def kernel_matrix_shape(kernel_shape):
-    """`(fan_in, units)`: a kernel as the matrix its factors act on."""
-    return int(np.prod(kernel_shape[:-1])), int(kernel_shape[-1])
+def kernel_matrix_shape(kernel_shape, units=None):
+    """`(fan_in, units)`: a kernel as the matrix its factors act on.
+
+    The kernel's trailing axes whose sizes multiply to `units` (the side of
+    its output factor `g`) are its output axes, the others its input axes:
+    a Dense or convolution kernel has one output axis (the default), a
+    query projection of attention, `(dim, heads, head_dim)`, two.
+
+    Raises:
+        ValueError: if no trailing axes of `kernel_shape` make `units`.
+    """
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    if units is None:
+        return int(np.prod(kernel_shape[:-1])), kernel_shape[-1]
+    for split in range(len(kernel_shape) - 1, -1, -1):
+        if int(np.prod(kernel_shape[split:])) == units:
+            return int(np.prod(kernel_shape[:split])), int(units)
+    raise ValueError(
+        f"A kernel of shape {kernel_shape} has no trailing axes of "
+        f"{units} entries: its output factor g does not fit it."
+    )
 
 
 def block_diagonal(block, kernel_shape):
-    """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`."""
-    fan_in, _ = kernel_matrix_shape(kernel_shape)
+    """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`.
+
+    The bias's diagonal is flat, `(units,)`.
+    """
+    fan_in, _ = kernel_matrix_shape(kernel_shape, factor_size(block.g))
     a_diagonal, g_diagonal = factor_diagonal(block.a), factor_diagonal(block.g)
     kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
     if block.mask is not None:

@@ -1,5 +1,6 @@
 """A Kronecker-factored memory of one layer as a Keras regularizer."""
 
+import math
 import uuid
 import weakref
 
@@ -376,11 +377,16 @@ def _checked_terms(terms, bias, like, paired):
     anchors while `bias` is `None`.
     """
     owner = repr(like.path) if like is not None else "the kernel"
-    expected = None if like is None else kernel_matrix_shape(like.shape)
     checked = []
     for k, (kernel, bias_anchor, a, g, weight) in enumerate(terms):
         where = f"Term {k} of the memory of {owner}"
         kernel = np.asarray(kernel, "float32")
+        expected = None
+        if like is not None and kernel.ndim:
+            try:
+                expected = kernel_matrix_shape(like.shape, kernel.shape[-1])
+            except ValueError:  # no output axes of that size: the default
+                expected = kernel_matrix_shape(like.shape)
         if kernel.ndim != 2 or kernel.shape != (expected or kernel.shape):
             raise ValueError(
                 f"{where}: the anchor kernel must be a "
@@ -388,10 +394,11 @@ def _checked_terms(terms, bias, like, paired):
                 f"{kernel.shape}."
             )
         units = kernel.shape[1]
-        if bias is not None and tuple(bias.shape) != (units,):
+        # A bias spans the kernel's output axes, `units` in all.
+        if bias is not None and math.prod(bias.shape) != units:
             raise ValueError(
                 f"{where}: the bias {bias.path!r} has shape "
-                f"{tuple(bias.shape)}; expected {(units,)}."
+                f"{tuple(bias.shape)}; expected {units} entries."
             )
         if not paired and (bias is None) != (bias_anchor is None):
             raise ValueError(

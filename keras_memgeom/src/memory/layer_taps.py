@@ -189,33 +189,39 @@ class _Einsum(_Rule):
         return _size(layer.kernel.shape)
 
     def matrix_split(self, layer, rank):
-        """`(prefix, contracted, units)` when the layer is a matmul.
+        """The number of position axes (batch included) of a matmul, or None.
 
-        A matmul over the input's last axes with the kernel's last axis as
-        its only output axis, `P S, S u -> P u`, is a Dense applied at every
-        position of `P`: K-FAC treats its kernel as `(fan_in, units)`.
+        A matmul of the input's last axes `S` into the kernel's last axes
+        `U`, `P S, S U -> P U` (the kernel `S U`, a bias on all of `U` or
+        none), is a Dense applied at every position of `P`: K-FAC treats
+        its kernel as the `(fan_in, units)` matrix, `fan_in` the size of
+        `S` and `units` that of `U`. So are all four projections of
+        `MultiHeadAttention`: `abc,cde->abde` (query, key, value; `U` the
+        heads and their dimension) and `abcd,cde->abe` (output).
         """
         if isinstance(layer, keras.layers.Dense):
             return rank - 1
         spec, kernel, out = self._equation(layer, rank)
-        contracted = kernel[:-1]
-        if not contracted or not spec.endswith(contracted):
+        contracted = kernel.rstrip("".join(set(kernel) - set(spec)))
+        produced = kernel[len(contracted) :]
+        if not contracted or not produced or not spec.endswith(contracted):
             return None
         prefix = spec[: len(spec) - len(contracted)]
-        if out != prefix + kernel[-1] or set(prefix) & set(kernel):
+        if out != prefix + produced or set(prefix) & set(kernel):
             return None
         bias = getattr(layer, "bias", None)
-        if bias is not None and layer.bias_axes != kernel[-1]:
+        if bias is not None and layer.bias_axes != produced:
             return None
         return len(prefix)
 
     def factors(self, layer, x, grads, shapes):
         prefix = self.matrix_split(layer, len(x.shape))
         positions = _size(x.shape[1:prefix])
-        fan_in = _size(x.shape[prefix:])
-        x = ops.reshape(x, (-1, fan_in))
+        x = ops.reshape(x, (-1, _size(x.shape[prefix:])))
+        g = grads[0]  # `(K,) + output`, the output's first axes positions
+        g = ops.reshape(g, (-1, _size(g.shape[1 + prefix :])))
         return dense_taps.position_factors(
-            x, grads[0], positions, getattr(layer, "bias", None) is not None
+            x, g, positions, getattr(layer, "bias", None) is not None
         )
 
 

@@ -426,7 +426,9 @@ def read_memory_file(path):
                     kernel_entry = next(
                         e for e in entries if e["path"] == block["kernel"]
                     )
-                    fan_in = math.prod(kernel_entry["shape"][:-1])
+                    fan_in = (
+                        math.prod(kernel_entry["shape"]) // block["g_shape"][0]
+                    )
                     mask_entry = {
                         "path": block["kernel"],
                         "shape": [fan_in, block["g_shape"][0]],

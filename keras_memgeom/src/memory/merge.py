@@ -6,6 +6,7 @@ from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
 from keras_memgeom.src.memory.kronecker import dense_factor
 from keras_memgeom.src.memory.kronecker import factor_rank
+from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.src.memory.kronecker import merge_anchor
@@ -171,16 +172,17 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     merges, at the host cost of one eigendecomposition per factor.
     """
     shape = anchors[0][kernel].shape
+    first = memories[0].kronecker[kernel]
+    matrix_shape = kernel_matrix_shape(shape, factor_size(first.g))
 
     def stacked(a):
-        matrix = a[kernel].reshape(kernel_matrix_shape(shape)).astype("float64")
+        matrix = a[kernel].reshape(matrix_shape).astype("float64")
         return (
-            np.concatenate([matrix, a[bias][None]], axis=0)
+            np.concatenate([matrix, a[bias].reshape(1, -1)], axis=0)
             if bias is not None
             else matrix
         )
 
-    first = memories[0].kronecker[kernel]
     terms = [
         (
             stacked(a),
@@ -207,8 +209,10 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         truncate_factor(factor, factor_rank(own))
         for factor, own in ((a, newest.a), (g, newest.g))
     )
-    fan_in = kernel_matrix_shape(shape)[0]
-    bias_anchor = anchor[fan_in] if bias is not None else None
+    fan_in = matrix_shape[0]
+    bias_anchor = None
+    if bias is not None:
+        bias_anchor = anchor[fan_in].reshape(anchors[0][bias].shape)
     return (
         anchor[:fan_in].reshape(shape),
         bias_anchor,

@@ -76,10 +76,12 @@ def kronecker_penalty(
     if mask is not None:
         diff = ops.multiply(diff, ops.cast(mask, dtype))
     if bias is not None:
+        # A bias spans the kernel's output axes: one row of `units`.
         bias_diff = ops.subtract(
-            ops.convert_to_tensor(bias), ops.cast(anchor_bias, dtype)
+            ops.reshape(ops.convert_to_tensor(bias), (1, -1)),
+            ops.reshape(ops.cast(anchor_bias, dtype), (1, -1)),
         )
-        diff = ops.concatenate([diff, bias_diff[None]], axis=0)
+        diff = ops.concatenate([diff, bias_diff], axis=0)
     quadratic = backend.kronecker_quadratic(
         diff, _factor_tensors(a, dtype), _factor_tensors(g, dtype)
     )

@@ -3,6 +3,7 @@
 import numpy as np
 from keras import ops
 
+from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.src.memory.kronecker import merge_anchor
@@ -54,7 +55,9 @@ def merge_kfac(models, curvatures, weights, prior_precision):
     variables = merged.trainable_variables
     for i, block in blocks[0].items():
         bias = block.bias
-        shape = kernel_matrix_shape(tuple(variables[i].shape))
+        shape = kernel_matrix_shape(
+            tuple(variables[i].shape), factor_size(block.g)
+        )
 
         def stacked(model):
             kernel = (
@@ -67,7 +70,9 @@ def merge_kfac(models, curvatures, weights, prior_precision):
             return np.concatenate(
                 [
                     kernel,
-                    ops.convert_to_numpy(model.trainable_variables[bias])[None],
+                    ops.convert_to_numpy(
+                        model.trainable_variables[bias]
+                    ).reshape(1, -1),
                 ],
                 axis=0,
             )
@@ -87,7 +92,11 @@ def merge_kfac(models, curvatures, weights, prior_precision):
             start = sum(w * anchor for anchor, w, _, _ in terms)
             solution = kronecker_sum_minimizer(terms, start, block.mask)
         if bias is not None:
-            variables[bias].assign(solution[-1].astype(variables[bias].dtype))
+            variables[bias].assign(
+                solution[-1]
+                .reshape(variables[bias].shape)
+                .astype(variables[bias].dtype)
+            )
             solution = solution[:-1]
         variables[i].assign(
             solution.reshape(variables[i].shape).astype(variables[i].dtype)

@@ -25,7 +25,7 @@ def _split(batch):
             f"got {type(batch).__name__}. A Fisher memory needs labels (or "
             "targets) alongside the inputs."
         )
-    return batch[0], batch[1]
+    return batch[0], batch[1], batch[2] if len(batch) > 2 else None
 
 
 def _endless(what):
@@ -66,7 +66,7 @@ def _py_dataset_batches(data, max_examples):
     return (_split(data[i]) for i in range(data.num_batches))
 
 
-def iterate_batches(data, batch_size=256, max_examples=None):
+def iterate_batches(data, batch_size=256, max_examples=None, weights=False):
     """Yields `(x, y)` numpy batches from `data`.
 
     Data that may never end must come with `max_examples`: a `tf.data`
@@ -75,15 +75,18 @@ def iterate_batches(data, batch_size=256, max_examples=None):
     cannot be known in advance. Containers (lists of batches) need none.
 
     Args:
-        data: a tuple of arrays `(x, y)` (optionally with sample weights, which
-            are ignored), a `tf.data.Dataset`, a `keras.utils.PyDataset` or an
-            iterable of `(x, y)` batches. `x` may be a nested structure.
+        data: a tuple of arrays `(x, y)` or `(x, y, sample_weight)`, a
+            `tf.data.Dataset`, a `keras.utils.PyDataset` or an iterable of
+            such batches. `x` may be a nested structure.
         batch_size: the batch size used to cut a tuple of arrays; datasets
             keep their own batching.
         max_examples: stop after this many examples (the last batch is cut).
+        weights: whether the sample weights are yielded too (`None` for a
+            batch without them); without it they are dropped.
 
     Returns:
-        A generator of `(x, y)` tuples of numpy arrays.
+        A generator of `(x, y)` (or `(x, y, sample_weight)`) tuples of numpy
+        arrays.
 
     Raises:
         ValueError: if `batch_size` or `max_examples` is not a positive whole
@@ -105,7 +108,10 @@ def iterate_batches(data, batch_size=256, max_examples=None):
         "max_examples", max_examples, allow_none=True
     )
     if isinstance(data, tuple):
-        arrays = keras.tree.map_structure(_to_numpy, _split(data))
+        arrays = _split(data)
+        if arrays[2] is None:  # keras.tree maps `None` as a leaf
+            arrays = arrays[:2]
+        arrays = keras.tree.map_structure(_to_numpy, arrays)
         num_x, num_y = _num_rows(arrays[0]), len(arrays[1])
         if num_x != num_y:
             raise ValueError(f"`x` has {num_x} examples but `y` has {num_y}.")
@@ -124,8 +130,9 @@ def iterate_batches(data, batch_size=256, max_examples=None):
             )
         batches = (_split(b) for b in data)
     seen = 0
-    for x, y in batches:
+    for x, y, *w in batches:
         x, y = keras.tree.map_structure(_to_numpy, x), _to_numpy(y)
+        w = None if not w or w[0] is None else _to_numpy(w[0])
         if y.ndim == 0 or _num_rows(x) != len(y):
             raise ValueError(
                 "A batch has inputs of shape "
@@ -139,5 +146,6 @@ def iterate_batches(data, batch_size=256, max_examples=None):
             if room <= 0:
                 return
             x, y = keras.tree.map_structure(lambda a: a[:room], (x, y))
+            w = None if w is None else w[:room]
         seen += len(y)
-        yield x, y
+        yield (x, y, w) if weights else (x, y)

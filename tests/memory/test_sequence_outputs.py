@@ -1,0 +1,202 @@
+"""Fisher memories of per-token outputs `(batch, positions, d)`."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_memgeom
+from keras_memgeom import FisherMemory
+from keras_memgeom import backend
+from keras_memgeom.src.memory.fisher import estimate_fisher
+
+pytestmark = pytest.mark.usefixtures("full_precision")
+
+VOCABULARY = 5
+
+
+def _tagger():
+    """Token in, a class per token out; token 0 pads (a Keras mask)."""
+    tokens = keras.Input((4,), dtype="int32")
+    h = keras.layers.Embedding(VOCABULARY, 3, mask_zero=True)(tokens)
+    h = keras.layers.MultiHeadAttention(2, 2)(h, h)
+    h = keras.layers.Dense(3, activation="tanh")(h)
+    model = keras.Model(tokens, keras.layers.Dense(VOCABULARY)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def _tagging_data(rng, n):
+    x = rng.integers(1, VOCABULARY, size=(n, 4)).astype("int32")
+    x[0, 2:] = 0  # padding: masked positions
+    x[1, 3:] = 0
+    y = rng.integers(0, VOCABULARY, size=(n, 4))
+    weights = rng.uniform(0.5, 2.0, size=(n, 4)).astype("float32")
+    return x, y, weights
+
+
+def _numpy(t):
+    return np.asarray(keras.ops.convert_to_numpy(t), "float64")
+
+
+def _per_token_reference(model, x, weights):
+    """`sum_{b, t unmasked} w_bt E_c~p [(d log p_bt(c) / d theta)^2] / n`.
+
+    One example, one position and one class at a time: the score of class
+    `c` at position `t` is pulled back from the logits, `e_c - p` there and
+    zero elsewhere, and weighed by `p_c`.
+    """
+    variables = model.trainable_variables
+    values = [v.value for v in variables]
+
+    def forward(current, x_b):
+        with keras.StatelessScope(state_mapping=list(zip(variables, current))):
+            return model(x_b, training=False), ()
+
+    totals = [0.0] * len(values)
+    count = 0
+    for b in range(len(x)):
+        outputs, _, pullback = backend.linearize(
+            lambda current: forward(current, x[b : b + 1]), values
+        )
+        logits = _numpy(outputs)[0]
+        for t in np.flatnonzero(x[b]):  # unmasked positions
+            count += 1
+            p = np.exp(logits[t] - logits[t].max())
+            p /= p.sum()
+            for c in range(VOCABULARY):
+                cotangent = np.zeros((1, 1, *logits.shape), "float32")
+                cotangent[0, 0, t] = np.eye(VOCABULARY)[c] - p
+                grads = pullback(keras.ops.convert_to_tensor(cotangent))
+                for i, g in enumerate(grads):
+                    totals[i] = totals[i] + weights[b, t] * p[c] * (
+                        _numpy(g)[0] ** 2
+                    )
+    return {v.path: t / count for v, t in zip(variables, totals)}, count
+
+
+def test_per_token_fisher_is_the_masked_weighted_sum_over_tokens(rng):
+    model = _tagger()
+    x, y, weights = _tagging_data(rng, 4)
+    fisher, n = estimate_fisher(model, (x, y, weights), batch_size=3)
+    expected, count = _per_token_reference(model, x, weights)
+    # n counts unmasked tokens, as Keras's loss averages over them.
+    assert n == count == 4 * 4 - 2 - 1
+    for path, value in expected.items():
+        assert np.abs(value).max() > 0, path
+        np.testing.assert_allclose(
+            fisher[path], value, rtol=2e-5, atol=1e-9, err_msg=path
+        )
+
+
+def test_per_token_estimators_need_a_position_axis_and_fitting_weights(rng):
+    model = _tagger()
+    x, y, weights = _tagging_data(rng, 4)
+    with pytest.raises(ValueError, match="position axis"):
+        estimate_fisher(model, (x, y[:, 0]))
+    with pytest.raises(ValueError, match="sample_weight of shape"):
+        estimate_fisher(model, (x, y, weights[:, :2]))
+    with pytest.raises(ValueError, match="no per-token form"):
+        estimate_fisher(model, (x, y), estimator="batched")
+    # A weight per sequence weighs all its tokens.
+    per_sequence, _ = estimate_fisher(model, (x, y, weights[:, 0]))
+    per_token, _ = estimate_fisher(
+        model, (x, y, np.repeat(weights[:, :1], 4, axis=1))
+    )
+    for path, value in per_token.items():
+        np.testing.assert_allclose(per_sequence[path], value, rtol=1e-6)
+
+
+def _per_token_regression(features, bias):
+    inputs = keras.Input((5, features))
+    h = keras.layers.Masking(0.0)(inputs)  # all-zero positions pad
+    dense = keras.layers.Dense(1, use_bias=bias)
+    model = keras_memgeom.Model(inputs, dense(h))
+    model.compile(keras.optimizers.SGD(0.05), "mean_squared_error")
+    return model
+
+
+def _regression_task(rng, n, shift, true, lengths):
+    features = len(true) - 1
+    x = rng.normal(size=(n, 5, features)) + shift
+    y = x @ true[:-1] + true[-1] + 0.3 * rng.normal(size=(n, 5, 1))
+    for b, length in enumerate(lengths):
+        x[b, length:] = 0.0
+        y[b, length:] = 0.0
+    return x.astype("float32"), y.astype("float32")
+
+
+def _valid_tokens(*tasks):
+    x = np.concatenate([t[0].reshape(-1, t[0].shape[-1]) for t in tasks])
+    y = np.concatenate([t[1].reshape(-1, 1) for t in tasks])
+    valid = np.any(x != 0, axis=1)
+    return x[valid].astype("float64"), y[valid].astype("float64")
+
+
+def _least_squares(bias, *tasks):
+    x, y = _valid_tokens(*tasks)
+    if not bias:
+        return [np.linalg.lstsq(x, y, rcond=None)[0].astype("float32")]
+    w = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)[0]
+    return [w[:-1].astype("float32"), w[-1].astype("float32")]
+
+
+@pytest.mark.parametrize("structure", ["diagonal", "kfac"])
+def test_per_token_sequential_bayes_lands_on_the_joint_fit(rng, structure):
+    """A linear-Gaussian per-token model: its Laplace memory is exact.
+
+    With `n` and `num_train_examples` counted in unmasked tokens, strength
+    1 makes the second task's objective the joint one. The diagonal memory
+    is exact for a single weight (padded sequences: masked tokens count
+    nowhere); K-FAC for a Dense with bias on unpadded sequences (its `A`
+    averages over a layer's positions, padded ones included).
+    """
+    kfac = structure == "kfac"
+    true = rng.normal(size=(3 if kfac else 2, 1))
+
+    def lengths(n):
+        return np.full(n, 5) if kfac else rng.integers(2, 6, n)
+
+    task_a = _regression_task(rng, 12, 0.0, true, lengths(12))
+    task_b = _regression_task(rng, 8, 1.5, true, lengths(8))
+    model = _per_token_regression(len(true) - 1, bias=kfac)
+    model.set_weights(_least_squares(kfac, task_a))
+    memory = FisherMemory.estimate(model, task_a, structure=structure)
+    x_a = _valid_tokens(task_a)[0]
+    tokens_b = len(_valid_tokens(task_b)[0])
+    assert memory.num_examples == len(x_a)
+    # MSE of one output is 2 times the unit-Gaussian NLL.
+    kernel = model.layers[-1].kernel.path
+    if kfac:
+        x_a = np.c_[x_a, np.ones(len(x_a))]
+        block = memory.kronecker[kernel]
+        np.testing.assert_allclose(
+            np.kron(block.a, block.g),
+            2.0 * x_a.T @ x_a / len(x_a),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    else:
+        np.testing.assert_allclose(
+            memory.fisher[kernel][:, 0], 2.0 * np.mean(x_a**2), rtol=1e-5
+        )
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        "mean_squared_error",
+        regularizers=[memory],
+        strength=1.0,
+        num_train_examples=tokens_b,
+    )
+
+    def full_batch_step(weights):
+        model.set_weights(weights)
+        model.train_on_batch(*task_b)
+        return np.concatenate(
+            [(w - v).ravel() for w, v in zip(model.get_weights(), weights)]
+        )
+
+    # At the joint least-squares fit, loss_B + penalty has zero gradient.
+    at_joint = full_batch_step(_least_squares(kfac, task_a, task_b))
+    at_a = full_batch_step(_least_squares(kfac, task_a))
+    assert np.linalg.norm(at_joint) < 1e-4 * np.linalg.norm(at_a)
