@@ -232,3 +232,23 @@ def test_subclassed_model_is_refused():
     model(np.zeros((1, 3), "float32"))
     with pytest.raises(ValueError, match="neither Sequential nor functional"):
         weight_layers(model)
+
+
+def test_a_reloaded_sequential_is_walked_like_the_original(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(7, activation="relu"),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile("sgd", "mse")
+    model.fit(np.zeros((4, 5)), np.zeros((4, 3)), verbose=0)
+    # Reloading builds the layers again: their first calls' tensors no
+    # longer chain from `model.inputs`.
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    loaded.predict(np.zeros((2, 5)), verbose=0)
+    (record,) = hidden_units(loaded)
+    assert record.layer is loaded.layers[0] and record.units == 7
+    assert [r.layer for r in record.readers] == [loaded.layers[1]]

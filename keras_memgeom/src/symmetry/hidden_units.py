@@ -271,8 +271,9 @@ def units_of(model, layer):
     )
     if problem is not None:
         raise _refused(layer, problem)
-    consumers = _consumers(operations)
-    outputs = keras.tree.flatten(model.outputs)
+    consumers = _consumers(model, operations)
+    outputs = [operations[-1].output] if _is_chain(model) else model.outputs
+    outputs = keras.tree.flatten(outputs)
     found = {"readers": [], "followers": [], "mixing": [], "reasons": []}
     is_output = False
     frontier, seen = [(layer, 1)], set()
@@ -355,6 +356,8 @@ def _operations(model):
     operations = [
         op for op in operations if not isinstance(op, keras.layers.InputLayer)
     ]
+    if _is_chain(model):
+        return operations
     # A layer called several times shows only its first call's tensors:
     # another call's output is then read without being any layer's output.
     known = {id(t) for t in keras.tree.flatten(model.inputs)}
@@ -369,8 +372,20 @@ def _operations(model):
     return operations
 
 
-def _consumers(operations):
+def _is_chain(model):
+    # A Sequential's layers read one another in order, whatever calls a
+    # reload or a rebuild added to them (their first call's tensors then
+    # come from different builds).
+    return isinstance(model, keras.Sequential)
+
+
+def _consumers(model, operations):
     """Maps `id(tensor)` to the operations that take that tensor as input."""
+    if _is_chain(model):
+        return {
+            id(source.output): [reader]
+            for source, reader in zip(operations, operations[1:])
+        }
     consumers = {}
     for operation in operations:
         for tensor in keras.tree.flatten(operation.input):
