@@ -55,6 +55,9 @@ class FrontalLobeStrategy(MemoryStrategy):
         distill_batch_size: batch size of distillation.
         distill_learning_rate: Adam's learning rate in distillation.
         fisher_examples: deprecated alias of `max_examples`.
+        **moved: the arguments that moved into `FrontalLobe`
+            (`fraction`, `information_strength`, `information_estimator`):
+            passing one raises a `TypeError` naming its place there.
 
     Raises:
         TypeError: for the old arguments `fraction`,
