@@ -128,34 +128,10 @@ def merge_models(
     Example:
 
     ```python
-    import keras
-    import numpy as np
-
     import keras_memgeom
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-
-    def trained(seed):
-        keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
-                keras.Input((8,)),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(2),
-            ]
-        )
-        model.compile(
-            "adam",
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        model.fit(x, y, epochs=5, verbose=0)
-        return model
-
-    model_a, model_b = trained(1), trained(2)
-
+    # model_a, model_b: two trained models of one architecture and (x, y)
+    # their data, as built in the how-to guide "Merging two models".
     merged = keras_memgeom.merge_models(
         [model_a, model_b], method="regmean", data=[(x, y), (x, y)], repair=True
     )
