@@ -117,3 +117,17 @@ def test_the_checker_finds_a_repeat_and_ignores_what_is_not_code(tmp_path):
     assert repeats([first, second, clean], tmp_path) == {
         ("first.py", "second.py"): [(7, 6), (8, 7)]
     }
+
+
+def test_a_call_passing_its_names_on_is_not_a_repeat(tmp_path):
+    forward = (
+        "def f(a, b, c, d, e):\n    super().__init__(\n        a,\n"
+        "        b=b,\n        c=c,\n        d=d,\n        e=e,\n    )\n"
+    )
+    computed = forward.replace("b=b", "b=b + 1")
+    for name in ("first.py", "second.py"):
+        (tmp_path / name).write_text(forward)
+    (tmp_path / "third.py").write_text(computed)
+    (tmp_path / "fourth.py").write_text(computed)
+    paths = sorted(tmp_path.glob("*.py"))
+    assert list(repeats(paths, tmp_path)) == [("fourth.py", "third.py")]
