@@ -231,10 +231,12 @@ def test_the_penalty_is_the_memory_at_the_effective_weight(
         model.get_layer("mix").lora_kernel_a.regularizer, LoraRegularizer
     )
     np.testing.assert_allclose(
-        float(model.memory_penalty()), expected, rtol=1e-5
+        keras.ops.convert_to_numpy(model.memory_penalty()), expected, rtol=1e-5
     )
     np.testing.assert_allclose(
-        float(memory.penalty(model, num_train_examples=16, strength=3.0)),
+        keras.ops.convert_to_numpy(
+            memory.penalty(model, num_train_examples=16, strength=3.0)
+        ),
         expected,
         rtol=1e-5,
     )
@@ -307,7 +309,7 @@ def test_the_penalty_survives_save_and_load(tmp_path, rng, structure):
     # Keras saves `W + s A B` as the weight and restarts the factors at 0,
     # so the layers compute with the same weights and the penalty is kept.
     np.testing.assert_allclose(
-        float(loaded.memory_penalty()), expected, rtol=1e-5
+        keras.ops.convert_to_numpy(loaded.memory_penalty()), expected, rtol=1e-5
     )
     for layer, weight in _LORA.items():
         factor = getattr(loaded.get_layer(layer), f"lora_{weight}_a")
@@ -342,3 +344,28 @@ def test_the_regularizer_config_names_its_layer_and_is_not_rebuilt(rng):
     assert config["config"]["layer"] == "mix"
     with pytest.raises(ValueError, match="'mix'.*keras_memgeom.Model"):
         keras.regularizers.deserialize(config)
+
+
+def test_a_quantized_lora_layer_keeps_its_memory_of_the_factors(rng):
+    # Its frozen weight is int8, not a weight a memory of floats remembers:
+    # a memory estimated after `enable_lora` still matches the model.
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    model = keras_memgeom.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(5, name="hidden"),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name="net",
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("sgd", loss)
+    model.get_layer("hidden").quantize("int8")
+    model.get_layer("hidden").enable_lora(2)
+    memory = FisherMemory.estimate(model, (x, y))
+    assert "net/hidden/lora_kernel_a" in memory.paths
+    model.compile("sgd", loss, memories=[memory], num_train_examples=16)
+    regularizer = model.get_layer("hidden").lora_kernel_a.regularizer
+    assert not isinstance(regularizer, LoraRegularizer)
+    assert float(keras.ops.convert_to_numpy(model.memory_penalty())) == 0.0

@@ -111,13 +111,19 @@ def effective_weight(layer, a=None):
 def lora_layers(model):
     """Dict from the id of each weight `enable_lora` froze to its layer.
 
-    Layers set non-trainable are left out: their factors do not train.
+    Layers set non-trainable are left out (their factors do not train), and
+    so are quantized ones (their frozen weight is not a float weight a
+    memory remembers).
     """
-    return {
-        id(lora_factors(layer)[0]): layer
-        for layer in model._flatten_layers(include_self=False)
-        if getattr(layer, "lora_enabled", False) and layer.trainable
-    }
+    layers = {}
+    for layer in model._flatten_layers(include_self=False):
+        if not (getattr(layer, "lora_enabled", False) and layer.trainable):
+            continue
+        try:
+            layers[id(lora_factors(layer)[0])] = layer
+        except ValueError:
+            continue  # a memory of it matches nothing: `match` names it
+    return layers
 
 
 def pretrained_variables(model):
@@ -142,8 +148,11 @@ def pretrained_variables(model):
 
 
 def current_value(variable, frozen):
-    """The value `variable` computes with: for a weight LoRA froze (a key of
-    `frozen`, from `lora_layers`), the effective weight."""
+    """The value `variable` computes with: its own, or its effective weight.
+
+    `frozen` is `lora_layers(model)`: a weight LoRA froze counts at its
+    layer's `W + s A B`.
+    """
     layer = frozen.get(id(variable))
     return variable.value if layer is None else effective_weight(layer)
 
@@ -194,7 +203,7 @@ class LoraRegularizer(keras.regularizers.Regularizer):
     memory = keras_memgeom.FisherRegularizer(
         anchor=np.zeros((2, 1)), fisher=np.ones((2, 1)), scale=0.5
     )
-    regularizer = keras_memgeom.memory.LoraRegularizer(layer, memory)
+    regularizer = keras_memgeom.LoraRegularizer(layer, memory)
     # W + s A B = [[1], [2]]: 0.5 * (1 + 4) = 2.5
     print(float(regularizer(np.array([[1.0], [2.0]], "float32"))))  # 2.5
     ```
