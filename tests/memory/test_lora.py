@@ -375,3 +375,110 @@ def test_a_quantized_lora_layer_keeps_its_memory_of_the_factors():
     regularizer = model.get_layer("hidden").lora_kernel_a.regularizer
     assert not isinstance(regularizer, LoraRegularizer)
     assert float(keras.ops.convert_to_numpy(model.memory_penalty())) == 0.0
+
+
+def test_attach_keeps_the_factors_own_regularizer_and_detach_restores_it(rng):
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    l2 = keras.regularizers.L2(0.1)
+    model = keras_memgeom.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, kernel_regularizer=l2)],
+        name="net",
+    )
+    model.compile(
+        "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    memory = FisherMemory.estimate(model, (x, y))
+    layer = model.layers[0]
+    layer.enable_lora(1, lora_alpha=2, b_initializer="ones")
+    keras_memgeom.attach(model, memory, num_train_examples=16, strength=2.0)
+    regularizer = layer.lora_kernel_a.regularizer
+    assert isinstance(regularizer, LoraRegularizer)
+    assert regularizer.base is l2
+    values = _numpy(model)
+    a, b = values["net/dense/lora_kernel_a"], values["net/dense/lora_kernel_b"]
+    # Only the kernel moved (by 2 A B); the bias is at its anchor.
+    diff = values["net/dense/kernel"] + 2.0 * a @ b
+    diff -= memory.anchor["net/dense/kernel"]
+    expected = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / 16
+        * np.sum(memory.fisher["net/dense/kernel"] * diff**2)
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.memory_penalty()), expected, rtol=1e-5
+    )
+    # The factor's own L2 stays with the factor, apart from the memory.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(regularizer(a)),
+        expected + 0.1 * np.sum(a**2),
+        rtol=1e-5,
+    )
+    keras_memgeom.detach(model)
+    assert layer.lora_kernel_a.regularizer is l2
+
+
+def test_a_keras_hub_backbone_fine_tuned_with_lora_keeps_its_memory(rng):
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=20,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=6,
+    )
+    classifier = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=3, preprocessor=None
+    )
+    model = keras_memgeom.Model(classifier.inputs, classifier.outputs)
+    # A memory of the pretrained weights: its anchors, a random Fisher.
+    memory = FisherMemory(
+        {
+            v.path: keras.ops.convert_to_numpy(v)
+            for v in model.trainable_variables
+        },
+        {v.path: rng.uniform(size=v.shape) for v in model.trainable_variables},
+        num_examples=10,
+    )
+    # LoRA on the layers `backbone.enable_lora` picks (query and value),
+    # the rest training as before (`backbone.enable_lora` would freeze it).
+    lora = [
+        layer
+        for layer in backbone._flatten_layers()
+        if layer.name in backbone.default_lora_layer_names()
+    ]
+    assert lora
+    for layer in lora:
+        layer.enable_lora(2)
+    for v in model.weights:
+        v.assign(v + 0.1 * rng.normal(size=v.shape).astype(v.dtype))
+    values = _numpy(model)
+    for layer in lora:
+        values[layer._kernel.path] = values[layer._kernel.path] + (
+            layer.lora_alpha / layer.lora_rank
+        ) * np.matmul(
+            values[layer.lora_kernel_a.path], values[layer.lora_kernel_b.path]
+        )
+    expected = (
+        0.5
+        * 3.0
+        * sum(
+            np.sum(memory.fisher[p] * (values[p] - memory.anchor[p]) ** 2)
+            for p in memory.paths
+        )
+    )
+    model.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        memories=[memory],
+        strength=3.0,
+        num_train_examples=10,
+    )
+    for layer in lora:
+        assert isinstance(layer.lora_kernel_a.regularizer, LoraRegularizer)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.memory_penalty()), expected, rtol=1e-5
+    )
