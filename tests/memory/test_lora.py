@@ -412,12 +412,44 @@ def test_attach_keeps_the_factors_own_regularizer_and_detach_restores_it(rng):
     )
     # The factor's own L2 stays with the factor, apart from the memory.
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(regularizer(a)),
+        keras.ops.convert_to_numpy(regularizer(a.astype("float32"))),
         expected + 0.1 * np.sum(a**2),
         rtol=1e-5,
     )
     keras_memgeom.detach(model)
     assert layer.lora_kernel_a.regularizer is l2
+
+
+def test_a_memory_of_weights_the_model_no_longer_trains_is_refused(rng):
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 3
+    model = keras_memgeom.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(5, name="hidden"),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name="net",
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile("sgd", loss)
+    memory = FisherMemory.estimate(model, (x, y))
+    model.get_layer("hidden").trainable = False
+    model.get_layer("out").enable_lora(2)
+    with pytest.raises(
+        ValueError, match="'net/hidden/kernel'.*does not train them"
+    ):
+        model.compile("sgd", loss, memories=[memory], num_train_examples=16)
+
+
+def _random_memory(rng, model):
+    """A memory of `model`'s trainable weights as they are, a random Fisher."""
+    trainable = model.trainable_variables
+    return FisherMemory(
+        {v.path: keras.ops.convert_to_numpy(v) for v in trainable},
+        {v.path: rng.uniform(size=v.shape) for v in trainable},
+        num_examples=10,
+    )
 
 
 def test_a_keras_hub_backbone_fine_tuned_with_lora_keeps_its_memory(rng):
@@ -434,29 +466,29 @@ def test_a_keras_hub_backbone_fine_tuned_with_lora_keeps_its_memory(rng):
         backbone, num_classes=3, preprocessor=None
     )
     model = keras_memgeom.Model(classifier.inputs, classifier.outputs)
-    # A memory of the pretrained weights: its anchors, a random Fisher.
-    memory = FisherMemory(
-        {
-            v.path: keras.ops.convert_to_numpy(v)
-            for v in model.trainable_variables
-        },
-        {v.path: rng.uniform(size=v.shape) for v in model.trainable_variables},
-        num_examples=10,
-    )
-    # LoRA on the layers `backbone.enable_lora` picks (query and value),
-    # the rest training as before (`backbone.enable_lora` would freeze it).
-    lora = [
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    # `backbone.enable_lora` freezes every other weight of the backbone: a
+    # memory of all the pretrained weights names them.
+    everything = _random_memory(rng, model)
+    targets = [
         layer
-        for layer in backbone._flatten_layers()
+        for layer in backbone._flatten_layers(include_self=False)
         if layer.name in backbone.default_lora_layer_names()
     ]
-    assert lora
-    for layer in lora:
-        layer.enable_lora(2)
+    for layer in backbone._flatten_layers(include_self=False):
+        layer.trainable = layer in targets
+    memory = _random_memory(rng, model)
+    backbone.enable_lora(2)
+    with pytest.raises(
+        ValueError, match="token_embedding/embeddings.*does not train them"
+    ):
+        model.compile("sgd", loss, memories=[everything], num_train_examples=10)
+    # The memory estimated with the backbone frozen as LoRA leaves it:
+    # query and value, read at their effective weights, and the head.
     for v in model.weights:
         v.assign(v + 0.1 * rng.normal(size=v.shape).astype(v.dtype))
     values = _numpy(model)
-    for layer in lora:
+    for layer in targets:
         values[layer._kernel.path] = values[layer._kernel.path] + (
             layer.lora_alpha / layer.lora_rank
         ) * np.matmul(
@@ -471,13 +503,9 @@ def test_a_keras_hub_backbone_fine_tuned_with_lora_keeps_its_memory(rng):
         )
     )
     model.compile(
-        "sgd",
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        memories=[memory],
-        strength=3.0,
-        num_train_examples=10,
+        "sgd", loss, memories=[memory], strength=3.0, num_train_examples=10
     )
-    for layer in lora:
+    for layer in targets:
         assert isinstance(layer.lora_kernel_a.regularizer, LoraRegularizer)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model.memory_penalty()), expected, rtol=1e-5

@@ -413,6 +413,7 @@ class FisherMemory:
             pairs = list(zip(self._anchor, same_count[0]))
         else:
             extra = [v.path for v in variables if v.path not in self._anchor]
+            frozen = [v.path for v in model.weights if v.path in missing]
             raise ValueError(
                 "The memory does not fit the model: the memory's variable "
                 f"{missing[0]!r}"
@@ -421,6 +422,14 @@ class FisherMemory:
                 f"the memory has {len(self._anchor)} variables where the "
                 f"model has {len(variables)} (the model's {_few(extra)} are "
                 "not in the memory)."
+                + (
+                    f" The model has {_few(frozen)} but does not train them "
+                    "(a penalty on them would be constant): estimate the "
+                    "memory with those layers frozen as they are now "
+                    "(`layer.trainable = False`), or train them again."
+                    if frozen
+                    else ""
+                )
             )
         how = " (matched by order)" if by_order else ""
         for path, variable in pairs:
