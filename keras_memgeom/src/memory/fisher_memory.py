@@ -371,7 +371,7 @@ class FisherMemory:
         )
 
     def match(self, model):
-        """Pairs each remembered variable with a trainable variable of `model`.
+        """Pairs each remembered variable with a variable that `model` trains.
 
         Keras paths carry auto-numbered names (`sequential_3/dense_7/kernel`),
         so the same architecture built elsewhere gets other paths. Variables
