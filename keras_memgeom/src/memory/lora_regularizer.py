@@ -82,7 +82,9 @@ def effective_weight(layer, a=None):
         to `a` (or `A`) and `B`.
 
     Raises:
-        ValueError: see `lora_factors`.
+        ValueError: naming the layer, if LoRA is not enabled on it, it is
+            quantized, or it is not a Keras `Dense`, `EinsumDense` or
+            `Embedding`.
 
     Example:
 
@@ -186,8 +188,10 @@ class LoraRegularizer(keras.regularizers.Regularizer):
         Calling it on a value of `A` returns the scalar penalty.
 
     Raises:
-        ValueError: see `lora_factors`; if `memory` has no `memory_penalty`
-            or the frozen weight's shape differs from the memory's.
+        ValueError: naming the layer, if LoRA is not enabled on it, it is
+            quantized, or it is not a Keras `Dense`, `EinsumDense` or
+            `Embedding`; if `memory` is not a memory penalty or its shape
+            is not the frozen weight's (both are named).
 
     Example:
 
