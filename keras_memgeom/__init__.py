@@ -22,6 +22,7 @@ from keras_memgeom.memory import FisherMemory  # noqa: E402
 from keras_memgeom.memory import FisherRegularizer  # noqa: E402
 from keras_memgeom.memory import KroneckerBiasRegularizer  # noqa: E402
 from keras_memgeom.memory import KroneckerRegularizer  # noqa: E402
+from keras_memgeom.memory import LoraRegularizer  # noqa: E402
 from keras_memgeom.memory import attach  # noqa: E402
 from keras_memgeom.memory import detach  # noqa: E402
 from keras_memgeom.memory import merge  # noqa: E402
@@ -38,6 +39,7 @@ __all__ = [
     "FrontalLobe",
     "KroneckerBiasRegularizer",
     "KroneckerRegularizer",
+    "LoraRegularizer",
     "Model",
     "Sequential",
     "__version__",

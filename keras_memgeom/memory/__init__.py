@@ -13,6 +13,8 @@ from keras_memgeom.src.memory.likelihood import Categorical
 from keras_memgeom.src.memory.likelihood import Gaussian
 from keras_memgeom.src.memory.likelihood import Likelihood
 from keras_memgeom.src.memory.likelihood import likelihood_from_loss
+from keras_memgeom.src.memory.lora_regularizer import LoraRegularizer
+from keras_memgeom.src.memory.lora_regularizer import effective_weight
 from keras_memgeom.src.memory.merge import merge
 
 __all__ = [
@@ -26,8 +28,10 @@ __all__ = [
     "KroneckerBlock",
     "KroneckerRegularizer",
     "Likelihood",
+    "LoraRegularizer",
     "attach",
     "detach",
+    "effective_weight",
     "likelihood_from_loss",
     "merge",
 ]

@@ -15,6 +15,9 @@ from keras_memgeom.src.memory.kronecker_regularizer import (
     KroneckerBiasRegularizer,
 )
 from keras_memgeom.src.memory.kronecker_regularizer import KroneckerRegularizer
+from keras_memgeom.src.memory.lora_regularizer import LoraRegularizer
+from keras_memgeom.src.memory.lora_regularizer import lora_factors
+from keras_memgeom.src.memory.lora_regularizer import lora_layers
 from keras_memgeom.src.memory.merge import common_blocks
 from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.memory.penalty import penalty_scale
@@ -97,6 +100,12 @@ def attach(
     which is fine for small models (use the package's models for large
     ones).
 
+    A memory of a pretrained model used while LoRA fine-tunes it (estimated
+    before `layer.enable_lora(rank)`) remembers weights that LoRA froze:
+    each gets a `LoraRegularizer` on its factor `A`, which reads the memory
+    at the layer's effective weight `W + lora_alpha / lora_rank * A @ B`,
+    so the penalty trains the factors. This needs the package's models.
+
     A memory remembers trainable variables only, so by default the moving
     statistics of `BatchNormalization` layers are frozen while it is
     attached (see `normalization_statistics`); `detach` releases them. On a
@@ -122,7 +131,8 @@ def attach(
         ValueError: if a memory does not fit the model (the variable is
             named), a plain model would not keep the penalty of some
             variables through `model.save` and `keras.saving.load_model`
-            (they are named; nothing is attached), is not a `FisherMemory`,
+            (they are named; nothing is attached), remembers a weight that
+            `enable_lora` froze in a plain model, is not a `FisherMemory`,
             or the arguments are invalid
             (a non-finite or negative strength, a non-integer number of
             examples, a `normalization_statistics` other than `"freeze"` or
@@ -165,13 +175,28 @@ def attach(
     for m in memories[:-1]:
         m.match(model)
     owners = None if _tracks_memories(model) else _regularizer_attributes(model)
+    frozen = lora_layers(model)
+    if owners is not None:
+        _refuse_lora_weights(variables, frozen)
     _remove_regularizers(model)
     scale = keras.Variable(
         scale_value, trainable=False, dtype="float32", name="memory_scale"
     )
     regularizers = []
 
+    def base_of(variable):
+        # Keras regularizes trainable weights only: a frozen weight's own
+        # regularizer does not apply (its factor's does, as `base` below).
+        return None if id(variable) in frozen else variable.regularizer
+
     def add(variable, regularizer):
+        layer = frozen.get(id(variable))
+        if layer is not None:
+            # LoRA froze the weight: its penalty, at `W + s A B`, goes on A.
+            variable = lora_factors(layer)[1]
+            regularizer = LoraRegularizer(
+                layer, regularizer, base=variable.regularizer
+            )
         _set_regularizer(variable, regularizer, owners)
         regularizers.append((variable, regularizer))
 
@@ -192,7 +217,7 @@ def attach(
                 fishers[path],
                 scale=scale,
                 offset=offsets.get(path, 0.0),
-                base=variables[path].regularizer,
+                base=base_of(variables[path]),
                 like=variables[path],
             )
             add(variables[path], regularizer)
@@ -221,7 +246,7 @@ def attach(
             None if paired else bias,
             scale,
             mask=block.mask,
-            base=variables[kernel].regularizer,
+            base=base_of(variables[kernel]),
             like=variables[kernel],
             paired=paired,
         )
@@ -382,6 +407,7 @@ MEMORY_REGULARIZERS = (
     FisherRegularizer,
     KroneckerRegularizer,
     KroneckerBiasRegularizer,
+    LoraRegularizer,
 )
 
 
@@ -456,6 +482,26 @@ def _unsaved_paths(model, regularizers):
         for variable, regularizer in regularizers
         if kept.get(id(variable)) is not type(regularizer)
     ]
+
+
+def _refuse_lora_weights(variables, frozen):
+    """Refuses, on a plain model, a memory of a weight `enable_lora` froze.
+
+    Its penalty goes on the LoRA factor `A` as a `LoraRegularizer`, which
+    reads the layer's variables, so no layer config can rebuild it.
+    """
+    for path, variable in variables.items():
+        if id(variable) in frozen:
+            raise ValueError(
+                f"`attach` cannot keep the memory of {path!r}, which "
+                f"`enable_lora` froze in layer {frozen[id(variable)].name!r}, "
+                "in a plain Keras model: its penalty, read at the layer's "
+                "effective weight, sits on the LoRA factors, and the "
+                "layer's config cannot rebuild it for `model.save`. Build "
+                "the model as `keras_memgeom.Model(inputs, outputs)` (which "
+                "saves memories with the model), or estimate the memory "
+                "after `enable_lora` (it then remembers the LoRA factors)."
+            )
 
 
 def _check_kernel_first(model, kernel, bias):

@@ -14,6 +14,9 @@ from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.src.memory.kronecker import truncate_block
+from keras_memgeom.src.memory.lora_regularizer import current_value
+from keras_memgeom.src.memory.lora_regularizer import lora_layers
+from keras_memgeom.src.memory.lora_regularizer import pretrained_variables
 from keras_memgeom.src.memory.memory_file import read_memory_file
 from keras_memgeom.src.memory.memory_file import write_memory_file
 from keras_memgeom.src.memory.penalty import kronecker_penalty
@@ -368,7 +371,7 @@ class FisherMemory:
         )
 
     def match(self, model):
-        """Pairs each remembered variable with a trainable variable of `model`.
+        """Pairs each remembered variable with a variable that `model` trains.
 
         Keras paths carry auto-numbered names (`sequential_3/dense_7/kernel`),
         so the same architecture built elsewhere gets other paths. Variables
@@ -376,6 +379,12 @@ class FisherMemory:
         when the model has as many trainable variables, each of the same
         kind (`kernel`, `bias`, ...) and shape, with a warning listing the
         pairs whose paths differ.
+
+        A weight that `enable_lora` froze is matched too (a memory of the
+        pretrained model remembers it): the pair holds the frozen variable,
+        whose penalty is read at the layer's effective weight `W + s A B`
+        (see `LoraRegularizer`). The model's variables then count as they
+        did before `enable_lora`, the factors in place of their weight.
 
         Args:
             model: a built Keras model.
@@ -389,16 +398,22 @@ class FisherMemory:
                 pair with another shape or kind of variable.
         """
         variables = list(model.trainable_variables)
-        by_path = {v.path: v for v in variables}
+        # A memory from before `enable_lora` remembers the weights LoRA
+        # froze; `attach` penalizes them through their factors.
+        pretrained = pretrained_variables(model)
+        by_path = {v.path: v for v in pretrained + variables}
         missing = [path for path in self._anchor if path not in by_path]
-        _refuse_lora_weights(model, missing)
         by_order = bool(missing)
+        same_count = [
+            c for c in (variables, pretrained) if len(c) == len(self._anchor)
+        ]
         if not by_order:
             pairs = [(path, by_path[path]) for path in self._anchor]
-        elif len(variables) == len(self._anchor):
-            pairs = list(zip(self._anchor, variables))
+        elif same_count:
+            pairs = list(zip(self._anchor, same_count[0]))
         else:
             extra = [v.path for v in variables if v.path not in self._anchor]
+            frozen = [v.path for v in model.weights if v.path in missing]
             raise ValueError(
                 "The memory does not fit the model: the memory's variable "
                 f"{missing[0]!r}"
@@ -407,6 +422,14 @@ class FisherMemory:
                 f"the memory has {len(self._anchor)} variables where the "
                 f"model has {len(variables)} (the model's {_few(extra)} are "
                 "not in the memory)."
+                + (
+                    f" The model has {_few(frozen)} but does not train them "
+                    "(a penalty on them would be constant): estimate the "
+                    "memory with those layers frozen as they are now "
+                    "(`layer.trainable = False`), or train them again."
+                    if frozen
+                    else ""
+                )
             )
         how = " (matched by order)" if by_order else ""
         for path, variable in pairs:
@@ -436,6 +459,9 @@ class FisherMemory:
     def penalty(self, model, *, num_train_examples, strength=1.0):
         """`strength/2 * n/num_train_examples * sum F (theta - anchor)^2`.
 
+        A weight that `enable_lora` froze counts at the weight its layer
+        computes with, `W + lora_alpha / lora_rank * A @ B`.
+
         Args:
             model: the model whose current weights are penalized.
             num_train_examples: the number of examples the training loss
@@ -450,17 +476,17 @@ class FisherMemory:
                 arguments are invalid.
         """
         scale = penalty_scale(self.num_examples, num_train_examples, strength)
-        variables = dict(self.match(model))
+        frozen = lora_layers(model)
+        values = {
+            path: current_value(variable, frozen)
+            for path, variable in self.match(model)
+        }
         terms = [
-            quadratic_penalty(
-                variables[path].value, self._anchor[path], fisher, scale
-            )
+            quadratic_penalty(values[path], self._anchor[path], fisher, scale)
             for path, fisher in self._fisher.items()
         ]
         for path, block in self._kronecker.items():
-            bias = (
-                variables[block.bias].value if block.bias is not None else None
-            )
+            bias = values[block.bias] if block.bias is not None else None
             anchor_bias = (
                 self._anchor[block.bias] if block.bias is not None else None
             )
@@ -471,7 +497,7 @@ class FisherMemory:
             )
             terms.append(
                 kronecker_penalty(
-                    variables[path].value,
+                    values[path],
                     bias,
                     anchor,
                     anchor_bias,
@@ -547,31 +573,6 @@ class FisherMemory:
             f"structure={self.structure}; trainable variables only, "
             "not normalization statistics>"
         )
-
-
-def _refuse_lora_weights(model, missing):
-    """Names a remembered weight that `enable_lora` froze, if any.
-
-    After `layer.enable_lora(rank)` the layer computes with `W + A B *
-    scale` and only `A` and `B` train: a penalty on `W` itself would be a
-    constant, so it is refused rather than silently dropped.
-    """
-    frozen = {}
-    for layer in model._flatten_layers(include_self=False):
-        if getattr(layer, "lora_enabled", False):
-            for name in ("_kernel", "_embeddings"):
-                if hasattr(layer, name):
-                    frozen[getattr(layer, name).path] = layer.name
-    for path in missing:
-        if path in frozen:
-            raise ValueError(
-                f"The memory remembers {path!r}, which `enable_lora` froze "
-                f"in layer {frozen[path]!r}: the layer now trains only its "
-                "LoRA factors, so a penalty on that weight would do "
-                "nothing. Estimate the memory after `enable_lora` (it then "
-                "remembers the LoRA factors `lora_kernel_a` and "
-                "`lora_kernel_b`), or keep the layer without LoRA."
-            )
 
 
 def _few(paths, count=4):
