@@ -13,6 +13,7 @@ from keras_memgeom import backend
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.src.memory.layer_taps import LayerTaps
 from keras_memgeom.src.memory.likelihood import likelihood_from_loss
+from keras_memgeom.src.memory.loss_units import loss_units
 from keras_memgeom.src.utils.batches import iterate_batches
 from keras_memgeom.src.utils.checks import check_finite_data
 from keras_memgeom.src.utils.checks import check_positive_int
@@ -588,13 +589,13 @@ class _BatchStep:
         return self.likelihood.score(outputs, labels)[None] * root
 
     def _unit_cotangents(self, outputs, y, weights, mask, noise):
-        """`(K,) + outputs.shape` cotangents, the units, the counted units.
+        """`(K,) + outputs.shape` cotangents, their units, the counted ones.
 
         Every output unit (an example, or a position of a sequence) is one
         draw of the likelihood: its cotangents are scaled by the square root
         of its sample weight, masked units get none and are not counted.
-        The units are the unmasked ones, whatever their weight (Keras
-        divides a weighted loss by them); the counted units, `(batch,
+        The units are `loss_units`, whatever their weight (Keras divides
+        a weighted loss by them); the counted units, `(batch,
         [positions])`, 1 where the weight is positive too, are those whose
         inputs enter the K-FAC factors.
         Per-token outputs with the `exact` estimator pull back every
@@ -604,12 +605,9 @@ class _BatchStep:
         """
         d = self.output_dim
         dtype = outputs.dtype
-        weights = ops.cast(weights, dtype)
-        count = ops.cast(ops.size(weights), dtype)
-        if mask is not None:
-            mask = ops.cast(ops.reshape(mask, ops.shape(weights)), dtype)
-            weights = weights * mask
-            count = ops.sum(mask)
+        units = loss_units(outputs, mask)
+        weights = ops.cast(weights, dtype) * units
+        count = ops.sum(units)
         counted = ops.cast(weights > 0, dtype)
         if noise is not None:  # (batch, positions, samples, d)
             noise = ops.reshape(
