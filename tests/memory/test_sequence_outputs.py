@@ -148,18 +148,13 @@ def test_per_token_sequential_bayes_lands_on_the_joint_fit(rng, structure):
 
     With `n` and `num_train_examples` counted in unmasked tokens, strength
     1 makes the second task's objective the joint one. The diagonal memory
-    is exact for a single weight (padded sequences: masked tokens count
-    nowhere); K-FAC for a Dense with bias on unpadded sequences (its `A`
-    averages over a layer's positions, padded ones included).
+    is exact for a single weight, K-FAC for a Dense with bias, on padded
+    sequences: masked tokens count nowhere (nor enter `A`).
     """
     kfac = structure == "kfac"
     true = rng.normal(size=(3 if kfac else 2, 1))
-
-    def lengths(n):
-        return np.full(n, 5) if kfac else rng.integers(2, 6, n)
-
-    task_a = _regression_task(rng, 12, 0.0, true, lengths(12))
-    task_b = _regression_task(rng, 8, 1.5, true, lengths(8))
+    task_a = _regression_task(rng, 12, 0.0, true, rng.integers(2, 6, 12))
+    task_b = _regression_task(rng, 8, 1.5, true, rng.integers(2, 6, 8))
     model = _per_token_regression(len(true) - 1, bias=kfac)
     model.set_weights(_least_squares(kfac, task_a))
     memory = FisherMemory.estimate(model, task_a, structure=structure)
@@ -200,3 +195,113 @@ def test_per_token_sequential_bayes_lands_on_the_joint_fit(rng, structure):
     at_joint = full_batch_step(_least_squares(kfac, task_a, task_b))
     at_a = full_batch_step(_least_squares(kfac, task_a))
     assert np.linalg.norm(at_joint) < 1e-4 * np.linalg.norm(at_a)
+
+
+def _softmax(z):
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("padding", ["mask", "sample_weight"])
+def test_kfac_factors_of_padded_tokens_leave_the_padding_out(rng, padding):
+    """`A` and `G` against numpy, from the counted tokens alone.
+
+    Per position `t`, a Dense sees `a_t` and gets the exact Fisher's
+    output gradients `g_t g_t^T = w_t J_t^T (diag p_t - p_t p_t^T) J_t`:
+    `A` is the mean of `a_t a_t^T` over the counted tokens (unmasked, with
+    a positive weight), `G` the sum of the `g_t g_t^T` over the units `n`
+    (unmasked tokens, a zero weight still one unit, as Keras's loss divides
+    by them).
+    """
+    tokens = keras.Input((6,), dtype="int32")
+    embedded = keras.layers.Embedding(
+        VOCABULARY, 3, mask_zero=padding == "mask"
+    )(tokens)
+    hidden = keras.layers.Dense(4, activation="tanh")
+    out = keras.layers.Dense(VOCABULARY)
+    model = keras.Model(tokens, out(hidden(embedded)))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x = rng.integers(1, VOCABULARY, size=(5, 6)).astype("int32")
+    lengths = np.array([6, 2, 4, 1, 5])
+    for b, length in enumerate(lengths):
+        x[b, length:] = 0
+    y = rng.integers(0, VOCABULARY, size=(5, 6))
+    weights = rng.uniform(0.5, 2.0, size=(5, 6)).astype("float32")
+    weights[2, 1] = 0.0  # a zero-weight token: one unit, not an input
+    if padding == "sample_weight":
+        weights[x == 0] = 0.0
+    with pytest.warns(UserWarning, match="embeddings"):
+        _, n, kronecker = estimate_fisher(
+            model, (x, y, weights), structure="kfac", batch_size=2
+        )
+
+    embeddings = model.layers[1].get_weights()[0].astype("float64")
+    w1, b1 = (v.astype("float64") for v in hidden.get_weights())
+    w2, b2 = (v.astype("float64") for v in out.get_weights())
+    e = embeddings[x]  # (batch, positions, 3)
+    h = np.tanh(e @ w1 + b1)
+    p = _softmax(h @ w2 + b2)
+    units = x != 0 if padding == "mask" else np.ones_like(x, bool)
+    counted = units & (weights > 0)
+    assert n == units.sum()
+    a_hidden, a_out, g_hidden, g_out = 0.0, 0.0, 0.0, 0.0
+    for b, t in zip(*np.nonzero(counted)):
+        output_fisher = weights[b, t] * (
+            np.diag(p[b, t]) - np.outer(p[b, t], p[b, t])
+        )
+        jacobian = w2.T * (1.0 - h[b, t] ** 2)  # d logits / d hidden z
+        a_hidden += np.outer(*[np.r_[e[b, t], 1.0]] * 2)
+        a_out += np.outer(*[np.r_[h[b, t], 1.0]] * 2)
+        g_hidden += jacobian.T @ output_fisher @ jacobian
+        g_out += output_fisher
+    count = counted.sum()
+    expected = {
+        hidden.kernel.path: (a_hidden / count, g_hidden / n),
+        out.kernel.path: (a_out / count, g_out / n),
+    }
+    for kernel, (a, g) in expected.items():
+        np.testing.assert_allclose(kronecker[kernel][1], a, rtol=1e-5)
+        np.testing.assert_allclose(
+            kronecker[kernel][2], g, rtol=1e-5, atol=1e-9
+        )
+
+
+def _any_length_tagger():
+    """`_tagger` on sequences of any length."""
+    tokens = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(VOCABULARY, 3, mask_zero=True)(tokens)
+    h = keras.layers.MultiHeadAttention(2, 2)(h, h)
+    model = keras.Model(tokens, keras.layers.Dense(VOCABULARY)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def test_a_new_sequence_length_gets_its_own_step(rng):
+    """Positions are static in a compiled step: each length has its own."""
+    model = _any_length_tagger()
+    data = {}
+    for length in (8, 12):
+        x = rng.integers(1, VOCABULARY, size=(2, length)).astype("int32")
+        x[0, length // 2 :] = 0
+        y = rng.integers(0, VOCABULARY, size=(2, length))
+        data[length] = (x, y)
+        fisher, n = estimate_fisher(model, (x, y))
+        expected, count = _per_token_reference(model, x, np.ones(x.shape))
+        assert n == count
+        for path, value in expected.items():
+            np.testing.assert_allclose(
+                fisher[path], value, rtol=2e-5, atol=1e-9, err_msg=path
+            )
+    # Batches of both lengths in one estimate: the mean over all tokens.
+    both, n = estimate_fisher(model, [data[8], data[12], data[8]])
+    totals = {8: estimate_fisher(model, data[8]), 12: (fisher, count)}
+    assert n == 2 * totals[8][1] + count
+    for path in both:
+        expected = (
+            2 * totals[8][0][path] * totals[8][1] + fisher[path] * count
+        ) / n
+        np.testing.assert_allclose(both[path], expected, rtol=1e-5, atol=1e-9)

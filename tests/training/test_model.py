@@ -8,6 +8,7 @@ import keras_memgeom
 from keras_memgeom import FisherMemory
 from keras_memgeom.src.memory.attach import attached_regularizers
 from keras_memgeom.src.memory.attach import attachment_of
+from keras_memgeom.src.training.train_examples import count_train_examples
 from tests.memory.helpers import classification_data
 
 pytestmark = pytest.mark.usefixtures("full_precision")
@@ -268,6 +269,62 @@ def test_a_finite_dataset_is_counted(rng):
     )
     with pytest.raises(ValueError, match="num_train_examples"):
         model.fit(dataset.repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+
+
+def test_per_token_outputs_count_the_unmasked_training_tokens(rng):
+    """`n_B` of a per-token loss: the unmasked tokens `fit` trains on.
+
+    Padding (token 0) is masked; a zero sample weight still counts, as
+    Keras divides the weighted loss by it. Inferred, the count trains as
+    the same number given.
+    """
+    tf = pytest.importorskip("tensorflow")
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(5, 3, mask_zero=True)(tokens)
+    model = keras_memgeom.Model(tokens, keras.layers.Dense(5)(h))
+    x = rng.integers(1, 5, size=(20, 6)).astype("int32")
+    for b, length in enumerate(rng.integers(1, 7, 20)):
+        x[b, length:] = 0
+    y = rng.integers(0, 5, size=(20, 6))
+    weights = rng.uniform(0.5, 2.0, size=(20, 6)).astype("float32")
+    weights[:, 0] = 0.0
+    model.compile(keras.optimizers.SGD(0.1), LOSS)
+    memory = FisherMemory.estimate(model, (x, y))
+    assert memory.num_examples == np.count_nonzero(x)
+    start = [w + 0.3 for w in model.get_weights()]
+    # `validation_split=0.25` trains on the first 15 sequences.
+    trained_tokens = np.count_nonzero(x[:15])
+
+    def train(**compile_kwargs):
+        model.set_weights(start)
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            LOSS,
+            memories=[memory],
+            **compile_kwargs,
+        )
+        model.fit(
+            x,
+            y,
+            sample_weight=weights,
+            batch_size=4,
+            epochs=1,
+            shuffle=False,
+            validation_split=0.25,
+            verbose=0,
+        )
+        return model.get_weights()
+
+    inferred = train()
+    assert model.get_compile_config()["num_train_examples"] == trained_tokens
+    given = train(num_train_examples=int(trained_tokens))
+    for a, b in zip(inferred, given):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # The number of sequences would weigh the memory differently.
+    sequences = train(num_train_examples=15)
+    assert not np.allclose(inferred[0], sequences[0])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    assert count_train_examples(dataset, model=model) == np.count_nonzero(x)
 
 
 def test_refitting_does_not_retrace_the_train_step(rng):

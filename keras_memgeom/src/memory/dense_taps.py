@@ -206,30 +206,6 @@ class DenseTaps:
             out.extend(squared_gradients(layer, x, g, shape))
         return out
 
-    def kronecker_factors(self, inputs, output_grads):
-        """Per-layer batch sums of the K-FAC factors' per-example terms.
-
-        For a Dense layer, `A = sum_b a_b a_b^T` over the inputs with a 1
-        appended for the bias and `G = sum_k sum_b g_kb g_kb^T` over the tap
-        gradients. For a Conv2D (Grosse & Martens 2016), `A` is averaged
-        over the input patches of every output position and `G` summed
-        over the positions (`position_factors`), so `A (x) G`
-        approximates the kernel's Fisher.
-
-        Args:
-            inputs: the recorded layer inputs, as for `squared_gradients`.
-            output_grads: the tap gradients, as for `squared_gradients`.
-
-        Returns:
-            A list of `(A, G)` sums over the batch, one pair per layer.
-        """
-        return [
-            kronecker_factors(layer, x, g, shape)
-            for layer, x, g, shape in zip(
-                self.layers, inputs, output_grads, self._output_shapes
-            )
-        ]
-
 
 def tapped_call(layer, inputs, tap):
     """A Dense or Conv2D layer's call with `tap` added to its pre-activation."""
@@ -287,42 +263,65 @@ def squared_gradients(layer, x, g, shape):
     return out
 
 
-def kronecker_factors(layer, x, g, shape):
-    """Batch sums of a Dense or Conv2D layer's K-FAC terms, `(A, G)`.
+def kronecker_factors(layer, x, g, shape, counted):
+    """Batch sums of a Dense or Conv2D layer's K-FAC terms, `(A, G, count)`.
 
-    `x` and `g` as for `squared_gradients`; see
-    `DenseTaps.kronecker_factors`.
+    `x` and `g` as for `squared_gradients`; a Conv2D's positions are its
+    output's `(height, width)`. `counted` and the sums as for
+    `position_factors`.
     """
-    positions = 1
     if not isinstance(layer, keras.layers.Dense):
-        positions = shape[0] * shape[1]
         x = patches(layer, x, shape)
-    return position_factors(x, g, positions, layer.use_bias)
+        x = ops.reshape(x, (-1, *shape[:2], x.shape[-1]))
+    return position_factors(x, g, counted, layer.use_bias)
 
 
-def position_factors(x, g, positions, use_bias):
-    """K-FAC sums of a layer applied alike at `positions` places per example.
+def position_factors(x, g, counted, use_bias):
+    """K-FAC sums of a layer applied alike at every position of its input.
+
+    K-FAC-expand (Grosse & Martens 2016; Eschenhagen et al. 2023): every
+    counted position of every example is one input of the layer. `A`
+    divided by `count` (the mean of `a a^T` over counted positions) and
+    `G` by the units the loss averages over (examples, or tokens) make
+    `A (x) G` the per-unit Fisher, exact for one example at one place.
 
     Args:
-        x: the inputs at every place, any shape ending in `fan_in`.
-        g: the output gradients at every place, any shape ending in `units`.
-        positions: places per example; `A` is averaged over them, `G`
-            summed: K-FAC-expand (Grosse & Martens 2016; Eschenhagen et
-            al. 2023). `A` divided by the examples and `G` by the units the
-            loss averages over (examples, or tokens) make `A (x) G` the
-            per-unit Fisher, exact for one example at one place.
+        x: the inputs, `(batch, *positions, fan_in)`.
+        g: the output gradients, `(K, batch, *positions, units)`.
+        counted: 1 for each output unit the loss counts with a positive
+            weight, 0 for a masked or zero-weight one: `(batch,)`, or
+            `(batch, *output_positions)` for per-token outputs. A layer
+            whose positions are the output's (applied at every token)
+            counts each position as the output does; any other layer counts
+            all the positions of every example with a counted unit. The
+            others enter neither factor: a padded position's inputs are
+            not the data's.
         use_bias: whether a 1 is appended to every input (for the bias).
 
     Returns:
-        `(A, G)`, `(fan_in [+ 1], fan_in [+ 1])` and `(units, units)`.
+        `(A, G, count)`: `A` the sum of `a a^T` (`(fan_in [+ 1],) * 2`) and
+        `G` of `g g^T` (`(units, units)`) over the counted positions of the
+        batch (`G` over the `K` cotangents too), and the number of those
+        positions.
     """
+    positions = tuple(x.shape[1:-1])
+    counted = ops.cast(counted, x.dtype)
+    if tuple(counted.shape[1:]) != positions:
+        if len(counted.shape) > 1:
+            counted = ops.max(counted, axis=tuple(range(1, len(counted.shape))))
+        counted = ops.reshape(counted, (-1, *[1] * len(positions)))
+        counted = counted * ops.ones_like(x[..., 0])
+    counted = ops.reshape(counted, (-1, 1))
     x = ops.reshape(x, (-1, x.shape[-1]))
     if use_bias:
         x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+    # `counted` is 0 or 1: one factor of it weighs `a a^T` and `g g^T`.
+    x = x * counted
+    g = ops.reshape(g, (g.shape[0], -1, g.shape[-1])) * counted[None]
     g = ops.reshape(g, (-1, g.shape[-1]))
-    a_sum = ops.matmul(ops.transpose(x), x) / positions
+    a_sum = ops.matmul(ops.transpose(x), x)
     g_sum = ops.matmul(ops.transpose(g), g)
-    return a_sum, g_sum
+    return a_sum, g_sum, ops.sum(counted)
 
 
 def masked_kernel(layer):

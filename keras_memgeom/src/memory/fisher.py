@@ -13,6 +13,7 @@ from keras_memgeom import backend
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.src.memory.layer_taps import LayerTaps
 from keras_memgeom.src.memory.likelihood import likelihood_from_loss
+from keras_memgeom.src.memory.loss_units import loss_units
 from keras_memgeom.src.utils.batches import iterate_batches
 from keras_memgeom.src.utils.checks import check_finite_data
 from keras_memgeom.src.utils.checks import check_positive_int
@@ -21,7 +22,8 @@ ESTIMATORS = ("exact", "sampled", "empirical", "batched")
 STRUCTURES = ("diagonal", "kfac")
 
 # Compiled per-batch steps, reused across calls on the same model: weights
-# are arguments, so only the architecture and the estimator key a step.
+# are arguments, so only the architecture, the estimator and the input
+# shapes (less the batch axis) key a step.
 _STEPS = weakref.WeakKeyDictionary()
 
 
@@ -110,8 +112,11 @@ def estimate_fisher(
             Curvature for Modern Neural Network Architectures": every
             position counts as an input, `A` is the mean of `a a^T` over
             examples and positions, `G` the sum of `g g^T` over positions
-            averaged over examples; exact for one example at one
-            position.
+            averaged over units; exact for one example at one position.
+            Masked and zero-weight units enter neither factor, nor do the
+            positions a layer shares with them (a layer applied at every
+            token of per-token outputs), nor, for any other layer, the
+            examples with no counted unit.
 
     Labels are checked on the host as Keras's losses read them, and the
     outputs of the first batch are checked to be probabilities when the loss
@@ -129,8 +134,8 @@ def estimate_fisher(
         `structure="kfac"`, `(fisher, num_examples, kronecker)`: `fisher`
         then covers the variables outside Kronecker blocks, and `kronecker`
         maps each kernel's path to `(bias_path or None, A, G, mask or
-        None)`, `A` a mean per example, `G` per unit (a pre-pruned layer's
-        mask too).
+        None)`, `A` a mean over the counted inputs, `G` per unit (a
+        pre-pruned layer's mask too).
 
     Raises:
         ValueError: for an unknown estimator, a `num_samples`, `batch_size`
@@ -148,7 +153,8 @@ def estimate_fisher(
             a single example would not fit in the device's memory, or
             `structure="kfac"` on a model with no layer to factor (Dense,
             EinsumDense, Conv1D, Conv2D; a warning names the variables that
-            stay diagonal when only some are outside one).
+            stay diagonal when only some are outside one) or on data whose
+            sample weights are all zero.
 
     Example:
 
@@ -194,24 +200,23 @@ def estimate_fisher(
             "The model has no trainable variables: build it (call it on data "
             "or give it an input shape) before estimating its Fisher."
         )
-    step = None
+    sized = set()  # the steps this call has sized to the free memory
     totals = None
     num_examples = 0
+    num_positions = 0
     for x, y, weights in iterate_batches(
         data, batch_size, max_examples, weights=True
     ):
         check_finite_data("The data's inputs", x)
-        if step is None:
+        if not sized:
             _check_batch_axis(model, x)
-            step = _cached_step(
-                model,
-                variables,
-                likelihood,
-                estimator,
-                num_samples,
-                x,
-                structure,
-            )
+        # One step per input shape: batches of sequences of another length
+        # (or any other input shape) get their own.
+        step = _cached_step(
+            model, variables, likelihood, estimator, num_samples, x, structure
+        )
+        if step not in sized:
+            sized.add(step)
             step.part_size = _examples_that_fit(
                 step, estimator, num_samples, backend.free_memory()
             )
@@ -219,14 +224,14 @@ def estimate_fisher(
         # On several processes each holds its rows of one global batch.
         offset, global_batch = backend.global_batch_position(len(y))
         batch = (x, y, step.unit_weights(weights, y))
+        positions = y.shape[1] if step.sequence else 1
         if estimator == "sampled":
             # Per-token outputs draw a label per position: the positions of
             # all examples are numbered one after another.
-            positions = y.shape[1] if step.sequence else 1
             noise = sampled_noise(
                 likelihood,
                 seed,
-                (num_examples + offset) * positions,
+                num_positions + offset * positions,
                 len(y) * positions,
                 step.output_dim,
                 num_samples,
@@ -246,6 +251,7 @@ def estimate_fisher(
                         [float(ops.convert_to_numpy(c)) for c in device_checks]
                     )
         num_examples += global_batch
+        num_positions += global_batch * positions
     if num_examples == 0:
         raise ValueError(
             "The data is empty: a Fisher memory needs at least one example."
@@ -253,7 +259,6 @@ def estimate_fisher(
     totals = backend.batch_total(totals)
     # The Fisher is a mean per unit the loss averages over: per unmasked
     # position for per-token outputs, per (unmasked) example otherwise.
-    num_sequences = num_examples
     num_examples = int(round(float(ops.convert_to_numpy(totals["units"]))))
     if num_examples == 0:
         raise ValueError(
@@ -268,14 +273,20 @@ def estimate_fisher(
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
-    for layer, (a, g) in zip(step.kfac_layers, totals["factors"]):
+    for layer, (a, g, count) in zip(step.kfac_layers, totals["factors"]):
         bias = layer.bias.path if _has_bias(layer) else None
         kernel = layer.kernel.path
+        count = float(ops.convert_to_numpy(count))
+        if count == 0:
+            raise ValueError(
+                "Every sample_weight is zero: the K-FAC factors of "
+                f"{kernel} average over no input."
+            )
         kronecker[kernel] = (
             bias,
-            # K-FAC-expand: `A` a mean per example (over its positions),
-            # `G` per unit (summed over positions).
-            _mean(a, num_sequences, kernel, "float64"),
+            # K-FAC-expand: `A` a mean over the counted positions, `G` per
+            # unit (summed over positions).
+            _mean(a, count, kernel, "float64"),
             _mean(g, num_examples, kernel, "float64"),
             _kernel_mask(layer),
         )
@@ -578,11 +589,15 @@ class _BatchStep:
         return self.likelihood.score(outputs, labels)[None] * root
 
     def _unit_cotangents(self, outputs, y, weights, mask, noise):
-        """`(K,) + outputs.shape` cotangents, and the units they count.
+        """`(K,) + outputs.shape` cotangents, their units, the counted ones.
 
         Every output unit (an example, or a position of a sequence) is one
         draw of the likelihood: its cotangents are scaled by the square root
         of its sample weight, masked units get none and are not counted.
+        The units are `loss_units`, whatever their weight (Keras divides
+        a weighted loss by them); the counted units, `(batch,
+        [positions])`, 1 where the weight is positive too, are those whose
+        inputs enter the K-FAC factors.
         Per-token outputs with the `exact` estimator pull back every
         position's cotangents apart, so that the squares hold no products
         of two positions: the Fisher of a sequence is the sum of its
@@ -590,12 +605,10 @@ class _BatchStep:
         """
         d = self.output_dim
         dtype = outputs.dtype
-        weights = ops.cast(weights, dtype)
-        count = ops.cast(ops.size(weights), dtype)
-        if mask is not None:
-            mask = ops.cast(ops.reshape(mask, ops.shape(weights)), dtype)
-            weights = weights * mask
-            count = ops.sum(mask)
+        units = loss_units(outputs, mask)
+        weights = ops.cast(weights, dtype) * units
+        count = ops.sum(units)
+        counted = ops.cast(weights > 0, dtype)
         if noise is not None:  # (batch, positions, samples, d)
             noise = ops.reshape(
                 ops.transpose(noise, (2, 0, 1, 3)), (noise.shape[2], -1, d)
@@ -618,7 +631,7 @@ class _BatchStep:
                 apart,
                 (positions * cotangents.shape[0], *ops.shape(outputs)),
             )
-        return ops.stop_gradient(cotangents), count
+        return ops.stop_gradient(cotangents), count, counted
 
     def _squared_gradients(self, values, x, y, weights, noise=None):
         """Per-variable sums of squared per-unit gradients, and checks.
@@ -643,7 +656,7 @@ class _BatchStep:
         outputs, (inputs, mask), pullback = backend.linearize(
             forward, self.taps.zeros(batch, dtype)
         )
-        cotangents, count = self._unit_cotangents(
+        cotangents, count, counted = self._unit_cotangents(
             outputs, y, weights, mask[0] if mask else None, noise
         )
         checks = self.likelihood.output_checks(
@@ -663,7 +676,7 @@ class _BatchStep:
             )
             sums.update(zip(self.fast, fast))
             if self.kfac_layers:
-                factors = self.taps.kronecker_factors(inputs, grads)
+                factors = self.taps.kronecker_factors(inputs, grads, counted)
         diagonal = [sums[i] for i in self.diagonal]
         return {
             "diagonal": diagonal,
@@ -736,7 +749,9 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
 def _cached_step(
     model, variables, likelihood, estimator, num_samples, example_x, structure
 ):
-    # The number of cotangents is static in a traced step: one step per count.
+    # The number of cotangents and the positions (the taps' shapes, the
+    # per-token cotangents) are static in a traced step: one step per count
+    # and per input shape, less the batch axis.
     key = (
         estimator,
         structure,
@@ -744,6 +759,7 @@ def _cached_step(
         type(likelihood),
         tuple(sorted(vars(likelihood).items())),
         tuple((v.path, tuple(v.shape)) for v in variables),
+        tuple(np.shape(leaf)[1:] for leaf in keras.tree.flatten(example_x)),
     )
     steps = _STEPS.setdefault(model, {})
     if key not in steps:

@@ -28,10 +28,11 @@ KroneckerBlock.__doc__ = """The Kronecker factors of a layer's kernel and bias.
 
 Args:
     bias: the path of the layer's bias, or `None` without one.
-    a: `(fan_in [+ 1], fan_in [+ 1])`, the per-example second moment of the
-        layer's inputs (averaged over the input patches of a convolution or
-        the positions of a sequence), with a 1 appended where there is a
-        bias; or that matrix as an `EigenFactor`.
+    a: `(fan_in [+ 1], fan_in [+ 1])`, the second moment of the layer's
+        inputs (averaged over the input patches of a convolution or the
+        positions of a sequence, the masked and zero-weight ones left out),
+        with a 1 appended where there is a bias; or that matrix as an
+        `EigenFactor`.
     g: `(units, units)`, the second moment of the gradients at the
         layer's outputs (summed over positions), per unit the loss averages
         over (an example, or a token of per-token outputs); or that matrix

@@ -111,8 +111,10 @@ class _DenseConv2D(_Rule):
     def squared(self, layer, x, grads, shapes):
         return dense_taps.squared_gradients(layer, x, grads[0], shapes[0])
 
-    def factors(self, layer, x, grads, shapes):
-        return dense_taps.kronecker_factors(layer, x, grads[0], shapes[0])
+    def factors(self, layer, x, grads, shapes, counted):
+        return dense_taps.kronecker_factors(
+            layer, x, grads[0], shapes[0], counted
+        )
 
     def per_example_size(self, layer, input_shape, output_shape):
         if isinstance(layer, keras.layers.Dense):
@@ -214,14 +216,16 @@ class _Einsum(_Rule):
             return None
         return len(prefix)
 
-    def factors(self, layer, x, grads, shapes):
+    def factors(self, layer, x, grads, shapes, counted):
         prefix = self.matrix_split(layer, len(x.shape))
-        positions = _size(x.shape[1:prefix])
-        x = ops.reshape(x, (-1, _size(x.shape[prefix:])))
+        positions = tuple(x.shape[1:prefix])
+        x = ops.reshape(x, (-1, *positions, _size(x.shape[prefix:])))
         g = grads[0]  # `(K,) + output`, the output's first axes positions
-        g = ops.reshape(g, (-1, _size(g.shape[1 + prefix :])))
+        g = ops.reshape(
+            g, (g.shape[0], -1, *positions, _size(g.shape[1 + prefix :]))
+        )
         return dense_taps.position_factors(
-            x, g, positions, getattr(layer, "bias", None) is not None
+            x, g, counted, getattr(layer, "bias", None) is not None
         )
 
 
@@ -260,11 +264,11 @@ class _Conv1D(_Rule):
             out.append(_sum_squares(ops.sum(g, axis=2)))
         return out
 
-    def factors(self, layer, x, grads, shapes):
+    def factors(self, layer, x, grads, shapes, counted):
         return dense_taps.position_factors(
             self._patches(layer, x, shapes[0]),
             grads[0],
-            shapes[0][0],
+            counted,
             layer.use_bias,
         )
 
@@ -657,19 +661,23 @@ class LayerTaps:
                 out.extend(rule.squared(layer, s, grads, shapes))
         return out
 
-    def kronecker_factors(self, saved, output_grads):
-        """Batch sums `(A, G)` of the K-FAC terms of every `kfac_layers` one.
+    def kronecker_factors(self, saved, output_grads, counted):
+        """Batch sums of the K-FAC terms of every `kfac_layers` one.
 
         Args:
             saved: what `active` recorded.
             output_grads: the tap gradients, as for `squared_gradients`.
+            counted: 1 for each output unit (example or position) the
+                loss counts with a positive weight, else 0; see
+                `dense_taps.position_factors`.
 
         Returns:
-            A list of `(A, G)` pairs aligned with `kfac_layers`.
+            A list of `(A, G, count)` aligned with `kfac_layers`: sums over
+            the counted positions and their number.
         """
         kfac = {id(layer) for layer in self.kfac_layers}
         return [
-            rule.factors(layer, s, grads, shapes)
+            rule.factors(layer, s, grads, shapes, counted)
             for layer, rule, s, grads, shapes in self._per_layer(
                 saved, output_grads
             )

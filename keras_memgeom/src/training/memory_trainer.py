@@ -86,11 +86,16 @@ class MemoryTrainer:
             memories: a list of `FisherMemory` whose penalties are added
                 to the loss (one term per memory), or `None`.
             strength: the memories' strength (`1` is the Laplace scaling).
-            num_train_examples: the number of examples the loss averages
-                over. By default `fit` counts them: the arrays' length less
-                the `validation_split` part, or one pass over a finite
-                `tf.data.Dataset`. Sample weights do not change it (Keras
-                averages a weighted loss over the batch size). Needed for
+            num_train_examples: the number of units the loss averages
+                over: examples, or for per-token outputs `(batch,
+                positions, d)` the unmasked tokens (as a Fisher memory's
+                `n` counts them). By default `fit` counts them: the
+                arrays' length less the `validation_split` part, or one
+                pass over a finite `tf.data.Dataset`; tokens in one
+                compiled pass of the model over the training inputs,
+                before training. Sample weights do not change it (Keras
+                averages a weighted loss over all the units of a batch,
+                zero weights included). Needed for
                 `train_on_batch`, `evaluate` or a custom loop before any
                 `fit`, and for Python generators and `PyDataset`s.
             frontal_lobe: a `FrontalLobe` whose information penalty is added
@@ -302,10 +307,14 @@ class MemoryTrainer:
             arguments = _FIT_SIGNATURE.bind(
                 self, x, y, *args, **kwargs
             ).arguments
-            split = arguments.get("validation_split", 0.0)
             self._attach_memories(
                 self.num_train_examples
-                or count_train_examples(x, validation_split=split)
+                or count_train_examples(
+                    x,
+                    validation_split=arguments.get("validation_split", 0.0),
+                    model=self,
+                    batch_size=arguments.get("batch_size"),
+                )
             )
         return super().fit(x, y, *args, **kwargs)
 
