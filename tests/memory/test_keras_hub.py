@@ -31,6 +31,11 @@ LENGTH = 6
 
 
 def _bert():
+    if keras.backend.backend() == "tensorflow":
+        # Known failure, not a tolerance: TensorFlow 2.21 aborts the process
+        # (a freed invalid pointer) in `tf.vectorized_map` over the
+        # per-example gradients of BERT's token embedding.
+        pytest.skip("TensorFlow aborts estimating this BERT's Fisher")
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=20,
         num_layers=1,
