@@ -1,10 +1,11 @@
 """The Fisher's cost on the layers Keras users train, against an epoch.
 
-Four small classifiers on random data: a tiny transformer (Embedding,
+Five small classifiers on random data: a tiny transformer (Embedding,
 MultiHeadAttention, LayerNormalization), a BatchNorm CNN with depthwise
 and separable convolutions, MobileNetV3Small (`keras.applications`,
-`weights=None`, 32x32 inputs) and an LSTM. For each, under the current
-`KERAS_BACKEND`, prints:
+`weights=None`, 32x32 inputs), an LSTM and a two-layer keras-hub BERT
+classifier built from a config (skipped, with a note, without keras-hub).
+For each, under the current `KERAS_BACKEND`, prints:
 
 - the exact diagonal Fisher estimate's time over one training epoch on the
   same examples (both after a first, compiling run);
@@ -13,10 +14,12 @@ and separable convolutions, MobileNetV3Small (`keras.applications`,
 - which layers got Kronecker factors.
 
 Run under each backend, e.g.
-`KERAS_BACKEND=jax python benchmarks/architectures.py [--examples 64]`.
+`KERAS_BACKEND=jax python benchmarks/architectures.py [--examples 64]
+[--architectures bert]`.
 """
 
 import argparse
+import importlib.util
 import time
 
 import keras
@@ -68,7 +71,25 @@ def _lstm():
     return sequences, keras.layers.Dense(CLASSES)(h)
 
 
+def _bert():
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=100,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=16,
+    )
+    classifier = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=CLASSES, preprocessor=None
+    )
+    return classifier.inputs, classifier.outputs
+
+
 ARCHITECTURES = {
+    "bert": (_bert, "bert_tokens"),
     "transformer": (_transformer, "tokens"),
     "separable_cnn": (_separable_cnn, "images"),
     "mobilenet_v3_small": (_mobilenet, "images"),
@@ -77,6 +98,13 @@ ARCHITECTURES = {
 
 
 def _data(kind, n, rng):
+    if kind == "bert_tokens":
+        tokens = rng.integers(0, 100, size=(n, 16)).astype("int32")
+        return {
+            "token_ids": tokens,
+            "segment_ids": np.zeros_like(tokens),
+            "padding_mask": np.ones_like(tokens),
+        }
     if kind == "tokens":
         return rng.integers(0, 100, size=(n, 16)).astype("int32")
     if kind == "images":
@@ -115,7 +143,7 @@ def _measure(name, args, rng):
         strength=1.0,
         num_train_examples=len(x),
     )
-    batch = (x[: args.batch_size], y[: args.batch_size])
+    batch = keras.tree.map_structure(lambda a: a[: args.batch_size], (x, y))
     steps = {}
     for label, model in (("plain", plain), ("memory", remembering)):
         steps[label] = min(
@@ -149,6 +177,9 @@ def main():
     print_environment()
     rng = np.random.default_rng(0)
     for name in args.architectures:
+        if name == "bert" and importlib.util.find_spec("keras_hub") is None:
+            print("bert: skipped, keras-hub is not installed", flush=True)
+            continue
         _measure(name, args, rng)
 
 

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from keras_memgeom import backend
+
 
 def softmax_regression(num_features=5, num_classes=3, from_logits=True):
     activation = None if from_logits else "softmax"
@@ -77,3 +79,50 @@ def minimize_quadratic(model, x, y):
         set_flat_weights(model, probe)
         hessian[:, i] = training_gradient(model, x, y) - g0
     set_flat_weights(model, start - np.linalg.solve(hessian, g0))
+
+
+def exact_fisher_sums(model, examples, weights):
+    """`sum_u w_u sum_c p_u(c) (d log p_u(c) / d theta)^2`, per variable path.
+
+    The exact Fisher of a model with logits outputs, summed over its units
+    (not yet divided by their count), one example at a time: no taps, no
+    vectorization over examples. `examples` holds the model's inputs one
+    example at a time (batches of one); `weights[b]` weighs example `b`'s
+    units: one number for a `(batch, d)` output, one per position for
+    `(batch, positions, d)` outputs (0 drops a position). The score of
+    class `c` at unit `u`, `e_c - p_u` there and zero elsewhere, is pulled
+    back from the logits by the backend's autodiff.
+    """
+    variables = model.trainable_variables
+    values = [v.value for v in variables]
+
+    def forward(current, inputs):
+        with keras.StatelessScope(state_mapping=list(zip(variables, current))):
+            return model(inputs, training=False), ()
+
+    totals = [0.0] * len(values)
+    for inputs, example_weights in zip(examples, weights):
+        outputs, _, pullback = backend.linearize(
+            lambda current: forward(current, inputs), values
+        )
+        logits = np.asarray(keras.ops.convert_to_numpy(outputs), "float64")
+        classes = logits.shape[-1]
+        units = logits.reshape(-1, classes)
+        example_weights = np.broadcast_to(example_weights, len(units))
+        for u in np.flatnonzero(example_weights):
+            p = np.exp(units[u] - units[u].max())
+            p /= p.sum()
+            # One cotangent per class, pulled back together.
+            cotangents = np.zeros((classes, *units.shape), "float32")
+            cotangents[:, u] = np.eye(classes) - p
+            grads = pullback(
+                keras.ops.convert_to_tensor(
+                    cotangents.reshape(classes, *logits.shape)
+                )
+            )
+            for i, g in enumerate(grads):
+                g = np.asarray(keras.ops.convert_to_numpy(g), "float64")
+                totals[i] = totals[i] + example_weights[u] * np.tensordot(
+                    p, g**2, axes=1
+                )
+    return {v.path: total for v, total in zip(variables, totals)}

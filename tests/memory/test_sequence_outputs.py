@@ -6,8 +6,8 @@ import pytest
 
 import keras_memgeom
 from keras_memgeom import FisherMemory
-from keras_memgeom import backend
 from keras_memgeom.src.memory.fisher import estimate_fisher
+from tests.memory.helpers import exact_fisher_sums
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -36,54 +36,16 @@ def _tagging_data(rng, n):
     return x, y, weights
 
 
-def _numpy(t):
-    return np.asarray(keras.ops.convert_to_numpy(t), "float64")
-
-
-def _per_token_reference(model, x, weights):
-    """`sum_{b, t unmasked} w_bt E_c~p [(d log p_bt(c) / d theta)^2] / n`.
-
-    One example, one position and one class at a time: the score of class
-    `c` at position `t` is pulled back from the logits, `e_c - p` there and
-    zero elsewhere, and weighed by `p_c`.
-    """
-    variables = model.trainable_variables
-    values = [v.value for v in variables]
-
-    def forward(current, x_b):
-        with keras.StatelessScope(state_mapping=list(zip(variables, current))):
-            return model(x_b, training=False), ()
-
-    totals = [0.0] * len(values)
-    count = 0
-    for b in range(len(x)):
-        outputs, _, pullback = backend.linearize(
-            lambda current: forward(current, x[b : b + 1]), values
-        )
-        logits = _numpy(outputs)[0]
-        for t in np.flatnonzero(x[b]):  # unmasked positions
-            count += 1
-            p = np.exp(logits[t] - logits[t].max())
-            p /= p.sum()
-            for c in range(VOCABULARY):
-                cotangent = np.zeros((1, 1, *logits.shape), "float32")
-                cotangent[0, 0, t] = np.eye(VOCABULARY)[c] - p
-                grads = pullback(keras.ops.convert_to_tensor(cotangent))
-                for i, g in enumerate(grads):
-                    totals[i] = totals[i] + weights[b, t] * p[c] * (
-                        _numpy(g)[0] ** 2
-                    )
-    return {v.path: t / count for v, t in zip(variables, totals)}, count
-
-
 def test_per_token_fisher_is_the_masked_weighted_sum_over_tokens(rng):
     model = _tagger()
     x, y, weights = _tagging_data(rng, 4)
     fisher, n = estimate_fisher(model, (x, y, weights), batch_size=3)
-    expected, count = _per_token_reference(model, x, weights)
+    unmasked = x != 0
+    sums = exact_fisher_sums(model, x[:, None], weights * unmasked)
     # n counts unmasked tokens, as Keras's loss averages over them.
-    assert n == count == 4 * 4 - 2 - 1
-    for path, value in expected.items():
+    assert n == unmasked.sum() == 4 * 4 - 2 - 1
+    for path, total in sums.items():
+        value = total / n
         assert np.abs(value).max() > 0, path
         np.testing.assert_allclose(
             fisher[path], value, rtol=2e-5, atol=1e-9, err_msg=path
