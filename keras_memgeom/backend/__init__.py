@@ -92,7 +92,7 @@ def vectorize(fn):
     Returns:
         The mapped function: called on arguments with a common leading axis
         of size `N`, it returns `fn`'s outputs stacked along a leading axis
-        of size `N` (`jax.vmap`, `tf.vectorized_map` or `torch.func.vmap`).
+        of size `N` (`jax.vmap`, `tf.map_fn` or `torch.func.vmap`).
 
     Example:
 

@@ -37,10 +37,25 @@ def linearize(fn, primals):
 
 
 def vectorize(fn):
-    """TensorFlow: `tf.vectorized_map(fn)`."""
+    """TensorFlow: `tf.map_fn(fn)`, iterations run in parallel in a graph."""
+    # Not `tf.vectorized_map`: its conversion of per-example backward passes
+    # raises on recurrent layers' while loops and corrupts memory on some
+    # keras-hub models (TensorFlow 2.21). The first example is computed
+    # apart to read the output signature `map_fn` needs.
 
     def mapped(*args):
-        return tf.vectorized_map(lambda a: fn(*a), args)
+        first = fn(*tf.nest.map_structure(lambda a: a[0], args))
+        signature = tf.nest.map_structure(
+            lambda t: tf.TensorSpec(t.shape, t.dtype), first
+        )
+        rest = tf.map_fn(
+            lambda a: fn(*a),
+            tf.nest.map_structure(lambda a: a[1:], args),
+            fn_output_signature=signature,
+        )
+        return tf.nest.map_structure(
+            lambda f, r: tf.concat([f[None], r], axis=0), first, rest
+        )
 
     return mapped
 

@@ -25,14 +25,6 @@ keras_hub = pytest.importorskip("keras_hub")
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
-# A known failure, not a tolerance: TensorFlow 2.21 aborts the process (an
-# invalid pointer freed, or a segmentation fault) inside `tf.vectorized_map`
-# over these models' per-example gradients.
-estimates = pytest.mark.skipif(
-    keras.backend.backend() == "tensorflow",
-    reason="TensorFlow aborts estimating keras-hub models' Fisher",
-)
-
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 CLASSES = 3
 LENGTH = 6
@@ -100,7 +92,6 @@ def _remembering(task):
     return model
 
 
-@estimates
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_bert_classifier_fisher_is_the_per_example_loop(rng, lora):
     classifier = _bert()
@@ -125,7 +116,6 @@ def test_bert_classifier_fisher_is_the_per_example_loop(rng, lora):
         )
 
 
-@estimates
 def test_gpt2_fisher_weighs_tokens_by_the_padding_mask(rng):
     model = _remembering(_gpt2())
     x, y, weights = _gpt2_data(rng, 2)
@@ -158,7 +148,6 @@ def _dense_layers(model):
     ]
 
 
-@estimates
 @pytest.mark.parametrize("name", ["bert", "gpt2"])
 def test_kfac_factors_every_dense_and_einsum_dense(rng, name):
     if name == "bert":
