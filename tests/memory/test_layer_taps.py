@@ -351,7 +351,8 @@ def test_a_batch_that_does_not_fit_is_computed_in_parts(rng, monkeypatch):
     taps = LayerTaps(model).probe(x)
     per_example = 4 * (
         taps.activation_size
-        + NUM_CLASSES * (2 * taps.activation_size + taps.per_example_elements())
+        + NUM_CLASSES * 2 * taps.activation_size
+        + taps.per_example_elements(NUM_CLASSES)
     )
     # Room for two examples in the share of memory a step may plan on.
     free = 2.5 * per_example / fisher_module.MEMORY_SHARE
