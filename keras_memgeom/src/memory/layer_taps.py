@@ -20,7 +20,10 @@ gradients of its variables, exactly, without a per-example backward pass:
 - LayerNormalization and BatchNormalization (inference): `dgamma = sum g *
   x_hat` and `dbeta = sum g` over the non-feature axes of each example.
 
-Moving statistics and other non-trainable variables are never tapped.
+The convolution rules sum their squared per-example kernel gradients with
+`squared_products`, by whichever exact formula costs less at the layer's
+shapes. Moving statistics and other non-trainable variables are never
+tapped.
 """
 
 import contextlib
