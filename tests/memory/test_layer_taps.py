@@ -214,6 +214,13 @@ def test_tapped_fisher_equals_a_per_example_loop(rng, name, estimator):
 
 
 @pytest.mark.parametrize("recurrent", [keras.layers.LSTM, keras.layers.GRU])
+@pytest.mark.xfail(
+    keras.backend.backend() == "tensorflow",
+    reason="tf.vectorized_map cannot map the backward pass of the recurrent "
+    "layer's while loop (a TypeError on a variant tensor)",
+    raises=TypeError,
+    strict=True,
+)
 def test_recurrent_fisher_equals_a_per_example_loop(rng, recurrent):
     # No rule taps a recurrent layer: the generic vectorized path.
     model = keras.Sequential(

@@ -67,9 +67,10 @@ def _depthwise_squares(patches, g, kernel_shape):
     inputs mapped to its `multiplier` outputs.
     """
     kh, kw, channels, multiplier = kernel_shape
-    batch = ops.shape(patches)[0]  # dynamic under `tf.function`
-    patches = ops.reshape(patches, (batch, -1, kh * kw, channels))
-    g = ops.reshape(g, (g.shape[0], batch, -1, channels, multiplier))
+    # The batch is dynamic under `tf.function`; the positions stay static.
+    batch, positions = ops.shape(patches)[0], patches.shape[1]
+    patches = ops.reshape(patches, (batch, positions, kh * kw, channels))
+    g = ops.reshape(g, (g.shape[0], batch, positions, channels, multiplier))
     squares = squared_products(ops.swapaxes(patches, 2, 3), g)
     return ops.reshape(ops.swapaxes(squares, 0, 1), kernel_shape)
 
@@ -355,10 +356,10 @@ class _Separable(_Rule):
     def squared(self, layer, saved, grads, shapes):
         x, inner = saved
         patches = dense_taps.patches(layer, x, shapes[0])
-        batch = ops.shape(inner)[0]
-        inner = ops.reshape(inner, (batch, -1, 1, inner.shape[-1]))
+        batch, positions = ops.shape(inner)[0], _positions(inner.shape[1:])
+        inner = ops.reshape(inner, (batch, positions, 1, inner.shape[-1]))
         g = grads[1]
-        g = ops.reshape(g, (g.shape[0], batch, -1, 1, g.shape[-1]))
+        g = ops.reshape(g, (g.shape[0], batch, positions, 1, g.shape[-1]))
         pointwise = squared_products(inner, g)
         out = [
             _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape),
