@@ -103,7 +103,7 @@ class _Rule:
         return [output_shape]
 
     def per_example_size(self, layer, input_shape, output_shape, cotangents):
-        """Elements per example of the tensors `squared` forms, for `K`."""
+        """Elements per example `squared` holds for `cotangents` of them."""
         return 0
 
 
