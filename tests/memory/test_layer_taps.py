@@ -85,6 +85,30 @@ def _layer_norm():
     ], _sequences
 
 
+def _squeeze_excite(h):
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    s = keras.layers.Conv2D(4, 1, activation="relu")(s)
+    s = keras.layers.Conv2D(h.shape[-1], 1, activation="hard_sigmoid")(s)
+    return keras.layers.Multiply()([h, s])
+
+
+def _mobilenet_block():
+    # 1x1 outputs (the squeeze-excite convolutions) take the position
+    # products formula, the others the per-example one.
+    return [
+        keras.Input((6, 6, 3)),
+        keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.Activation("hard_swish"),
+        keras.layers.DepthwiseConv2D(3, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Activation("hard_swish"),
+        _squeeze_excite,
+        keras.layers.Conv2D(5, 1),
+        keras.layers.BatchNormalization(),
+    ], _images
+
+
 def _embedding():
     return [
         keras.Input((6,), dtype="int32"),
@@ -100,14 +124,17 @@ ARCHITECTURES = {
     "einsum_dense": _einsum,
     "layer_norm": _layer_norm,
     "embedding": _embedding,
+    "mobilenet_block": _mobilenet_block,
 }
 
 
 def _classifier(name):
     layers, data = ARCHITECTURES[name]()
-    model = keras.Sequential(
-        layers + [keras.layers.Flatten(), keras.layers.Dense(NUM_CLASSES)]
-    )
+    h = layers[0]
+    for layer in layers[1:]:
+        h = layer(h)
+    h = keras.layers.Dense(NUM_CLASSES)(keras.layers.Flatten()(h))
+    model = keras.Model(layers[0], h)
     model.compile(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
@@ -186,6 +213,32 @@ def test_tapped_fisher_equals_a_per_example_loop(rng, name, estimator):
         )
 
 
+@pytest.mark.parametrize("recurrent", [keras.layers.LSTM, keras.layers.GRU])
+def test_recurrent_fisher_equals_a_per_example_loop(rng, recurrent):
+    # No rule taps a recurrent layer: the generic vectorized path.
+    model = keras.Sequential(
+        [
+            keras.Input((5, 4)),
+            recurrent(3),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = _sequences(rng, 5), rng.integers(0, NUM_CLASSES, 5)
+    tapped = {v.path for v in LayerTaps(model).probe(x).variables}
+    assert not tapped & {v.path for v in model.layers[0].trainable_variables}
+    fisher, _ = estimate_fisher(model, (x, y), batch_size=3)
+    expected = _reference(model, x, y, "exact", num_samples=1)
+    assert sorted(fisher) == sorted(expected)
+    for path, value in expected.items():
+        assert np.abs(value).max() > 0, path
+        np.testing.assert_allclose(
+            fisher[path], value, rtol=2e-5, atol=1e-9, err_msg=path
+        )
+
+
 def test_multi_head_attention_is_tapped_and_exact(rng):
     tokens = keras.Input((6,), dtype="int32")
     h = keras.layers.Embedding(9, 4)(tokens)
@@ -208,12 +261,13 @@ def test_multi_head_attention_is_tapped_and_exact(rng):
 
 def test_moving_statistics_and_frozen_layers_never_enter(rng):
     model, data = _classifier("batch_norm")
-    model.layers[0].trainable = False
+    conv = model.layers[1]
+    conv.trainable = False
     x, y = data(rng, 4), rng.integers(0, NUM_CLASSES, 4)
     fisher, _ = estimate_fisher(model, (x, y))
     assert sorted(fisher) == sorted(v.path for v in model.trainable_variables)
     assert not any("moving" in path for path in fisher)
-    assert not any(model.layers[0].name in path for path in fisher)
+    assert not any(conv.name in path for path in fisher)
 
 
 def _full_block(model, x, y, layer, units):
@@ -351,7 +405,8 @@ def test_a_batch_that_does_not_fit_is_computed_in_parts(rng, monkeypatch):
     taps = LayerTaps(model).probe(x)
     per_example = 4 * (
         taps.activation_size
-        + NUM_CLASSES * (2 * taps.activation_size + taps.per_example_elements())
+        + NUM_CLASSES * 2 * taps.activation_size
+        + taps.per_example_elements(NUM_CLASSES)
     )
     # Room for two examples in the share of memory a step may plan on.
     free = 2.5 * per_example / fisher_module.MEMORY_SHARE

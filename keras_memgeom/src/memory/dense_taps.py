@@ -8,6 +8,7 @@ from keras import ops
 from keras_memgeom.src.layers.connectivity_mask import MaskedKernelMixin
 from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
 from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
+from keras_memgeom.src.memory.squared_products import squared_products
 
 
 def _tap_rank(layer, conv2d):
@@ -98,9 +99,10 @@ class DenseTaps:
 
     A Conv2D is a Dense layer applied to every input patch: its per-example
     kernel gradient is `sum_p patch_bp g_bp^T` over output positions `p`
-    (im2col), computed batched for all examples at once. This replaces the
-    vectorized per-example backward pass of the convolution, which
-    TensorFlow runs as a loop over examples.
+    (im2col), squared for all examples at once by the cheaper exact formula
+    of `squared_products`. This replaces the vectorized per-example
+    backward pass of the convolution, which TensorFlow runs as a loop over
+    examples.
 
     The rule holds for a Dense layer called once per forward pass on 2-D
     inputs and a channels-last, ungrouped Conv2D called once on 4-D inputs;
@@ -252,14 +254,11 @@ def squared_gradients(layer, x, g, shape):
         if layer.use_bias:
             out.append(ops.sum(g2, axis=0))
         return out
-    # Per-example gradients, (K, batch, kh*kw*in, out): small for the
-    # kernels the rule meets, and never per-parameter vmapped.
-    g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], shape[2]))
-    per_example = ops.einsum("bpi,kbpo->kbio", patches(layer, x, shape), g)
-    kernel = ops.sum(ops.square(per_example), axis=(0, 1))
+    g = ops.reshape(g, (g.shape[0], -1, shape[0] * shape[1], 1, shape[2]))
+    kernel = squared_products(patches(layer, x, shape)[:, :, None], g)
     out = [_masked(layer, ops.reshape(kernel, layer.kernel.shape))]
     if layer.use_bias:
-        out.append(ops.sum(ops.square(ops.sum(g, axis=2)), axis=(0, 1)))
+        out.append(ops.sum(ops.square(ops.sum(g, axis=(2, 3))), axis=(0, 1)))
     return out
 
 

@@ -402,14 +402,18 @@ def _examples_that_fit(step, estimator, num_samples, free):
     }.get(estimator, 1)
     taps = step.taps
     activations = taps.activation_size
-    per_cotangent = 2 * activations + taps.per_example_elements()
+    per_cotangent = 2 * activations
     generic = sum(int(np.prod(step.variables[i].shape)) for i in step.generic)
     if generic:
         per_cotangent += generic + activations
     itemsize = np.dtype(
         keras.backend.standardize_dtype(step.variables[0].dtype)
     ).itemsize
-    need = itemsize * (activations + cotangents * per_cotangent)
+    need = itemsize * (
+        activations
+        + cotangents * per_cotangent
+        + taps.per_example_elements(cotangents)
+    )
     budget = MEMORY_SHARE * free
     if need > budget:
         raise ValueError(

@@ -20,7 +20,10 @@ gradients of its variables, exactly, without a per-example backward pass:
 - LayerNormalization and BatchNormalization (inference): `dgamma = sum g *
   x_hat` and `dbeta = sum g` over the non-feature axes of each example.
 
-Moving statistics and other non-trainable variables are never tapped.
+The convolution rules sum their squared per-example kernel gradients with
+`squared_products`, by whichever exact formula costs less at the layer's
+shapes. Moving statistics and other non-trainable variables are never
+tapped.
 """
 
 import contextlib
@@ -33,6 +36,8 @@ from keras import ops
 from keras_memgeom.src.layers.pre_pruned_conv2d import PrePrunedConv2D
 from keras_memgeom.src.layers.pre_pruned_dense import PrePrunedDense
 from keras_memgeom.src.memory import dense_taps
+from keras_memgeom.src.memory.squared_products import squared_products
+from keras_memgeom.src.memory.squared_products import squared_products_elements
 
 
 def _plain(layer):
@@ -55,13 +60,24 @@ def _channels_last_conv(layer):
     )
 
 
-def _depthwise_kernel_grads(patches, g, kernel_shape):
-    """`(K, batch) + kernel_shape` per-example depthwise kernel gradients."""
+def _depthwise_squares(patches, g, kernel_shape):
+    """Squared per-example depthwise kernel gradients, summed: the kernel's.
+
+    Every channel is a group of `squared_products`, its patch of `kh * kw`
+    inputs mapped to its `multiplier` outputs.
+    """
     kh, kw, channels, multiplier = kernel_shape
-    batch = ops.shape(patches)[0]  # dynamic under `tf.function`
-    patches = ops.reshape(patches, (batch, -1, kh * kw, channels))
-    g = ops.reshape(g, (g.shape[0], batch, -1, channels, multiplier))
-    return ops.einsum("bpsc,kbpcm->kbscm", patches, g)
+    # The batch is dynamic under `tf.function`; the positions stay static.
+    batch, positions = ops.shape(patches)[0], patches.shape[1]
+    patches = ops.reshape(patches, (batch, positions, kh * kw, channels))
+    g = ops.reshape(g, (g.shape[0], batch, positions, channels, multiplier))
+    squares = squared_products(ops.swapaxes(patches, 2, 3), g)
+    return ops.reshape(ops.swapaxes(squares, 0, 1), kernel_shape)
+
+
+def _positions(output_shape):
+    """The output positions of a channels-last convolution, per example."""
+    return _size(output_shape[:-1])
 
 
 class _Rule:
@@ -86,8 +102,8 @@ class _Rule:
     def taps(self, layer, input_shape, output_shape):
         return [output_shape]
 
-    def per_example_size(self, layer, input_shape, output_shape):
-        """Elements of the per-example tensors `squared` forms, per `K`."""
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
+        """Elements per example `squared` holds for `cotangents` of them."""
         return 0
 
 
@@ -116,10 +132,13 @@ class _DenseConv2D(_Rule):
             layer, x, grads[0], shapes[0], counted
         )
 
-    def per_example_size(self, layer, input_shape, output_shape):
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
         if isinstance(layer, keras.layers.Dense):
             return 0
-        return _size(layer.kernel.shape)
+        fan_in = _size(layer.kernel.shape[:-1])
+        return squared_products_elements(
+            _positions(output_shape), 1, fan_in, layer.filters, cotangents
+        )
 
 
 class _Einsum(_Rule):
@@ -187,8 +206,8 @@ class _Einsum(_Rule):
             result.append(ops.reshape(_sum_squares(per_example), bias.shape))
         return result
 
-    def per_example_size(self, layer, input_shape, output_shape):
-        return _size(layer.kernel.shape)
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
+        return cotangents * _size(layer.kernel.shape)
 
     def matrix_split(self, layer, rank):
         """The number of position axes (batch included) of a matmul, or None.
@@ -256,10 +275,9 @@ class _Conv1D(_Rule):
 
     def squared(self, layer, x, grads, shapes):
         g = grads[0]
-        per_example = ops.einsum(
-            "bpi,kbpo->kbio", self._patches(layer, x, shapes[0]), g
-        )
-        out = [ops.reshape(_sum_squares(per_example), layer.kernel.shape)]
+        patches = self._patches(layer, x, shapes[0])[:, :, None]
+        kernel = squared_products(patches, g[:, :, :, None])
+        out = [ops.reshape(kernel, layer.kernel.shape)]
         if layer.use_bias:
             out.append(_sum_squares(ops.sum(g, axis=2)))
         return out
@@ -272,8 +290,11 @@ class _Conv1D(_Rule):
             layer.use_bias,
         )
 
-    def per_example_size(self, layer, input_shape, output_shape):
-        return _size(layer.kernel.shape)
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
+        fan_in = _size(layer.kernel.shape[:-1])
+        return squared_products_elements(
+            _positions(output_shape), 1, fan_in, layer.filters, cotangents
+        )
 
 
 class _Depthwise(_Rule):
@@ -296,14 +317,13 @@ class _Depthwise(_Rule):
     def squared(self, layer, x, grads, shapes):
         g = grads[0]
         patches = dense_taps.patches(layer, x, shapes[0])
-        per_example = _depthwise_kernel_grads(patches, g, layer.kernel.shape)
-        out = [ops.reshape(_sum_squares(per_example), layer.kernel.shape)]
+        out = [_depthwise_squares(patches, g, layer.kernel.shape)]
         if layer.use_bias:
             out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
         return out
 
-    def per_example_size(self, layer, input_shape, output_shape):
-        return _size(layer.kernel.shape)
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
+        return _depthwise_elements(layer.kernel, output_shape, cotangents)
 
 
 class _Separable(_Rule):
@@ -340,26 +360,28 @@ class _Separable(_Rule):
     def squared(self, layer, saved, grads, shapes):
         x, inner = saved
         patches = dense_taps.patches(layer, x, shapes[0])
-        depthwise = _depthwise_kernel_grads(
-            patches, grads[0], layer.depthwise_kernel.shape
-        )
-        batch = ops.shape(inner)[0]
-        inner = ops.reshape(inner, (batch, -1, inner.shape[-1]))
+        batch, positions = ops.shape(inner)[0], _positions(inner.shape[1:])
+        inner = ops.reshape(inner, (batch, positions, 1, inner.shape[-1]))
         g = grads[1]
-        g = ops.reshape(g, (g.shape[0], batch, -1, g.shape[-1]))
-        pointwise = ops.einsum("bpi,kbpo->kbio", inner, g)
+        g = ops.reshape(g, (g.shape[0], batch, positions, 1, g.shape[-1]))
+        pointwise = squared_products(inner, g)
         out = [
-            ops.reshape(_sum_squares(depthwise), layer.depthwise_kernel.shape),
-            ops.reshape(_sum_squares(pointwise), layer.pointwise_kernel.shape),
+            _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape),
+            ops.reshape(pointwise, layer.pointwise_kernel.shape),
         ]
         if layer.use_bias:
-            out.append(_sum_squares(ops.sum(g, axis=2)))
+            out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
         return out
 
-    def per_example_size(self, layer, input_shape, output_shape):
-        return _size(layer.depthwise_kernel.shape) + _size(
-            layer.pointwise_kernel.shape
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
+        fan_in, units = layer.pointwise_kernel.shape[2:]
+        pointwise = squared_products_elements(
+            _positions(output_shape), 1, fan_in, units, cotangents
         )
+        depthwise = _depthwise_elements(
+            layer.depthwise_kernel, output_shape, cotangents
+        )
+        return depthwise + pointwise
 
 
 class _Embedding(_Rule):
@@ -478,6 +500,14 @@ _RULES = {
 }
 
 
+def _depthwise_elements(kernel, output_shape, cotangents):
+    """`squared_products_elements` of a depthwise kernel."""
+    kh, kw, channels, multiplier = kernel.shape
+    return squared_products_elements(
+        _positions(output_shape), channels, kh * kw, multiplier, cotangents
+    )
+
+
 def _size(shape):
     size = 1
     for d in shape:
@@ -503,8 +533,7 @@ class LayerTaps:
         self.layers = []
         self._rules = []
         self._shapes = []
-        self._sizes = []
-        self._ranks = []
+        self._io_shapes = []
         self.activation_size = 0
 
     def probe(self, x):
@@ -534,8 +563,8 @@ class LayerTaps:
 
         with dense_taps._patched(layers, recording):
             self.model(x, training=False)
-        self.layers, self._rules, self._shapes, self._sizes = [], [], [], []
-        self._ranks = []
+        self.layers, self._rules, self._shapes = [], [], []
+        self._io_shapes = []
         self.activation_size = sum(
             _size(t.shape[1:])
             for layer in layers
@@ -554,12 +583,9 @@ class LayerTaps:
                 continue
             output_shape = tuple(outputs[0].shape[1:])
             self.layers.append(layer)
-            self._ranks.append(len(input_shape))
+            self._io_shapes.append((input_shape, output_shape))
             self._rules.append(rule)
             self._shapes.append(rule.taps(layer, input_shape, output_shape))
-            self._sizes.append(
-                rule.per_example_size(layer, input_shape, output_shape)
-            )
         return self
 
     @property
@@ -584,14 +610,19 @@ class LayerTaps:
 
     def _kfac(self, layer, rule, shapes):
         if isinstance(rule, _Einsum):
-            rank = self._ranks[self.layers.index(layer)]
+            rank = len(self._io_shapes[self.layers.index(layer)][0])
             return rule.matrix_split(layer, rank) is not None
         return rule.kfac
 
-    def per_example_elements(self):
-        """Elements per example and cotangent the tapped backward holds."""
+    def per_example_elements(self, cotangents):
+        """Elements per example the tapped backward of `cotangents` holds."""
         taps = sum(_size(s) for shapes in self._shapes for s in shapes)
-        return taps + sum(self._sizes)
+        return cotangents * taps + sum(
+            rule.per_example_size(layer, *io_shapes, cotangents)
+            for layer, rule, io_shapes in zip(
+                self.layers, self._rules, self._io_shapes
+            )
+        )
 
     def zeros(self, batch_size, dtype):
         return [
