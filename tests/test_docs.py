@@ -5,8 +5,7 @@ names from earlier ones), in a temporary working directory, under the
 backend of the test process. A block whose preceding line is
 `<!-- skip: <reason> -->` is not run; ```bash blocks are never run. A
 page with a line `<!-- needs: <module> -->` (for an optional package, such
-as `keras_hub`) is skipped where that module does not import; one with a
-line `<!-- backends: <name> <name> -->` runs only under those backends.
+as `keras_hub`) is skipped where that module does not import.
 """
 
 import glob
@@ -14,7 +13,6 @@ import importlib.util
 import os
 import re
 
-import keras
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +24,6 @@ PAGES = [README] + sorted(
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
 _SKIP = re.compile(r"^\s*<!--\s*skip:\s*\S.*-->\s*$")
 _NEEDS = re.compile(r"^\s*<!--\s*needs:\s*([\w.]+)\s*-->\s*$", re.M)
-_BACKENDS = re.compile(r"^\s*<!--\s*backends:\s*([\w ]+?)\s*-->\s*$", re.M)
 
 
 def python_blocks(text):
@@ -73,9 +70,6 @@ def test_page_code_runs(path, tmp_path, monkeypatch):
         text = f.read()
     for module in _NEEDS.findall(text):
         pytest.importorskip(module)
-    for backends in _BACKENDS.findall(text):
-        if keras.backend.backend() not in backends.split():
-            pytest.skip(f"the page runs under {backends}")
     blocks = python_blocks(text)
     namespace = {"__name__": "__main__"}
     for line, code, skipped in blocks:
@@ -131,13 +125,9 @@ def test_skip_needs_a_reason_and_fences_close():
         python_blocks("```python\nx = 1\n")
 
 
-def test_a_page_names_the_optional_modules_and_backends_it_needs():
-    text = (
-        "<!-- needs: keras_hub -->\n# Title\n<!-- needs: -->\n"
-        "<!-- backends: jax torch -->\n"
-    )
+def test_a_page_names_the_optional_modules_it_needs():
+    text = "<!-- needs: keras_hub -->\n# Title\n<!-- needs: -->\n"
     assert _NEEDS.findall(text) == ["keras_hub"]
-    assert _BACKENDS.findall(text) == ["jax torch"]
 
 
 def test_readme_commands_name_existing_extras():
