@@ -16,6 +16,7 @@ from keras_memgeom import FisherMemory
 from keras_memgeom.memory import LoraRegularizer
 from tests.memory.helpers import training_gradient
 from tests.memory.test_layer_taps import _reference
+from tests.memory.test_saving import _random_memory
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -442,34 +443,17 @@ def test_a_memory_of_weights_the_model_no_longer_trains_is_refused(rng):
         model.compile("sgd", loss, memories=[memory], num_train_examples=16)
 
 
-def _random_memory(rng, model):
-    """A memory of `model`'s trainable weights as they are, a random Fisher."""
-    trainable = model.trainable_variables
-    return FisherMemory(
-        {v.path: keras.ops.convert_to_numpy(v) for v in trainable},
-        {v.path: rng.uniform(size=v.shape) for v in trainable},
-        num_examples=10,
-    )
-
-
 def test_a_keras_hub_backbone_fine_tuned_with_lora_keeps_its_memory(rng):
-    keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=20,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=6,
-    )
-    classifier = keras_hub.models.BertTextClassifier(
-        backbone, num_classes=3, preprocessor=None
-    )
+    pytest.importorskip("keras_hub")
+    from tests.memory.test_keras_hub import _bert
+
+    classifier = _bert()
+    backbone = classifier.backbone
     model = keras_memgeom.Model(classifier.inputs, classifier.outputs)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     # `backbone.enable_lora` freezes every other weight of the backbone: a
     # memory of all the pretrained weights names them.
-    everything = _random_memory(rng, model)
+    everything = _random_memory(rng, model, num_examples=10)
     targets = [
         layer
         for layer in backbone._flatten_layers(include_self=False)
@@ -477,7 +461,7 @@ def test_a_keras_hub_backbone_fine_tuned_with_lora_keeps_its_memory(rng):
     ]
     for layer in backbone._flatten_layers(include_self=False):
         layer.trainable = layer in targets
-    memory = _random_memory(rng, model)
+    memory = _random_memory(rng, model, num_examples=10)
     backbone.enable_lora(2)
     with pytest.raises(
         ValueError, match="token_embedding/embeddings.*does not train them"
