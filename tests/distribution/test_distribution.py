@@ -330,8 +330,7 @@ def test_sampled_fisher_of_two_processes_sums_to_one_process(rng, monkeypatch):
             monkeypatch.undo()
         # These processes reduce only their own rows (a real jax run reduces
         # over every process inside the step): each counts the units of its
-        # rows, and a share is a mean over them, `A` a mean per global
-        # example.
+        # rows, and a share, `A` and `G` too, is a mean over them.
         assert shares[0][1] == shares[1][1] == 48 and whole[1] == 96
         for path, total in whole[0].items():
             np.testing.assert_allclose(
@@ -341,10 +340,9 @@ def test_sampled_fisher_of_two_processes_sums_to_one_process(rng, monkeypatch):
                 atol=1e-7,
             )
         for path, (_, a, g, _) in (whole[2] if len(whole) > 2 else {}).items():
-            for i, total, shares_per_whole in ((1, a, 1), (2, g, 2)):
+            for i, total in ((1, a), (2, g)):
                 np.testing.assert_allclose(
-                    (shares[0][2][path][i] + shares[1][2][path][i])
-                    / shares_per_whole,
+                    (shares[0][2][path][i] + shares[1][2][path][i]) / 2,
                     total,
                     rtol=1e-5,
                     atol=1e-7,
