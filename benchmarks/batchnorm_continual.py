@@ -32,7 +32,6 @@ from _environment import print_environment
 from sklearn.datasets import load_digits
 
 from keras_memgeom import continual
-from keras_memgeom.src.memory.normalization_statistics import apply_policy
 
 
 def rotated_digits(num_tasks=4):
@@ -64,13 +63,14 @@ def make_cnn():
 
 
 class OnlineUpdatingStatistics(continual.Online):
-    """`Online` under `normalization_statistics="update"`."""
+    """`Online` under `normalization_statistics="update"`, named apart."""
 
     name = "online-update"
 
-    def before_task(self, model, context):
-        super().before_task(model, context)  # attaches, freezing statistics
-        apply_policy(model, "update")
+    def __init__(self, *, normalization_statistics="update", **kwargs):
+        super().__init__(
+            normalization_statistics=normalization_statistics, **kwargs
+        )
 
 
 def main():

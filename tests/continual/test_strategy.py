@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_memgeom import continual
+from keras_memgeom.src.memory.normalization_statistics import statistics_frozen
 
 
 def test_registry_lists_the_methods():
@@ -68,6 +69,7 @@ def test_names_are_unique():
         ({"strength": float("nan")}, "`strength` must be finite"),
         ({"decay": float("nan")}, "`decay` must be finite"),
         ({"decay": "0.5"}, "`decay` must be a number"),
+        ({"normalization_statistics": "frozen"}, "normalization_statistics"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -100,3 +102,42 @@ def test_config_and_repr():
     }
     assert repr(online).startswith("Online(strength=30.0")
     assert continual.Finetune().get_config() == {"name": "finetune"}
+
+
+@pytest.mark.parametrize(
+    "policy, frozen", [("freeze", True), ("update", False)]
+)
+def test_a_memory_strategy_trains_under_its_statistics_policy(
+    tiny_stream, policy, frozen
+):
+    seen = []
+
+    class Watched(continual.Online):
+        name = "test-watched-online"
+
+        def after_task(self, model, context):
+            seen.append(statistics_frozen(model.get_layer("bn")))
+            super().after_task(model, context)
+
+    def model():
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(8),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.ReLU(),
+                keras.layers.Dense(10),
+            ]
+        )
+
+    strategy = Watched(normalization_statistics=policy)
+    continual.Harness(tiny_stream, model=model, epochs=1).run(strategy)
+    # No memory while the first task trains; the second trains under one.
+    assert seen == [False, frozen]
+    config = strategy.get_config()
+    assert config.get("normalization_statistics", "freeze") == policy
+    del config["name"]
+    assert continual.Online(**config).get_config() == strategy.get_config() | {
+        "name": "online"
+    }

@@ -21,6 +21,8 @@ class EWC(MemoryStrategy):
             penalty per task and layer, summed exactly.
         rank: eigenvectors kept per Kronecker factor, as for
             `MemoryStrategy`.
+        normalization_statistics: `"freeze"` or `"update"`, as for
+            `MemoryStrategy`.
         fisher_examples: deprecated alias of `max_examples`.
 
     Example:

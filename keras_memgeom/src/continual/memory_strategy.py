@@ -3,6 +3,7 @@
 from keras_memgeom.src.continual.strategy import Strategy
 from keras_memgeom.src.continual.task_stream import batched
 from keras_memgeom.src.continual.task_stream import num_examples
+from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.attach import attach
 from keras_memgeom.src.memory.attach import detach
 from keras_memgeom.src.memory.fisher import ESTIMATORS
@@ -45,13 +46,17 @@ class MemoryStrategy(Strategy):
             and Conv2D layers; see `FisherMemory`).
         rank: with `"kfac"`, the eigenvectors each Kronecker factor keeps,
             or `None` for whole factors (see `FisherMemory.estimate`).
+        normalization_statistics: what training under the memories does to
+            `BatchNormalization`'s moving statistics: `"freeze"` (the
+            default) keeps the remembered task's, `"update"` lets Keras
+            update them (see `keras_memgeom.attach`).
         fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
         ValueError: naming the argument, for a strength that is not `"auto"`,
-            `"sweep"` or a finite positive number, an unknown estimator or
-            structure, a bad `max_examples` or `rank`, or both
-            `max_examples` and `fisher_examples`.
+            `"sweep"` or a finite positive number, an unknown estimator,
+            structure or `normalization_statistics`, a bad `max_examples`
+            or `rank`, or both `max_examples` and `fisher_examples`.
 
     Example:
 
@@ -86,6 +91,7 @@ class MemoryStrategy(Strategy):
         max_examples=None,
         structure="diagonal",
         rank=DEFAULT_RANK,
+        normalization_statistics=statistics.DEFAULT_POLICY,
         fisher_examples=None,
     ):
         if not (isinstance(strength, str) and strength in ("auto", "sweep")):
@@ -110,6 +116,9 @@ class MemoryStrategy(Strategy):
         self.max_examples = check_positive_int(
             "max_examples", max_examples, allow_none=True
         )
+        self.normalization_statistics = statistics.check_policy(
+            normalization_statistics
+        )
         self.memories = []
 
     def consolidate(self, memories, memory):
@@ -132,6 +141,7 @@ class MemoryStrategy(Strategy):
                 self.memories,
                 num_train_examples=num_examples(self.training_data(context)),
                 strength=context.strength,
+                normalization_statistics=self.normalization_statistics,
             )
 
     def after_task(self, model, context):
@@ -161,4 +171,10 @@ class MemoryStrategy(Strategy):
             "structure": self.structure,
             # The rank shapes Kronecker-factored memories only.
             **({"rank": self.rank} if self.structure == "kfac" else {}),
+            # Written when not the default, so older results still resume.
+            **(
+                {"normalization_statistics": self.normalization_statistics}
+                if self.normalization_statistics != statistics.DEFAULT_POLICY
+                else {}
+            ),
         }

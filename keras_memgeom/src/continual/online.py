@@ -3,6 +3,7 @@
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
+from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.fisher_memory import DEFAULT_RANK
 from keras_memgeom.src.memory.merge import merge
 from keras_memgeom.src.utils.checks import check_positive
@@ -28,6 +29,8 @@ class Online(MemoryStrategy):
             `MemoryStrategy`.
         decay: factor on the older precisions at each merge, in `(0, 1]`;
             1 keeps all of the past, smaller values forget it gradually.
+        normalization_statistics: `"freeze"` or `"update"`, as for
+            `MemoryStrategy`.
         fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
@@ -58,6 +61,7 @@ class Online(MemoryStrategy):
         structure="diagonal",
         rank=DEFAULT_RANK,
         decay=1.0,
+        normalization_statistics=statistics.DEFAULT_POLICY,
         fisher_examples=None,
     ):
         super().__init__(
@@ -66,6 +70,7 @@ class Online(MemoryStrategy):
             max_examples=max_examples,
             structure=structure,
             rank=rank,
+            normalization_statistics=normalization_statistics,
             fisher_examples=fisher_examples,
         )
         self.decay = check_positive("decay", decay, maximum=1.0)

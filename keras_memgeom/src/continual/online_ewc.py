@@ -3,6 +3,7 @@
 from keras_memgeom.src.continual.memory_strategy import DEFAULT_STRENGTH
 from keras_memgeom.src.continual.memory_strategy import MemoryStrategy
 from keras_memgeom.src.continual.strategy import register_strategy
+from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.utils.checks import check_positive
 
@@ -28,6 +29,8 @@ class OnlineEWC(MemoryStrategy):
         max_examples: examples per memory, as for `MemoryStrategy`.
         gamma: factor on the older importance, in `(0, 1]`; 1 keeps all
             of it.
+        normalization_statistics: `"freeze"` or `"update"`, as for
+            `MemoryStrategy`.
         fisher_examples: deprecated alias of `max_examples`.
 
     Raises:
@@ -56,12 +59,14 @@ class OnlineEWC(MemoryStrategy):
         estimator="exact",
         max_examples=None,
         gamma=1.0,
+        normalization_statistics=statistics.DEFAULT_POLICY,
         fisher_examples=None,
     ):
         super().__init__(
             strength=strength,
             estimator=estimator,
             max_examples=max_examples,
+            normalization_statistics=normalization_statistics,
             fisher_examples=fisher_examples,
         )
         self.gamma = check_positive("gamma", gamma, maximum=1.0)
