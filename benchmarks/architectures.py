@@ -10,6 +10,9 @@ For each, under the current `KERAS_BACKEND`, prints:
 - the exact diagonal Fisher estimate's time over one training epoch on the
   same examples (both after a first, compiling run);
 - the K-FAC estimate's time over one epoch;
+- the sampled estimates' (one label drawn per example; diagonal and
+  K-FAC) time over one epoch: the exact Fisher pulls back one output
+  direction per class, a sampled one a single direction;
 - a training step with a Fisher memory over a plain one;
 - which layers got Kronecker factors.
 
@@ -135,6 +138,15 @@ def _measure(name, args, rng):
     kfac, kfac_memory = _timed(
         lambda: FisherMemory.estimate(plain, (x, y), structure="kfac")
     )
+    # One sampled label per example: one pullback instead of one per class.
+    sampled, _ = _timed(
+        lambda: FisherMemory.estimate(plain, (x, y), estimator="sampled")
+    )
+    sampled_kfac, _ = _timed(
+        lambda: FisherMemory.estimate(
+            plain, (x, y), estimator="sampled", structure="kfac"
+        )
+    )
     remembering = keras_memgeom.Model(inputs, outputs)
     remembering.compile(
         keras.optimizers.SGD(1e-3),
@@ -156,7 +168,9 @@ def _measure(name, args, rng):
         f"{name} ({size / 1e3:.0f}k parameters, {args.examples} examples, "
         f"batch {args.batch_size}): epoch {epoch:.2f} s; exact diagonal "
         f"{exact:.2f} s = {exact / epoch:.1f} epochs; K-FAC {kfac:.2f} s = "
-        f"{kfac / epoch:.1f} epochs; step with memory / plain "
+        f"{kfac / epoch:.1f} epochs; sampled diagonal {sampled:.2f} s = "
+        f"{sampled / epoch:.1f} epochs; sampled K-FAC {sampled_kfac:.2f} s "
+        f"= {sampled_kfac / epoch:.1f} epochs; step with memory / plain "
         f"{steps['memory'] / steps['plain']:.2f}; K-FAC layers "
         f"({len(layers)}): {', '.join(layers) or 'none'}",
         flush=True,
