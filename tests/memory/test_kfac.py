@@ -526,3 +526,55 @@ def test_two_attention_memories_merge_to_the_exact_anchor(rng):
     moment = sum(p @ stacked(m).ravel() for p, m in zip(precisions, memories))
     residual = sum(precisions) @ stacked(merged).ravel() - moment
     assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
+
+
+def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
+    # The pointwise kernel and bias are one block, set on the layer's
+    # `pointwise_regularizer` and `bias_regularizer`; the depthwise kernel
+    # keeps its diagonal.
+    x = rng.normal(size=(12, 5, 5, 2)).astype("float32")
+    y = rng.integers(0, 3, 12)
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 2)),
+            keras.layers.SeparableConv2D(4, 3, activation="tanh", name="sep"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    with pytest.warns(UserWarning, match="sep/depthwise_kernel"):
+        memory = FisherMemory.estimate(
+            model, (x, y), structure="kfac", rank=None
+        )
+    separable = model.get_layer("sep")
+    assert memory.structure_of(separable.pointwise_kernel.path) == "kfac"
+    assert memory.structure_of(separable.depthwise_kernel.path) == "diagonal"
+    model.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
+    )
+    depthwise = separable.depthwise_kernel.path
+    diagonal = np.sum(
+        memory.fisher[depthwise]
+        * (ops_numpy(separable.depthwise_kernel) - memory.anchor[depthwise])
+        ** 2
+    )
+    expected = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / 12
+        * (_kronecker_quadratic(memory, model) + diagonal)
+    )
+    keras_memgeom.attach(model, memory, num_train_examples=12, strength=2.0)
+    assert sum(float(ops_numpy(l)) for l in model.losses) == pytest.approx(
+        expected, rel=1e-4
+    )
+    model.save(tmp_path / "separable.keras")
+    loaded = keras.saving.load_model(tmp_path / "separable.keras")
+    assert sum(float(ops_numpy(l)) for l in loaded.losses) == pytest.approx(
+        expected, rel=1e-4
+    )

@@ -270,7 +270,7 @@ def test_moving_statistics_and_frozen_layers_never_enter(rng):
     assert not any(conv.name in path for path in fisher)
 
 
-def _full_block(model, x, y, layer, units):
+def _full_block(model, x, y, kernel, bias, units):
     """The exact Fisher of `[kernel; bias]` as `(fan_in + 1) * units`."""
     likelihood = likelihood_from_loss(model.loss)
     step = _BatchStep(
@@ -285,26 +285,35 @@ def _full_block(model, x, y, layer, units):
         v.path: np.asarray(keras.ops.convert_to_numpy(g), "float64")
         for v, g in zip(step.variables, grads)
     }
-    kernel = by_path[layer.kernel.path].reshape(len(grads[0]), -1, units)
-    bias = by_path[layer.bias.path].reshape(len(grads[0]), 1, units)
-    vectors = np.concatenate([kernel, bias], axis=1).reshape(len(kernel), -1)
+    cotangents = len(grads[0])
+    kernel = by_path[kernel.path].reshape(cotangents, -1, units)
+    bias = by_path[bias.path].reshape(cotangents, 1, units)
+    vectors = np.concatenate([kernel, bias], axis=1).reshape(cotangents, -1)
     return vectors.T @ vectors
 
 
-def _assert_kfac_is_the_full_block(model, x, y, layer):
+def _assert_kfac_is_the_full_block(model, x, y, kernel, bias):
     _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    bias, a, g, _ = kronecker[layer.kernel.path]
-    assert bias == layer.bias.path
-    full = _full_block(model, x, y, layer, len(g))
+    bias_path, a, g, _ = kronecker[kernel.path]
+    assert bias_path == bias.path
+    full = _full_block(model, x, y, kernel, bias, len(g))
     np.testing.assert_allclose(np.kron(a, g), full, rtol=1e-5, atol=1e-8)
     return full
 
 
-@pytest.mark.parametrize("kind", ["conv1d", "einsum_dense"])
+@pytest.mark.parametrize("kind", ["conv1d", "separable", "einsum_dense"])
 def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
+    kernel = "kernel"
     if kind == "conv1d":
         layer = keras.layers.Conv1D(3, 4, activation="tanh")
         inputs = keras.Input((4, 2))  # one output position
+    elif kind == "separable":
+        # The pointwise step's input is the depthwise step's output.
+        layer = keras.layers.SeparableConv2D(
+            3, 2, depth_multiplier=2, activation="tanh"
+        )
+        inputs = keras.Input((2, 2, 2))  # one output position
+        kernel = "pointwise_kernel"
     else:
         layer = keras.layers.EinsumDense(
             "abc,bcd->ad", (3,), bias_axes="d", activation="tanh"
@@ -317,7 +326,9 @@ def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     x = rng.normal(size=(1, *inputs.shape[1:])).astype("float32")
-    _assert_kfac_is_the_full_block(model, x, np.array([1]), layer)
+    _assert_kfac_is_the_full_block(
+        model, x, np.array([1]), getattr(layer, kernel), layer.bias
+    )
 
 
 def _attention_classifier(query_length, key_length):
@@ -358,7 +369,9 @@ def test_attention_kfac_is_exact_on_one_example_of_length_one(
     ]
     x = x if len(x) > 1 else x[0]
     layer = getattr(attention, f"_{projection}_dense")
-    full = _assert_kfac_is_the_full_block(model, x, np.array([2]), layer)
+    full = _assert_kfac_is_the_full_block(
+        model, x, np.array([2]), layer.kernel, layer.bias
+    )
     assert np.abs(full).max() > 1e-6  # information, not two zero matrices
 
 
@@ -424,3 +437,23 @@ def test_an_example_that_does_not_fit_names_the_cause(rng, monkeypatch):
     monkeypatch.setattr(backend, "free_memory", lambda: 1000)
     with pytest.raises(ValueError, match="one example needs about"):
         estimate_fisher(model, (x, y))
+
+
+def test_a_separable_convolution_factors_its_pointwise_step(rng):
+    # Its depthwise kernel keeps the exact diagonal of the diagonal
+    # estimate; the pointwise kernel and bias are one Kronecker block.
+    model, data = _classifier("separable")
+    x, y = data(rng, 5), rng.integers(0, NUM_CLASSES, 5)
+    diagonal, _ = estimate_fisher(model, (x, y))
+    with pytest.warns(UserWarning, match="depthwise_kernel"):
+        fisher, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    for layer in model.layers[1:3]:
+        depthwise = layer.depthwise_kernel.path
+        np.testing.assert_allclose(
+            fisher[depthwise], diagonal[depthwise], rtol=1e-6
+        )
+        bias, a, g, _ = kronecker[layer.pointwise_kernel.path]
+        assert bias == layer.bias.path
+        assert layer.bias.path not in fisher
+        assert a.shape == (layer.pointwise_kernel.shape[2] + 1,) * 2
+        assert g.shape == (layer.filters, layer.filters)

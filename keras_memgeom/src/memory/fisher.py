@@ -99,10 +99,11 @@ def estimate_fisher(
             processes do not change the draw.
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
-            every Dense, Conv1D and Conv2D layer the fast path covers and
-            every EinsumDense that is a matmul of the input's last axes
-            into the kernel's last axes (a Dense at every position: all
-            four projections of MultiHeadAttention), from the same
+            every Dense, Conv1D and Conv2D layer the fast path covers, the
+            pointwise step of every SeparableConv2D, and every EinsumDense
+            that is a matmul of the input's last axes into the kernel's
+            last axes (a Dense at every position: all four projections of
+            MultiHeadAttention), from the same
             backward passes (the exact, sampled and empirical estimators;
             `A` and `G` are batch sums, so the cost is one pass over the
             data), and the diagonal for every other variable, which a
@@ -152,8 +153,9 @@ def estimate_fisher(
             non-finite inputs or Fisher values, when the backward passes of
             a single example would not fit in the device's memory, or
             `structure="kfac"` on a model with no layer to factor (Dense,
-            EinsumDense, Conv1D, Conv2D; a warning names the variables that
-            stay diagonal when only some are outside one) or on data whose
+            EinsumDense, Conv1D, Conv2D, SeparableConv2D; a warning names
+            the variables that stay diagonal when only some are outside
+            one) or on data whose
             sample weights are all zero.
 
     Example:
@@ -274,8 +276,8 @@ def estimate_fisher(
         return fisher, num_examples
     kronecker = {}
     for layer, (a, g, count) in zip(step.kfac_layers, totals["factors"]):
-        bias = layer.bias.path if _has_bias(layer) else None
-        kernel = layer.kernel.path
+        kernel, bias = step.taps.kfac_variables(layer)
+        kernel, bias = kernel.path, bias.path if bias is not None else None
         count = float(ops.convert_to_numpy(count))
         if count == 0:
             raise ValueError(
@@ -344,11 +346,6 @@ def sampled_noise(likelihood, seed, start, size, output_dim, num_samples):
     skip = start - first * NOISE_BLOCK
     noise = np.concatenate(blocks, axis=1)[:, skip : skip + size]
     return np.ascontiguousarray(np.moveaxis(noise, 1, 0), dtype="float32")
-
-
-def _has_bias(layer):
-    # EinsumDense has no `use_bias`: its bias is `None` without bias axes.
-    return getattr(layer, "bias", None) is not None
 
 
 def _kernel_mask(layer):
@@ -480,7 +477,7 @@ class _BatchStep:
         in_blocks = {
             position[id(v)]
             for layer in self.kfac_layers
-            for v in (layer.kernel, layer.bias if _has_bias(layer) else None)
+            for v in self.taps.kfac_variables(layer)
             if v is not None
         }
         # The variables whose diagonal the step returns, in its order.
@@ -676,7 +673,7 @@ class _BatchStep:
         if self.taps.layers:
             grads = pullback(cotangents)
             fast = self.taps.squared_gradients(
-                inputs, grads, skip=self.kfac_layers
+                inputs, grads, kfac=self.kfac_layers
             )
             sums.update(zip(self.fast, fast))
             if self.kfac_layers:
@@ -738,7 +735,8 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
     if not in_blocks:
         raise ValueError(
             "structure='kfac' factors Dense, matmul-shaped EinsumDense "
-            "(attention projections), Conv1D and Conv2D layers, and this "
+            "(attention projections), Conv1D and Conv2D layers and the "
+            "pointwise step of SeparableConv2D, and this "
             "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."
         )

@@ -289,7 +289,8 @@ class FisherMemory:
         """How the memory keeps one variable's Fisher.
 
         With `structure="kfac"` Dense, Conv1D, Conv2D and matmul-shaped
-        EinsumDense layers (so attention projections) get Kronecker blocks;
+        EinsumDense layers (so attention projections) and the pointwise
+        kernels of SeparableConv2D get Kronecker blocks;
         every other variable keeps a diagonal Fisher (`estimate_fisher`
         warns once, naming them).
 

@@ -99,6 +99,14 @@ class _Rule:
             out.append(layer.bias)
         return out
 
+    def kfac_variables(self, layer):
+        """`(kernel, bias or None)`: what a K-FAC rule's factors cover."""
+        return layer.kernel, getattr(layer, "bias", None)
+
+    def squared_outside_block(self, layer, saved, grads, shapes):
+        """Squared gradients of the variables outside the K-FAC block."""
+        return []
+
     def taps(self, layer, input_shape, output_shape):
         return [output_shape]
 
@@ -327,7 +335,15 @@ class _Depthwise(_Rule):
 
 
 class _Separable(_Rule):
-    """SeparableConv2D: a tapped depthwise step, then a tapped 1x1 step."""
+    """SeparableConv2D: a tapped depthwise step, then a tapped 1x1 step.
+
+    K-FAC factors the 1x1 step (pointwise kernel and bias), a Dense at
+    every output position on the depthwise step's output; the depthwise
+    kernel, one filter per channel, has no Kronecker structure across
+    channels and keeps its diagonal.
+    """
+
+    kfac = True
 
     def fits(self, layer, input_shape):
         return _channels_last_conv(layer) and len(input_shape) == 4
@@ -357,21 +373,32 @@ class _Separable(_Rule):
         outputs = dense_taps.tapped_output(layer, z, taps[1])
         return outputs, (inputs, inner)
 
+    def kfac_variables(self, layer):
+        return layer.pointwise_kernel, layer.bias if layer.use_bias else None
+
+    def squared_outside_block(self, layer, saved, grads, shapes):
+        patches = dense_taps.patches(layer, saved[0], shapes[0])
+        return [
+            _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape)
+        ]
+
     def squared(self, layer, saved, grads, shapes):
-        x, inner = saved
-        patches = dense_taps.patches(layer, x, shapes[0])
+        inner = saved[1]
         batch, positions = ops.shape(inner)[0], _positions(inner.shape[1:])
         inner = ops.reshape(inner, (batch, positions, 1, inner.shape[-1]))
         g = grads[1]
         g = ops.reshape(g, (g.shape[0], batch, positions, 1, g.shape[-1]))
         pointwise = squared_products(inner, g)
-        out = [
-            _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape),
-            ops.reshape(pointwise, layer.pointwise_kernel.shape),
-        ]
+        out = self.squared_outside_block(layer, saved, grads, shapes)
+        out.append(ops.reshape(pointwise, layer.pointwise_kernel.shape))
         if layer.use_bias:
             out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
         return out
+
+    def factors(self, layer, saved, grads, shapes, counted):
+        return dense_taps.position_factors(
+            saved[1], grads[1], counted, layer.use_bias
+        )
 
     def per_example_size(self, layer, input_shape, output_shape, cotangents):
         fan_in, units = layer.pointwise_kernel.shape[2:]
@@ -669,27 +696,37 @@ class LayerTaps:
         with dense_taps._patched(self.layers, tapped):
             yield saved
 
-    def squared_gradients(self, saved, output_grads, skip=()):
+    def kfac_variables(self, layer):
+        """`(kernel, bias or None)` a K-FAC layer's factors cover."""
+        return self._rules[self.layers.index(layer)].kfac_variables(layer)
+
+    def squared_gradients(self, saved, output_grads, kfac=()):
         """Per-variable batch sums of squared per-example gradients.
 
         Args:
             saved: what `active` recorded.
             output_grads: the tap gradients, stacked over `K` cotangents,
                 `(K, batch) + tap shape` each.
-            skip: layers whose sums are not needed (`None` in their place).
+            kfac: layers with Kronecker factors: the variables their
+                factors cover get `None` (their sums are not needed).
 
         Returns:
             A list aligned with `variables`.
         """
-        skip = {id(layer) for layer in skip}
+        kfac = {id(layer) for layer in kfac}
         out = []
         for layer, rule, s, grads, shapes in self._per_layer(
             saved, output_grads
         ):
-            if id(layer) in skip:
-                out.extend([None] * len(rule.variables(layer)))
-            else:
+            if id(layer) not in kfac:
                 out.extend(rule.squared(layer, s, grads, shapes))
+                continue
+            block = {id(v) for v in rule.kfac_variables(layer)}
+            rest = iter(rule.squared_outside_block(layer, s, grads, shapes))
+            out.extend(
+                None if id(v) in block else next(rest)
+                for v in rule.variables(layer)
+            )
         return out
 
     def kronecker_factors(self, saved, output_grads, counted):
