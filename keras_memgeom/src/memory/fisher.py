@@ -103,10 +103,10 @@ def estimate_fisher(
             pointwise step of every SeparableConv2D, and every EinsumDense
             that is a matmul of the input's last axes into the kernel's
             last axes (a Dense at every position: all four projections of
-            MultiHeadAttention), from the same
-            backward passes (the exact, sampled and empirical estimators;
-            `A` and `G` are batch sums, so the cost is one pass over the
-            data), and the diagonal for every other variable, which a
+            MultiHeadAttention), from the same backward passes (the exact,
+            sampled and empirical estimators; `A` and `G` are batch sums,
+            so the cost is one pass over the data), and the diagonal for
+            every other variable, which a
             warning lists. A layer applied at several positions (a
             sequence, an image) gets the K-FAC-expand factors of
             Eschenhagen et al. (2023), "Kronecker-Factored Approximate
@@ -155,8 +155,7 @@ def estimate_fisher(
             `structure="kfac"` on a model with no layer to factor (Dense,
             EinsumDense, Conv1D, Conv2D, SeparableConv2D; a warning names
             the variables that stay diagonal when only some are outside
-            one) or on data whose
-            sample weights are all zero.
+            one) or on data whose sample weights are all zero.
 
     Example:
 
