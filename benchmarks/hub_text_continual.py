@@ -61,7 +61,8 @@ TOPIC_PAIRS = [
     ("typesmapping", "assignment"),
     ("comparisons", "execmodel"),
 ]
-PAD, CLS, UNKNOWN = 0, 1, 2
+METHODS = ("full", "full+memory", "lora", "lora+memory")
+CLS, UNKNOWN = 1, 2  # token ids; 0 is padding, which no passage needs
 LENGTH = 32  # words per passage, after the [CLS] token
 BLOCK = 64  # words; every fourth block of a topic's text is held out
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -234,6 +235,10 @@ def optimizer(args):
     )
 
 
+def label(method, strength):
+    return method if strength is None else f"{method}@{strength:g}"
+
+
 def summary(matrix):
     """Average accuracy, BWT and learning accuracy of one accuracy matrix."""
     m = np.asarray(matrix)
@@ -262,6 +267,10 @@ def main():
     args = parser.parse_args()
     if not 2 <= args.tasks <= len(TOPIC_PAIRS):
         sys.exit(f"--tasks must be 2 to {len(TOPIC_PAIRS)}, not {args.tasks}")
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        sys.exit(f"Unknown --methods {unknown}; choose from {list(METHODS)}")
     try:
         import keras_hub  # noqa: F401
     except ImportError:
@@ -285,13 +294,13 @@ def main():
         "backend": keras.backend.backend(),
         "runs": [],
     }
-    labels = []
-    for method in args.methods.split(","):
+    variants = []
+    for method in methods:
         strengths = args.strengths if method.endswith("memory") else [None]
-        labels += [(method, s) for s in strengths]
-    print("| method | avg acc | BWT | learn acc | s |")
-    print("|--------|--------:|----:|----------:|--:|", flush=True)
-    for method, strength in labels:
+        variants += [(method, s) for s in strengths]
+    print("| method | avg acc | BWT | learn acc | time s |")
+    print("|--------|--------:|----:|----------:|-------:|", flush=True)
+    for method, strength in variants:
         start = time.perf_counter()
         matrices = []
         for seed in range(args.seeds):
@@ -310,26 +319,23 @@ def main():
                 json.dump(results, f, indent=1)
             os.replace(args.out + ".tmp", args.out)
         figures = np.array([summary(m) for m in matrices])
-        name = method if strength is None else f"{method}@{strength:g}"
         cells = " | ".join(
             f"{mean:.3f}±{std:.3f}"
             for mean, std in zip(figures.mean(0), figures.std(0))
         )
         print(
-            f"| {name} | {cells} | {time.perf_counter() - start:.0f} |",
+            f"| {label(method, strength)} | {cells} | "
+            f"{time.perf_counter() - start:.0f} |",
             flush=True,
         )
     print("\n# accuracy matrices of seed 0 (row t: every task after task t)")
     for run_ in results["runs"]:
         if run_["seed"] == 0:
-            name = run_["method"] + (
-                "" if run_["strength"] is None else f"@{run_['strength']:g}"
-            )
             rows = "; ".join(
                 " ".join(f"{a:.2f}" for a in row)
                 for row in run_["accuracy_matrix"]
             )
-            print(f"{name}: {rows}")
+            print(f"{label(run_['method'], run_['strength'])}: {rows}")
     print(f"# results: {args.out}")
 
 
