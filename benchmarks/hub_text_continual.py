@@ -51,6 +51,7 @@ import numpy as np
 from _environment import print_environment
 
 import keras_memgeom
+from keras_memgeom.continual import metrics
 
 # Pairs of documentation topics with 9,000 or more characters each and no
 # text in common (the "specialnames" topic, for one, repeats others).
@@ -175,17 +176,19 @@ def freeze_as_lora(backbone):
 def remembered(model, data, vocabulary, lora):
     """The memory of what `model` now computes, on `data`.
 
-    Estimated on a copy without LoRA that loads `model`'s weights (a LoRA
-    weight is saved as `W + s A B`), so a LoRA model is remembered at its
-    effective weights, over the variables LoRA fine-tuning trains.
+    Under LoRA, estimated on a copy without LoRA that loads `model`'s
+    weights (a LoRA weight is saved as `W + s A B`), so the model is
+    remembered at its effective weights, over the variables LoRA
+    fine-tuning trains; otherwise on `model` itself.
     """
+    if not lora:
+        return keras_memgeom.FisherMemory.estimate(model, data)
     twin, backbone = build(vocabulary)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.weights.h5")
         model.save_weights(path)
         twin.load_weights(path)
-    if lora:
-        freeze_as_lora(backbone)
+    freeze_as_lora(backbone)
     twin.compile(loss=LOSS)  # the likelihood the memory's Fisher is of
     return keras_memgeom.FisherMemory.estimate(twin, data)
 
@@ -241,10 +244,11 @@ def label(method, strength):
 
 def summary(matrix):
     """Average accuracy, BWT and learning accuracy of one accuracy matrix."""
-    m = np.asarray(matrix)
-    last = len(m) - 1
-    bwt = np.mean([m[last, t] - m[t, t] for t in range(last)])
-    return m[last].mean(), bwt, np.mean(np.diag(m))
+    return (
+        metrics.average_accuracy(matrix),
+        metrics.backward_transfer(matrix),
+        metrics.learning_accuracy(matrix),
+    )
 
 
 def main():
