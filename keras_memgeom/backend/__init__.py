@@ -303,7 +303,9 @@ def kronecker_quadratic(diff, a, g):
     `(vectors, values, remainder)` triple standing for `V diag(values) V^T +
     remainder (I - V V^T)` (a truncated factor, `EigenFactor`), applied as
     `remainder x + V ((values - remainder) * (V^T x))`: two thin matmuls,
-    `O(r * rows * units)`, and no `size x size` buffer. The gradient with
+    `O(r * rows * units)`, and no `size x size` buffer; or a 1-D tensor,
+    the diagonal of a diagonal factor (an `Embedding`'s token
+    frequencies), applied as a broadcast multiply. The gradient with
     respect to `diff`, `2 a diff g` (the factors are symmetric), is the
     forward pass's product, kept for the backward pass by a custom gradient
     (jax `custom_vjp`, tf `custom_gradient`, torch `autograd.Function`):
@@ -312,10 +314,11 @@ def kronecker_quadratic(diff, a, g):
 
     Args:
         diff: a `(rows, units)` matrix, floating dtype.
-        a: the `(rows, rows)` factor, or a triple of `(rows, r)`
+        a: the `(rows, rows)` factor, a triple of `(rows, r)`
             eigenvectors (orthonormal columns), `(r,)` eigenvalues and a
-            scalar remainder; `diff`'s dtype.
-        g: the `(units, units)` factor, or such a triple for `units`.
+            scalar remainder, or a diagonal `(rows,)`; `diff`'s dtype.
+        g: the `(units, units)` factor, or such a triple or diagonal for
+            `units`.
 
     Returns:
         A scalar tensor of `diff`'s dtype, non-negative when the factors

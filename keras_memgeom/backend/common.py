@@ -8,8 +8,12 @@ def factor_product(factor, x, left):
 
     A `(vectors, values, remainder)` triple stands for `V diag(values) V^T +
     remainder (I - V V^T)`, applied as `remainder x + V ((values -
-    remainder) * (V^T x))`: two thin matmuls, no `size x size` matrix.
+    remainder) * (V^T x))`: two thin matmuls, no `size x size` matrix. A
+    1-D factor is a diagonal matrix's diagonal: it scales rows (`left`) or
+    columns.
     """
+    if not isinstance(factor, tuple) and len(factor.shape) == 1:
+        return ops.multiply(factor[:, None] if left else factor, x)
     if not isinstance(factor, tuple):
         return ops.matmul(factor, x) if left else ops.matmul(x, factor)
     vectors, values, remainder = factor

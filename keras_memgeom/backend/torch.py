@@ -237,6 +237,8 @@ class _KroneckerQuadratic(torch.autograd.Function):
 
 
 def _factor_product(factor, x, left):
+    if not isinstance(factor, tuple) and factor.dim() == 1:
+        return torch.mul(x, factor[:, None] if left else factor)
     if not isinstance(factor, tuple):
         return torch.mm(factor, x) if left else torch.mm(x, factor)
     vectors, values, remainder = factor

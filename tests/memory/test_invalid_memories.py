@@ -99,8 +99,8 @@ def test_a_kronecker_regularizer_names_wrong_sized_factors():
     path = layer.kernel.path
     with pytest.raises(
         ValueError,
-        match=rf"of '{path}' \(term 0\) must be \(3, 3\) and \(2, 2\); the "
-        r"factor a is \(2, 2\)",
+        match=rf"of '{path}' \(term 0\) must be \(3, 3\) and \(2, 2\) "
+        r"\(or their diagonals, \(3,\) and \(2,\)\); the factor a is \(2, 2\)",
     ):
         _regularizer(layer, a=np.eye(2))
     with pytest.raises(
@@ -125,3 +125,21 @@ def test_a_valid_kronecker_regularizer_is_the_kronecker_quadratic(rng):
         kronecker_quadratic(A, G, delta),
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "a, match",
+    [
+        (
+            np.array([1.0, -0.5, 2.0]),
+            "diagonal Kronecker factor a of .* negative",
+        ),
+        (np.array([1.0, np.nan, 2.0]), "factor a of .* holds NaN"),
+        (np.ones(4), r"the factor a is \(4,\)"),
+    ],
+)
+def test_a_diagonal_factor_is_refused_naming_its_fault(a, match):
+    with pytest.raises(ValueError, match=match):
+        _memory(a=a)
+    with pytest.raises(ValueError, match=match):
+        _regularizer(_layer(), a=a)

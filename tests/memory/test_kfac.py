@@ -578,3 +578,88 @@ def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
     assert sum(float(ops_numpy(l)) for l in loaded.losses) == pytest.approx(
         expected, rel=1e-4
     )
+
+
+def _token_classifier():
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.Embedding(9, 4, name="embedding")(tokens)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="out")(h))
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_an_embedding_memory_has_a_diagonal_input_factor(tmp_path, rng):
+    # K-FAC of an Embedding: `a` the tokens' frequencies, held as a
+    # diagonal, through the penalty, files, a plain model's save and merges.
+    tokens = rng.integers(0, 8, size=(20, 6)).astype("int32")  # 8 unseen
+    y = rng.integers(0, 3, 20)
+    model = _token_classifier()
+    embeddings = model.get_layer("embedding").embeddings.path
+    memories = []
+    for shift in (0, 1):
+        model.set_weights(
+            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
+        )
+        memories.append(
+            FisherMemory.estimate(
+                model, ((tokens + shift) % 9, y), structure="kfac"
+            )
+        )
+    memory = memories[0]
+    assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
+    block = memory.kronecker[embeddings]
+    assert block.bias is None and block.a.shape == (9,)
+    counts = np.bincount(tokens.ravel(), minlength=9)
+    np.testing.assert_allclose(block.a, counts / counts.sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        memory.fisher[embeddings], np.outer(block.a, np.diag(block.g))
+    )
+
+    model.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
+    )
+    current = {v.path: ops_numpy(v) for v in model.trainable_variables}
+    delta = current[embeddings] - memory.anchor[embeddings]
+    expected = np.sum(delta * (np.diag(block.a) @ delta @ block.g))
+    out = memory.kronecker["out/kernel"]
+    delta = np.r_[
+        current["out/kernel"] - memory.anchor["out/kernel"],
+        (current["out/bias"] - memory.anchor["out/bias"])[None],
+    ]
+    expected += np.sum(delta * (out.a @ delta @ out.g))
+    expected *= 0.5 * 2.0 * memory.num_examples / 20
+    penalty = memory.penalty(model, num_train_examples=20, strength=2.0)
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-5
+    )
+
+    memory.save(tmp_path / "embedding.memory")
+    loaded = FisherMemory.load(tmp_path / "embedding.memory")
+    np.testing.assert_array_equal(loaded.kronecker[embeddings].a, block.a)
+
+    # A plain Keras model rebuilds the regularizer from the layer's config.
+    plain = model.evaluate(tokens, y, verbose=0, return_dict=True)["loss"]
+    keras_memgeom.attach(model, loaded, num_train_examples=20, strength=2.0)
+    model.save(tmp_path / "tokens.keras")
+    again = keras.saving.load_model(tmp_path / "tokens.keras")
+    for restored in (model, again):
+        logs = restored.evaluate(tokens, y, verbose=0, return_dict=True)
+        np.testing.assert_allclose(logs["loss"] - plain, expected, rtol=1e-4)
+
+    # The merged anchor minimizes the exact sum; `a` stays diagonal.
+    merged = merge(memories)
+    assert merged.kronecker[embeddings].a.shape == (9,)
+    precisions = [
+        m.num_examples
+        * np.kron(np.diag(m.kronecker[embeddings].a), m.kronecker[embeddings].g)
+        for m in memories
+    ]
+    moment = sum(
+        p @ m.anchor[embeddings].ravel() for p, m in zip(precisions, memories)
+    )
+    residual = sum(precisions) @ merged.anchor[embeddings].ravel() - moment
+    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)

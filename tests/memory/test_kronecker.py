@@ -3,6 +3,7 @@ import pytest
 
 from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.src.memory.kronecker import kronecker_quadratic
+from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.src.memory.kronecker import merge_anchor
 from keras_memgeom.src.memory.kronecker import nearest_kronecker
 
@@ -79,3 +80,65 @@ def test_effective_dimension_uses_the_product_eigenvalues(rng):
     np.testing.assert_allclose(
         kronecker_effective_dimension(a, g, 10, 2.0), expected, rtol=1e-10
     )
+
+
+# A diagonal input factor (an Embedding's token frequencies) is held as its
+# diagonal; the algebra must give what the dense diagonal matrix gives.
+
+
+def _frequencies(rng, size):
+    counts = rng.integers(0, 4, size).astype("float64")
+    counts[0] = 0.0  # a token no example holds: no information on its row
+    return counts / counts.sum()
+
+
+def test_a_diagonal_factor_gives_the_dense_quadratic(rng):
+    a, g, delta = _frequencies(rng, 6), _psd(rng, 3), rng.normal(size=(6, 3))
+    dense = delta.ravel() @ np.kron(np.diag(a), g) @ delta.ravel()
+    np.testing.assert_allclose(
+        kronecker_quadratic(a, g, delta), dense, rtol=1e-12
+    )
+
+
+def test_diagonal_factors_merge_to_the_exact_minimizer(rng):
+    a1, a2 = _frequencies(rng, 6), _frequencies(rng, 6)
+    a2[0] = 0.0  # neither memory constrains row 0
+    g1, g2 = _psd(rng, 3), _psd(rng, 3)
+    t1, t2 = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    merged = merge_anchor((t1, 3.0, a1, g1), (t2, 2.0, a2, g2))
+    p1, p2 = 3.0 * np.kron(np.diag(a1), g1), 2.0 * np.kron(np.diag(a2), g2)
+    held = slice(3, None)  # the rows of tokens 1 to 5, flattened
+    total = (p1 + p2)[held, held]
+    exact = np.linalg.solve(total, (p1 @ t1.ravel() + p2 @ t2.ravel())[held])
+    np.testing.assert_allclose(merged.ravel()[held], exact, rtol=1e-6)
+    np.testing.assert_allclose(merged[0], t2[0])
+    # Three terms (conjugate gradients), one with a dense factor.
+    a3 = _psd(rng, 6)
+    terms = [
+        (t1, 3.0, a1, g1),
+        (t2, 2.0, a2, g2),
+        (rng.normal(size=(6, 3)), 1.0, a3, g1),
+    ]
+    solution = kronecker_sum_minimizer(terms, t2)
+    precisions = [
+        w * np.kron(np.diag(a) if a.ndim == 1 else a, g) for _, w, a, g in terms
+    ]
+    exact = np.linalg.solve(
+        sum(precisions),
+        sum(p @ t.ravel() for p, (t, _, _, _) in zip(precisions, terms)),
+    )
+    np.testing.assert_allclose(solution.ravel(), exact, rtol=1e-6)
+
+
+def test_nearest_kronecker_keeps_diagonal_factors_diagonal(rng):
+    terms = [
+        (3.0, _frequencies(rng, 5), _psd(rng, 3)),
+        (2.0, _frequencies(rng, 5), _psd(rng, 3)),
+    ]
+    a, g = nearest_kronecker(terms)
+    assert a.shape == (5,)
+    dense_a, dense_g = nearest_kronecker(
+        [(w, np.diag(a), g) for w, a, g in terms]
+    )
+    np.testing.assert_allclose(np.diag(a), dense_a, atol=1e-12)
+    np.testing.assert_allclose(g, dense_g, atol=1e-12)

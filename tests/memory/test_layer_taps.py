@@ -116,6 +116,14 @@ def _embedding():
     ], _tokens
 
 
+def _reversible_embedding():
+    # Called forward only (a classifier): computes as an Embedding.
+    return [
+        keras.Input((6,), dtype="int32"),
+        keras.layers.ReversibleEmbedding(9, 4),
+    ], _tokens
+
+
 ARCHITECTURES = {
     "depthwise": _depthwise,
     "separable": _separable,
@@ -124,6 +132,7 @@ ARCHITECTURES = {
     "einsum_dense": _einsum,
     "layer_norm": _layer_norm,
     "embedding": _embedding,
+    "reversible_embedding": _reversible_embedding,
     "mobilenet_block": _mobilenet_block,
 }
 
@@ -271,7 +280,7 @@ def test_moving_statistics_and_frozen_layers_never_enter(rng):
 
 
 def _full_block(model, x, y, kernel, bias, units):
-    """The exact Fisher of `[kernel; bias]` as `(fan_in + 1) * units`."""
+    """The exact Fisher of `[kernel; bias]` as `(fan_in [+ 1]) * units`."""
     likelihood = likelihood_from_loss(model.loss)
     step = _BatchStep(
         model, list(model.trainable_variables), likelihood, "exact", x, "kfac"
@@ -286,9 +295,10 @@ def _full_block(model, x, y, kernel, bias, units):
         for v, g in zip(step.variables, grads)
     }
     cotangents = len(grads[0])
-    kernel = by_path[kernel.path].reshape(cotangents, -1, units)
-    bias = by_path[bias.path].reshape(cotangents, 1, units)
-    vectors = np.concatenate([kernel, bias], axis=1).reshape(cotangents, -1)
+    rows = [by_path[kernel.path].reshape(cotangents, -1, units)]
+    if bias is not None:
+        rows.append(by_path[bias.path].reshape(cotangents, 1, units))
+    vectors = np.concatenate(rows, axis=1).reshape(cotangents, -1)
     return vectors.T @ vectors
 
 
@@ -457,3 +467,97 @@ def test_a_separable_convolution_factors_its_pointwise_step(rng):
         assert layer.bias.path not in fisher
         assert a.shape == (layer.pointwise_kernel.shape[2] + 1,) * 2
         assert g.shape == (layer.filters, layer.filters)
+
+
+def test_embedding_kfac_is_exact_on_one_example_with_one_token(rng):
+    # Its input factor is diagonal: the one-hot input's second moment.
+    embedding = keras.layers.Embedding(5, 3)
+    model = keras.Sequential(
+        [
+            keras.Input((1,), dtype="int32"),
+            embedding,
+            keras.layers.Activation("tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = np.array([[2]], "int32"), np.array([1])
+    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    bias, a, g, _ = kronecker[embedding.embeddings.path]
+    assert bias is None
+    np.testing.assert_array_equal(a, [0.0, 0.0, 1.0, 0.0, 0.0])
+    full = _full_block(model, x, y, embedding.embeddings, None, 3)
+    np.testing.assert_allclose(
+        np.kron(np.diag(a), g), full, rtol=1e-5, atol=1e-8
+    )
+
+
+def _token_tagger(first):
+    """Per-token logits of `first` (an Embedding, or a Dense on one-hot)."""
+    inputs = (
+        keras.Input((6,), dtype="int32")
+        if isinstance(first, keras.layers.Embedding)
+        else keras.Input((6, 9))
+    )
+    h = keras.layers.Activation("tanh")(first(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def test_embedding_kfac_is_the_dense_kfac_of_its_one_hot_inputs(rng):
+    # A Dense on one-hot tokens computes what the Embedding does, and its
+    # K-FAC is the generic position rule's: the two must agree, with
+    # repeated tokens and positions masked by sample weights.
+    embedding = keras.layers.Embedding(9, 4)
+    dense = keras.layers.Dense(4, use_bias=False)
+    model, twin = _token_tagger(embedding), _token_tagger(dense)
+    twin.set_weights(model.get_weights())
+    tokens = _tokens(rng, 7)
+    y = rng.integers(0, NUM_CLASSES, (7, 6))
+    weights = (rng.random((7, 6)) > 0.3).astype("float32")
+    one_hot = np.eye(9, dtype="float32")[tokens]
+    _, _, kronecker = estimate_fisher(
+        model, (tokens, y, weights), structure="kfac"
+    )
+    _, _, expected = estimate_fisher(
+        twin, (one_hot, y, weights), structure="kfac"
+    )
+    _, a, g, _ = kronecker[embedding.embeddings.path]
+    _, dense_a, dense_g, _ = expected[dense.kernel.path]
+    # The counted tokens' frequencies, from the data alone.
+    counts = np.bincount(tokens[weights > 0], minlength=9)
+    np.testing.assert_allclose(a, counts / counts.sum(), rtol=1e-6)
+    np.testing.assert_allclose(np.diag(a), dense_a, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(g, dense_g, rtol=1e-5, atol=1e-9)
+
+
+def test_a_tied_embedding_is_left_to_the_generic_path(rng):
+    # The same table looks tokens up and projects to logits: two uses, no
+    # rule for their sum, so it is neither tapped nor factored, and still
+    # exact.
+    tokens = keras.Input((6,), dtype="int32")
+    embedding = keras.layers.ReversibleEmbedding(9, 4)
+    h = keras.layers.Activation("tanh")(embedding(tokens))
+    logits = embedding(h, reverse=True)
+    model = keras.Model(tokens, keras.layers.GlobalAveragePooling1D()(logits))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = _tokens(rng, 4), rng.integers(0, 9, 4)
+    assert not LayerTaps(model).probe(x).variables
+    fisher, _ = estimate_fisher(model, (x, y), batch_size=3)
+    expected = _reference(model, x, y, "exact", num_samples=1)
+    np.testing.assert_allclose(
+        fisher[embedding.embeddings.path],
+        expected[embedding.embeddings.path],
+        rtol=2e-5,
+        atol=1e-9,
+    )
+    with pytest.raises(ValueError, match="none to factor"):
+        estimate_fisher(model, (x, y), structure="kfac")

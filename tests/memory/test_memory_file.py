@@ -220,7 +220,7 @@ def test_saved_files_are_of_the_current_version_and_checksummed(tmp_path):
     _memory().save(tmp_path / "a.memory")
     with zipfile.ZipFile(tmp_path / "a.memory") as z:
         meta = json.loads(z.read("meta.json"))
-    assert meta["version"] == memory_file.FORMAT_VERSION == 3
+    assert meta["version"] == memory_file.FORMAT_VERSION == 4
     digest = meta.pop("meta_sha256")
     canonical = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     assert digest == hashlib.sha256(canonical.encode()).hexdigest()
@@ -248,3 +248,35 @@ def test_format_2_files_without_a_metadata_checksum_keep_loading(tmp_path):
     assert loaded.num_examples == 7
     np.testing.assert_array_equal(loaded.kronecker["k"].a, a)
     np.testing.assert_array_equal(loaded.kronecker["k"].g, g)
+
+
+def test_a_diagonal_input_factor_needs_version_4(tmp_path):
+    # An Embedding's `a` is stored as its diagonal; a file that claims an
+    # older version, or a diagonal output factor, is refused.
+    memory = FisherMemory(
+        {"e": np.ones((3, 2))},
+        {},
+        num_examples=5,
+        kronecker={"e": (None, np.array([0.5, 0.0, 0.5]), np.eye(2))},
+    )
+    path = tmp_path / "diagonal.memory"
+    memory.save(path)
+    loaded = FisherMemory.load(path)
+    np.testing.assert_array_equal(loaded.kronecker["e"].a, [0.5, 0.0, 0.5])
+
+    def as_version_3(meta):
+        meta["version"] = 3
+        meta["meta_sha256"] = memory_file._meta_digest(meta)
+
+    _rewrite_meta(path, as_version_3)
+    with pytest.raises(ValueError, match=r"factors of 'e' have shape \[3\]"):
+        FisherMemory.load(path)
+    memory.save(path)
+
+    def with_diagonal_g(meta):
+        meta["kronecker"][0]["g_shape"] = [2]
+        meta["meta_sha256"] = memory_file._meta_digest(meta)
+
+    _rewrite_meta(path, with_diagonal_g)
+    with pytest.raises(ValueError, match=r"factors of 'e' have shape \[2\]"):
+        FisherMemory.load(path)

@@ -48,12 +48,16 @@ def _as_tensors(factor):
 
 
 @pytest.mark.parametrize(
-    "rank_a,rank_g", [(None, None), (3, 2), (3, None), (None, 1)]
+    "rank_a,rank_g",
+    [(None, None), (3, 2), (3, None), (None, 1), ("diagonal", 2)],
 )
 def test_kronecker_quadratic_and_its_gradient_are_the_dense_forms(
     rng, rank_a, rank_g
 ):
-    a = truncate_factor(_psd(rng, 7), rank=rank_a)
+    if rank_a == "diagonal":  # held as its diagonal, an Embedding's `a`
+        a = np.diag(_psd(rng, 7)).copy()
+    else:
+        a = truncate_factor(_psd(rng, 7), rank=rank_a)
     g = truncate_factor(_psd(rng, 5), rank=rank_g)
     dense_a, dense_g = dense_factor(a), dense_factor(g)
     delta = rng.normal(size=(7, 5))

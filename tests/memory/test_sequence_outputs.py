@@ -194,10 +194,9 @@ def test_kfac_factors_of_padded_tokens_leave_the_padding_out(rng, padding):
     weights[2, 1] = 0.0  # a zero-weight token: one unit, not an input
     if padding == "sample_weight":
         weights[x == 0] = 0.0
-    with pytest.warns(UserWarning, match="embeddings"):
-        _, n, kronecker = estimate_fisher(
-            model, (x, y, weights), structure="kfac", batch_size=2
-        )
+    _, n, kronecker = estimate_fisher(
+        model, (x, y, weights), structure="kfac", batch_size=2
+    )
 
     embeddings = model.layers[1].get_weights()[0].astype("float64")
     w1, b1 = (v.astype("float64") for v in hidden.get_weights())
@@ -209,6 +208,7 @@ def test_kfac_factors_of_padded_tokens_leave_the_padding_out(rng, padding):
     counted = units & (weights > 0)
     assert n == units.sum()
     a_hidden, a_out, g_hidden, g_out = 0.0, 0.0, 0.0, 0.0
+    a_embedding, g_embedding = np.zeros(VOCABULARY), 0.0
     for b, t in zip(*np.nonzero(counted)):
         output_fisher = weights[b, t] * (
             np.diag(p[b, t]) - np.outer(p[b, t], p[b, t])
@@ -218,10 +218,17 @@ def test_kfac_factors_of_padded_tokens_leave_the_padding_out(rng, padding):
         a_out += np.outer(*[np.r_[h[b, t], 1.0]] * 2)
         g_hidden += jacobian.T @ output_fisher @ jacobian
         g_out += output_fisher
+        # The embedding: a one-hot input, and `d logits / d e = J w1^T`.
+        a_embedding[x[b, t]] += 1.0
+        g_embedding += (jacobian @ w1.T).T @ output_fisher @ (jacobian @ w1.T)
     count = counted.sum()
     expected = {
         hidden.kernel.path: (a_hidden / count, g_hidden / n),
         out.kernel.path: (a_out / count, g_out / n),
+        model.layers[1].embeddings.path: (
+            a_embedding / count,
+            g_embedding / n,
+        ),
     }
     for kernel, (a, g) in expected.items():
         np.testing.assert_allclose(kronecker[kernel][1], a, rtol=1e-5)

@@ -303,14 +303,7 @@ def position_factors(x, g, counted, use_bias):
         batch (`G` over the `K` cotangents too), and the number of those
         positions.
     """
-    positions = tuple(x.shape[1:-1])
-    counted = ops.cast(counted, x.dtype)
-    if tuple(counted.shape[1:]) != positions:
-        if len(counted.shape) > 1:
-            counted = ops.max(counted, axis=tuple(range(1, len(counted.shape))))
-        counted = ops.reshape(counted, (-1, *[1] * len(positions)))
-        counted = counted * ops.ones_like(x[..., 0])
-    counted = ops.reshape(counted, (-1, 1))
+    counted = counted_positions(counted, ops.ones_like(x[..., 0]))
     x = ops.reshape(x, (-1, x.shape[-1]))
     if use_bias:
         x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
@@ -321,6 +314,27 @@ def position_factors(x, g, counted, use_bias):
     a_sum = ops.matmul(ops.transpose(x), x)
     g_sum = ops.matmul(ops.transpose(g), g)
     return a_sum, g_sum, ops.sum(counted)
+
+
+def counted_positions(counted, ones):
+    """Which input positions K-FAC counts: 0/1, one row per position.
+
+    Args:
+        counted: as for `position_factors`.
+        ones: ones of the layer's input positions, `(batch, *positions)`,
+            in the factors' dtype.
+
+    Returns:
+        `(batch * positions, 1)`: 1 where the position is counted.
+    """
+    positions = tuple(ones.shape[1:])
+    counted = ops.cast(counted, ones.dtype)
+    if tuple(counted.shape[1:]) != positions:
+        if len(counted.shape) > 1:
+            counted = ops.max(counted, axis=tuple(range(1, len(counted.shape))))
+        counted = ops.reshape(counted, (-1, *[1] * len(positions)))
+        counted = counted * ones
+    return ops.reshape(counted, (-1, 1))
 
 
 def masked_kernel(layer):

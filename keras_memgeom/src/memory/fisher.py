@@ -103,7 +103,9 @@ def estimate_fisher(
             pointwise step of every SeparableConv2D, and every EinsumDense
             that is a matmul of the input's last axes into the kernel's
             last axes (a Dense at every position: all four projections of
-            MultiHeadAttention), from the same backward passes (the exact,
+            MultiHeadAttention), and every Embedding (a Dense on one-hot
+            tokens, its `A` the diagonal of their frequencies, kept as a
+            1-D array), from the same backward passes (the exact,
             sampled and empirical estimators; `A` and `G` are batch sums,
             so the cost is one pass over the data), and the diagonal for
             every other variable, which a
@@ -153,7 +155,8 @@ def estimate_fisher(
             non-finite inputs or Fisher values, when the backward passes of
             a single example would not fit in the device's memory, or
             `structure="kfac"` on a model with no layer to factor (Dense,
-            EinsumDense, Conv1D, Conv2D, SeparableConv2D; a warning names
+            EinsumDense, Embedding, Conv1D, Conv2D, SeparableConv2D; a
+            warning names
             the variables that stay diagonal when only some are outside
             one) or on data whose sample weights are all zero.
 
@@ -734,8 +737,8 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
     if not in_blocks:
         raise ValueError(
             "structure='kfac' factors Dense, matmul-shaped EinsumDense "
-            "(attention projections), Conv1D and Conv2D layers and the "
-            "pointwise step of SeparableConv2D, and this "
+            "(attention projections), Conv1D, Conv2D and Embedding layers "
+            "and the pointwise step of SeparableConv2D, and this "
             "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."
         )

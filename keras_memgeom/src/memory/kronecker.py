@@ -8,9 +8,12 @@ appended for the bias), `G` that of the gradients at its outputs. With the
 row-major `vec`, `vec(D)^T (A (x) G) vec(D) = sum(D * (A @ D @ G))`, which is
 how every function here evaluates it: `A (x) G` is never formed.
 
-A factor is a dense symmetric matrix or an `EigenFactor`, its top
+A factor is a dense symmetric matrix; an `EigenFactor`, its top
 eigenvectors and a flat remainder (`truncate_factor`), which stores and
-applies in `O(r * size)` instead of `O(size^2)`.
+applies in `O(r * size)` instead of `O(size^2)`; or a diagonal matrix held
+as its diagonal, a 1-D array: the input factor of an `Embedding`, whose
+one-hot inputs make `A` the diagonal of token frequencies, exactly, in
+`O(vocabulary)` where a matrix would need `O(vocabulary^2)`.
 """
 
 import collections
@@ -32,7 +35,9 @@ Args:
         inputs (averaged over the input patches of a convolution or the
         positions of a sequence, the masked and zero-weight ones left out),
         with a 1 appended where there is a bias; or that matrix as an
-        `EigenFactor`.
+        `EigenFactor`; or, for an `Embedding`, `(vocabulary,)`, the
+        diagonal of that moment of its one-hot inputs (the tokens'
+        frequencies).
     g: `(units, units)`, the second moment of the gradients at the
         layer's outputs (summed over positions), per unit the loss averages
         over (an example, or a token of per-token outputs); or that matrix
@@ -130,9 +135,10 @@ def truncate_factor(matrix, rank=None, retained_trace=None):
     the result is positive semi-definite whatever the input. Only the kept
     eigenvectors are computed. When every eigenvector is kept the dense
     matrix is returned unchanged: a full-rank factor is exactly what it was.
+    A diagonal factor is returned unchanged too: it is already `O(size)`.
 
     Args:
-        matrix: `(size, size)`, symmetric.
+        matrix: `(size, size)`, symmetric, or a diagonal factor `(size,)`.
         rank: the most eigenvectors to keep, or `None` for no bound.
         retained_trace: a share of the trace in `(0, 1]`, or `None`.
 
@@ -144,6 +150,8 @@ def truncate_factor(matrix, rank=None, retained_trace=None):
     """
     rank, retained_trace = check_rank(rank, retained_trace)
     matrix = np.asarray(matrix)
+    if matrix.ndim == 1:
+        return matrix  # a diagonal already stores `O(size)` numbers
     size = matrix.shape[0]
     keep = size if rank is None else min(rank, size)
     if retained_trace is None and keep >= size:
@@ -223,8 +231,15 @@ def checked_eigen_factor(path, name, factor, size):
     return EigenFactor(vectors, values, remainder)
 
 
+def is_diagonal(factor):
+    """Whether a factor is a diagonal matrix held as its diagonal, 1-D."""
+    return not isinstance(factor, EigenFactor) and np.ndim(factor) == 1
+
+
 def dense_factor(factor):
     """The `(size, size)` matrix a factor stands for (float64 if truncated)."""
+    if is_diagonal(factor):
+        return np.diag(np.asarray(factor))
     if not isinstance(factor, EigenFactor):
         return np.asarray(factor)
     vectors = np.asarray(factor.vectors, "float64")
@@ -235,8 +250,26 @@ def dense_factor(factor):
     return matrix
 
 
+def untruncated(factor):
+    """A factor the merges' algebra takes: an `EigenFactor` made dense.
+
+    A diagonal factor stays diagonal: its merges keep it `O(size)`.
+    """
+    if isinstance(factor, EigenFactor):
+        return dense_factor(factor)
+    return np.asarray(factor)
+
+
+def permuted_factor(factor, order):
+    """An untruncated factor with its rows and columns taken in `order`."""
+    factor = np.asarray(factor)
+    return factor[order] if factor.ndim == 1 else factor[order][:, order]
+
+
 def factor_diagonal(factor):
     """The diagonal of a factor, in `O(r * size)` for an `EigenFactor`."""
+    if is_diagonal(factor):
+        return np.asarray(factor)
     if not isinstance(factor, EigenFactor):
         return np.diag(factor)
     vectors = np.asarray(factor.vectors, "float64")
@@ -247,6 +280,8 @@ def factor_diagonal(factor):
 
 def factor_eigenvalues(factor):
     """All `size` eigenvalues of a factor, clipped at zero."""
+    if is_diagonal(factor):
+        return np.maximum(np.asarray(factor, "float64"), 0.0)
     if not isinstance(factor, EigenFactor):
         return np.maximum(np.linalg.eigvalsh(factor), 0.0)
     size, kept = np.shape(factor.vectors)
@@ -327,7 +362,33 @@ def block_diagonal(block, kernel_shape):
 
 def kronecker_quadratic(a, g, delta):
     """`vec(delta)^T (a (x) g) vec(delta)`, `delta`: `(len(a), len(g))`."""
-    return float(np.sum(delta * (a @ delta @ g)))
+    return float(np.sum(delta * _kronecker_product(a, delta, g)))
+
+
+def _left(factor, x):
+    """`factor @ x` for an untruncated factor (a matrix or a diagonal)."""
+    return factor[:, None] * x if np.ndim(factor) == 1 else factor @ x
+
+
+def _right(x, factor):
+    """`x @ factor` for an untruncated factor."""
+    return x * factor if np.ndim(factor) == 1 else x @ factor
+
+
+def _transpose(factor):
+    return factor if np.ndim(factor) == 1 else factor.T
+
+
+def _kronecker_product(a, x, g):
+    """`a @ x @ g` for untruncated factors."""
+    return _right(_left(a, x), g)
+
+
+def _alike(*factors):
+    """Untruncated factors all diagonal, or all matrices if one is."""
+    if all(np.ndim(f) == 1 for f in factors):
+        return factors
+    return tuple(np.diag(f) if np.ndim(f) == 1 else f for f in factors)
 
 
 # Eigenvalues below this share of the largest count as no information: the
@@ -344,8 +405,10 @@ def check_kronecker_factors(owner, a, g, rows, units):
 
     Args:
         owner: the kernel they describe, named in the errors.
-        a: the input factor, `(rows, rows)`, or an `EigenFactor`.
-        g: the output factor, `(units, units)`, or an `EigenFactor`.
+        a: the input factor, `(rows, rows)`, an `EigenFactor`, or its
+            diagonal `(rows,)`.
+        g: the output factor, `(units, units)`, an `EigenFactor`, or its
+            diagonal `(units,)`.
         rows: `fan_in`, plus 1 with a bias.
         units: the layer's output units.
 
@@ -357,7 +420,8 @@ def check_kronecker_factors(owner, a, g, rows, units):
         ValueError: naming `owner` and the factor, if a factor has the
             wrong shape, holds NaN or infinite values, is not symmetric, or
             is not positive semi-definite (an eigenvalue below
-            `-1e-4` times the largest eigenvalue's magnitude).
+            `-1e-4` times the largest eigenvalue's magnitude; a diagonal
+            entry below 0).
     """
     checked = []
     for name, factor, size in (("a", a, rows), ("g", g, units)):
@@ -365,15 +429,33 @@ def check_kronecker_factors(owner, a, g, rows, units):
             checked.append(checked_eigen_factor(owner, name, factor, size))
             continue
         factor = np.array(factor, dtype="float64")
-        if factor.shape != (size, size):
+        if factor.shape not in ((size, size), (size,)):
             raise ValueError(
                 f"The Kronecker factors of {owner} must be {(rows, rows)} and "
-                f"{(units, units)}; the factor {name} is {factor.shape}."
+                f"{(units, units)} (or their diagonals, {(rows,)} and "
+                f"{(units,)}); the factor {name} is {factor.shape}."
             )
-        _check_dense_factor(owner, name, factor)
+        if factor.ndim == 1:
+            _check_diagonal_factor(owner, name, factor)
+        else:
+            _check_dense_factor(owner, name, factor)
         factor.flags.writeable = False
         checked.append(factor)
     return tuple(checked)
+
+
+def _check_diagonal_factor(owner, name, factor):
+    if not np.all(np.isfinite(factor)):
+        raise ValueError(
+            f"The Kronecker factor {name} of {owner} holds NaN or infinite "
+            "values."
+        )
+    if np.any(factor < 0):
+        raise ValueError(
+            f"The diagonal Kronecker factor {name} of {owner} has a negative "
+            f"entry ({factor.min():.3g}): a Fisher factor is a second "
+            "moment, and under this one the penalty would go negative."
+        )
 
 
 def _check_dense_factor(owner, name, factor):
@@ -406,8 +488,13 @@ def _joint_basis(m1, m2):
     """`T` (`p x k`) and `mu` with `T^T (m1 + m2) T = I`, `T^T m1 T = diag(mu)`.
 
     `T` spans the range of `m1 + m2`; outside it neither matrix holds
-    information.
+    information. For two diagonal factors `T` is diagonal too (1-D, zero
+    outside the range).
     """
+    m1, m2 = _alike(m1, m2)
+    if np.ndim(m1) == 1:
+        root = _whitening(m1 + m2)
+        return root, np.clip(m1 * root**2, 0.0, 1.0)
     eigenvalues, vectors = np.linalg.eigh(m1 + m2)
     kept = eigenvalues > _RELATIVE_TOLERANCE * max(
         float(eigenvalues.max()), 0.0
@@ -434,14 +521,15 @@ def merge_anchor(older, newer):
     anchor2, w2, a2, g2 = newer
     # Solve for the move away from the newer anchor, so that directions no
     # memory constrains stay where the newer one put them.
-    rhs = w1 * (a1 @ (anchor1 - anchor2) @ g1)
+    rhs = w1 * _kronecker_product(a1, anchor1 - anchor2, g1)
     t_a, mu = _joint_basis(w1 * a1, w2 * a2)
     t_g, nu = _joint_basis(g1, g2)
     # In the joint basis the operator is diagonal.
     operator = np.outer(mu, nu) + np.outer(1.0 - mu, 1.0 - nu)
     held = operator > _RELATIVE_TOLERANCE
-    y = np.where(held, (t_a.T @ rhs @ t_g) / np.where(held, operator, 1.0), 0.0)
-    return anchor2 + t_a @ y @ t_g.T
+    projected = _kronecker_product(_transpose(t_a), rhs, t_g)
+    y = np.where(held, projected / np.where(held, operator, 1.0), 0.0)
+    return anchor2 + _kronecker_product(t_a, y, _transpose(t_g))
 
 
 def nearest_kronecker(terms):
@@ -452,12 +540,19 @@ def nearest_kronecker(terms):
     approximation is the nearest single product, and it lies in the span of
     the `a_k` and of the `g_k`, so a `K x K` singular value problem finds it.
 
+    Diagonal factors (all of one side) stay diagonal: the inner products
+    of diagonal matrices are those of their diagonals, and the nearest `a`
+    is a combination of the `a_k`.
+
     Args:
-        terms: a list of `(weight, a, g)`.
+        terms: a list of `(weight, a, g)`, untruncated factors.
 
     Returns:
         `(a, g)` with `a (x) g` the nearest product, of equal norms.
     """
+    a_side = _alike(*(a for _, a, _ in terms))
+    g_side = _alike(*(g for _, _, g in terms))
+    terms = [(w, a, g) for (w, _, _), a, g in zip(terms, a_side, g_side)]
     weights = np.array([w for w, _, _ in terms], dtype="float64")
     a_stack = np.stack([a.ravel() for _, a, _ in terms])
     g_stack = np.stack([g.ravel() for _, _, g in terms])
@@ -472,7 +567,7 @@ def nearest_kronecker(terms):
     root = np.sqrt(s[0])
     a = root * np.tensordot(alpha, np.stack([a for _, a, _ in terms]), axes=1)
     g = root * np.tensordot(beta, np.stack([g for _, _, g in terms]), axes=1)
-    if np.trace(a) < 0:  # singular vectors have an arbitrary common sign
+    if np.sum(factor_diagonal(a)) < 0:  # an arbitrary common sign
         a, g = -a, -g
     return a, g
 
@@ -506,7 +601,8 @@ def kronecker_sum_minimizer(terms, start, mask=None, tolerance=1e-10):
     not depend on the order of the terms.
 
     Args:
-        terms: a list of `(anchor, weight, a, g)`, anchors `(rows, units)`.
+        terms: a list of `(anchor, weight, a, g)`, anchors `(rows, units)`,
+            the factors untruncated.
         start: `(rows, units)`.
         mask: `None`, or `(fan_in, units)` (no bias row).
         tolerance: the residual's norm relative to the right-hand side's.
@@ -514,6 +610,12 @@ def kronecker_sum_minimizer(terms, start, mask=None, tolerance=1e-10):
     Returns:
         The minimizer, `(rows, units)`.
     """
+    a_side = _alike(*(a for _, _, a, _ in terms))
+    g_side = _alike(*(g for _, _, _, g in terms))
+    terms = [
+        (anchor, w, a, g)
+        for (anchor, w, _, _), a, g in zip(terms, a_side, g_side)
+    ]
     full = np.ones_like(start)
     if mask is not None:
         full[: len(mask)] = mask
@@ -521,24 +623,23 @@ def kronecker_sum_minimizer(terms, start, mask=None, tolerance=1e-10):
     r_g = _whitening(sum(g for _, _, _, g in terms))
 
     def move(y):
-        return full * (r_a @ y @ r_g.T)
+        return full * _kronecker_product(r_a, y, _transpose(r_g))
 
     def apply(y):
         d = move(y)
-        return (
-            r_a.T @ (full * sum(w * (a @ d @ g) for _, w, a, g in terms)) @ r_g
+        total = full * sum(
+            w * _kronecker_product(a, d, g) for _, w, a, g in terms
         )
+        return _kronecker_product(_transpose(r_a), total, r_g)
 
-    residual = (
-        r_a.T
-        @ (
-            full
-            * sum(
-                w * (a @ (full * (anchor - start)) @ g)
-                for anchor, w, a, g in terms
-            )
-        )
-        @ r_g
+    residual = _kronecker_product(
+        _transpose(r_a),
+        full
+        * sum(
+            w * _kronecker_product(a, full * (anchor - start), g)
+            for anchor, w, a, g in terms
+        ),
+        r_g,
     )
     goal = tolerance * np.linalg.norm(residual)
     y, direction, norm = np.zeros_like(residual), residual, np.sum(residual**2)
@@ -559,7 +660,13 @@ def kronecker_sum_minimizer(terms, start, mask=None, tolerance=1e-10):
 
 
 def _whitening(matrix):
-    """`R` (`p x k`) with `R^T matrix R = I` on the range of a PSD `matrix`."""
+    """`R` (`p x k`) with `R^T matrix R = I` on the range of a PSD `matrix`.
+
+    For a diagonal `matrix`, `R` is diagonal (1-D, zero outside the range).
+    """
+    if np.ndim(matrix) == 1:
+        kept = matrix > _RELATIVE_TOLERANCE * max(float(matrix.max()), 0.0)
+        return np.where(kept, 1.0 / np.sqrt(np.where(kept, matrix, 1.0)), 0.0)
     eigenvalues, vectors = np.linalg.eigh(matrix)
     kept = eigenvalues > _RELATIVE_TOLERANCE * max(
         float(eigenvalues.max()), 0.0

@@ -246,7 +246,8 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if not config.get("paired"):
+        reads_bias = any(t["bias"] is not None for t in config["terms"])
+        if reads_bias and not config.get("paired"):
             raise ValueError(
                 "A KroneckerRegularizer that reads a layer's bias variable "
                 "cannot be rebuilt from a config."
@@ -265,7 +266,8 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
         if config["mask"] is not None:
             config["mask"] = zeros(config["mask"])
         regularizer = cls(bias=None, **config)
-        _pair(regularizer.key, kernel=regularizer)
+        if regularizer.paired:
+            _pair(regularizer.key, kernel=regularizer)
         return regularizer
 
     def save_own_variables(self, store):

@@ -16,7 +16,9 @@ gradients of its variables, exactly, without a per-example backward pass:
 - SeparableConv2D: a DepthwiseConv2D followed by a 1x1 convolution, with a
   tap on each.
 - Embedding: the gradient of row `v` is the sum of the output gradients at
-  the positions holding token `v`.
+  the positions holding token `v`. Its K-FAC input factor is diagonal:
+  the second moment of one-hot inputs is the diagonal of the tokens'
+  frequencies.
 - LayerNormalization and BatchNormalization (inference): `dgamma = sum g *
   x_hat` and `dbeta = sum g` over the non-feature axes of each example.
 
@@ -90,7 +92,7 @@ class _Rule:
 
     kfac = False
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         return True
 
     def variables(self, layer):
@@ -120,7 +122,7 @@ class _DenseConv2D(_Rule):
 
     kfac = True
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         if type(layer) in (keras.layers.Dense, PrePrunedDense):
             return len(input_shape) == 2
         return (
@@ -173,7 +175,7 @@ class _Einsum(_Rule):
             return None
         return x, kernel, out
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         if isinstance(layer, keras.layers.Dense):
             return len(input_shape) > 2
         return self._equation(layer, len(input_shape)) is not None
@@ -261,7 +263,7 @@ class _Conv1D(_Rule):
 
     kfac = True
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         return (
             layer.groups == 1
             and _channels_last_conv(layer)
@@ -308,7 +310,7 @@ class _Conv1D(_Rule):
 class _Depthwise(_Rule):
     """DepthwiseConv2D: per-channel correlation of patches and gradients."""
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         return _channels_last_conv(layer) and len(input_shape) == 4
 
     def call(self, layer, inputs, taps):
@@ -345,7 +347,7 @@ class _Separable(_Rule):
 
     kfac = True
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         return _channels_last_conv(layer) and len(input_shape) == 4
 
     def variables(self, layer):
@@ -419,10 +421,39 @@ class _Embedding(_Rule):
     sum over the positions holding the same token) and adds `G_v^2 / |S_v|`
     to row `v`, so the rows receive `sum_b G_bv^2` without a `(batch,
     vocabulary)` tensor.
+
+    K-FAC treats it as a Dense on one-hot inputs at every position: `A`,
+    the mean of `e_v e_v^T` over the counted positions, is the diagonal
+    of token frequencies (held as its diagonal, `O(vocabulary)`), and `G`
+    the second moment of the output gradients. Exact for one example with
+    one token, as for a Dense.
     """
+
+    kfac = True
+
+    def fits(self, layer, input_shape, output_shape):
+        # A `ReversibleEmbedding` called in reverse is a matmul to logits.
+        return output_shape == (*input_shape[1:], layer.output_dim)
 
     def variables(self, layer):
         return [layer.embeddings]
+
+    def kfac_variables(self, layer):
+        return layer.embeddings, None
+
+    def factors(self, layer, tokens, grads, shapes, counted):
+        g = grads[0]  # `(K, batch, *positions, dim)`
+        counted = dense_taps.counted_positions(
+            counted, ops.ones_like(tokens, dtype=g.dtype)
+        )
+        a_sum = ops.segment_sum(
+            counted[:, 0],
+            ops.reshape(tokens, (-1,)),
+            num_segments=layer.input_dim,
+        )
+        g = ops.reshape(g, (g.shape[0], -1, g.shape[-1])) * counted[None]
+        g = ops.reshape(g, (-1, g.shape[-1]))
+        return a_sum, ops.matmul(ops.transpose(g), g), ops.sum(counted)
 
     def call(self, layer, inputs, taps):
         tokens = inputs
@@ -463,7 +494,7 @@ class _Normalization(_Rule):
     the axes `gamma` does not span.
     """
 
-    def fits(self, layer, input_shape):
+    def fits(self, layer, input_shape, output_shape):
         rank = len(input_shape)
         if isinstance(layer, keras.layers.LayerNormalization):
             axes = sorted(a % rank for a in layer.axis)
@@ -522,9 +553,27 @@ _RULES = {
     keras.layers.DepthwiseConv2D: (_Depthwise(),),
     keras.layers.SeparableConv2D: (_Separable(),),
     keras.layers.Embedding: (_Embedding(),),
+    keras.layers.ReversibleEmbedding: (_Embedding(),),
     keras.layers.LayerNormalization: (_Normalization(),),
     keras.layers.BatchNormalization: (_Normalization(),),
 }
+
+
+# Subclasses that compute as a covered type: keras-hub's ReversibleEmbedding
+# only sets on its forward output the mask Keras's `Layer.__call__` sets
+# anyway. Named, not imported: keras-hub is optional.
+_COMPUTES_AS = {
+    "keras_hub.src.layers.modeling.reversible_embedding.ReversibleEmbedding": (
+        keras.layers.ReversibleEmbedding
+    ),
+}
+
+
+def _rules_of(layer):
+    kind = type(layer)
+    if kind not in _RULES:
+        kind = _COMPUTES_AS.get(f"{kind.__module__}.{kind.__qualname__}")
+    return _RULES.get(kind, ())
 
 
 def _depthwise_elements(kernel, output_shape, cotangents):
@@ -600,15 +649,20 @@ class LayerTaps:
             if hasattr(t, "shape") and len(t.shape) > 0
         )
         for layer in layers:
-            rules = _RULES.get(type(layer), ())
+            rules = _rules_of(layer)
             if not rules or not _plain(layer) or len(calls[id(layer)]) != 1:
                 continue
             input_shape, outputs = calls[id(layer)][0]
-            input_shape = (None, *input_shape)
-            rule = next((r for r in rules if r.fits(layer, input_shape)), None)
-            if rule is None or len(outputs) != 1:
+            if len(outputs) != 1:
                 continue
+            input_shape = (None, *input_shape)
             output_shape = tuple(outputs[0].shape[1:])
+            rule = next(
+                (r for r in rules if r.fits(layer, input_shape, output_shape)),
+                None,
+            )
+            if rule is None:
+                continue
             self.layers.append(layer)
             self._io_shapes.append((input_shape, output_shape))
             self._rules.append(rule)

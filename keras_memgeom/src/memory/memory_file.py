@@ -17,9 +17,11 @@ from keras_memgeom.src.utils.atomic_write import check_writable_file_path
 FORMAT = "keras_memgeom.FisherMemory"
 # Version 2 added Kronecker blocks; version 3 checksums the metadata itself
 # (`num_examples`, the estimator, the list of variables), not only the
-# arrays, and may hold truncated Kronecker factors (`EigenFactor`). Versions
-# 1 and 2 are still read.
-FORMAT_VERSION = 3
+# arrays, and may hold truncated Kronecker factors (`EigenFactor`); version
+# 4 may hold a diagonal input factor (an Embedding's, `a_shape` of one
+# axis), which a version 3 reader would refuse as malformed. Versions 1 to 3
+# are still read.
+FORMAT_VERSION = 4
 
 # Deflate never shrinks data more than about 1032:1; a member that claims
 # more is lying about its size (a zip bomb) and is refused before reading.
@@ -226,11 +228,15 @@ def _check_meta(path, meta):
             ):
                 raise _invalid(path, f"a Kronecker block's {role} is {name!r}")
             covered.add(name)
-        for shape in (block["a_shape"], block["g_shape"]):
+        for kind in ("a", "g"):
+            shape = block[f"{kind}_shape"]
+            # A diagonal input factor (version 4) is stored as its diagonal.
+            axes = (1, 2) if kind == "a" and version >= 4 else (2,)
             if not (
                 isinstance(shape, list)
-                and len(shape) == 2
+                and len(shape) in axes
                 and all(_is_count(d) for d in shape)
+                and (len(shape) == 2 or block.get("a_rank") is None)
             ):
                 raise _invalid(
                     path,

@@ -4,7 +4,6 @@ import numpy as np
 
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
-from keras_memgeom.src.memory.kronecker import dense_factor
 from keras_memgeom.src.memory.kronecker import factor_rank
 from keras_memgeom.src.memory.kronecker import factor_size
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
@@ -12,6 +11,7 @@ from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.src.memory.kronecker import merge_anchor
 from keras_memgeom.src.memory.kronecker import nearest_kronecker
 from keras_memgeom.src.memory.kronecker import truncate_factor
+from keras_memgeom.src.memory.kronecker import untruncated
 from keras_memgeom.src.utils.checks import check_positive
 
 
@@ -170,6 +170,8 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     are truncated again to the newest memory's rank (or kept whole where it
     keeps them whole): a memory's size stays bounded over any number of
     merges, at the host cost of one eigendecomposition per factor.
+    Diagonal factors (an `Embedding`'s) merge as diagonals, in
+    `O(vocabulary)`.
     """
     shape = anchors[0][kernel].shape
     first = memories[0].kronecker[kernel]
@@ -187,8 +189,8 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         (
             stacked(a),
             w * m.num_examples,
-            dense_factor(m.kronecker[kernel].a),
-            dense_factor(m.kronecker[kernel].g),
+            untruncated(m.kronecker[kernel].a),
+            untruncated(m.kronecker[kernel].g),
         )
         for w, m, a in zip(weights, memories, anchors)
     ]

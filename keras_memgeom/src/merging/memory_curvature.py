@@ -7,7 +7,8 @@ from keras import ops
 
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
-from keras_memgeom.src.memory.kronecker import dense_factor
+from keras_memgeom.src.memory.kronecker import permuted_factor
+from keras_memgeom.src.memory.kronecker import untruncated
 from keras_memgeom.src.symmetry.align import permuted_copy
 from keras_memgeom.src.symmetry.unit_chain import copy_model
 
@@ -108,8 +109,8 @@ def memory_curvature(model, memory, structure):
     blocks = {
         by_path[kernel]: KroneckerBlock(
             None if block.bias is None else by_path[block.bias],
-            memory.num_examples * dense_factor(block.a),
-            dense_factor(block.g),
+            memory.num_examples * untruncated(block.a),
+            untruncated(block.g),
             block.mask,
         )
         for kernel, block in memory.kronecker.items()
@@ -156,8 +157,8 @@ def permuted_curvature(model, permutations, values, blocks=None):
         )
         permuted[i] = KroneckerBlock(
             block.bias,
-            block.a[a_rows][:, a_rows],
-            block.g[columns][:, columns],
+            permuted_factor(block.a, a_rows),
+            permuted_factor(block.g, columns),
             mask,
         )
     return values, permuted
