@@ -169,23 +169,26 @@ def test_kfac_factors_every_dense_and_einsum_dense(rng, name):
         fan_in = int(np.prod(layer.kernel.shape)) // block.g.shape[0]
         assert block.a.shape == (fan_in + 1, fan_in + 1), layer.name
         factored |= {layer.kernel.path, layer.bias.path}
-    # Token and segment embeddings have a diagonal input factor, unless
-    # the token embedding is also the output projection (GPT-2's, tied).
+    # Token, segment and position embeddings have a diagonal input factor,
+    # unless the token embedding is also the output projection (GPT-2's,
+    # tied).
     for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.Embedding) and not (
+        if isinstance(layer, keras_hub.layers.PositionEmbedding):
+            table = layer.position_embeddings
+        elif isinstance(layer, keras.layers.Embedding) and not (
             name == "gpt2" and layer.name == "token_embedding"
         ):
-            block = memory.kronecker[layer.embeddings.path]
-            assert block.a.shape == (layer.input_dim,), layer.name
-            factored.add(layer.embeddings.path)
-    # Only position embeddings, the tied token embedding and the
-    # normalizations fall back to a diagonal.
+            table = layer.embeddings
+        else:
+            continue
+        block = memory.kronecker[table.path]
+        assert block.a.shape == (table.shape[0],), layer.name
+        factored.add(table.path)
+    # Only the tied token embedding and the normalizations fall back to a
+    # diagonal.
     diagonal = {p for p in memory.paths if memory.structure_of(p) != "kfac"}
     assert diagonal == set(memory.paths) - factored
-    assert all(
-        "position_embedding" in p or "token_embedding" in p or "norm" in p
-        for p in diagonal
-    )
+    assert all("token_embedding" in p or "norm" in p for p in diagonal)
     (warning,) = [w for w in record if "diagonal Fisher" in str(w.message)]
     assert not any(p in str(warning.message) for p in factored)
 

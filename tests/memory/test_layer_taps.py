@@ -561,3 +561,90 @@ def test_a_tied_embedding_is_left_to_the_generic_path(rng):
     )
     with pytest.raises(ValueError, match="none to factor"):
         estimate_fisher(model, (x, y), structure="kfac")
+
+
+def _position_model(hub, length, table_length, per_token, **call_kwargs):
+    """Logits of `tanh(x + position embedding)`, per token or per example."""
+    inputs = keras.Input((length, 4))
+    position = hub.layers.PositionEmbedding(table_length)
+    h = keras.layers.Activation("tanh")(
+        keras.layers.Add()([inputs, position(inputs, **call_kwargs)])
+    )
+    if not per_token:
+        h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(h))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model, position
+
+
+@pytest.mark.parametrize("estimator", ["exact", "sampled"])
+def test_position_embedding_is_tapped_and_exact(rng, estimator):
+    hub = pytest.importorskip("keras_hub")
+    # A table longer than the sequences: its last rows get no information.
+    model, position = _position_model(hub, 5, 7, per_token=False)
+    x = rng.normal(size=(4, 5, 4)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, 4)
+    taps = LayerTaps(model).probe(x)
+    assert position.position_embeddings.path in {v.path for v in taps.variables}
+    fisher, _ = estimate_fisher(
+        model, (x, y), estimator=estimator, num_samples=2, batch_size=3
+    )
+    expected = _reference(model, x, y, estimator, num_samples=2)
+    path = position.position_embeddings.path
+    assert np.abs(expected[path][:5]).min() > 0
+    np.testing.assert_array_equal(fisher[path][5:], 0.0)
+    np.testing.assert_allclose(fisher[path], expected[path], rtol=2e-5)
+
+
+def test_position_embedding_kfac_is_the_embedding_kfac_of_positions(rng):
+    # The table added at positions 0..seq-1 is an Embedding looked up at
+    # the position ids: same factors, with masked tokens left out of `a`.
+    # The call names the default start, as TokenAndPositionEmbedding does.
+    hub = pytest.importorskip("keras_hub")
+    model, position = _position_model(
+        hub, 5, 7, per_token=True, start_index=0, positions=None
+    )
+    inputs = keras.Input((5, 4))
+    ids = keras.Input((5,), dtype="int32")
+    embedding = keras.layers.Embedding(7, 4)
+    h = keras.layers.Activation("tanh")(
+        keras.layers.Add()([inputs, embedding(ids)])
+    )
+    twin = keras.Model([inputs, ids], keras.layers.Dense(NUM_CLASSES)(h))
+    twin.compile(loss=model.loss)
+    twin.set_weights(model.get_weights())
+    x = rng.normal(size=(6, 5, 4)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, (6, 5))
+    weights = (rng.random((6, 5)) > 0.3).astype("float32")
+    positions = np.tile(np.arange(5, dtype="int32"), (6, 1))
+    _, _, kronecker = estimate_fisher(model, (x, y, weights), structure="kfac")
+    _, _, expected = estimate_fisher(
+        twin, ([x, positions], y, weights), structure="kfac"
+    )
+    bias, a, g, _ = kronecker[position.position_embeddings.path]
+    _, twin_a, twin_g, _ = expected[embedding.embeddings.path]
+    assert bias is None
+    counts = np.bincount(positions[weights > 0], minlength=7)
+    np.testing.assert_allclose(a, counts / counts.sum(), rtol=1e-6)
+    np.testing.assert_allclose(a, twin_a, rtol=1e-6)
+    np.testing.assert_allclose(g, twin_g, rtol=1e-5, atol=1e-9)
+
+
+def test_a_position_embedding_from_another_start_is_left_generic(rng):
+    # Cached decoding reads rows from `start_index` on: not the rule's
+    # rows, so the generic path computes it, exactly.
+    hub = pytest.importorskip("keras_hub")
+    model, position = _position_model(hub, 3, 7, per_token=False, start_index=2)
+    x = rng.normal(size=(4, 3, 4)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, 4)
+    taps = LayerTaps(model).probe(x)
+    assert position.position_embeddings.path not in {
+        v.path for v in taps.variables
+    }
+    fisher, _ = estimate_fisher(model, (x, y), batch_size=3)
+    expected = _reference(model, x, y, "exact", num_samples=1)
+    path = position.position_embeddings.path
+    np.testing.assert_array_equal(expected[path][:2], 0.0)
+    np.testing.assert_allclose(fisher[path], expected[path], rtol=2e-5)

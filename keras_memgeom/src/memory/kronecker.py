@@ -52,9 +52,6 @@ Example:
 import keras
 import numpy as np
 
-from keras_memgeom.src.utils.checks import check_number
-from keras_memgeom.src.utils.checks import check_positive_int
-
 import keras_memgeom
 
 x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
@@ -94,9 +91,6 @@ Example:
 
 ```python
 import numpy as np
-
-from keras_memgeom.src.utils.checks import check_number
-from keras_memgeom.src.utils.checks import check_positive_int
 
 from keras_memgeom.src.memory.kronecker import dense_factor
 from keras_memgeom.src.memory.kronecker import truncate_factor

@@ -19,6 +19,9 @@ gradients of its variables, exactly, without a per-example backward pass:
   the positions holding token `v`. Its K-FAC input factor is diagonal:
   the second moment of one-hot inputs is the diagonal of the tokens'
   frequencies.
+- keras-hub's PositionEmbedding: row `t`'s gradient is the output
+  gradient at position `t`; K-FAC as an Embedding whose token is the
+  position.
 - LayerNormalization and BatchNormalization (inference): `dgamma = sum g *
   x_hat` and `dbeta = sum g` over the non-feature axes of each example.
 
@@ -94,6 +97,15 @@ class _Rule:
 
     def fits(self, layer, input_shape, output_shape):
         return True
+
+    def takes(self, extra_args, kwargs):
+        """Whether `call` reproduces a call with these other arguments.
+
+        A rule's `call` sees the inputs only; `training` and `mask` change
+        nothing in what the rules compute (normalization is tapped at
+        inference).
+        """
+        return not extra_args and set(kwargs) <= {"training", "mask"}
 
     def variables(self, layer):
         out = [layer.kernel]
@@ -435,6 +447,13 @@ class _Embedding(_Rule):
         # A `ReversibleEmbedding` called in reverse is a matmul to logits.
         return output_shape == (*input_shape[1:], layer.output_dim)
 
+    def takes(self, extra_args, kwargs):
+        return (
+            not extra_args
+            and set(kwargs) <= {"training", "mask", "reverse"}
+            and kwargs.get("reverse", False) is False
+        )
+
     def variables(self, layer):
         return [layer.embeddings]
 
@@ -484,6 +503,75 @@ class _Embedding(_Rule):
                 num_segments=layer.input_dim,
             )
         ]
+
+
+class _PositionEmbedding(_Rule):
+    """keras-hub's PositionEmbedding: row `t` is added at position `t`.
+
+    Its output is `position_embeddings[:seq]` broadcast over the batch, so
+    an example's gradient of row `t` is its output gradient at position `t`.
+    K-FAC treats it as an `Embedding` whose token is the position: `A` is
+    the diagonal of how often each position is counted, `G` the second
+    moment of the output gradients.
+    """
+
+    kfac = True
+
+    def fits(self, layer, input_shape, output_shape):
+        return (
+            len(input_shape) == 3
+            and output_shape == tuple(input_shape[1:])
+            and output_shape[0] is not None
+            and output_shape[0] <= layer.sequence_length
+        )
+
+    def takes(self, extra_args, kwargs):
+        # TokenAndPositionEmbedding passes the defaults by name; a start
+        # index or custom positions (cached decoding) read other rows.
+        return (
+            not extra_args
+            and set(kwargs) <= {"start_index", "positions", "training"}
+            and _is_zero(kwargs.get("start_index", 0))
+            and kwargs.get("positions") is None
+        )
+
+    def variables(self, layer):
+        return [layer.position_embeddings]
+
+    def kfac_variables(self, layer):
+        return layer.position_embeddings, None
+
+    def call(self, layer, inputs, taps):
+        # Nothing to keep: the rows depend on the output gradients alone.
+        return ops.add(type(layer).call(layer, inputs), taps[0]), ()
+
+    def _rows(self, layer, per_position):
+        """`per_position` `(seq, ...)` padded with zero rows to the table's."""
+        missing = layer.sequence_length - per_position.shape[0]
+        pad = [(0, missing)] + [(0, 0)] * (len(per_position.shape) - 1)
+        return ops.pad(per_position, pad)
+
+    def squared(self, layer, saved, grads, shapes):
+        return [self._rows(layer, _sum_squares(grads[0]))]
+
+    def factors(self, layer, saved, grads, shapes, counted):
+        g = grads[0]  # `(K, batch, seq, dim)`
+        batch, seq = ops.shape(g)[1], g.shape[2]
+        counted = dense_taps.counted_positions(
+            counted, ops.ones((batch, seq), dtype=g.dtype)
+        )
+        a_sum = ops.sum(ops.reshape(counted, (batch, seq)), axis=0)
+        g = ops.reshape(g, (g.shape[0], -1, g.shape[-1])) * counted[None]
+        g = ops.reshape(g, (-1, g.shape[-1]))
+        return (
+            self._rows(layer, a_sum),
+            ops.matmul(ops.transpose(g), g),
+            ops.sum(counted),
+        )
+
+
+def _is_zero(value):
+    return isinstance(value, int) and value == 0
 
 
 class _Normalization(_Rule):
@@ -559,21 +647,24 @@ _RULES = {
 }
 
 
-# Subclasses that compute as a covered type: keras-hub's ReversibleEmbedding
-# only sets on its forward output the mask Keras's `Layer.__call__` sets
-# anyway. Named, not imported: keras-hub is optional.
-_COMPUTES_AS = {
+# keras-hub's layers, named, not imported: keras-hub is optional. Its
+# ReversibleEmbedding computes as Keras's (it only sets on its forward
+# output the mask Keras's `Layer.__call__` sets anyway).
+_HUB_RULES = {
     "keras_hub.src.layers.modeling.reversible_embedding.ReversibleEmbedding": (
-        keras.layers.ReversibleEmbedding
+        _RULES[keras.layers.ReversibleEmbedding]
+    ),
+    "keras_hub.src.layers.modeling.position_embedding.PositionEmbedding": (
+        _PositionEmbedding(),
     ),
 }
 
 
 def _rules_of(layer):
     kind = type(layer)
-    if kind not in _RULES:
-        kind = _COMPUTES_AS.get(f"{kind.__module__}.{kind.__qualname__}")
-    return _RULES.get(kind, ())
+    if kind in _RULES:
+        return _RULES[kind]
+    return _HUB_RULES.get(f"{kind.__module__}.{kind.__qualname__}", ())
 
 
 def _depthwise_elements(kernel, output_shape, cotangents):
@@ -631,6 +722,7 @@ class LayerTaps:
                     (
                         tuple(getattr(inputs, "shape", ()) or ())[1:],
                         keras.tree.flatten(outputs),
+                        (args[1:], kwargs),
                     )
                 )
                 return outputs
@@ -644,7 +736,7 @@ class LayerTaps:
         self.activation_size = sum(
             _size(t.shape[1:])
             for layer in layers
-            for _, outputs in calls[id(layer)]
+            for _, outputs, _ in calls[id(layer)]
             for t in outputs
             if hasattr(t, "shape") and len(t.shape) > 0
         )
@@ -652,13 +744,18 @@ class LayerTaps:
             rules = _rules_of(layer)
             if not rules or not _plain(layer) or len(calls[id(layer)]) != 1:
                 continue
-            input_shape, outputs = calls[id(layer)][0]
+            input_shape, outputs, arguments = calls[id(layer)][0]
             if len(outputs) != 1:
                 continue
             input_shape = (None, *input_shape)
             output_shape = tuple(outputs[0].shape[1:])
             rule = next(
-                (r for r in rules if r.fits(layer, input_shape, output_shape)),
+                (
+                    r
+                    for r in rules
+                    if r.takes(*arguments)
+                    and r.fits(layer, input_shape, output_shape)
+                ),
                 None,
             )
             if rule is None:
