@@ -52,8 +52,9 @@ def estimate_fisher(
 
     Layers with a per-example rule (`layer_taps`: Dense, EinsumDense and so
     MultiHeadAttention, channels-last Conv1D, Conv2D, DepthwiseConv2D and
-    SeparableConv2D, Embedding, LayerNormalization and inference
-    BatchNormalization), called once per forward pass, are fast: their
+    SeparableConv2D, Embedding, keras-hub's PositionEmbedding,
+    LayerNormalization and inference BatchNormalization), called once per
+    forward pass, are fast: their
     squared per-example gradients come from one backward pass per
     output-space cotangent (one for `empirical`, `num_samples` for
     `sampled`, the output dimension for `exact`). All other trainable
@@ -105,7 +106,8 @@ def estimate_fisher(
             last axes (a Dense at every position: all four projections of
             MultiHeadAttention), and every Embedding (a Dense on one-hot
             tokens, its `A` the diagonal of their frequencies, kept as a
-            1-D array), from the same backward passes (the exact,
+            1-D array) and keras-hub PositionEmbedding (the same, of
+            positions), from the same backward passes (the exact,
             sampled and empirical estimators; `A` and `G` are batch sums,
             so the cost is one pass over the data), and the diagonal for
             every other variable, which a
@@ -155,7 +157,8 @@ def estimate_fisher(
             non-finite inputs or Fisher values, when the backward passes of
             a single example would not fit in the device's memory, or
             `structure="kfac"` on a model with no layer to factor (Dense,
-            EinsumDense, Embedding, Conv1D, Conv2D, SeparableConv2D; a
+            EinsumDense, Embedding, PositionEmbedding, Conv1D, Conv2D,
+            SeparableConv2D; a
             warning names
             the variables that stay diagonal when only some are outside
             one) or on data whose sample weights are all zero.
@@ -737,7 +740,8 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
     if not in_blocks:
         raise ValueError(
             "structure='kfac' factors Dense, matmul-shaped EinsumDense "
-            "(attention projections), Conv1D, Conv2D and Embedding layers "
+            "(attention projections), Conv1D, Conv2D, Embedding and "
+            "keras-hub PositionEmbedding layers "
             "and the pointwise step of SeparableConv2D, and this "
             "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."

@@ -288,9 +288,10 @@ class FisherMemory:
     def structure_of(self, path):
         """How the memory keeps one variable's Fisher.
 
-        With `structure="kfac"` Dense, Conv1D, Conv2D, Embedding and
-        matmul-shaped EinsumDense layers (so attention projections) and the
-        pointwise kernels of SeparableConv2D get Kronecker blocks;
+        With `structure="kfac"` Dense, Conv1D, Conv2D, Embedding (and
+        keras-hub PositionEmbedding) and matmul-shaped EinsumDense layers
+        (so attention projections) and the pointwise kernels of
+        SeparableConv2D get Kronecker blocks;
         every other variable keeps a diagonal Fisher (`estimate_fisher`
         warns once, naming them).
 
