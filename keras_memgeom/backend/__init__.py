@@ -305,7 +305,10 @@ def kronecker_quadratic(diff, a, g):
     `remainder x + V ((values - remainder) * (V^T x))`: two thin matmuls,
     `O(r * rows * units)`, and no `size x size` buffer; or a 1-D tensor,
     the diagonal of a diagonal factor (an `Embedding`'s token
-    frequencies), applied as a broadcast multiply. The gradient with
+    frequencies), applied as a broadcast multiply; or a stack of
+    matrices `(groups, size, size)` with `diff` a stack `(groups, rows,
+    units)`, one quadratic per group summed (a DepthwiseConv2D's blocks
+    per channel), applied as batched matmuls. The gradient with
     respect to `diff`, `2 a diff g` (the factors are symmetric), is the
     forward pass's product, kept for the backward pass by a custom gradient
     (jax `custom_vjp`, tf `custom_gradient`, torch `autograd.Function`):
@@ -313,7 +316,8 @@ def kronecker_quadratic(diff, a, g):
     gradient.
 
     Args:
-        diff: a `(rows, units)` matrix, floating dtype.
+        diff: a `(rows, units)` matrix, or `(groups, rows, units)` with
+            grouped factors; floating dtype.
         a: the `(rows, rows)` factor, a triple of `(rows, r)`
             eigenvectors (orthonormal columns), `(r,)` eigenvalues and a
             scalar remainder, or a diagonal `(rows,)`; `diff`'s dtype.

@@ -240,7 +240,8 @@ def _factor_product(factor, x, left):
     if not isinstance(factor, tuple) and factor.dim() == 1:
         return torch.mul(x, factor[:, None] if left else factor)
     if not isinstance(factor, tuple):
-        return torch.mm(factor, x) if left else torch.mm(x, factor)
+        # `matmul`: a grouped factor multiplies a stack of blocks.
+        return torch.matmul(factor, x) if left else torch.matmul(x, factor)
     vectors, values, remainder = factor
     excess = torch.sub(values, remainder)
     # `addmm`'s `beta` takes a Python number, which would read the

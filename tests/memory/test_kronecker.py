@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 
+from keras_memgeom.src.memory.kronecker import check_kronecker_factors
 from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.src.memory.kronecker import kronecker_quadratic
 from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
 from keras_memgeom.src.memory.kronecker import merge_anchor
 from keras_memgeom.src.memory.kronecker import nearest_kronecker
+from keras_memgeom.src.memory.kronecker import permuted_factors
 
 pytestmark = pytest.mark.usefixtures("full_precision")
 
@@ -142,3 +144,102 @@ def test_nearest_kronecker_keeps_diagonal_factors_diagonal(rng):
     )
     np.testing.assert_allclose(np.diag(a), dense_a, atol=1e-12)
     np.testing.assert_allclose(g, dense_g, atol=1e-12)
+
+
+# Grouped factors: a block per channel over the columns of the kernel
+# matrix `(rows, channels * m)`, checked against the block-diagonal
+# precision they stand for.
+CHANNELS, ROWS, M = 3, 4, 2
+
+
+def _grouped(rng, size, rank=None):
+    return np.stack([_psd(rng, size, rank) for _ in range(CHANNELS)])
+
+
+def _block_diagonal(a, g):
+    """The `(rows * units)^2` precision of grouped `a`, `g`, row-major."""
+    channels, rows, _ = a.shape
+    m = g.shape[-1]
+    dense = np.einsum("cd,cpq,cjk->pcjqdk", np.eye(channels), a, g)
+    return dense.reshape(rows * channels * m, rows * channels * m)
+
+
+def test_a_grouped_block_gives_the_block_diagonal_quadratic(rng):
+    a, g = _grouped(rng, ROWS), _grouped(rng, M)
+    delta = rng.normal(size=(ROWS, CHANNELS * M))
+    dense = delta.ravel() @ _block_diagonal(a, g) @ delta.ravel()
+    np.testing.assert_allclose(
+        kronecker_quadratic(a, g, delta), dense, rtol=1e-12
+    )
+    # Per channel, the effective dimension of its own product.
+    eigenvalues = np.linalg.eigvalsh(_block_diagonal(a, g))
+    precision = 7.0 * np.maximum(eigenvalues, 0.0)
+    np.testing.assert_allclose(
+        kronecker_effective_dimension(a, g, 7.0, 0.5),
+        np.sum(precision / (precision + 0.5)),
+        rtol=1e-8,
+    )
+
+
+def test_grouped_blocks_merge_to_the_exact_minimizer(rng):
+    terms = [
+        (rng.normal(size=(ROWS, CHANNELS * M)), w, _grouped(rng, ROWS), g)
+        for w, g in ((3.0, _grouped(rng, M)), (2.0, _grouped(rng, M)))
+    ]
+    precisions = [w * _block_diagonal(a, g) for _, w, a, g in terms]
+
+    def exact(terms):
+        return np.linalg.solve(
+            sum(precisions[: len(terms)]),
+            sum(p @ t.ravel() for p, (t, _, _, _) in zip(precisions, terms)),
+        )
+
+    merged = merge_anchor(*terms)
+    np.testing.assert_allclose(merged.ravel(), exact(terms), rtol=1e-6)
+    terms.append(
+        (
+            rng.normal(size=(ROWS, CHANNELS * M)),
+            1.0,
+            _grouped(rng, ROWS),
+            _grouped(rng, M),
+        )
+    )
+    precisions.append(_block_diagonal(*terms[-1][2:]))
+    solution = kronecker_sum_minimizer(terms, terms[1][0])
+    np.testing.assert_allclose(solution.ravel(), exact(terms), rtol=1e-6)
+    # The nearest product, channel by channel.
+    a, g = nearest_kronecker([term[1:] for term in terms])
+    assert a.shape == (CHANNELS, ROWS, ROWS) and g.shape == (CHANNELS, M, M)
+    for c in range(CHANNELS):
+        own_a, own_g = nearest_kronecker(
+            [(w, a_k[c], g_k[c]) for _, w, a_k, g_k in terms]
+        )
+        np.testing.assert_allclose(np.kron(a[c], g[c]), np.kron(own_a, own_g))
+
+
+def test_permuting_channels_moves_their_blocks(rng):
+    a, g = _grouped(rng, ROWS), _grouped(rng, M)
+    rows = np.array([2, 0, 3, 1])
+    channels = np.array([1, 2, 0])
+    inner = np.array([[1, 0], [0, 1], [1, 0]])  # per new channel
+    columns = (channels[:, None] * M + inner).ravel()
+    new_a, new_g = permuted_factors(a, g, rows, columns)
+    order = (rows[:, None] * CHANNELS * M + columns).ravel()
+    np.testing.assert_allclose(
+        _block_diagonal(new_a, new_g),
+        _block_diagonal(a, g)[order][:, order],
+    )
+    with pytest.raises(ValueError, match="mixes the channels"):
+        permuted_factors(a, g, rows, np.array([0, 2, 1, 3, 4, 5]))
+
+
+def test_grouped_factors_are_checked_as_a_pair_and_per_channel(rng):
+    a, g = _grouped(rng, ROWS), _grouped(rng, M)
+    check_kronecker_factors("k", a, g, ROWS, CHANNELS * M)
+    with pytest.raises(ValueError, match="grouped Kronecker factors of k"):
+        check_kronecker_factors("k", a, _psd(rng, 6), ROWS, CHANNELS * M)
+    with pytest.raises(ValueError, match="grouped Kronecker factors of k"):
+        check_kronecker_factors("k", a[:2], g, ROWS, CHANNELS * M)
+    g[1] = -g[1]
+    with pytest.raises(ValueError, match=r"g \(channel 1\) of k is not"):
+        check_kronecker_factors("k", a, g, ROWS, CHANNELS * M)

@@ -341,6 +341,41 @@ def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
     )
 
 
+def test_depthwise_kfac_is_exact_per_channel_at_one_position(rng):
+    # One K-FAC block per channel: on one example at one position each is
+    # the exact Fisher's block of that channel (the channels' cross terms,
+    # not zero, are what the grouped structure leaves out).
+    layer = keras.layers.DepthwiseConv2D(
+        2, depth_multiplier=2, activation="tanh"
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((2, 2, 3)),  # one output position
+            layer,
+            keras.layers.Flatten(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x, y = rng.normal(size=(1, 2, 2, 3)).astype("float32"), np.array([1])
+    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    bias, a, g, _ = kronecker[layer.kernel.path]
+    assert bias == layer.bias.path
+    assert a.shape == (3, 5, 5) and g.shape == (3, 2, 2)
+    full = _full_block(model, x, y, layer.kernel, layer.bias, 6)
+    full = full.reshape(5, 3, 2, 5, 3, 2)
+    for c in range(3):
+        np.testing.assert_allclose(
+            np.einsum("pq,jk->pjqk", a[c], g[c]),
+            full[:, c, :, :, c, :],
+            rtol=1e-5,
+            atol=1e-8,
+        )
+    assert np.abs(full[:, 0, :, :, 1, :]).max() > 1e-3
+
+
 def _attention_classifier(query_length, key_length):
     """Attention of `query_length` queries over `key_length` keys, then Dense.
 

@@ -220,7 +220,7 @@ def test_saved_files_are_of_the_current_version_and_checksummed(tmp_path):
     _memory().save(tmp_path / "a.memory")
     with zipfile.ZipFile(tmp_path / "a.memory") as z:
         meta = json.loads(z.read("meta.json"))
-    assert meta["version"] == memory_file.FORMAT_VERSION == 4
+    assert meta["version"] == memory_file.FORMAT_VERSION == 5
     digest = meta.pop("meta_sha256")
     canonical = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     assert digest == hashlib.sha256(canonical.encode()).hexdigest()
@@ -279,4 +279,39 @@ def test_a_diagonal_input_factor_needs_version_4(tmp_path):
 
     _rewrite_meta(path, with_diagonal_g)
     with pytest.raises(ValueError, match=r"factors of 'e' have shape \[2\]"):
+        FisherMemory.load(path)
+
+
+def test_grouped_factors_need_version_5_and_come_in_pairs(tmp_path):
+    # A DepthwiseConv2D's block per channel: `a` and `g` stacks of three
+    # axes, both; a file claiming version 4, or with one stack, is refused.
+    a = np.stack([np.eye(3), 2.0 * np.eye(3)])  # 2 x 1 taps and the bias
+    g = np.stack([np.eye(2), [[1.0, 0.5], [0.5, 1.0]]])
+    memory = FisherMemory(
+        {"k": np.ones((2, 1, 2, 2)), "b": np.zeros(4)},
+        {},
+        num_examples=5,
+        kronecker={"k": ("b", a, g)},
+    )
+    path = tmp_path / "grouped.memory"
+    memory.save(path)
+    loaded = FisherMemory.load(path)
+    np.testing.assert_array_equal(loaded.kronecker["k"].a, a)
+    np.testing.assert_array_equal(loaded.kronecker["k"].g, g)
+
+    def as_version_4(meta):
+        meta["version"] = 4
+        meta["meta_sha256"] = memory_file._meta_digest(meta)
+
+    _rewrite_meta(path, as_version_4)
+    with pytest.raises(ValueError, match=r"factors of 'k' have shape \[2, 3"):
+        FisherMemory.load(path)
+    memory.save(path)
+
+    def with_a_matrix_g(meta):
+        meta["kronecker"][0]["g_shape"] = [4, 4]
+        meta["meta_sha256"] = memory_file._meta_digest(meta)
+
+    _rewrite_meta(path, with_a_matrix_g)
+    with pytest.raises(ValueError, match=r"factors of 'k' have shape \[2, 3"):
         FisherMemory.load(path)

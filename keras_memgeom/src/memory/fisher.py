@@ -107,7 +107,8 @@ def estimate_fisher(
             MultiHeadAttention), and every Embedding (a Dense on one-hot
             tokens, its `A` the diagonal of their frequencies, kept as a
             1-D array) and keras-hub PositionEmbedding (the same, of
-            positions), from the same backward passes (the exact,
+            positions), and every DepthwiseConv2D (a block per channel,
+            grouped factors), from the same backward passes (the exact,
             sampled and empirical estimators; `A` and `G` are batch sums,
             so the cost is one pass over the data), and the diagonal for
             every other variable, which a
@@ -158,7 +159,7 @@ def estimate_fisher(
             a single example would not fit in the device's memory, or
             `structure="kfac"` on a model with no layer to factor (Dense,
             EinsumDense, Embedding, PositionEmbedding, Conv1D, Conv2D,
-            SeparableConv2D; a
+            DepthwiseConv2D, SeparableConv2D; a
             warning names
             the variables that stay diagonal when only some are outside
             one) or on data whose sample weights are all zero.
@@ -740,8 +741,8 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
     if not in_blocks:
         raise ValueError(
             "structure='kfac' factors Dense, matmul-shaped EinsumDense "
-            "(attention projections), Conv1D, Conv2D, Embedding and "
-            "keras-hub PositionEmbedding layers "
+            "(attention projections), Conv1D, Conv2D, DepthwiseConv2D, "
+            "Embedding and keras-hub PositionEmbedding layers "
             "and the pointwise step of SeparableConv2D, and this "
             "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."

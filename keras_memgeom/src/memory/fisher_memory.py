@@ -142,11 +142,12 @@ class FisherMemory:
         fan_in, units = kernel_matrix_shape(shape, factor_size(block.g))
         rows = fan_in + (block.bias is not None)
         a, g = check_kronecker_factors(path, block.a, block.g, rows, units)
-        # The bias spans the kernel's output axes (one for a Dense).
-        if block.bias is not None and (
-            self._anchor[block.bias].shape
-            != shape[len(shape) - self._anchor[block.bias].ndim :]
-            or self._anchor[block.bias].size != units
+        # The bias spans the kernel's output axes (one for a Dense), or
+        # is flat (a DepthwiseConv2D's, over channels and multiplier).
+        bias = self._anchor[block.bias] if block.bias is not None else None
+        if bias is not None and (
+            bias.size != units
+            or (bias.ndim > 1 and bias.shape != shape[len(shape) - bias.ndim :])
         ):
             raise ValueError(
                 f"The bias {block.bias} of {path} does not have shape "
@@ -288,10 +289,10 @@ class FisherMemory:
     def structure_of(self, path):
         """How the memory keeps one variable's Fisher.
 
-        With `structure="kfac"` Dense, Conv1D, Conv2D, Embedding (and
-        keras-hub PositionEmbedding) and matmul-shaped EinsumDense layers
-        (so attention projections) and the pointwise kernels of
-        SeparableConv2D get Kronecker blocks;
+        With `structure="kfac"` Dense, Conv1D, Conv2D, DepthwiseConv2D (a
+        block per channel), Embedding (and keras-hub PositionEmbedding) and
+        matmul-shaped EinsumDense layers (so attention projections) and
+        the pointwise kernels of SeparableConv2D get Kronecker blocks;
         every other variable keeps a diagonal Fisher (`estimate_fisher`
         warns once, naming them).
 

@@ -14,6 +14,14 @@ applies in `O(r * size)` instead of `O(size^2)`; or a diagonal matrix held
 as its diagonal, a 1-D array: the input factor of an `Embedding`, whose
 one-hot inputs make `A` the diagonal of token frequencies, exactly, in
 `O(vocabulary)` where a matrix would need `O(vocabulary^2)`.
+
+A DepthwiseConv2D has no Kronecker structure across its channels: each
+channel is a small convolution of its own, with its own patches. Its block
+is *grouped*: both factors are stacks `(channels, size, size)`, one K-FAC
+block per channel, and the precision of the kernel matrix `(kh * kw [+ 1],
+channels * multiplier)` is block-diagonal over channels, `A_c (x) G_c` on
+channel `c`'s columns. A grouped factor is never truncated (its blocks are
+`kh * kw + 1` and `multiplier` wide).
 """
 
 import collections
@@ -37,11 +45,13 @@ Args:
         with a 1 appended where there is a bias; or that matrix as an
         `EigenFactor`; or, for an `Embedding`, `(vocabulary,)`, the
         diagonal of that moment of its one-hot inputs (the tokens'
-        frequencies).
+        frequencies); or, grouped (a DepthwiseConv2D), `(channels, kh * kw
+        [+ 1], kh * kw [+ 1])`, one per channel.
     g: `(units, units)`, the second moment of the gradients at the
         layer's outputs (summed over positions), per unit the loss averages
         over (an example, or a token of per-token outputs); or that matrix
-        as an `EigenFactor`.
+        as an `EigenFactor`; or, grouped, `(channels, multiplier,
+        multiplier)`.
     mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
         layer: masked entries carry no information, so the precision acts on
         `mask * (W - anchor)`.
@@ -129,7 +139,8 @@ def truncate_factor(matrix, rank=None, retained_trace=None):
     the result is positive semi-definite whatever the input. Only the kept
     eigenvectors are computed. When every eigenvector is kept the dense
     matrix is returned unchanged: a full-rank factor is exactly what it was.
-    A diagonal factor is returned unchanged too: it is already `O(size)`.
+    A diagonal factor is returned unchanged too: it is already `O(size)`;
+    so is a grouped one, whose blocks are small.
 
     Args:
         matrix: `(size, size)`, symmetric, or a diagonal factor `(size,)`.
@@ -144,8 +155,8 @@ def truncate_factor(matrix, rank=None, retained_trace=None):
     """
     rank, retained_trace = check_rank(rank, retained_trace)
     matrix = np.asarray(matrix)
-    if matrix.ndim == 1:
-        return matrix  # a diagonal already stores `O(size)` numbers
+    if matrix.ndim != 2:
+        return matrix  # a diagonal, or small grouped blocks
     size = matrix.shape[0]
     keep = size if rank is None else min(rank, size)
     if retained_trace is None and keep >= size:
@@ -230,6 +241,23 @@ def is_diagonal(factor):
     return not isinstance(factor, EigenFactor) and np.ndim(factor) == 1
 
 
+def is_grouped(factor):
+    """Whether a factor is a stack of per-channel blocks, 3-D."""
+    return not isinstance(factor, EigenFactor) and np.ndim(factor) == 3
+
+
+def grouped_columns(matrix, groups):
+    """`(rows, groups * m)` as `(groups, rows, m)`: each channel's columns."""
+    rows = matrix.shape[0]
+    return np.swapaxes(np.reshape(matrix, (rows, groups, -1)), 0, 1)
+
+
+def ungrouped_columns(stack):
+    """The inverse of `grouped_columns`."""
+    groups, rows, m = stack.shape
+    return np.reshape(np.swapaxes(stack, 0, 1), (rows, groups * m))
+
+
 def dense_factor(factor):
     """The `(size, size)` matrix a factor stands for (float64 if truncated)."""
     if is_diagonal(factor):
@@ -260,10 +288,45 @@ def permuted_factor(factor, order):
     return factor[order] if factor.ndim == 1 else factor[order][:, order]
 
 
+def permuted_factors(a, g, rows, columns):
+    """Untruncated `(a, g)` of a kernel matrix taken in `rows`, `columns`.
+
+    A grouped block's columns move a channel at a time: the channels are
+    permuted, and the columns within each.
+
+    Raises:
+        ValueError: if `columns` mix the columns of a grouped block's
+            channels.
+    """
+    if not is_grouped(g):
+        return permuted_factor(a, rows), permuted_factor(g, columns)
+    m = np.shape(g)[-1]
+    columns = np.reshape(columns, (len(g), m))
+    channels = columns[:, 0] // m
+    if np.any(columns // m != channels[:, None]):
+        raise ValueError(
+            "A permutation mixes the channels of a grouped Kronecker block."
+        )
+    return (
+        np.stack([permuted_factor(a[c], rows) for c in channels]),
+        np.stack(
+            [
+                permuted_factor(g[c], order)
+                for c, order in zip(channels, columns % m)
+            ]
+        ),
+    )
+
+
 def factor_diagonal(factor):
-    """The diagonal of a factor, in `O(r * size)` for an `EigenFactor`."""
+    """The diagonal of a factor, in `O(r * size)` for an `EigenFactor`.
+
+    A grouped factor's is `(groups, size)`.
+    """
     if is_diagonal(factor):
         return np.asarray(factor)
+    if is_grouped(factor):
+        return np.diagonal(factor, axis1=1, axis2=2)
     if not isinstance(factor, EigenFactor):
         return np.diag(factor)
     vectors = np.asarray(factor.vectors, "float64")
@@ -273,7 +336,10 @@ def factor_diagonal(factor):
 
 
 def factor_eigenvalues(factor):
-    """All `size` eigenvalues of a factor, clipped at zero."""
+    """All `size` eigenvalues of a factor, clipped at zero.
+
+    A grouped factor's are `(groups, size)`, each block's.
+    """
     if is_diagonal(factor):
         return np.maximum(np.asarray(factor, "float64"), 0.0)
     if not isinstance(factor, EigenFactor):
@@ -288,9 +354,15 @@ def factor_eigenvalues(factor):
 
 
 def factor_size(factor):
-    """The side of a factor's matrix."""
+    """The side of a factor's matrix; of a grouped output factor, `units`.
+
+    A grouped `g` stands for the block-diagonal matrix of its blocks over
+    the `groups * m` columns of the kernel matrix.
+    """
     if isinstance(factor, EigenFactor):
         return np.shape(factor.vectors)[0]
+    if is_grouped(factor):
+        return np.shape(factor)[0] * np.shape(factor)[-1]
     return np.shape(factor)[0]
 
 
@@ -346,6 +418,13 @@ def block_diagonal(block, kernel_shape):
     """
     fan_in, _ = kernel_matrix_shape(kernel_shape, factor_size(block.g))
     a_diagonal, g_diagonal = factor_diagonal(block.a), factor_diagonal(block.g)
+    if is_grouped(block.g):
+        kernel = ungrouped_columns(
+            a_diagonal[:, :fan_in, None] * g_diagonal[:, None, :]
+        )
+        kernel = kernel.reshape(kernel_shape)
+        bias = (a_diagonal[:, fan_in, None] * g_diagonal).reshape(-1)
+        return kernel, bias if block.bias is not None else None
     kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
     if block.mask is not None:
         kernel = kernel * block.mask
@@ -374,8 +453,40 @@ def _transpose(factor):
 
 
 def _kronecker_product(a, x, g):
-    """`a @ x @ g` for untruncated factors."""
+    """`a @ x @ g` for untruncated factors; per group for grouped ones."""
+    if is_grouped(g):
+        return ungrouped_columns(a @ grouped_columns(x, len(g)) @ g)
     return _right(_left(a, x), g)
+
+
+def _per_group(function, terms, *columns):
+    """`function` of a grouped block, one channel at a time.
+
+    `terms` are tuples whose entries are anchors `(rows, units)`, weights
+    and factors; each channel's call sees its columns of the anchors, its
+    blocks of the factors and the weights as they are. `columns` are more
+    `(rows, units)` arrays (or `None`), split alike. A result that is a
+    matrix is put back as `(rows, units)`; a pair of factors is stacked.
+    """
+    groups = len(next(f for term in terms for f in term if is_grouped(f)))
+
+    def part(value, c):
+        if is_grouped(value):
+            return value[c]
+        if np.ndim(value) == 2:
+            return grouped_columns(value, groups)[c]
+        return value
+
+    results = [
+        function(
+            [tuple(part(v, c) for v in term) for term in terms],
+            *(None if x is None else part(x, c) for x in columns),
+        )
+        for c in range(groups)
+    ]
+    if isinstance(results[0], tuple):
+        return tuple(np.stack(side) for side in zip(*results))
+    return ungrouped_columns(np.stack(results))
 
 
 def _alike(*factors):
@@ -417,6 +528,8 @@ def check_kronecker_factors(owner, a, g, rows, units):
             `-1e-4` times the largest eigenvalue's magnitude; a diagonal
             entry below 0).
     """
+    if is_grouped(a) or is_grouped(g):
+        return _check_grouped_factors(owner, a, g, rows, units)
     checked = []
     for name, factor, size in (("a", a, rows), ("g", g, units)):
         if isinstance(factor, EigenFactor):
@@ -436,6 +549,37 @@ def check_kronecker_factors(owner, a, g, rows, units):
         factor.flags.writeable = False
         checked.append(factor)
     return tuple(checked)
+
+
+def _check_grouped_factors(owner, a, g, rows, units):
+    """`check_kronecker_factors` for a block per channel."""
+    a, g = (
+        np.array(f, dtype="float64") if not isinstance(f, EigenFactor) else f
+        for f in (a, g)
+    )
+    groups = np.shape(g)[0] if is_grouped(g) else 0
+    m = units // groups if groups and units % groups == 0 else 0
+    if (
+        not (is_grouped(a) and is_grouped(g))
+        or a.shape != (groups, rows, rows)
+        or g.shape != (groups, m, m)
+    ):
+        raise ValueError(
+            f"The grouped Kronecker factors of {owner} must be (channels, "
+            f"{rows}, {rows}) and (channels, m, m) with channels * m = "
+            f"{units}; got a {_shape_of(a)} and g {_shape_of(g)}."
+        )
+    for name, factor in (("a", a), ("g", g)):
+        for c, block in enumerate(factor):
+            _check_dense_factor(owner, f"{name} (channel {c})", block)
+        factor.flags.writeable = False
+    return a, g
+
+
+def _shape_of(factor):
+    if isinstance(factor, EigenFactor):
+        return f"truncated to rank {factor_rank(factor)}"
+    return np.shape(factor)
 
 
 def _check_diagonal_factor(owner, name, factor):
@@ -511,6 +655,8 @@ def merge_anchor(older, newer):
     Returns:
         The merged anchor, shaped like the anchors.
     """
+    if is_grouped(older[3]):
+        return _per_group(lambda terms: merge_anchor(*terms), [older, newer])
     anchor1, w1, a1, g1 = older
     anchor2, w2, a2, g2 = newer
     # Solve for the move away from the newer anchor, so that directions no
@@ -538,12 +684,16 @@ def nearest_kronecker(terms):
     of diagonal matrices are those of their diagonals, and the nearest `a`
     is a combination of the `a_k`.
 
+    Grouped factors give the nearest product per channel.
+
     Args:
         terms: a list of `(weight, a, g)`, untruncated factors.
 
     Returns:
         `(a, g)` with `a (x) g` the nearest product, of equal norms.
     """
+    if is_grouped(terms[0][2]):
+        return _per_group(nearest_kronecker, terms)
     a_side = _alike(*(a for _, a, _ in terms))
     g_side = _alike(*(g for _, _, g in terms))
     terms = [(w, a, g) for (w, _, _), a, g in zip(terms, a_side, g_side)]
@@ -574,9 +724,12 @@ def _gram_root(stack):
 
 
 def kronecker_effective_dimension(a, g, num_examples, prior_precision):
-    """`sum_ij P_ij / (P_ij + alpha)`, `P_ij = n * lambda_i(a) mu_j(g)`."""
-    precision = num_examples * np.outer(
-        factor_eigenvalues(a), factor_eigenvalues(g)
+    """`sum_ij P_ij / (P_ij + alpha)`, `P_ij = n * lambda_i(a) mu_j(g)`.
+
+    Of a grouped block, the sum over its channels.
+    """
+    precision = num_examples * np.einsum(
+        "...i,...j->...ij", factor_eigenvalues(a), factor_eigenvalues(g)
     )
     return float(np.sum(precision / (precision + prior_precision)))
 
@@ -604,6 +757,15 @@ def kronecker_sum_minimizer(terms, start, mask=None, tolerance=1e-10):
     Returns:
         The minimizer, `(rows, units)`.
     """
+    if is_grouped(terms[0][3]):
+        return _per_group(
+            lambda terms, start, mask: kronecker_sum_minimizer(
+                terms, start, mask, tolerance
+            ),
+            terms,
+            start,
+            mask,
+        )
     a_side = _alike(*(a for _, _, a, _ in terms))
     g_side = _alike(*(g for _, _, _, g in terms))
     terms = [

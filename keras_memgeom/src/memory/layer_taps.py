@@ -12,7 +12,8 @@ gradients of its variables, exactly, without a per-example backward pass:
   kept, `einsum("b...i,b...o->bio")` for a Dense.
 - Conv1D: a Conv2D of height 1 (im2col).
 - DepthwiseConv2D: every input channel is correlated with its own output
-  gradients, `dK[i, j, c, m] = sum_p patch[p, i, j, c] g[p, c, m]`.
+  gradients, `dK[i, j, c, m] = sum_p patch[p, i, j, c] g[p, c, m]`. Its
+  K-FAC is one block per channel (grouped factors).
 - SeparableConv2D: a DepthwiseConv2D followed by a 1x1 convolution, with a
   tap on each.
 - Embedding: the gradient of row `v` is the sum of the output gradients at
@@ -320,10 +321,42 @@ class _Conv1D(_Rule):
 
 
 class _Depthwise(_Rule):
-    """DepthwiseConv2D: per-channel correlation of patches and gradients."""
+    """DepthwiseConv2D: per-channel correlation of patches and gradients.
+
+    K-FAC gives each channel its own block, a Conv2D of one input channel
+    into `multiplier` outputs (K-FAC-expand): `A_c` the second moment of
+    channel `c`'s patches (with a 1 for the bias), `G_c` of its outputs'
+    gradients. The blocks are grouped factors (`kronecker`), exact on
+    each channel's block for one example at one position.
+    """
+
+    kfac = True
 
     def fits(self, layer, input_shape, output_shape):
         return _channels_last_conv(layer) and len(input_shape) == 4
+
+    def factors(self, layer, x, grads, shapes, counted):
+        kh, kw, channels, multiplier = layer.kernel.shape
+        g = grads[0]  # `(K, batch, height, width, channels * multiplier)`
+        x = dense_taps.patches(layer, x, shapes[0])
+        x = ops.reshape(x, (-1, *shapes[0][:2], kh * kw, channels))
+        counted = dense_taps.counted_positions(
+            counted, ops.ones_like(x[..., 0, 0])
+        )
+        x = ops.reshape(x, (-1, kh * kw, channels))
+        if layer.use_bias:
+            x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+        # `counted` is 0 or 1: one factor of it weighs both moments.
+        x = x * counted[:, :, None]
+        g = ops.reshape(g, (g.shape[0], -1, channels, multiplier))
+        g = ops.reshape(
+            g * counted[None, :, :, None], (-1, channels, multiplier)
+        )
+        return (
+            ops.einsum("npc,nqc->cpq", x, x),
+            ops.einsum("ncj,nck->cjk", g, g),
+            ops.sum(counted),
+        )
 
     def call(self, layer, inputs, taps):
         z = ops.depthwise_conv(

@@ -19,9 +19,10 @@ FORMAT = "keras_memgeom.FisherMemory"
 # (`num_examples`, the estimator, the list of variables), not only the
 # arrays, and may hold truncated Kronecker factors (`EigenFactor`); version
 # 4 may hold a diagonal input factor (an Embedding's, `a_shape` of one
-# axis), which a version 3 reader would refuse as malformed. Versions 1 to 3
-# are still read.
-FORMAT_VERSION = 4
+# axis), which a version 3 reader would refuse as malformed; version 5 may
+# hold grouped factors (a DepthwiseConv2D's block per channel, `a_shape` and
+# `g_shape` of three axes). Versions 1 to 4 are still read.
+FORMAT_VERSION = 5
 
 # Deflate never shrinks data more than about 1032:1; a member that claims
 # more is lying about its size (a zip bomb) and is refused before reading.
@@ -228,15 +229,22 @@ def _check_meta(path, meta):
             ):
                 raise _invalid(path, f"a Kronecker block's {role} is {name!r}")
             covered.add(name)
+        grouped = [
+            isinstance(block[f"{kind}_shape"], list)
+            and len(block[f"{kind}_shape"]) == 3
+            for kind in ("a", "g")
+        ]
         for kind in ("a", "g"):
             shape = block[f"{kind}_shape"]
-            # A diagonal input factor (version 4) is stored as its diagonal.
+            # A diagonal input factor (version 4) is stored as its diagonal;
+            # grouped factors (version 5) as stacks, both or neither.
             axes = (1, 2) if kind == "a" and version >= 4 else (2,)
+            axes += (3,) if version >= 5 and all(grouped) else ()
             if not (
                 isinstance(shape, list)
                 and len(shape) in axes
                 and all(_is_count(d) for d in shape)
-                and (len(shape) == 2 or block.get("a_rank") is None)
+                and (len(shape) == 2 or block.get(f"{kind}_rank") is None)
             ):
                 raise _invalid(
                     path,
@@ -432,12 +440,12 @@ def read_memory_file(path):
                     kernel_entry = next(
                         e for e in entries if e["path"] == block["kernel"]
                     )
-                    fan_in = (
-                        math.prod(kernel_entry["shape"]) // block["g_shape"][0]
-                    )
+                    # A grouped `g` stands for `groups * m` units.
+                    units = math.prod(block["g_shape"][::2])
+                    fan_in = math.prod(kernel_entry["shape"]) // units
                     mask_entry = {
                         "path": block["kernel"],
-                        "shape": [fan_in, block["g_shape"][0]],
+                        "shape": [fan_in, units],
                         "dtype": "float32",
                         "mask_sha256": block["mask_sha256"],
                     }

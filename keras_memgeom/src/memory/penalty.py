@@ -56,9 +56,13 @@ def kronecker_penalty(
         bias: the bias's current value, or `None`.
         anchor_kernel: the remembered kernel, `(fan_in, units)`.
         anchor_bias: the remembered bias, or `None`.
-        a: the input factor, `(fan_in [+ 1], fan_in [+ 1])`, or an
-            `EigenFactor` of tensors.
-        g: the output factor, `(units, units)`, or an `EigenFactor`.
+        a: the input factor, `(fan_in [+ 1], fan_in [+ 1])`, an
+            `EigenFactor` of tensors, its diagonal, or grouped, `(groups,
+            fan_in [+ 1], fan_in [+ 1])`.
+        g: the output factor, `(units, units)`, an `EigenFactor`, its
+            diagonal, or grouped, `(groups, units / groups, units /
+            groups)`: then the precision is block-diagonal, `a[c] (x)
+            g[c]` on the columns of group `c`.
         scale: `strength / 2 * n / num_train_examples` (times the term's
             share of `n` for a sum of memories).
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask: only
@@ -82,10 +86,18 @@ def kronecker_penalty(
             ops.reshape(ops.cast(anchor_bias, dtype), (1, -1)),
         )
         diff = ops.concatenate([diff, bias_diff], axis=0)
+    if _is_grouped(g):
+        # One block per channel: `(groups, rows, m)`, batched products.
+        rows, groups = diff.shape[0], g.shape[0]
+        diff = ops.transpose(ops.reshape(diff, (rows, groups, -1)), (1, 0, 2))
     quadratic = backend.kronecker_quadratic(
         diff, _factor_tensors(a, dtype), _factor_tensors(g, dtype)
     )
     return ops.multiply(quadratic, ops.cast(scale, dtype))
+
+
+def _is_grouped(factor):
+    return not isinstance(factor, EigenFactor) and len(factor.shape) == 3
 
 
 def _factor_tensors(factor, dtype):

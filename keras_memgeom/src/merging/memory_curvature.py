@@ -7,7 +7,8 @@ from keras import ops
 
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
-from keras_memgeom.src.memory.kronecker import permuted_factor
+from keras_memgeom.src.memory.kronecker import factor_size
+from keras_memgeom.src.memory.kronecker import permuted_factors
 from keras_memgeom.src.memory.kronecker import untruncated
 from keras_memgeom.src.symmetry.align import permuted_copy
 from keras_memgeom.src.symmetry.unit_chain import copy_model
@@ -146,7 +147,7 @@ def permuted_curvature(model, permutations, values, blocks=None):
     )
     permuted = {}
     for i, block in blocks.items():
-        units = variables[i].shape[-1]
+        units = factor_size(block.g)
         moved = np.rint(indices[i]).astype("int64").reshape(-1, units)
         rows, columns = moved[:, 0] // units, moved[0] % units
         a_rows = np.append(rows, len(rows)) if block.bias is not None else rows
@@ -157,8 +158,7 @@ def permuted_curvature(model, permutations, values, blocks=None):
         )
         permuted[i] = KroneckerBlock(
             block.bias,
-            permuted_factor(block.a, a_rows),
-            permuted_factor(block.g, columns),
+            *permuted_factors(block.a, block.g, a_rows, columns),
             mask,
         )
     return values, permuted
