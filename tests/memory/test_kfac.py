@@ -580,6 +580,21 @@ def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
     )
 
 
+def _assert_a_plain_model_keeps_the_penalty(model, memory, data, path, penalty):
+    """`attach` adds `penalty` to a plain model's loss, also after saving.
+
+    A plain Keras model rebuilds the regularizer from the layer's config.
+    """
+    x, y = data
+    plain = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    keras_memgeom.attach(model, memory, num_train_examples=len(y), strength=2.0)
+    model.save(path)
+    again = keras.saving.load_model(path)
+    for restored in (model, again):
+        logs = restored.evaluate(x, y, verbose=0, return_dict=True)
+        np.testing.assert_allclose(logs["loss"] - plain, penalty, rtol=1e-4)
+
+
 def _token_classifier():
     tokens = keras.Input((6,), dtype="int32")
     h = keras.layers.Embedding(9, 4, name="embedding")(tokens)
@@ -641,14 +656,9 @@ def test_an_embedding_memory_has_a_diagonal_input_factor(tmp_path, rng):
     loaded = FisherMemory.load(tmp_path / "embedding.memory")
     np.testing.assert_array_equal(loaded.kronecker[embeddings].a, block.a)
 
-    # A plain Keras model rebuilds the regularizer from the layer's config.
-    plain = model.evaluate(tokens, y, verbose=0, return_dict=True)["loss"]
-    keras_memgeom.attach(model, loaded, num_train_examples=20, strength=2.0)
-    model.save(tmp_path / "tokens.keras")
-    again = keras.saving.load_model(tmp_path / "tokens.keras")
-    for restored in (model, again):
-        logs = restored.evaluate(tokens, y, verbose=0, return_dict=True)
-        np.testing.assert_allclose(logs["loss"] - plain, expected, rtol=1e-4)
+    _assert_a_plain_model_keeps_the_penalty(
+        model, loaded, (tokens, y), tmp_path / "tokens.keras", expected
+    )
 
     # The merged anchor minimizes the exact sum; `a` stays diagonal.
     merged = merge(memories)
@@ -752,14 +762,9 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
     loaded = FisherMemory.load(tmp_path / "depthwise.memory")
     np.testing.assert_array_equal(loaded.kronecker[kernel].g, block.g)
 
-    # A plain Keras model rebuilds the regularizer from the layer's config.
-    plain = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
-    keras_memgeom.attach(model, loaded, num_train_examples=12, strength=2.0)
-    model.save(tmp_path / "depthwise.keras")
-    again = keras.saving.load_model(tmp_path / "depthwise.keras")
-    for restored in (model, again):
-        logs = restored.evaluate(x, y, verbose=0, return_dict=True)
-        np.testing.assert_allclose(logs["loss"] - plain, expected, rtol=1e-4)
+    _assert_a_plain_model_keeps_the_penalty(
+        model, loaded, (x, y), tmp_path / "depthwise.keras", expected
+    )
 
     # The merged anchor minimizes the exact sum; the blocks stay grouped.
     merged = merge(memories)
