@@ -427,16 +427,24 @@ def _kronecker_quadratic(memory, model):
     """`sum vec(D)^T (A (x) G) vec(D)` over blocks, from the numpy weights.
 
     `D` stacks the kernel, its input axes flattened into rows and its
-    output axes into columns (as many as `G` has), and the bias as a row.
+    output axes into columns (as many as `G` has, times the groups of a
+    grouped block), and the bias as a row.
     """
     current = {v.path: ops_numpy(v) for v in model.trainable_variables}
     total = 0.0
     for kernel, block in memory.kronecker.items():
-        units = len(block.g)
-        rows = [current[kernel] - memory.anchor[kernel]]
-        rows.append(current[block.bias] - memory.anchor[block.bias])
-        d = np.concatenate([r.reshape(-1, units) for r in rows])
-        total += d.ravel() @ np.kron(block.a, block.g) @ d.ravel()
+        grouped = block.g.ndim == 3
+        units = (
+            block.g.shape[0] * block.g.shape[-1] if grouped else len(block.g)
+        )
+        paths = [kernel] + ([block.bias] if block.bias else [])
+        d = np.concatenate(
+            [(current[p] - memory.anchor[p]).reshape(-1, units) for p in paths]
+        ).ravel()
+        precision = (
+            _grouped_precision(block) if grouped else np.kron(block.a, block.g)
+        )
+        total += d @ precision @ d
     return total
 
 
@@ -529,15 +537,17 @@ def test_two_attention_memories_merge_to_the_exact_anchor(rng):
 
 
 def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
-    # The pointwise kernel and bias are one block, set on the layer's
-    # `pointwise_regularizer` and `bias_regularizer`; the depthwise kernel
-    # keeps its diagonal.
+    # Two blocks: the depthwise kernel's, one per channel, on the layer's
+    # `depthwise_regularizer`; the pointwise kernel and bias's, on its
+    # `pointwise_regularizer` and `bias_regularizer`.
     x = rng.normal(size=(12, 5, 5, 2)).astype("float32")
     y = rng.integers(0, 3, 12)
     model = keras.Sequential(
         [
             keras.Input((5, 5, 2)),
-            keras.layers.SeparableConv2D(4, 3, activation="tanh", name="sep"),
+            keras.layers.SeparableConv2D(
+                4, 3, depth_multiplier=2, activation="tanh", name="sep"
+            ),
             keras.layers.Flatten(),
             keras.layers.Dense(3),
         ]
@@ -546,28 +556,44 @@ def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
         keras.optimizers.SGD(0.1),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    with pytest.warns(UserWarning, match="sep/depthwise_kernel"):
-        memory = FisherMemory.estimate(
-            model, (x, y), structure="kfac", rank=None
-        )
-    separable = model.get_layer("sep")
-    assert memory.structure_of(separable.pointwise_kernel.path) == "kfac"
-    assert memory.structure_of(separable.depthwise_kernel.path) == "diagonal"
+    memory = FisherMemory.estimate(model, (x, y), structure="kfac", rank=None)
+    assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
+    path = model.get_layer("sep").depthwise_kernel.path
+    depthwise = memory.kronecker[path]
+    assert depthwise.bias is None
+    assert depthwise.a.shape == (2, 9, 9) and depthwise.g.shape == (2, 2, 2)
+    memory.save(tmp_path / "separable.memory")
+    loaded = FisherMemory.load(tmp_path / "separable.memory")
+    assert loaded.kronecker[path].bias is None
+    np.testing.assert_array_equal(loaded.kronecker[path].a, depthwise.a)
+
+    # A merge with a memory of shifted data minimizes the exact sum of
+    # the two block-diagonal quadratics of the depthwise kernel.
+    model.set_weights(
+        [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
+    )
+    other = FisherMemory.estimate(
+        model, (x + 1.0, y), structure="kfac", rank=None
+    )
+    merged = merge([memory, other])
+    precisions = [
+        m.num_examples * _grouped_precision(m.kronecker[path])
+        for m in (memory, other)
+    ]
+    moment = sum(
+        p @ m.anchor[path].ravel() for p, m in zip(precisions, (memory, other))
+    )
+    residual = sum(precisions) @ merged.anchor[path].ravel() - moment
+    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
     model.set_weights(
         [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
-    )
-    depthwise = separable.depthwise_kernel.path
-    diagonal = np.sum(
-        memory.fisher[depthwise]
-        * (ops_numpy(separable.depthwise_kernel) - memory.anchor[depthwise])
-        ** 2
     )
     expected = (
         0.5
         * 2.0
         * memory.num_examples
         / 12
-        * (_kronecker_quadratic(memory, model) + diagonal)
+        * _kronecker_quadratic(memory, model)
     )
     keras_memgeom.attach(model, memory, num_train_examples=12, strength=2.0)
     assert sum(float(ops_numpy(l)) for l in model.losses) == pytest.approx(
@@ -739,20 +765,13 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
     model.set_weights(
         [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
     )
-    current = {v.path: ops_numpy(v) for v in model.trainable_variables}
-    delta = np.r_[
-        (current[kernel] - memory.anchor[kernel]).reshape(9, 6),
-        (current[bias] - memory.anchor[bias])[None],
-    ].ravel()
-    expected = delta @ _grouped_precision(block) @ delta
-    out_kernel, out_bias = "sequential/out/kernel", "sequential/out/bias"
-    out = memory.kronecker[out_kernel]
-    delta = np.r_[
-        current[out_kernel] - memory.anchor[out_kernel],
-        (current[out_bias] - memory.anchor[out_bias])[None],
-    ]
-    expected += np.sum(delta * (out.a @ delta @ out.g))
-    expected *= 0.5 * 2.0 * memory.num_examples / 12
+    expected = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / 12
+        * _kronecker_quadratic(memory, model)
+    )
     penalty = memory.penalty(model, num_train_examples=12, strength=2.0)
     np.testing.assert_allclose(
         float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-5

@@ -1,5 +1,7 @@
 """The tapped per-example Fisher of common layers against per-example loops."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -341,13 +343,20 @@ def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
     )
 
 
-def test_depthwise_kfac_is_exact_per_channel_at_one_position(rng):
+@pytest.mark.parametrize("kind", ["depthwise", "separable"])
+def test_depthwise_kfac_is_exact_per_channel_at_one_position(rng, kind):
     # One K-FAC block per channel: on one example at one position each is
     # the exact Fisher's block of that channel (the channels' cross terms,
-    # not zero, are what the grouped structure leaves out).
-    layer = keras.layers.DepthwiseConv2D(
-        2, depth_multiplier=2, activation="tanh"
-    )
+    # not zero, are what the grouped structure leaves out). A separable
+    # convolution's depthwise step has no bias; the pointwise step follows.
+    if kind == "depthwise":
+        layer = keras.layers.DepthwiseConv2D(
+            2, depth_multiplier=2, activation="tanh"
+        )
+    else:
+        layer = keras.layers.SeparableConv2D(
+            3, 2, depth_multiplier=2, activation="tanh"
+        )
     model = keras.Sequential(
         [
             keras.Input((2, 2, 3)),  # one output position
@@ -361,11 +370,16 @@ def test_depthwise_kfac_is_exact_per_channel_at_one_position(rng):
     )
     x, y = rng.normal(size=(1, 2, 2, 3)).astype("float32"), np.array([1])
     _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    bias, a, g, _ = kronecker[layer.kernel.path]
-    assert bias == layer.bias.path
-    assert a.shape == (3, 5, 5) and g.shape == (3, 2, 2)
-    full = _full_block(model, x, y, layer.kernel, layer.bias, 6)
-    full = full.reshape(5, 3, 2, 5, 3, 2)
+    if kind == "depthwise":
+        kernel, bias = layer.kernel, layer.bias
+    else:
+        kernel, bias = layer.depthwise_kernel, None
+    rows = 5 if bias is not None else 4
+    block_bias, a, g, _ = kronecker[kernel.path]
+    assert block_bias == (bias.path if bias is not None else None)
+    assert a.shape == (3, rows, rows) and g.shape == (3, 2, 2)
+    full = _full_block(model, x, y, kernel, bias, 6)
+    full = full.reshape(rows, 3, 2, rows, 3, 2)
     for c in range(3):
         np.testing.assert_allclose(
             np.einsum("pq,jk->pjqk", a[c], g[c]),
@@ -484,22 +498,23 @@ def test_an_example_that_does_not_fit_names_the_cause(rng, monkeypatch):
         estimate_fisher(model, (x, y))
 
 
-def test_a_separable_convolution_factors_its_pointwise_step(rng):
-    # Its depthwise kernel keeps the exact diagonal of the diagonal
-    # estimate; the pointwise kernel and bias are one Kronecker block.
+def test_a_separable_convolution_factors_both_steps(rng):
+    # A grouped block for the depthwise kernel (no bias), a Dense-like
+    # block for the pointwise kernel and bias: nothing left diagonal.
     model, data = _classifier("separable")
     x, y = data(rng, 5), rng.integers(0, NUM_CLASSES, 5)
-    diagonal, _ = estimate_fisher(model, (x, y))
-    with pytest.warns(UserWarning, match="depthwise_kernel"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         fisher, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
+    assert fisher == {}
     for layer in model.layers[1:3]:
-        depthwise = layer.depthwise_kernel.path
-        np.testing.assert_allclose(
-            fisher[depthwise], diagonal[depthwise], rtol=1e-6
-        )
+        kh, kw, channels, multiplier = layer.depthwise_kernel.shape
+        bias, a, g, _ = kronecker[layer.depthwise_kernel.path]
+        assert bias is None
+        assert a.shape == (channels, kh * kw, kh * kw)
+        assert g.shape == (channels, multiplier, multiplier)
         bias, a, g, _ = kronecker[layer.pointwise_kernel.path]
         assert bias == layer.bias.path
-        assert layer.bias.path not in fisher
         assert a.shape == (layer.pointwise_kernel.shape[2] + 1,) * 2
         assert g.shape == (layer.filters, layer.filters)
 

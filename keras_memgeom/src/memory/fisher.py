@@ -281,8 +281,9 @@ def estimate_fisher(
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
-    for layer, (a, g, count) in zip(step.kfac_layers, totals["factors"]):
-        kernel, bias = step.taps.kfac_variables(layer)
+    for (layer, kernel, bias), (a, g, count) in zip(
+        step.kfac_blocks, totals["factors"]
+    ):
         kernel, bias = kernel.path, bias.path if bias is not None else None
         count = float(ops.convert_to_numpy(count))
         if count == 0:
@@ -355,7 +356,10 @@ def sampled_noise(likelihood, seed, start, size, output_dim, num_samples):
 
 
 def _kernel_mask(layer):
-    """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`."""
+    """A pre-pruned layer's mask as a `(fan_in, units)` matrix, else `None`.
+
+    A pre-pruned layer has one Kronecker block, its kernel's.
+    """
     if not isinstance(layer, MaskedKernelMixin):
         return None
     mask = np.broadcast_to(
@@ -480,10 +484,11 @@ class _BatchStep:
         self.fast = [position[id(v)] for v in self.taps.variables]
         self.generic = sorted(set(range(len(variables))) - set(self.fast))
         self.kfac_layers = self.taps.kfac_layers if structure == "kfac" else []
+        self.kfac_blocks = self.taps.kfac_blocks if structure == "kfac" else []
         in_blocks = {
             position[id(v)]
-            for layer in self.kfac_layers
-            for v in self.taps.kfac_variables(layer)
+            for _, kernel, bias in self.kfac_blocks
+            for v in (kernel, bias)
             if v is not None
         }
         # The variables whose diagonal the step returns, in its order.

@@ -422,9 +422,10 @@ def block_diagonal(block, kernel_shape):
         kernel = ungrouped_columns(
             a_diagonal[:, :fan_in, None] * g_diagonal[:, None, :]
         )
-        kernel = kernel.reshape(kernel_shape)
-        bias = (a_diagonal[:, fan_in, None] * g_diagonal).reshape(-1)
-        return kernel, bias if block.bias is not None else None
+        bias = None
+        if block.bias is not None:
+            bias = (a_diagonal[:, fan_in, None] * g_diagonal).reshape(-1)
+        return kernel.reshape(kernel_shape), bias
     kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
     if block.mask is not None:
         kernel = kernel * block.mask
@@ -570,8 +571,7 @@ def _check_grouped_factors(owner, a, g, rows, units):
             f"{units}; got a {_shape_of(a)} and g {_shape_of(g)}."
         )
     for name, factor in (("a", a), ("g", g)):
-        for c, block in enumerate(factor):
-            _check_dense_factor(owner, f"{name} (channel {c})", block)
+        _check_dense_factor(owner, name, factor)
         factor.flags.writeable = False
     return a, g
 
@@ -597,6 +597,7 @@ def _check_diagonal_factor(owner, name, factor):
 
 
 def _check_dense_factor(owner, name, factor):
+    """Checks a dense factor `(n, n)`, or each block of a grouped one."""
     if not np.all(np.isfinite(factor)):
         raise ValueError(
             f"The Kronecker factor {name} of {owner} holds NaN or infinite "
@@ -604,20 +605,31 @@ def _check_dense_factor(owner, name, factor):
         )
     if not factor.size:
         return
-    if not np.allclose(
-        factor, factor.T, rtol=1e-5, atol=1e-8 * np.abs(factor).max()
-    ):
+    blocks = factor.reshape(-1, *factor.shape[-2:])
+
+    def named(c):
+        return f"{name} (channel {c})" if factor.ndim == 3 else name
+
+    scale = np.abs(blocks).max(axis=(1, 2))[:, None, None]
+    transposed = np.swapaxes(blocks, 1, 2)
+    asymmetric = np.abs(blocks - transposed) > (
+        1e-8 * scale + 1e-5 * np.abs(transposed)
+    )
+    if np.any(asymmetric):
+        c = int(np.argmax(asymmetric.any(axis=(1, 2))))
         raise ValueError(
-            f"The Kronecker factor {name} of {owner} is not symmetric."
+            f"The Kronecker factor {named(c)} of {owner} is not symmetric."
         )
-    eigenvalues = np.linalg.eigvalsh(factor)
-    largest = float(np.abs(eigenvalues).max())
-    if eigenvalues[0] < -_PSD_TOLERANCE * largest:
+    eigenvalues = np.linalg.eigvalsh(blocks)
+    largest = np.abs(eigenvalues).max(axis=1)
+    negative = eigenvalues[:, 0] < -_PSD_TOLERANCE * largest
+    if np.any(negative):
+        c = int(np.argmax(negative))
         raise ValueError(
-            f"The Kronecker factor {name} of {owner} is not positive "
+            f"The Kronecker factor {named(c)} of {owner} is not positive "
             f"semi-definite: its smallest eigenvalue is "
-            f"{eigenvalues[0]:.3g} and its largest in magnitude "
-            f"{largest:.3g}. A Fisher factor is a second moment; under "
+            f"{eigenvalues[c, 0]:.3g} and its largest in magnitude "
+            f"{largest[c]:.3g}. A Fisher factor is a second moment; under "
             "this one the penalty would go negative."
         )
 

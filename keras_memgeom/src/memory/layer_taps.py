@@ -15,7 +15,7 @@ gradients of its variables, exactly, without a per-example backward pass:
   gradients, `dK[i, j, c, m] = sum_p patch[p, i, j, c] g[p, c, m]`. Its
   K-FAC is one block per channel (grouped factors).
 - SeparableConv2D: a DepthwiseConv2D followed by a 1x1 convolution, with a
-  tap on each.
+  tap on each; its K-FAC has a block for each step.
 - Embedding: the gradient of row `v` is the sum of the output gradients at
   the positions holding token `v`. Its K-FAC input factor is diagonal:
   the second moment of one-hot inputs is the diagonal of the tokens'
@@ -114,13 +114,13 @@ class _Rule:
             out.append(layer.bias)
         return out
 
-    def kfac_variables(self, layer):
-        """`(kernel, bias or None)`: what a K-FAC rule's factors cover."""
-        return layer.kernel, getattr(layer, "bias", None)
+    def kfac_blocks(self, layer):
+        """`[(kernel, bias or None), ...]`: what a K-FAC rule's factors cover.
 
-    def squared_outside_block(self, layer, saved, grads, shapes):
-        """Squared gradients of the variables outside the K-FAC block."""
-        return []
+        One pair per Kronecker block, aligned with what `factors` returns;
+        together they cover every variable of `variables`.
+        """
+        return [(layer.kernel, getattr(layer, "bias", None))]
 
     def taps(self, layer, input_shape, output_shape):
         return [output_shape]
@@ -151,9 +151,9 @@ class _DenseConv2D(_Rule):
         return dense_taps.squared_gradients(layer, x, grads[0], shapes[0])
 
     def factors(self, layer, x, grads, shapes, counted):
-        return dense_taps.kronecker_factors(
-            layer, x, grads[0], shapes[0], counted
-        )
+        return [
+            dense_taps.kronecker_factors(layer, x, grads[0], shapes[0], counted)
+        ]
 
     def per_example_size(self, layer, input_shape, output_shape, cotangents):
         if isinstance(layer, keras.layers.Dense):
@@ -266,9 +266,11 @@ class _Einsum(_Rule):
         g = ops.reshape(
             g, (g.shape[0], -1, *positions, _size(g.shape[1 + prefix :]))
         )
-        return dense_taps.position_factors(
-            x, g, counted, getattr(layer, "bias", None) is not None
-        )
+        return [
+            dense_taps.position_factors(
+                x, g, counted, getattr(layer, "bias", None) is not None
+            )
+        ]
 
 
 class _Conv1D(_Rule):
@@ -306,18 +308,56 @@ class _Conv1D(_Rule):
         return out
 
     def factors(self, layer, x, grads, shapes, counted):
-        return dense_taps.position_factors(
-            self._patches(layer, x, shapes[0]),
-            grads[0],
-            counted,
-            layer.use_bias,
-        )
+        return [
+            dense_taps.position_factors(
+                self._patches(layer, x, shapes[0]),
+                grads[0],
+                counted,
+                layer.use_bias,
+            )
+        ]
 
     def per_example_size(self, layer, input_shape, output_shape, cotangents):
         fan_in = _size(layer.kernel.shape[:-1])
         return squared_products_elements(
             _positions(output_shape), 1, fan_in, layer.filters, cotangents
         )
+
+
+def _depthwise_factors(layer, kernel, use_bias, x, g, shape, counted):
+    """Grouped K-FAC factors of a depthwise kernel, a block per channel.
+
+    Args:
+        layer: the convolution, for its geometry.
+        kernel: its depthwise kernel, `(kh, kw, channels, multiplier)`.
+        use_bias: whether a bias adds to the depthwise step's output.
+        x: the layer's input.
+        g: the gradients of the depthwise step's output, `(K, batch,
+            height, width, channels * multiplier)`.
+        shape: that output's shape per example.
+        counted: see `dense_taps.position_factors`.
+
+    Returns:
+        `(A, G, count)`: `A` `(channels, kh*kw [+1], kh*kw [+1])`, `G`
+        `(channels, multiplier, multiplier)`, summed over the counted
+        positions, and their number.
+    """
+    kh, kw, channels, multiplier = kernel.shape
+    x = dense_taps.patches(layer, x, shape)
+    x = ops.reshape(x, (-1, *shape[:2], kh * kw, channels))
+    counted = dense_taps.counted_positions(counted, ops.ones_like(x[..., 0, 0]))
+    x = ops.reshape(x, (-1, kh * kw, channels))
+    if use_bias:
+        x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+    # `counted` is 0 or 1: one factor of it weighs both moments.
+    x = x * counted[:, :, None]
+    g = ops.reshape(g, (g.shape[0], -1, channels, multiplier))
+    g = ops.reshape(g * counted[None, :, :, None], (-1, channels, multiplier))
+    return (
+        ops.einsum("npc,nqc->cpq", x, x),
+        ops.einsum("ncj,nck->cjk", g, g),
+        ops.sum(counted),
+    )
 
 
 class _Depthwise(_Rule):
@@ -336,27 +376,17 @@ class _Depthwise(_Rule):
         return _channels_last_conv(layer) and len(input_shape) == 4
 
     def factors(self, layer, x, grads, shapes, counted):
-        kh, kw, channels, multiplier = layer.kernel.shape
-        g = grads[0]  # `(K, batch, height, width, channels * multiplier)`
-        x = dense_taps.patches(layer, x, shapes[0])
-        x = ops.reshape(x, (-1, *shapes[0][:2], kh * kw, channels))
-        counted = dense_taps.counted_positions(
-            counted, ops.ones_like(x[..., 0, 0])
-        )
-        x = ops.reshape(x, (-1, kh * kw, channels))
-        if layer.use_bias:
-            x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
-        # `counted` is 0 or 1: one factor of it weighs both moments.
-        x = x * counted[:, :, None]
-        g = ops.reshape(g, (g.shape[0], -1, channels, multiplier))
-        g = ops.reshape(
-            g * counted[None, :, :, None], (-1, channels, multiplier)
-        )
-        return (
-            ops.einsum("npc,nqc->cpq", x, x),
-            ops.einsum("ncj,nck->cjk", g, g),
-            ops.sum(counted),
-        )
+        return [
+            _depthwise_factors(
+                layer,
+                layer.kernel,
+                layer.use_bias,
+                x,
+                grads[0],
+                shapes[0],
+                counted,
+            )
+        ]
 
     def call(self, layer, inputs, taps):
         z = ops.depthwise_conv(
@@ -384,10 +414,11 @@ class _Depthwise(_Rule):
 class _Separable(_Rule):
     """SeparableConv2D: a tapped depthwise step, then a tapped 1x1 step.
 
-    K-FAC factors the 1x1 step (pointwise kernel and bias), a Dense at
-    every output position on the depthwise step's output; the depthwise
-    kernel, one filter per channel, has no Kronecker structure across
-    channels and keeps its diagonal.
+    K-FAC gives each step its own block: the depthwise kernel grouped
+    factors, a block per channel as for a DepthwiseConv2D without bias;
+    the 1x1 step (pointwise kernel and bias) those of a Dense at every
+    output position on the depthwise step's output. The blocks leave out
+    the correlation between the two steps.
     """
 
     kfac = True
@@ -420,13 +451,10 @@ class _Separable(_Rule):
         outputs = dense_taps.tapped_output(layer, z, taps[1])
         return outputs, (inputs, inner)
 
-    def kfac_variables(self, layer):
-        return layer.pointwise_kernel, layer.bias if layer.use_bias else None
-
-    def squared_outside_block(self, layer, saved, grads, shapes):
-        patches = dense_taps.patches(layer, saved[0], shapes[0])
+    def kfac_blocks(self, layer):
         return [
-            _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape)
+            (layer.depthwise_kernel, None),
+            (layer.pointwise_kernel, layer.bias if layer.use_bias else None),
         ]
 
     def squared(self, layer, saved, grads, shapes):
@@ -436,16 +464,29 @@ class _Separable(_Rule):
         g = grads[1]
         g = ops.reshape(g, (g.shape[0], batch, positions, 1, g.shape[-1]))
         pointwise = squared_products(inner, g)
-        out = self.squared_outside_block(layer, saved, grads, shapes)
-        out.append(ops.reshape(pointwise, layer.pointwise_kernel.shape))
+        patches = dense_taps.patches(layer, saved[0], shapes[0])
+        out = [
+            _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape),
+            ops.reshape(pointwise, layer.pointwise_kernel.shape),
+        ]
         if layer.use_bias:
             out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
         return out
 
     def factors(self, layer, saved, grads, shapes, counted):
-        return dense_taps.position_factors(
+        depthwise = _depthwise_factors(
+            layer,
+            layer.depthwise_kernel,
+            False,
+            saved[0],
+            grads[0],
+            shapes[0],
+            counted,
+        )
+        pointwise = dense_taps.position_factors(
             saved[1], grads[1], counted, layer.use_bias
         )
+        return [depthwise, pointwise]
 
     def per_example_size(self, layer, input_shape, output_shape, cotangents):
         fan_in, units = layer.pointwise_kernel.shape[2:]
@@ -490,8 +531,8 @@ class _Embedding(_Rule):
     def variables(self, layer):
         return [layer.embeddings]
 
-    def kfac_variables(self, layer):
-        return layer.embeddings, None
+    def kfac_blocks(self, layer):
+        return [(layer.embeddings, None)]
 
     def factors(self, layer, tokens, grads, shapes, counted):
         g = grads[0]  # `(K, batch, *positions, dim)`
@@ -505,7 +546,7 @@ class _Embedding(_Rule):
         )
         g = ops.reshape(g, (g.shape[0], -1, g.shape[-1])) * counted[None]
         g = ops.reshape(g, (-1, g.shape[-1]))
-        return a_sum, ops.matmul(ops.transpose(g), g), ops.sum(counted)
+        return [(a_sum, ops.matmul(ops.transpose(g), g), ops.sum(counted))]
 
     def call(self, layer, inputs, taps):
         tokens = inputs
@@ -571,8 +612,8 @@ class _PositionEmbedding(_Rule):
     def variables(self, layer):
         return [layer.position_embeddings]
 
-    def kfac_variables(self, layer):
-        return layer.position_embeddings, None
+    def kfac_blocks(self, layer):
+        return [(layer.position_embeddings, None)]
 
     def call(self, layer, inputs, taps):
         # Nothing to keep: the rows depend on the output gradients alone.
@@ -596,11 +637,13 @@ class _PositionEmbedding(_Rule):
         a_sum = ops.sum(ops.reshape(counted, (batch, seq)), axis=0)
         g = ops.reshape(g, (g.shape[0], -1, g.shape[-1])) * counted[None]
         g = ops.reshape(g, (-1, g.shape[-1]))
-        return (
-            self._rows(layer, a_sum),
-            ops.matmul(ops.transpose(g), g),
-            ops.sum(counted),
-        )
+        return [
+            (
+                self._rows(layer, a_sum),
+                ops.matmul(ops.transpose(g), g),
+                ops.sum(counted),
+            )
+        ]
 
 
 def _is_zero(value):
@@ -880,9 +923,20 @@ class LayerTaps:
         with dense_taps._patched(self.layers, tapped):
             yield saved
 
-    def kfac_variables(self, layer):
-        """`(kernel, bias or None)` a K-FAC layer's factors cover."""
-        return self._rules[self.layers.index(layer)].kfac_variables(layer)
+    @property
+    def kfac_blocks(self):
+        """`(layer, kernel, bias or None)` of every Kronecker block.
+
+        In `kfac_layers` order, a layer's blocks as its rule lists them;
+        aligned with what `kronecker_factors` returns.
+        """
+        return [
+            (layer, kernel, bias)
+            for layer in self.kfac_layers
+            for kernel, bias in self._rules[
+                self.layers.index(layer)
+            ].kfac_blocks(layer)
+        ]
 
     def squared_gradients(self, saved, output_grads, kfac=()):
         """Per-variable batch sums of squared per-example gradients.
@@ -891,8 +945,9 @@ class LayerTaps:
             saved: what `active` recorded.
             output_grads: the tap gradients, stacked over `K` cotangents,
                 `(K, batch) + tap shape` each.
-            kfac: layers with Kronecker factors: the variables their
-                factors cover get `None` (their sums are not needed).
+            kfac: layers with Kronecker factors: their variables, all
+                covered by the factors, get `None` (their sums are not
+                needed).
 
         Returns:
             A list aligned with `variables`.
@@ -902,15 +957,10 @@ class LayerTaps:
         for layer, rule, s, grads, shapes in self._per_layer(
             saved, output_grads
         ):
-            if id(layer) not in kfac:
+            if id(layer) in kfac:
+                out.extend([None] * len(rule.variables(layer)))
+            else:
                 out.extend(rule.squared(layer, s, grads, shapes))
-                continue
-            block = {id(v) for v in rule.kfac_variables(layer)}
-            rest = iter(rule.squared_outside_block(layer, s, grads, shapes))
-            out.extend(
-                None if id(v) in block else next(rest)
-                for v in rule.variables(layer)
-            )
         return out
 
     def kronecker_factors(self, saved, output_grads, counted):
@@ -924,14 +974,15 @@ class LayerTaps:
                 `dense_taps.position_factors`.
 
         Returns:
-            A list of `(A, G, count)` aligned with `kfac_layers`: sums over
+            A list of `(A, G, count)` aligned with `kfac_blocks`: sums over
             the counted positions and their number.
         """
         kfac = {id(layer) for layer in self.kfac_layers}
         return [
-            rule.factors(layer, s, grads, shapes, counted)
+            block
             for layer, rule, s, grads, shapes in self._per_layer(
                 saved, output_grads
             )
             if id(layer) in kfac
+            for block in rule.factors(layer, s, grads, shapes, counted)
         ]
