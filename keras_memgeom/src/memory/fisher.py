@@ -100,8 +100,8 @@ def estimate_fisher(
             processes do not change the draw.
         structure: `"diagonal"`, or `"kfac"`: Kronecker factors `A (x) G`
             (Martens & Grosse 2015; Grosse & Martens 2016 for Conv2D) for
-            every Dense, Conv1D and Conv2D layer the fast path covers, the
-            pointwise step of every SeparableConv2D, and every EinsumDense
+            every Dense, Conv1D and Conv2D layer the fast path covers, both
+            steps of every SeparableConv2D, and every EinsumDense
             that is a matmul of the input's last axes into the kernel's
             last axes (a Dense at every position: all four projections of
             MultiHeadAttention), and every Embedding (a Dense on one-hot
@@ -747,8 +747,8 @@ def _check_kfac_coverage(variables, in_blocks, diagonal):
         raise ValueError(
             "structure='kfac' factors Dense, matmul-shaped EinsumDense "
             "(attention projections), Conv1D, Conv2D, DepthwiseConv2D, "
-            "Embedding and keras-hub PositionEmbedding layers "
-            "and the pointwise step of SeparableConv2D, and this "
+            "SeparableConv2D, Embedding and keras-hub PositionEmbedding "
+            "layers, and this "
             "model has none to factor (its trainable "
             f"variables: {paths}). Use structure='diagonal'."
         )

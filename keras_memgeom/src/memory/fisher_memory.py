@@ -292,7 +292,7 @@ class FisherMemory:
         With `structure="kfac"` Dense, Conv1D, Conv2D, DepthwiseConv2D (a
         block per channel), Embedding (and keras-hub PositionEmbedding) and
         matmul-shaped EinsumDense layers (so attention projections) and
-        the pointwise kernels of SeparableConv2D get Kronecker blocks;
+        both kernels of SeparableConv2D get Kronecker blocks;
         every other variable keeps a diagonal Fisher (`estimate_fisher`
         warns once, naming them).
 
