@@ -606,6 +606,44 @@ def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
     )
 
 
+def test_a_grouped_convolution_memory_has_a_block_per_group(tmp_path, rng):
+    # Conv2D(groups=2): a block per group, through the penalty and a plain
+    # model's save.
+    x = rng.normal(size=(12, 5, 5, 4)).astype("float32")
+    y = rng.integers(0, 3, 12)
+    model = keras.Sequential(
+        [
+            keras.Input((5, 5, 4)),
+            keras.layers.Conv2D(
+                6, 3, groups=2, activation="tanh", name="grouped"
+            ),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    memory = FisherMemory.estimate(model, (x, y), structure="kfac", rank=None)
+    assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
+    block = memory.kronecker[model.get_layer("grouped").kernel.path]
+    assert block.a.shape == (2, 19, 19) and block.g.shape == (2, 3, 3)
+    model.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
+    )
+    penalty = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / 12
+        * _kronecker_quadratic(memory, model)
+    )
+    _assert_a_plain_model_keeps_the_penalty(
+        model, memory, (x, y), tmp_path / "grouped.keras", penalty
+    )
+
+
 def _assert_a_plain_model_keeps_the_penalty(model, memory, data, path, penalty):
     """`attach` adds `penalty` to a plain model's loss, also after saving.
 

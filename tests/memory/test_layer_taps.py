@@ -41,6 +41,15 @@ def _depthwise():
     ], _images
 
 
+def _grouped_conv():
+    # One input channel per group, then three (two groups of six).
+    return [
+        keras.Input((6, 6, 3)),
+        keras.layers.Conv2D(6, 3, groups=3, padding="same", activation="tanh"),
+        keras.layers.Conv2D(4, 2, strides=2, groups=2, use_bias=False),
+    ], _images
+
+
 def _separable():
     return [
         keras.Input((6, 6, 3)),
@@ -127,6 +136,7 @@ def _reversible_embedding():
 ARCHITECTURES = {
     "depthwise": _depthwise,
     "separable": _separable,
+    "grouped_conv": _grouped_conv,
     "batch_norm": _batch_norm,
     "conv1d": _conv1d,
     "einsum_dense": _einsum,
@@ -341,23 +351,27 @@ def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
     )
 
 
-@pytest.mark.parametrize("kind", ["depthwise", "separable"])
-def test_depthwise_kfac_is_exact_per_channel_at_one_position(rng, kind):
-    # One K-FAC block per channel: on one example at one position each is
-    # the exact Fisher's block of that channel (the channels' cross terms,
-    # not zero, are what the grouped structure leaves out). A separable
-    # convolution's depthwise step has no bias; the pointwise step follows.
+@pytest.mark.parametrize("kind", ["depthwise", "separable", "grouped_conv"])
+def test_grouped_kfac_is_exact_per_group_at_one_position(rng, kind):
+    # One K-FAC block per group (a depthwise kernel's groups are its
+    # channels): on one example at one position each is the exact Fisher's
+    # block of that group (the groups' cross terms, not zero, are what the
+    # grouped structure leaves out). A separable convolution's depthwise
+    # step has no bias; the pointwise step follows.
+    channels = 4 if kind == "grouped_conv" else 3
     if kind == "depthwise":
         layer = keras.layers.DepthwiseConv2D(
             2, depth_multiplier=2, activation="tanh"
         )
-    else:
+    elif kind == "separable":
         layer = keras.layers.SeparableConv2D(
             3, 2, depth_multiplier=2, activation="tanh"
         )
+    else:
+        layer = keras.layers.Conv2D(4, 2, groups=2, activation="tanh")
     model = keras.Sequential(
         [
-            keras.Input((2, 2, 3)),  # one output position
+            keras.Input((2, 2, channels)),  # one output position
             layer,
             keras.layers.Flatten(),
             keras.layers.Dense(NUM_CLASSES),
@@ -366,19 +380,23 @@ def test_depthwise_kfac_is_exact_per_channel_at_one_position(rng, kind):
     model.compile(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    x, y = rng.normal(size=(1, 2, 2, 3)).astype("float32"), np.array([1])
-    _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    if kind == "depthwise":
-        kernel, bias = layer.kernel, layer.bias
-    else:
+    x = rng.normal(size=(1, 2, 2, channels)).astype("float32")
+    _, _, kronecker = estimate_fisher(
+        model, (x, np.array([1])), structure="kfac"
+    )
+    if kind == "separable":
         kernel, bias = layer.depthwise_kernel, None
-    rows = 5 if bias is not None else 4
+    else:
+        kernel, bias = layer.kernel, layer.bias
+    # Rows: the group's patch (and the bias's 1); two outputs per group.
+    groups, rows = (2, 9) if kind == "grouped_conv" else (3, 5)
+    rows -= bias is None
     block_bias, a, g, _ = kronecker[kernel.path]
     assert block_bias == (bias.path if bias is not None else None)
-    assert a.shape == (3, rows, rows) and g.shape == (3, 2, 2)
-    full = _full_block(model, x, y, kernel, bias, 6)
-    full = full.reshape(rows, 3, 2, rows, 3, 2)
-    for c in range(3):
+    assert a.shape == (groups, rows, rows) and g.shape == (groups, 2, 2)
+    full = _full_block(model, x, np.array([1]), kernel, bias, groups * 2)
+    full = full.reshape(rows, groups, 2, rows, groups, 2)
+    for c in range(groups):
         np.testing.assert_allclose(
             np.einsum("pq,jk->pjqk", a[c], g[c]),
             full[:, c, :, :, c, :],

@@ -51,10 +51,10 @@ def estimate_fisher(
       size (biased; offered only to compare).
 
     Layers with a per-example rule (`layer_taps`: Dense, EinsumDense and so
-    MultiHeadAttention, channels-last Conv1D, Conv2D, DepthwiseConv2D and
-    SeparableConv2D, Embedding, keras-hub's PositionEmbedding,
-    LayerNormalization and inference BatchNormalization), called once per
-    forward pass, are fast: their
+    MultiHeadAttention, channels-last Conv1D, Conv2D (grouped too),
+    DepthwiseConv2D and SeparableConv2D, Embedding, keras-hub's
+    PositionEmbedding, LayerNormalization and inference BatchNormalization),
+    called once per forward pass, are fast: their
     squared per-example gradients come from one backward pass per
     output-space cotangent (one for `empirical`, `num_samples` for
     `sampled`, the output dimension for `exact`). All other trainable
@@ -107,10 +107,11 @@ def estimate_fisher(
             MultiHeadAttention), and every Embedding (a Dense on one-hot
             tokens, its `A` the diagonal of their frequencies, kept as a
             1-D array) and keras-hub PositionEmbedding (the same, of
-            positions), and every DepthwiseConv2D (a block per channel,
-            grouped factors), from the same backward passes (the exact,
-            sampled and empirical estimators; `A` and `G` are batch sums,
-            so the cost is one pass over the data), and the diagonal for
+            positions), and every DepthwiseConv2D and grouped Conv2D (a block
+            per channel or group, grouped factors), from the same backward
+            passes (the exact, sampled and empirical estimators; `A` and `G` are
+            batch sums, so the cost is one pass over the data), and the diagonal
+            for
             every other variable, which a
             warning lists. A layer applied at several positions (a
             sequence, an image) gets the K-FAC-expand factors of

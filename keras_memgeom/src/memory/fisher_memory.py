@@ -289,12 +289,12 @@ class FisherMemory:
     def structure_of(self, path):
         """How the memory keeps one variable's Fisher.
 
-        With `structure="kfac"` Dense, Conv1D, Conv2D, DepthwiseConv2D (a
-        block per channel), Embedding (and keras-hub PositionEmbedding) and
-        matmul-shaped EinsumDense layers (so attention projections) and
-        both kernels of SeparableConv2D get Kronecker blocks;
-        every other variable keeps a diagonal Fisher (`estimate_fisher`
-        warns once, naming them).
+        With `structure="kfac"` Dense, Conv1D, Conv2D (a block per group when
+        grouped), DepthwiseConv2D (a block per channel), Embedding (and
+        keras-hub PositionEmbedding) and matmul-shaped EinsumDense layers (so
+        attention projections) and both kernels of SeparableConv2D get
+        Kronecker blocks; every other variable keeps a diagonal Fisher
+        (`estimate_fisher` warns once, naming them).
 
         Args:
             path: a remembered variable's path (see `paths`).

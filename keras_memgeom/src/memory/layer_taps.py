@@ -14,6 +14,8 @@ gradients of its variables, exactly, without a per-example backward pass:
 - DepthwiseConv2D: every input channel is correlated with its own output
   gradients, `dK[i, j, c, m] = sum_p patch[p, i, j, c] g[p, c, m]`. Its
   K-FAC is one block per channel (grouped factors).
+- Conv2D with `groups > 1`: the same per group of channels, a Conv2D from
+  the group's patches to its outputs; K-FAC a block per group.
 - SeparableConv2D: a DepthwiseConv2D followed by a 1x1 convolution, with a
   tap on each; its K-FAC has a block for each step.
 - Embedding: the gradient of row `v` is the sum of the output gradients at
@@ -66,19 +68,37 @@ def _channels_last_conv(layer):
     )
 
 
-def _depthwise_squares(patches, g, kernel_shape):
-    """Squared per-example depthwise kernel gradients, summed: the kernel's.
+def _by_group(patches, taps, groups):
+    """`(n, kh * kw * channels)` patches as `(n, groups, kh * kw * in)`.
 
-    Every channel is a group of `squared_products`, its patch of `kh * kw`
-    inputs mapped to its `multiplier` outputs.
+    A group's row is its `in = channels / groups` channels at every tap,
+    ordered like its slice of the kernel `(kh, kw, in, ...)`.
     """
-    kh, kw, channels, multiplier = kernel_shape
+    row = patches.shape[-1] // groups
+    patches = ops.reshape(patches, (-1, taps, groups, row // taps))
+    return ops.reshape(ops.swapaxes(patches, 1, 2), (-1, groups, row))
+
+
+def _grouped_squares(patches, g, kernel_shape, groups):
+    """Squared per-example kernel gradients of a grouped convolution, summed.
+
+    Every group is a group of `squared_products`, its channels' patch
+    mapped to its `units / groups` outputs. A depthwise kernel `(kh, kw,
+    channels, multiplier)` is laid out as the grouped kernel `(kh, kw, 1,
+    channels * multiplier)`, a group per channel.
+    """
+    taps = kernel_shape[0] * kernel_shape[1]
     # The batch is dynamic under `tf.function`; the positions stay static.
     batch, positions = ops.shape(patches)[0], patches.shape[1]
-    patches = ops.reshape(patches, (batch, positions, kh * kw, channels))
-    g = ops.reshape(g, (g.shape[0], batch, positions, channels, multiplier))
-    squares = squared_products(ops.swapaxes(patches, 2, 3), g)
-    return ops.reshape(ops.swapaxes(squares, 0, 1), kernel_shape)
+    patches = _by_group(
+        ops.reshape(patches, (-1, patches.shape[-1])), taps, groups
+    )
+    patches = ops.reshape(patches, (batch, positions, *patches.shape[1:]))
+    units = g.shape[-1] // groups
+    g = ops.reshape(g, (g.shape[0], batch, positions, groups, units))
+    squares = squared_products(patches, g)
+    squares = ops.reshape(squares, (groups, taps, -1, units))
+    return ops.reshape(ops.transpose(squares, (1, 2, 0, 3)), kernel_shape)
 
 
 def _positions(output_shape):
@@ -324,62 +344,90 @@ class _Conv1D(_Rule):
         )
 
 
-def _depthwise_factors(layer, kernel, use_bias, x, g, shape, counted):
-    """Grouped K-FAC factors of a depthwise kernel, a block per channel.
+def _grouped_factors(layer, groups, use_bias, x, g, shape, counted):
+    """Grouped K-FAC factors of a grouped convolution, a block per group.
 
     Args:
         layer: the convolution, for its geometry.
-        kernel: its depthwise kernel, `(kh, kw, channels, multiplier)`.
-        use_bias: whether a bias adds to the depthwise step's output.
+        groups: its groups (a depthwise kernel's: its input channels).
+        use_bias: whether a bias adds to the convolution's output.
         x: the layer's input.
-        g: the gradients of the depthwise step's output, `(K, batch,
-            height, width, channels * multiplier)`.
+        g: the gradients of the convolution's output, `(K, batch, height,
+            width, units)`.
         shape: that output's shape per example.
         counted: see `dense_taps.position_factors`.
 
     Returns:
-        `(A, G, count)`: `A` `(channels, kh*kw [+1], kh*kw [+1])`, `G`
-        `(channels, multiplier, multiplier)`, summed over the counted
-        positions, and their number.
+        `(A, G, count)`: `A` `(groups, rows, rows)`, `rows` the `kh * kw *
+        channels / groups` of a group's patch (+1 with a bias), `G`
+        `(groups, units / groups, units / groups)`, summed over the
+        counted positions, and their number.
     """
-    kh, kw, channels, multiplier = kernel.shape
+    taps = layer.kernel_size[0] * layer.kernel_size[1]
     x = dense_taps.patches(layer, x, shape)
-    x = ops.reshape(x, (-1, *shape[:2], kh * kw, channels))
-    counted = dense_taps.counted_positions(counted, ops.ones_like(x[..., 0, 0]))
-    x = ops.reshape(x, (-1, kh * kw, channels))
+    counted = dense_taps.counted_positions(
+        counted, ops.reshape(ops.ones_like(x[..., 0]), (-1, *shape[:2]))
+    )
+    x = _by_group(ops.reshape(x, (-1, x.shape[-1])), taps, groups)
     if use_bias:
-        x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=1)
+        x = ops.concatenate([x, ops.ones_like(x[:, :, :1])], axis=2)
     # `counted` is 0 or 1: one factor of it weighs both moments.
     x = x * counted[:, :, None]
-    g = ops.reshape(g, (g.shape[0], -1, channels, multiplier))
-    g = ops.reshape(g * counted[None, :, :, None], (-1, channels, multiplier))
+    units = g.shape[-1] // groups
+    g = ops.reshape(g, (g.shape[0], -1, groups, units))
+    g = ops.reshape(g * counted[None, :, :, None], (-1, groups, units))
     return (
-        ops.einsum("npc,nqc->cpq", x, x),
-        ops.einsum("ncj,nck->cjk", g, g),
+        ops.einsum("ngp,ngq->gpq", x, x),
+        ops.einsum("ngj,ngk->gjk", g, g),
         ops.sum(counted),
     )
 
 
-class _Depthwise(_Rule):
-    """DepthwiseConv2D: per-channel correlation of patches and gradients.
+class _GroupedConv2D(_Rule):
+    """Conv2D with `groups > 1`: each group correlates its own channels.
 
-    K-FAC gives each channel its own block, a Conv2D of one input channel
-    into `multiplier` outputs (K-FAC-expand): `A_c` the second moment of
-    channel `c`'s patches (with a 1 for the bias), `G_c` of its outputs'
-    gradients. The blocks are grouped factors (`kronecker`), exact on
-    each channel's block for one example at one position.
+    A group maps its `kh * kw * channels / groups` patch to its `filters /
+    groups` outputs, so its per-example kernel gradient is that of a
+    Conv2D. K-FAC gives each group its own block (K-FAC-expand): `A_g` the
+    second moment of group `g`'s patches (with a 1 for the bias), `G_g` of
+    its outputs' gradients; grouped factors (`kronecker`), exact on each
+    group's block for one example at one position.
     """
 
     kfac = True
 
     def fits(self, layer, input_shape, output_shape):
-        return _channels_last_conv(layer) and len(input_shape) == 4
+        return (
+            layer.groups > 1
+            and _channels_last_conv(layer)
+            and len(input_shape) == 4
+        )
+
+    def groups(self, layer):
+        return layer.groups
+
+    def convolve(self, layer, inputs):
+        return layer.convolution_op(inputs, layer.kernel)
+
+    def call(self, layer, inputs, taps):
+        z = self.convolve(layer, inputs)
+        return dense_taps.tapped_output(layer, z, taps[0]), inputs
+
+    def squared(self, layer, x, grads, shapes):
+        g = grads[0]
+        patches = dense_taps.patches(layer, x, shapes[0])
+        out = [
+            _grouped_squares(patches, g, layer.kernel.shape, self.groups(layer))
+        ]
+        if layer.use_bias:
+            out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
+        return out
 
     def factors(self, layer, x, grads, shapes, counted):
         return [
-            _depthwise_factors(
+            _grouped_factors(
                 layer,
-                layer.kernel,
+                self.groups(layer),
                 layer.use_bias,
                 x,
                 grads[0],
@@ -388,8 +436,31 @@ class _Depthwise(_Rule):
             )
         ]
 
-    def call(self, layer, inputs, taps):
-        z = ops.depthwise_conv(
+    def per_example_size(self, layer, input_shape, output_shape, cotangents):
+        return _grouped_elements(
+            layer.kernel,
+            self.groups(layer),
+            output_shape[-1],
+            output_shape,
+            cotangents,
+        )
+
+
+class _Depthwise(_GroupedConv2D):
+    """DepthwiseConv2D: a grouped convolution with a group per channel.
+
+    Its kernel `(kh, kw, channels, multiplier)` is laid out as the grouped
+    kernel `(kh, kw, 1, channels * multiplier)`.
+    """
+
+    def fits(self, layer, input_shape, output_shape):
+        return _channels_last_conv(layer) and len(input_shape) == 4
+
+    def groups(self, layer):
+        return layer.kernel.shape[2]
+
+    def convolve(self, layer, inputs):
+        return ops.depthwise_conv(
             inputs,
             layer.kernel,
             strides=layer.strides,
@@ -397,18 +468,6 @@ class _Depthwise(_Rule):
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
         )
-        return dense_taps.tapped_output(layer, z, taps[0]), inputs
-
-    def squared(self, layer, x, grads, shapes):
-        g = grads[0]
-        patches = dense_taps.patches(layer, x, shapes[0])
-        out = [_depthwise_squares(patches, g, layer.kernel.shape)]
-        if layer.use_bias:
-            out.append(_sum_squares(ops.sum(g, axis=(2, 3))))
-        return out
-
-    def per_example_size(self, layer, input_shape, output_shape, cotangents):
-        return _depthwise_elements(layer.kernel, output_shape, cotangents)
 
 
 class _Separable(_Rule):
@@ -465,8 +524,11 @@ class _Separable(_Rule):
         g = ops.reshape(g, (g.shape[0], batch, positions, 1, g.shape[-1]))
         pointwise = squared_products(inner, g)
         patches = dense_taps.patches(layer, saved[0], shapes[0])
+        channels = layer.depthwise_kernel.shape[2]
         out = [
-            _depthwise_squares(patches, grads[0], layer.depthwise_kernel.shape),
+            _grouped_squares(
+                patches, grads[0], layer.depthwise_kernel.shape, channels
+            ),
             ops.reshape(pointwise, layer.pointwise_kernel.shape),
         ]
         if layer.use_bias:
@@ -474,9 +536,9 @@ class _Separable(_Rule):
         return out
 
     def factors(self, layer, saved, grads, shapes, counted):
-        depthwise = _depthwise_factors(
+        depthwise = _grouped_factors(
             layer,
-            layer.depthwise_kernel,
+            layer.depthwise_kernel.shape[2],
             False,
             saved[0],
             grads[0],
@@ -493,8 +555,13 @@ class _Separable(_Rule):
         pointwise = squared_products_elements(
             _positions(output_shape), 1, fan_in, units, cotangents
         )
-        depthwise = _depthwise_elements(
-            layer.depthwise_kernel, output_shape, cotangents
+        channels = input_shape[-1]
+        depthwise = _grouped_elements(
+            layer.depthwise_kernel,
+            channels,
+            channels * layer.depth_multiplier,
+            output_shape,
+            cotangents,
         )
         return depthwise + pointwise
 
@@ -710,7 +777,7 @@ class _Normalization(_Rule):
 _RULES = {
     keras.layers.Dense: (_DenseConv2D(), _Einsum()),
     PrePrunedDense: (_DenseConv2D(), _Einsum()),
-    keras.layers.Conv2D: (_DenseConv2D(),),
+    keras.layers.Conv2D: (_DenseConv2D(), _GroupedConv2D()),
     PrePrunedConv2D: (_DenseConv2D(),),
     keras.layers.EinsumDense: (_Einsum(),),
     keras.layers.Conv1D: (_Conv1D(),),
@@ -743,11 +810,18 @@ def _rules_of(layer):
     return _HUB_RULES.get(f"{kind.__module__}.{kind.__qualname__}", ())
 
 
-def _depthwise_elements(kernel, output_shape, cotangents):
-    """`squared_products_elements` of a depthwise kernel."""
-    kh, kw, channels, multiplier = kernel.shape
+def _grouped_elements(kernel, groups, outputs, output_shape, cotangents):
+    """`squared_products_elements` of a grouped (or depthwise) kernel.
+
+    `outputs` is the number of its output channels, `output_shape` holds
+    its output positions.
+    """
     return squared_products_elements(
-        _positions(output_shape), channels, kh * kw, multiplier, cotangents
+        _positions(output_shape),
+        groups,
+        _size(kernel.shape) // outputs,
+        outputs // groups,
+        cotangents,
     )
 
 
