@@ -94,6 +94,18 @@ def _layer_norm():
     ], _sequences
 
 
+def _rms_norm():
+    # Keras's LayerNormalization with `rms_scaling` divides by the standard
+    # deviation, RMSNormalization by the root mean square.
+    return [
+        keras.Input((5, 4)),
+        keras.layers.Dense(4),
+        keras.layers.RMSNormalization(),
+        keras.layers.LayerNormalization(rms_scaling=True),
+        keras.layers.RMSNormalization(axis=(-2, -1)),
+    ], _sequences
+
+
 def _squeeze_excite(h):
     s = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
     s = keras.layers.Conv2D(4, 1, activation="relu")(s)
@@ -141,6 +153,7 @@ ARCHITECTURES = {
     "conv1d": _conv1d,
     "einsum_dense": _einsum,
     "layer_norm": _layer_norm,
+    "rms_norm": _rms_norm,
     "embedding": _embedding,
     "reversible_embedding": _reversible_embedding,
     "mobilenet_block": _mobilenet_block,

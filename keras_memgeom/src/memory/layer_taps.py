@@ -25,7 +25,8 @@ gradients of its variables, exactly, without a per-example backward pass:
 - keras-hub's PositionEmbedding: row `t`'s gradient is the output
   gradient at position `t`; K-FAC as an Embedding whose token is the
   position.
-- LayerNormalization and BatchNormalization (inference): `dgamma = sum g *
+- LayerNormalization, BatchNormalization (inference) and RMS
+  normalizations (Keras's and keras-hub's decoders'): `dgamma = sum g *
   x_hat` and `dbeta = sum g` over the non-feature axes of each example.
 
 The convolution rules sum their squared per-example kernel gradients with
@@ -718,60 +719,120 @@ def _is_zero(value):
 
 
 class _Normalization(_Rule):
-    """LayerNormalization and inference BatchNormalization, channels last.
+    """A normalization, channels last: `x_hat * scale + offset`.
 
-    Both compute `x_hat * gamma + beta` with `x_hat` free of `gamma` and
-    `beta`, so per example `dgamma = sum g * x_hat` and `dbeta = sum g` over
-    the axes `gamma` does not span.
+    `x_hat` is free of the scale and the offset (inference statistics for
+    BatchNormalization), so per example `dscale = sum g * x_hat` and
+    `doffset = sum g` over the axes the scale does not span. Subclasses
+    say which axes they normalize, which variables they have and how they
+    compute `x_hat`.
     """
 
     def fits(self, layer, input_shape, output_shape):
         rank = len(input_shape)
-        if isinstance(layer, keras.layers.LayerNormalization):
-            axes = sorted(a % rank for a in layer.axis)
-            return not layer.rms_scaling and axes == list(
-                range(rank - len(axes), rank)
-            )
-        return (
-            layer.axis % rank == rank - 1
-            and not layer.renorm
-            and not layer.synchronized
-        )
+        axes = self.axes(layer, rank)
+        return axes == list(range(rank - len(axes), rank))
 
     def variables(self, layer):
-        out = []
-        if layer.scale:
-            out.append(layer.gamma)
-        if layer.center:
-            out.append(layer.beta)
-        return out
+        return [v for v in self.scale_and_offset(layer) if v is not None]
 
     def call(self, layer, inputs, taps):
-        x = ops.cast(inputs, "float32")
-        if isinstance(layer, keras.layers.LayerNormalization):
-            outputs = type(layer).call(layer, inputs)
-            axes = [a % len(x.shape) for a in layer.axis]
-            mean, variance = ops.moments(x, axes=axes, keepdims=True)
-        else:
-            outputs = type(layer).call(layer, inputs, training=False)
-            mean, variance = layer.moving_mean, layer.moving_variance
-        x_hat = (x - mean) * ops.rsqrt(variance + layer.epsilon)
+        outputs = type(layer).call(layer, inputs)
+        x_hat = self.normalized(layer, ops.cast(inputs, "float32"))
         return ops.add(outputs, taps[0]), x_hat
 
     def squared(self, layer, x_hat, grads, shapes):
         g = grads[0]
-        features = _size(layer.variables[0].shape)
+        scale, offset = self.scale_and_offset(layer)
+        features = _size(self.variables(layer)[0].shape)
         batch = ops.shape(x_hat)[0]
         g = ops.reshape(g, (g.shape[0], batch, -1, features))
         out = []
-        if layer.scale:
+        if scale is not None:
             x_hat = ops.reshape(x_hat, (batch, -1, features))
-            gamma = ops.sum(g * ops.cast(x_hat, g.dtype), axis=2)
-            out.append(ops.reshape(_sum_squares(gamma), layer.gamma.shape))
-        if layer.center:
-            beta = ops.sum(g, axis=2)
-            out.append(ops.reshape(_sum_squares(beta), layer.beta.shape))
+            per_example = ops.sum(g * ops.cast(x_hat, g.dtype), axis=2)
+            out.append(ops.reshape(_sum_squares(per_example), scale.shape))
+        if offset is not None:
+            per_example = ops.sum(g, axis=2)
+            out.append(ops.reshape(_sum_squares(per_example), offset.shape))
         return out
+
+
+def _sorted_axes(axis, rank):
+    axis = axis if isinstance(axis, (list, tuple)) else [axis]
+    return sorted(a % rank for a in axis)
+
+
+class _LayerNormalization(_Normalization):
+    """LayerNormalization; with `rms_scaling`, `x / sqrt(var + eps) * gamma`."""
+
+    def axes(self, layer, rank):
+        return _sorted_axes(layer.axis, rank)
+
+    def scale_and_offset(self, layer):
+        scale = layer.gamma if layer.scale or layer.rms_scaling else None
+        offset = layer.beta if layer.center and not layer.rms_scaling else None
+        return scale, offset
+
+    def normalized(self, layer, x):
+        axes = self.axes(layer, len(x.shape))
+        mean, variance = ops.moments(x, axes=axes, keepdims=True)
+        if layer.rms_scaling:
+            # Keras scales by the variance, not the mean square.
+            return x * ops.rsqrt(variance + layer.epsilon)
+        return (x - mean) * ops.rsqrt(variance + layer.epsilon)
+
+
+class _BatchNormalization(_Normalization):
+    """BatchNormalization at inference: the moving statistics normalize."""
+
+    def fits(self, layer, input_shape, output_shape):
+        return (
+            super().fits(layer, input_shape, output_shape)
+            and not layer.renorm
+            and not layer.synchronized
+        )
+
+    def axes(self, layer, rank):
+        return _sorted_axes(layer.axis, rank)
+
+    def scale_and_offset(self, layer):
+        return (
+            layer.gamma if layer.scale else None,
+            layer.beta if layer.center else None,
+        )
+
+    def call(self, layer, inputs, taps):
+        outputs = type(layer).call(layer, inputs, training=False)
+        x_hat = self.normalized(layer, ops.cast(inputs, "float32"))
+        return ops.add(outputs, taps[0]), x_hat
+
+    def normalized(self, layer, x):
+        mean, variance = layer.moving_mean, layer.moving_variance
+        return (x - mean) * ops.rsqrt(variance + layer.epsilon)
+
+
+class _RMSNormalization(_Normalization):
+    """RMS normalizations: `x / sqrt(mean(x^2) + eps)` times their `scale`.
+
+    Keras's RMSNormalization, and keras-hub's of Llama-, Mistral-, Qwen- and
+    Phi-3-style decoders (the last axis); Gemma's multiplies by `1 +
+    scale`, whose derivative in `scale` is the same `x_hat`.
+    """
+
+    def axes(self, layer, rank):
+        return _sorted_axes(getattr(layer, "axis", -1), rank)
+
+    def scale_and_offset(self, layer):
+        return layer.scale, None
+
+    def normalized(self, layer, x):
+        epsilon = layer.epsilon
+        if epsilon is None:
+            epsilon = keras.backend.epsilon()
+        axes = self.axes(layer, len(x.shape))
+        mean_square = ops.mean(ops.square(x), axis=axes, keepdims=True)
+        return x * ops.rsqrt(mean_square + epsilon)
 
 
 _RULES = {
@@ -785,14 +846,24 @@ _RULES = {
     keras.layers.SeparableConv2D: (_Separable(),),
     keras.layers.Embedding: (_Embedding(),),
     keras.layers.ReversibleEmbedding: (_Embedding(),),
-    keras.layers.LayerNormalization: (_Normalization(),),
-    keras.layers.BatchNormalization: (_Normalization(),),
+    keras.layers.LayerNormalization: (_LayerNormalization(),),
+    keras.layers.BatchNormalization: (_BatchNormalization(),),
+    keras.layers.RMSNormalization: (_RMSNormalization(),),
 }
 
 
 # keras-hub's layers, named, not imported: keras-hub is optional. Its
 # ReversibleEmbedding computes as Keras's (it only sets on its forward
-# output the mask Keras's `Layer.__call__` sets anyway).
+# output the mask Keras's `Layer.__call__` sets anyway). Its decoders' RMS
+# normalizations compute `x / sqrt(mean(x^2) + epsilon)` over the last
+# axis, times `scale` (Gemma's `1 + scale`).
+_HUB_RMS_NORMALIZATIONS = (
+    "models.gemma.rms_normalization.RMSNormalization",
+    "models.llama.llama_layernorm.LlamaLayerNorm",
+    "models.mistral.mistral_layer_norm.MistralLayerNormalization",
+    "models.phi3.phi3_layernorm.Phi3LayerNorm",
+    "models.qwen.qwen_layernorm.QwenLayerNorm",
+)
 _HUB_RULES = {
     "keras_hub.src.layers.modeling.reversible_embedding.ReversibleEmbedding": (
         _RULES[keras.layers.ReversibleEmbedding]
@@ -800,6 +871,10 @@ _HUB_RULES = {
     "keras_hub.src.layers.modeling.position_embedding.PositionEmbedding": (
         _PositionEmbedding(),
     ),
+    **{
+        f"keras_hub.src.{name}": (_RMSNormalization(),)
+        for name in _HUB_RMS_NORMALIZATIONS
+    },
 }
 
 
