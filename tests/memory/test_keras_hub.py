@@ -16,6 +16,7 @@ import keras_memgeom
 from keras_memgeom import FisherMemory
 from keras_memgeom.src.memory.attach import attached_regularizers
 from keras_memgeom.src.memory.fisher import estimate_fisher
+from keras_memgeom.src.memory.layer_taps import LayerTaps
 from tests.memory.helpers import exact_fisher_sums
 from tests.memory.test_saving import _closed_form
 from tests.memory.test_saving import _penalty
@@ -134,6 +135,49 @@ def test_gpt2_fisher_weighs_tokens_by_the_padding_mask(rng):
         np.sum(per_token * weights) / n,
         rtol=1e-5,
     )
+    for path, total in sums.items():
+        np.testing.assert_allclose(
+            fisher[path], total / n, rtol=2e-5, atol=1e-9, err_msg=path
+        )
+
+
+def _decoder(name):
+    """A tiny Gemma- or Llama-style causal LM (RMS normalizations)."""
+    if name == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(
+            vocabulary_size=8,
+            num_layers=1,
+            num_query_heads=2,
+            num_key_value_heads=1,
+            hidden_dim=8,
+            intermediate_dim=16,
+            head_dim=4,
+        )
+        return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=8,
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+    )
+    return keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+
+
+@pytest.mark.parametrize("name", ["gemma", "llama"])
+def test_decoder_fisher_is_the_per_example_loop(rng, name):
+    # Their RMS normalizations have a rule; only the embedding, called
+    # twice (tokens in, logits out), takes the vectorized path.
+    model = _remembering(_decoder(name))
+    x, y, weights = _gpt2_data(rng, 2)
+    tapped = {v.path for v in LayerTaps(model).probe(x).variables}
+    generic = {v.path for v in model.trainable_variables} - tapped
+    assert generic and all("token_embedding" in p for p in generic)
+    assert any("norm" in p for p in tapped)
+    fisher, n = estimate_fisher(model, (x, y, weights))
+    sums = exact_fisher_sums(model, _one_at_a_time(x), weights)
+    assert n == y.size and sorted(fisher) == sorted(sums)
     for path, total in sums.items():
         np.testing.assert_allclose(
             fisher[path], total / n, rtol=2e-5, atol=1e-9, err_msg=path

@@ -53,7 +53,8 @@ def estimate_fisher(
     Layers with a per-example rule (`layer_taps`: Dense, EinsumDense and so
     MultiHeadAttention, channels-last Conv1D, Conv2D (grouped too),
     DepthwiseConv2D and SeparableConv2D, Embedding, keras-hub's
-    PositionEmbedding, LayerNormalization and inference BatchNormalization),
+    PositionEmbedding, LayerNormalization, inference BatchNormalization and
+    RMS normalizations),
     called once per forward pass, are fast: their
     squared per-example gradients come from one backward pass per
     output-space cotangent (one for `empirical`, `num_samples` for
