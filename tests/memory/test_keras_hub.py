@@ -143,18 +143,7 @@ def test_gpt2_fisher_weighs_tokens_by_the_padding_mask(rng):
 
 def _decoder(name):
     """A tiny Gemma- or Llama-style causal LM (RMS normalizations)."""
-    if name == "gemma":
-        backbone = keras_hub.models.GemmaBackbone(
-            vocabulary_size=8,
-            num_layers=1,
-            num_query_heads=2,
-            num_key_value_heads=1,
-            hidden_dim=8,
-            intermediate_dim=16,
-            head_dim=4,
-        )
-        return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
-    backbone = keras_hub.models.LlamaBackbone(
+    config = dict(
         vocabulary_size=8,
         num_layers=1,
         num_query_heads=2,
@@ -162,6 +151,10 @@ def _decoder(name):
         hidden_dim=8,
         intermediate_dim=16,
     )
+    if name == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(head_dim=4, **config)
+        return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    backbone = keras_hub.models.LlamaBackbone(**config)
     return keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
 
 

@@ -536,25 +536,34 @@ def test_two_attention_memories_merge_to_the_exact_anchor(rng):
     assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
 
 
-def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
-    # Two blocks: the depthwise kernel's, one per channel, on the layer's
-    # `depthwise_regularizer`; the pointwise kernel and bias's, on its
-    # `pointwise_regularizer` and `bias_regularizer`.
-    x = rng.normal(size=(12, 5, 5, 2)).astype("float32")
-    y = rng.integers(0, 3, 12)
+def _image_classifier(layer, channels, rng):
+    """`layer` on 5x5 images of `channels`, then a Dense; 12 examples."""
     model = keras.Sequential(
         [
-            keras.Input((5, 5, 2)),
-            keras.layers.SeparableConv2D(
-                4, 3, depth_multiplier=2, activation="tanh", name="sep"
-            ),
+            keras.Input((5, 5, channels)),
+            layer,
             keras.layers.Flatten(),
-            keras.layers.Dense(3),
+            keras.layers.Dense(3, name="out"),
         ]
     )
     model.compile(
         keras.optimizers.SGD(0.1),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = rng.normal(size=(12, 5, 5, channels)).astype("float32")
+    return model, (x, rng.integers(0, 3, 12))
+
+
+def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
+    # Two blocks: the depthwise kernel's, one per channel, on the layer's
+    # `depthwise_regularizer`; the pointwise kernel and bias's, on its
+    # `pointwise_regularizer` and `bias_regularizer`.
+    model, (x, y) = _image_classifier(
+        keras.layers.SeparableConv2D(
+            4, 3, depth_multiplier=2, activation="tanh", name="sep"
+        ),
+        2,
+        rng,
     )
     memory = FisherMemory.estimate(model, (x, y), structure="kfac", rank=None)
     assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
@@ -609,21 +618,10 @@ def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
 def test_a_grouped_convolution_memory_has_a_block_per_group(tmp_path, rng):
     # Conv2D(groups=2): a block per group, through the penalty and a plain
     # model's save.
-    x = rng.normal(size=(12, 5, 5, 4)).astype("float32")
-    y = rng.integers(0, 3, 12)
-    model = keras.Sequential(
-        [
-            keras.Input((5, 5, 4)),
-            keras.layers.Conv2D(
-                6, 3, groups=2, activation="tanh", name="grouped"
-            ),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3),
-        ]
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    model, (x, y) = _image_classifier(
+        keras.layers.Conv2D(6, 3, groups=2, activation="tanh", name="grouped"),
+        4,
+        rng,
     )
     memory = FisherMemory.estimate(model, (x, y), structure="kfac", rank=None)
     assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
@@ -753,21 +751,12 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
     # K-FAC of a DepthwiseConv2D: grouped factors, one block per channel,
     # through the diagonal view, the penalty, files, a plain model's save
     # and merges.
-    x = rng.normal(size=(12, 5, 5, 3)).astype("float32")
-    y = rng.integers(0, 3, 12)
-    model = keras.Sequential(
-        [
-            keras.Input((5, 5, 3)),
-            keras.layers.DepthwiseConv2D(
-                3, depth_multiplier=2, activation="tanh", name="depthwise"
-            ),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3, name="out"),
-        ]
-    )
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    model, (x, y) = _image_classifier(
+        keras.layers.DepthwiseConv2D(
+            3, depth_multiplier=2, activation="tanh", name="depthwise"
+        ),
+        3,
+        rng,
     )
     depthwise = model.get_layer("depthwise")
     kernel, bias = depthwise.kernel.path, depthwise.bias.path

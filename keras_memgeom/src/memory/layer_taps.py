@@ -461,14 +461,19 @@ class _Depthwise(_GroupedConv2D):
         return layer.kernel.shape[2]
 
     def convolve(self, layer, inputs):
-        return ops.depthwise_conv(
-            inputs,
-            layer.kernel,
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+        return _depthwise_conv(layer, inputs, layer.kernel)
+
+
+def _depthwise_conv(layer, inputs, kernel):
+    """The depthwise convolution of `layer`'s geometry with `kernel`."""
+    return ops.depthwise_conv(
+        inputs,
+        kernel,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
 
 
 class _Separable(_Rule):
@@ -497,14 +502,7 @@ class _Separable(_Rule):
         return [inner, output_shape]
 
     def call(self, layer, inputs, taps):
-        inner = ops.depthwise_conv(
-            inputs,
-            layer.depthwise_kernel,
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+        inner = _depthwise_conv(layer, inputs, layer.depthwise_kernel)
         inner = ops.add(inner, taps[0])
         pointwise = layer.pointwise_kernel
         z = ops.matmul(inner, ops.reshape(pointwise, pointwise.shape[2:]))
