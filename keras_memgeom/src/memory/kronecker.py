@@ -20,8 +20,11 @@ channel is a small convolution of its own, with its own patches. Its block
 is *grouped*: both factors are stacks `(channels, size, size)`, one K-FAC
 block per channel, and the precision of the kernel matrix `(kh * kw [+ 1],
 channels * multiplier)` is block-diagonal over channels, `A_c (x) G_c` on
-channel `c`'s columns. A grouped factor is never truncated (its blocks are
-`kh * kw + 1` and `multiplier` wide).
+channel `c`'s columns. So are a SeparableConv2D's depthwise kernel and a
+Conv2D with `groups > 1`, a block per group of channels (the kernel matrix
+`(kh * kw * channels / groups [+ 1], filters)`, its columns group by
+group). A grouped factor is never truncated (its blocks are as wide as a
+group's patch and its outputs).
 """
 
 import collections
@@ -45,13 +48,14 @@ Args:
         with a 1 appended where there is a bias; or that matrix as an
         `EigenFactor`; or, for an `Embedding`, `(vocabulary,)`, the
         diagonal of that moment of its one-hot inputs (the tokens'
-        frequencies); or, grouped (a DepthwiseConv2D), `(channels, kh * kw
-        [+ 1], kh * kw [+ 1])`, one per channel.
+        frequencies); or, grouped (a DepthwiseConv2D, a SeparableConv2D's
+        depthwise kernel, a Conv2D with `groups > 1`), `(groups, rows,
+        rows)`, one per channel or group of channels.
     g: `(units, units)`, the second moment of the gradients at the
         layer's outputs (summed over positions), per unit the loss averages
         over (an example, or a token of per-token outputs); or that matrix
-        as an `EigenFactor`; or, grouped, `(channels, multiplier,
-        multiplier)`.
+        as an `EigenFactor`; or, grouped, `(groups, units / groups, units /
+        groups)`.
     mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
         layer: masked entries carry no information, so the precision acts on
         `mask * (W - anchor)`.
