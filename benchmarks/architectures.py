@@ -1,7 +1,8 @@
 """The Fisher's cost on the layers Keras users train, against an epoch.
 
-Five small classifiers on random data: a tiny transformer (Embedding,
-MultiHeadAttention, LayerNormalization), a BatchNorm CNN with depthwise
+Six small classifiers on random data: a tiny transformer (Embedding,
+MultiHeadAttention, LayerNormalization), the same with pre-norm
+RMSNormalization as in Llama-style decoders, a BatchNorm CNN with depthwise
 and separable convolutions, MobileNetV3Small (`keras.applications`,
 `weights=None`, 32x32 inputs), an LSTM and a two-layer keras-hub BERT
 classifier built from a config (skipped, with a note, without keras-hub).
@@ -43,6 +44,19 @@ def _transformer():
         h + keras.layers.MultiHeadAttention(2, 16)(h, h)
     )
     h = keras.layers.GlobalAveragePooling1D()(h)
+    return tokens, keras.layers.Dense(CLASSES)(h)
+
+
+def _rms_transformer():
+    tokens = keras.Input((16,), dtype="int32")
+    h = keras.layers.Embedding(100, 32)(tokens)
+    normed = keras.layers.RMSNormalization()(h)
+    h = h + keras.layers.MultiHeadAttention(2, 16)(normed, normed)
+    normed = keras.layers.RMSNormalization()(h)
+    h = h + keras.layers.Dense(32, activation="relu")(normed)
+    h = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.RMSNormalization()(h)
+    )
     return tokens, keras.layers.Dense(CLASSES)(h)
 
 
@@ -94,6 +108,7 @@ def _bert():
 ARCHITECTURES = {
     "bert": (_bert, "bert_tokens"),
     "transformer": (_transformer, "tokens"),
+    "rms_transformer": (_rms_transformer, "tokens"),
     "separable_cnn": (_separable_cnn, "images"),
     "mobilenet_v3_small": (_mobilenet, "images"),
     "lstm": (_lstm, "sequences"),
