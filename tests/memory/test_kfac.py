@@ -174,26 +174,16 @@ def test_merge_of_two_kfac_memories(rng):
             FisherMemory.estimate(model, (x + shift, y), structure="kfac")
         )
     merged = merge(memories)
-    kernel, bias = model.layers[0].kernel.path, model.layers[0].bias.path
-
-    def stacked(m):
-        return np.r_[m.anchor[kernel], m.anchor[bias][None]].astype("float64")
-
-    precisions = [
-        m.num_examples * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g)
-        for m in memories
-    ]
-    # The merged anchor minimizes the exact sum (a softmax's G is singular,
-    # so the normal equations are checked, not a solve).
-    moment = sum(p @ stacked(m).ravel() for p, m in zip(precisions, memories))
-    residual = sum(precisions) @ stacked(merged).ravel() - moment
-    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
+    kernel = model.layers[0].kernel.path
+    _assert_the_merged_anchor_solves_the_sum(memories, merged, kernel)
     # The merged precision is the nearest single product to the sum.
-    block = merged.kronecker[kernel]
-    approximation = merged.num_examples * np.kron(block.a, block.g)
-    error = np.linalg.norm(approximation - sum(precisions)) / np.linalg.norm(
-        sum(precisions)
+    total = sum(
+        m.num_examples * _block_precision(m.kronecker[kernel]) for m in memories
     )
+    approximation = merged.num_examples * _block_precision(
+        merged.kronecker[kernel]
+    )
+    error = np.linalg.norm(approximation - total) / np.linalg.norm(total)
     assert error < 0.5
     assert merged.structure == "kfac" and merged.num_examples == 100
 
@@ -423,29 +413,60 @@ def _attention_classifier(model_class):
     return model
 
 
-def _kronecker_quadratic(memory, model):
-    """`sum vec(D)^T (A (x) G) vec(D)` over blocks, from the numpy weights.
+def _block_precision(block):
+    """The dense precision `A (x) G` a block stands for (a grouped block's
+    block-diagonal one), over the row-major `vec` of `_block_vector`."""
+    if block.g.ndim == 3:
+        return _grouped_precision(block)
+    a = np.diag(block.a) if block.a.ndim == 1 else block.a
+    return np.kron(a, block.g)
 
-    `D` stacks the kernel, its input axes flattened into rows and its
-    output axes into columns (as many as `G` has, times the groups of a
-    grouped block), and the bias as a row.
+
+def _block_vector(values, kernel, block):
+    """`vec(D)`: `D` stacks `values[kernel]` as `(rows, units)` and the bias.
+
+    The kernel's input axes are flattened into rows and its output axes into
+    columns (as many as `G` has, times the groups of a grouped block).
     """
+    units = (
+        block.g.shape[0] * block.g.shape[-1]
+        if block.g.ndim == 3
+        else len(block.g)
+    )
+    paths = [kernel] + ([block.bias] if block.bias else [])
+    return np.concatenate(
+        [np.asarray(values[p], "float64").reshape(-1, units) for p in paths]
+    ).ravel()
+
+
+def _kronecker_quadratic(memory, model):
+    """`sum vec(D)^T (A (x) G) vec(D)` over blocks, from the numpy weights."""
     current = {v.path: ops_numpy(v) for v in model.trainable_variables}
-    total = 0.0
-    for kernel, block in memory.kronecker.items():
-        grouped = block.g.ndim == 3
-        units = (
-            block.g.shape[0] * block.g.shape[-1] if grouped else len(block.g)
-        )
-        paths = [kernel] + ([block.bias] if block.bias else [])
-        d = np.concatenate(
-            [(current[p] - memory.anchor[p]).reshape(-1, units) for p in paths]
-        ).ravel()
-        precision = (
-            _grouped_precision(block) if grouped else np.kron(block.a, block.g)
-        )
-        total += d @ precision @ d
-    return total
+    delta = {p: current[p] - memory.anchor[p] for p in memory.paths}
+    return sum(
+        _block_vector(delta, kernel, block)
+        @ _block_precision(block)
+        @ _block_vector(delta, kernel, block)
+        for kernel, block in memory.kronecker.items()
+    )
+
+
+def _assert_the_merged_anchor_solves_the_sum(memories, merged, kernel):
+    """`merged`'s anchor of `kernel`'s block minimizes the exact sum of the
+    memories' quadratics. A softmax's G is singular, so the normal
+    equations are checked, not a solve."""
+    precisions = [
+        m.num_examples * _block_precision(m.kronecker[kernel]) for m in memories
+    ]
+    block = memories[0].kronecker[kernel]
+    moment = sum(
+        p @ _block_vector(m.anchor, kernel, block)
+        for p, m in zip(precisions, memories)
+    )
+    residual = (
+        sum(precisions) @ _block_vector(merged.anchor, kernel, block) - moment
+    )
+    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
 
 
 def ops_numpy(variable):
@@ -519,21 +540,10 @@ def test_two_attention_memories_merge_to_the_exact_anchor(rng):
         )
     merged = merge(memories)
     value = model.get_layer("attention")._value_dense
-    kernel, bias = value.kernel.path, value.bias.path
-    assert merged.anchor[bias].shape == (2, 3)
-
-    def stacked(m):
-        return np.r_[
-            m.anchor[kernel].reshape(4, 6), m.anchor[bias].reshape(1, 6)
-        ].astype("float64")
-
-    precisions = [
-        m.num_examples * np.kron(m.kronecker[kernel].a, m.kronecker[kernel].g)
-        for m in memories
-    ]
-    moment = sum(p @ stacked(m).ravel() for p, m in zip(precisions, memories))
-    residual = sum(precisions) @ stacked(merged).ravel() - moment
-    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
+    assert merged.anchor[value.bias.path].shape == (2, 3)
+    _assert_the_merged_anchor_solves_the_sum(
+        memories, merged, value.kernel.path
+    )
 
 
 def _image_classifier(layer, channels, rng):
@@ -585,15 +595,7 @@ def test_a_separable_convolution_memory_attaches_and_saves(tmp_path, rng):
         model, (x + 1.0, y), structure="kfac", rank=None
     )
     merged = merge([memory, other])
-    precisions = [
-        m.num_examples * _grouped_precision(m.kronecker[path])
-        for m in (memory, other)
-    ]
-    moment = sum(
-        p @ m.anchor[path].ravel() for p, m in zip(precisions, (memory, other))
-    )
-    residual = sum(precisions) @ merged.anchor[path].ravel() - moment
-    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
+    _assert_the_merged_anchor_solves_the_sum([memory, other], merged, path)
     model.set_weights(
         [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
     )
@@ -699,16 +701,13 @@ def test_an_embedding_memory_has_a_diagonal_input_factor(tmp_path, rng):
     model.set_weights(
         [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
     )
-    current = {v.path: ops_numpy(v) for v in model.trainable_variables}
-    delta = current[embeddings] - memory.anchor[embeddings]
-    expected = np.sum(delta * (np.diag(block.a) @ delta @ block.g))
-    out = memory.kronecker["out/kernel"]
-    delta = np.r_[
-        current["out/kernel"] - memory.anchor["out/kernel"],
-        (current["out/bias"] - memory.anchor["out/bias"])[None],
-    ]
-    expected += np.sum(delta * (out.a @ delta @ out.g))
-    expected *= 0.5 * 2.0 * memory.num_examples / 20
+    expected = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / 20
+        * _kronecker_quadratic(memory, model)
+    )
     penalty = memory.penalty(model, num_train_examples=20, strength=2.0)
     np.testing.assert_allclose(
         float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-5
@@ -725,16 +724,7 @@ def test_an_embedding_memory_has_a_diagonal_input_factor(tmp_path, rng):
     # The merged anchor minimizes the exact sum; `a` stays diagonal.
     merged = merge(memories)
     assert merged.kronecker[embeddings].a.shape == (9,)
-    precisions = [
-        m.num_examples
-        * np.kron(np.diag(m.kronecker[embeddings].a), m.kronecker[embeddings].g)
-        for m in memories
-    ]
-    moment = sum(
-        p @ m.anchor[embeddings].ravel() for p, m in zip(precisions, memories)
-    )
-    residual = sum(precisions) @ merged.anchor[embeddings].ravel() - moment
-    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
+    _assert_the_merged_anchor_solves_the_sum(memories, merged, embeddings)
 
 
 def _grouped_precision(block):
@@ -815,14 +805,4 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
     # The merged anchor minimizes the exact sum; the blocks stay grouped.
     merged = merge(memories)
     assert merged.kronecker[kernel].a.shape == (3, 10, 10)
-
-    def stacked(m):
-        return np.r_[m.anchor[kernel].reshape(9, 6), m.anchor[bias][None]]
-
-    precisions = [
-        m.num_examples * _grouped_precision(m.kronecker[kernel])
-        for m in memories
-    ]
-    moment = sum(p @ stacked(m).ravel() for p, m in zip(precisions, memories))
-    residual = sum(precisions) @ stacked(merged).ravel() - moment
-    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(moment)
+    _assert_the_merged_anchor_solves_the_sum(memories, merged, kernel)

@@ -204,6 +204,20 @@ def _rewrite_meta(path, change):
             z.writestr(name, data)
 
 
+def _assert_a_consistent_edit_is_refused(memory, path, change, match):
+    """Saves `memory`, edits its metadata by `change` with a matching
+    checksum (as an older writer's file would be), and expects a refusal."""
+    memory.save(path)
+
+    def edited(meta):
+        change(meta)
+        meta["meta_sha256"] = memory_file._meta_digest(meta)
+
+    _rewrite_meta(path, edited)
+    with pytest.raises(ValueError, match=match):
+        FisherMemory.load(path)
+
+
 @pytest.mark.parametrize(
     "key, value",
     [("num_examples", 11), ("estimator", "empirical"), ("extra", 1)],
@@ -264,22 +278,18 @@ def test_a_diagonal_input_factor_needs_version_4(tmp_path):
     loaded = FisherMemory.load(path)
     np.testing.assert_array_equal(loaded.kronecker["e"].a, [0.5, 0.0, 0.5])
 
-    def as_version_3(meta):
-        meta["version"] = 3
-        meta["meta_sha256"] = memory_file._meta_digest(meta)
-
-    _rewrite_meta(path, as_version_3)
-    with pytest.raises(ValueError, match=r"factors of 'e' have shape \[3\]"):
-        FisherMemory.load(path)
-    memory.save(path)
-
-    def with_diagonal_g(meta):
-        meta["kronecker"][0]["g_shape"] = [2]
-        meta["meta_sha256"] = memory_file._meta_digest(meta)
-
-    _rewrite_meta(path, with_diagonal_g)
-    with pytest.raises(ValueError, match=r"factors of 'e' have shape \[2\]"):
-        FisherMemory.load(path)
+    _assert_a_consistent_edit_is_refused(
+        memory,
+        path,
+        lambda meta: meta.update(version=3),
+        r"factors of 'e' have shape \[3\]",
+    )
+    _assert_a_consistent_edit_is_refused(
+        memory,
+        path,
+        lambda meta: meta["kronecker"][0].update(g_shape=[2]),
+        r"factors of 'e' have shape \[2\]",
+    )
 
 
 def test_grouped_factors_need_version_5_and_come_in_pairs(tmp_path):
@@ -299,19 +309,10 @@ def test_grouped_factors_need_version_5_and_come_in_pairs(tmp_path):
     np.testing.assert_array_equal(loaded.kronecker["k"].a, a)
     np.testing.assert_array_equal(loaded.kronecker["k"].g, g)
 
-    def as_version_4(meta):
-        meta["version"] = 4
-        meta["meta_sha256"] = memory_file._meta_digest(meta)
-
-    _rewrite_meta(path, as_version_4)
-    with pytest.raises(ValueError, match=r"factors of 'k' have shape \[2, 3"):
-        FisherMemory.load(path)
-    memory.save(path)
-
-    def with_a_matrix_g(meta):
-        meta["kronecker"][0]["g_shape"] = [4, 4]
-        meta["meta_sha256"] = memory_file._meta_digest(meta)
-
-    _rewrite_meta(path, with_a_matrix_g)
-    with pytest.raises(ValueError, match=r"factors of 'k' have shape \[2, 3"):
-        FisherMemory.load(path)
+    for change in (
+        lambda meta: meta.update(version=4),
+        lambda meta: meta["kronecker"][0].update(g_shape=[4, 4]),
+    ):
+        _assert_a_consistent_edit_is_refused(
+            memory, path, change, r"factors of 'k' have shape \[2, 3"
+        )
