@@ -659,6 +659,45 @@ def _assert_a_plain_model_keeps_the_penalty(model, memory, data, path, penalty):
         np.testing.assert_allclose(logs["loss"] - plain, penalty, rtol=1e-4)
 
 
+def _assert_penalized_saved_and_merged(model, memories, data, tmp_path, rng):
+    """The first memory's penalty, file, plain-model save and merge.
+
+    Away from the anchor the penalty is the closed-form quadratic; the
+    file keeps every factor; a plain model keeps the penalty through
+    `model.save`; merging `memories` keeps each block's structure and
+    minimizes the exact sum of their quadratics.
+    """
+    memory, num_train_examples = memories[0], len(data[1])
+    model.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
+    )
+    expected = (
+        0.5
+        * 2.0
+        * memory.num_examples
+        / num_train_examples
+        * _kronecker_quadratic(memory, model)
+    )
+    penalty = memory.penalty(
+        model, num_train_examples=num_train_examples, strength=2.0
+    )
+    np.testing.assert_allclose(
+        float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-5
+    )
+    memory.save(tmp_path / "kept.memory")
+    loaded = FisherMemory.load(tmp_path / "kept.memory")
+    for kernel, block in memory.kronecker.items():
+        np.testing.assert_array_equal(loaded.kronecker[kernel].a, block.a)
+        np.testing.assert_array_equal(loaded.kronecker[kernel].g, block.g)
+    _assert_a_plain_model_keeps_the_penalty(
+        model, loaded, data, tmp_path / "kept.keras", expected
+    )
+    merged = merge(memories)
+    for kernel, block in memory.kronecker.items():
+        assert merged.kronecker[kernel].a.shape == block.a.shape
+        _assert_the_merged_anchor_solves_the_sum(memories, merged, kernel)
+
+
 def _token_classifier():
     tokens = keras.Input((6,), dtype="int32")
     h = keras.layers.Embedding(9, 4, name="embedding")(tokens)
@@ -698,33 +737,9 @@ def test_an_embedding_memory_has_a_diagonal_input_factor(tmp_path, rng):
         memory.fisher[embeddings], np.outer(block.a, np.diag(block.g))
     )
 
-    model.set_weights(
-        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
+    _assert_penalized_saved_and_merged(
+        model, memories, (tokens, y), tmp_path, rng
     )
-    expected = (
-        0.5
-        * 2.0
-        * memory.num_examples
-        / 20
-        * _kronecker_quadratic(memory, model)
-    )
-    penalty = memory.penalty(model, num_train_examples=20, strength=2.0)
-    np.testing.assert_allclose(
-        float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-5
-    )
-
-    memory.save(tmp_path / "embedding.memory")
-    loaded = FisherMemory.load(tmp_path / "embedding.memory")
-    np.testing.assert_array_equal(loaded.kronecker[embeddings].a, block.a)
-
-    _assert_a_plain_model_keeps_the_penalty(
-        model, loaded, (tokens, y), tmp_path / "tokens.keras", expected
-    )
-
-    # The merged anchor minimizes the exact sum; `a` stays diagonal.
-    merged = merge(memories)
-    assert merged.kronecker[embeddings].a.shape == (9,)
-    _assert_the_merged_anchor_solves_the_sum(memories, merged, embeddings)
 
 
 def _grouped_precision(block):
@@ -779,30 +794,4 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
         memory.fisher[bias], (a_diagonal[:, 9:] * g_diagonal).ravel()
     )
 
-    model.set_weights(
-        [w + 0.1 * rng.normal(size=w.shape) for w in model.get_weights()]
-    )
-    expected = (
-        0.5
-        * 2.0
-        * memory.num_examples
-        / 12
-        * _kronecker_quadratic(memory, model)
-    )
-    penalty = memory.penalty(model, num_train_examples=12, strength=2.0)
-    np.testing.assert_allclose(
-        float(keras.ops.convert_to_numpy(penalty)), expected, rtol=1e-5
-    )
-
-    memory.save(tmp_path / "depthwise.memory")
-    loaded = FisherMemory.load(tmp_path / "depthwise.memory")
-    np.testing.assert_array_equal(loaded.kronecker[kernel].g, block.g)
-
-    _assert_a_plain_model_keeps_the_penalty(
-        model, loaded, (x, y), tmp_path / "depthwise.keras", expected
-    )
-
-    # The merged anchor minimizes the exact sum; the blocks stay grouped.
-    merged = merge(memories)
-    assert merged.kronecker[kernel].a.shape == (3, 10, 10)
-    _assert_the_merged_anchor_solves_the_sum(memories, merged, kernel)
+    _assert_penalized_saved_and_merged(model, memories, (x, y), tmp_path, rng)
