@@ -339,7 +339,7 @@ def test_sampled_fisher_of_two_processes_sums_to_one_process(rng, monkeypatch):
                 rtol=1e-5,
                 atol=1e-7,
             )
-        for path, (_, a, g, _) in (whole[2] if len(whole) > 2 else {}).items():
+        for path, (_, a, g, *_) in (whole[2] if len(whole) > 2 else {}).items():
             for i, total in ((1, a), (2, g)):
                 np.testing.assert_allclose(
                     (shares[0][2][path][i] + shares[1][2][path][i]) / 2,

@@ -175,6 +175,12 @@ def test_decoder_fisher_is_the_per_example_loop(rng, name):
         np.testing.assert_allclose(
             fisher[path], total / n, rtol=2e-5, atol=1e-9, err_msg=path
         )
+    # K-FAC factors every projection, Gemma's heads-first ones included.
+    memory = FisherMemory.estimate(
+        model, (x, y, weights), structure="kfac", estimator="sampled"
+    )
+    for layer in _dense_layers(model):
+        assert memory.structure_of(layer.kernel.path) == "kfac", layer.name
 
 
 def _dense_layers(model):

@@ -425,17 +425,22 @@ def _block_precision(block):
 def _block_vector(values, kernel, block):
     """`vec(D)`: `D` stacks `values[kernel]` as `(rows, units)` and the bias.
 
-    The kernel's input axes are flattened into rows and its output axes into
-    columns (as many as `G` has, times the groups of a grouped block).
+    The kernel's input axes (its axes permuted by `block.axes` first) are
+    flattened into rows and its output axes into columns (as many as `G`
+    has, times the groups of a grouped block).
     """
     units = (
         block.g.shape[0] * block.g.shape[-1]
         if block.g.ndim == 3
         else len(block.g)
     )
-    paths = [kernel] + ([block.bias] if block.bias else [])
+    parts = [values[kernel]]
+    if block.axes is not None:
+        parts = [np.transpose(values[kernel], block.axes)]
+    if block.bias:
+        parts.append(values[block.bias])
     return np.concatenate(
-        [np.asarray(values[p], "float64").reshape(-1, units) for p in paths]
+        [np.asarray(part, "float64").reshape(-1, units) for part in parts]
     ).ravel()
 
 
@@ -795,3 +800,43 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
     )
 
     _assert_penalized_saved_and_merged(model, memories, (x, y), tmp_path, rng)
+
+
+def test_a_heads_first_projection_memory_is_kronecker_factored(tmp_path, rng):
+    # Gemma's query, key and value, `btd,ndh->btnh`: the kernel is stored
+    # `(heads, dim, head_dim)`, its matrix is `transpose(kernel, (1, 0, 2))`.
+    tokens = keras.Input((5, 4))
+    query = keras.layers.EinsumDense("btd,ndh->btnh", (5, 2, 3), name="query")
+    h = keras.layers.Reshape((5, 6))(query(tokens))
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(tokens, keras.layers.Dense(3, name="out")(h))
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = rng.normal(size=(16, 5, 4)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    memories = []
+    for shift in (0.0, 1.0):
+        model.set_weights(
+            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
+        )
+        memories.append(
+            FisherMemory.estimate(model, (x + shift, y), structure="kfac")
+        )
+    memory = memories[0]
+    assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
+    block = memory.kronecker[query.kernel.path]
+    assert block.axes == (1, 0, 2)
+    assert block.a.shape == (4, 4) and block.g.shape == (6, 6)
+    # The diagonal view, back in the kernel's own axes.
+    np.testing.assert_allclose(
+        memory.fisher[query.kernel.path],
+        np.outer(np.diag(block.a), np.diag(block.g))
+        .reshape(4, 2, 3)
+        .transpose(1, 0, 2),
+        rtol=1e-6,
+    )
+    _assert_penalized_saved_and_merged(model, memories, (x, y), tmp_path, rng)
+    loaded = FisherMemory.load(tmp_path / "kept.memory")
+    assert loaded.kronecker[query.kernel.path].axes == (1, 0, 2)

@@ -302,8 +302,9 @@ def test_moving_statistics_and_frozen_layers_never_enter(rng):
     assert not any(conv.name in path for path in fisher)
 
 
-def _full_block(model, x, y, kernel, bias, units):
-    """The exact Fisher of `[kernel; bias]` as `(fan_in [+ 1]) * units`."""
+def _full_block(model, x, y, kernel, bias, units, axes=None):
+    """The exact Fisher of `[kernel; bias]` as `(fan_in [+ 1]) * units`,
+    the kernel's axes permuted by `axes` first."""
     likelihood = likelihood_from_loss(model.loss)
     step = _BatchStep(
         model, list(model.trainable_variables), likelihood, "exact", x, "kfac"
@@ -318,7 +319,10 @@ def _full_block(model, x, y, kernel, bias, units):
         for v, g in zip(step.variables, grads)
     }
     cotangents = len(grads[0])
-    rows = [by_path[kernel.path].reshape(cotangents, -1, units)]
+    gradient = by_path[kernel.path]
+    if axes is not None:
+        gradient = gradient.transpose(0, *(1 + np.asarray(axes)))
+    rows = [gradient.reshape(cotangents, -1, units)]
     if bias is not None:
         rows.append(by_path[bias.path].reshape(cotangents, 1, units))
     vectors = np.concatenate(rows, axis=1).reshape(cotangents, -1)
@@ -327,14 +331,16 @@ def _full_block(model, x, y, kernel, bias, units):
 
 def _assert_kfac_is_the_full_block(model, x, y, kernel, bias):
     _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    bias_path, a, g, _ = kronecker[kernel.path]
+    bias_path, a, g, _, axes = kronecker[kernel.path]
     assert bias_path == bias.path
-    full = _full_block(model, x, y, kernel, bias, len(g))
+    full = _full_block(model, x, y, kernel, bias, len(g), axes)
     np.testing.assert_allclose(np.kron(a, g), full, rtol=1e-5, atol=1e-8)
     return full
 
 
-@pytest.mark.parametrize("kind", ["conv1d", "separable", "einsum_dense"])
+@pytest.mark.parametrize(
+    "kind", ["conv1d", "separable", "einsum_dense", "heads_first"]
+)
 def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
     kernel = "kernel"
     if kind == "conv1d":
@@ -347,11 +353,17 @@ def test_kfac_is_exact_on_one_example_at_one_position(rng, kind):
         )
         inputs = keras.Input((2, 2, 2))  # one output position
         kernel = "pointwise_kernel"
-    else:
+    elif kind == "einsum_dense":
         layer = keras.layers.EinsumDense(
             "abc,bcd->ad", (3,), bias_axes="d", activation="tanh"
         )
         inputs = keras.Input((2, 2))
+    else:
+        # Gemma's query, key and value: the kernel `(heads, dim, head_dim)`.
+        layer = keras.layers.EinsumDense(
+            "abc,dce->abde", (1, 2, 3), bias_axes="de", activation="tanh"
+        )
+        inputs = keras.Input((1, 4))  # one position
     model = keras.Sequential(
         [inputs, layer, keras.layers.Flatten(), keras.layers.Dense(3)]
     )
@@ -404,7 +416,7 @@ def test_grouped_kfac_is_exact_per_group_at_one_position(rng, kind):
     # Rows: the group's patch (and the bias's 1); two outputs per group.
     groups, rows = (2, 9) if kind == "grouped_conv" else (3, 5)
     rows -= bias is None
-    block_bias, a, g, _ = kronecker[kernel.path]
+    block_bias, a, g, *_ = kronecker[kernel.path]
     assert block_bias == (bias.path if bias is not None else None)
     assert a.shape == (groups, rows, rows) and g.shape == (groups, 2, 2)
     full = _full_block(model, x, np.array([1]), kernel, bias, groups * 2)
@@ -470,7 +482,7 @@ def test_every_attention_projection_gets_kronecker_factors(rng):
     _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
     for name, units in (("query", 6), ("key", 6), ("value", 6), ("output", 4)):
         layer = getattr(attention, f"_{name}_dense")
-        bias, a, g, _ = kronecker[layer.kernel.path]
+        bias, a, g, *_ = kronecker[layer.kernel.path]
         assert bias == layer.bias.path
         fan_in = 4 if name != "output" else 6
         assert a.shape == (fan_in + 1, fan_in + 1) and g.shape == (units, units)
@@ -536,11 +548,11 @@ def test_a_separable_convolution_factors_both_steps(rng):
     assert fisher == {}  # nothing diagonal, so no warning either
     for layer in model.layers[1:3]:
         kh, kw, channels, multiplier = layer.depthwise_kernel.shape
-        bias, a, g, _ = kronecker[layer.depthwise_kernel.path]
+        bias, a, g, *_ = kronecker[layer.depthwise_kernel.path]
         assert bias is None
         assert a.shape == (channels, kh * kw, kh * kw)
         assert g.shape == (channels, multiplier, multiplier)
-        bias, a, g, _ = kronecker[layer.pointwise_kernel.path]
+        bias, a, g, *_ = kronecker[layer.pointwise_kernel.path]
         assert bias == layer.bias.path
         assert a.shape == (layer.pointwise_kernel.shape[2] + 1,) * 2
         assert g.shape == (layer.filters, layer.filters)
@@ -563,7 +575,7 @@ def test_embedding_kfac_is_exact_on_one_example_with_one_token(rng):
     )
     x, y = np.array([[2]], "int32"), np.array([1])
     _, _, kronecker = estimate_fisher(model, (x, y), structure="kfac")
-    bias, a, g, _ = kronecker[embedding.embeddings.path]
+    bias, a, g, *_ = kronecker[embedding.embeddings.path]
     assert bias is None
     np.testing.assert_array_equal(a, [0.0, 0.0, 1.0, 0.0, 0.0])
     full = _full_block(model, x, y, embedding.embeddings, None, 3)
@@ -605,7 +617,7 @@ def test_embedding_kfac_is_the_dense_kfac_of_its_one_hot_inputs(rng):
     _, _, expected = estimate_fisher(
         twin, (one_hot, y, weights), structure="kfac"
     )
-    _, a, g, _ = kronecker[embedding.embeddings.path]
+    _, a, g, *_ = kronecker[embedding.embeddings.path]
     _, dense_a, dense_g, _ = expected[dense.kernel.path]
     # The counted tokens' frequencies, from the data alone.
     counts = np.bincount(tokens[weights > 0], minlength=9)
@@ -700,7 +712,7 @@ def test_position_embedding_kfac_is_the_embedding_kfac_of_positions(rng):
     _, _, expected = estimate_fisher(
         twin, ([x, positions], y, weights), structure="kfac"
     )
-    bias, a, g, _ = kronecker[position.position_embeddings.path]
+    bias, a, g, *_ = kronecker[position.position_embeddings.path]
     _, twin_a, twin_g, _ = expected[embedding.embeddings.path]
     assert bias is None
     counts = np.bincount(positions[weights > 0], minlength=7)

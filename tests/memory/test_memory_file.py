@@ -234,7 +234,7 @@ def test_saved_files_are_of_the_current_version_and_checksummed(tmp_path):
     _memory().save(tmp_path / "a.memory")
     with zipfile.ZipFile(tmp_path / "a.memory") as z:
         meta = json.loads(z.read("meta.json"))
-    assert meta["version"] == memory_file.FORMAT_VERSION == 5
+    assert meta["version"] == memory_file.FORMAT_VERSION == 6
     digest = meta.pop("meta_sha256")
     canonical = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     assert digest == hashlib.sha256(canonical.encode()).hexdigest()
@@ -315,4 +315,33 @@ def test_grouped_factors_need_version_5_and_come_in_pairs(tmp_path):
     ):
         _assert_a_consistent_edit_is_refused(
             memory, path, change, r"factors of 'k' have shape \[2, 3"
+        )
+
+
+def test_kernel_axes_need_version_6_and_a_permutation(tmp_path):
+    # A heads-first kernel `(heads, dim, head_dim)`: its block's axes are
+    # kept; a file claiming version 5 with axes, or axes that do not
+    # permute the kernel's, is refused; so is a memory built with them.
+    memory = FisherMemory(
+        {"k": np.ones((2, 3, 1))},
+        {},
+        num_examples=5,
+        kronecker={"k": (None, np.eye(3), np.eye(2), None, (1, 0, 2))},
+    )
+    path = tmp_path / "heads.memory"
+    memory.save(path)
+    assert FisherMemory.load(path).kronecker["k"].axes == (1, 0, 2)
+    for change in (
+        lambda meta: meta.update(version=5),
+        lambda meta: meta["kronecker"][0].update(axes=[1, 1, 2]),
+    ):
+        _assert_a_consistent_edit_is_refused(
+            memory, path, change, r"kernel axes of 'k' are \[1, [01], 2\]"
+        )
+    with pytest.raises(ValueError, match=r"axes \(0, 1\) of k are not"):
+        FisherMemory(
+            {"k": np.ones((2, 3, 1))},
+            {},
+            num_examples=5,
+            kronecker={"k": (None, np.eye(3), np.eye(2), None, (0, 1))},
         )

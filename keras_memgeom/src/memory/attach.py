@@ -9,8 +9,7 @@ import numpy as np
 from keras_memgeom.src.memory import normalization_statistics as statistics
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.fisher_regularizer import FisherRegularizer
-from keras_memgeom.src.memory.kronecker import factor_size
-from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.src.memory.kronecker import kernel_matrix
 from keras_memgeom.src.memory.kronecker_regularizer import (
     KroneckerBiasRegularizer,
 )
@@ -225,9 +224,7 @@ def attach(
         terms = []
         for m in memories:
             anchor = m.anchor
-            matrix = anchor[kernel].reshape(
-                kernel_matrix_shape(anchor[kernel].shape, factor_size(block.g))
-            )
+            matrix = kernel_matrix(anchor[kernel], block)
             bias = (
                 anchor[block.bias].reshape(-1)
                 if block.bias is not None
@@ -249,6 +246,7 @@ def attach(
             base=base_of(variables[kernel]),
             like=variables[kernel],
             paired=paired,
+            axes=block.axes,
         )
         add(variables[kernel], regularizer)
         if paired:

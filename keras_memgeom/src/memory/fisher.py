@@ -283,7 +283,7 @@ def estimate_fisher(
     if structure == "diagonal":
         return fisher, num_examples
     kronecker = {}
-    for (layer, kernel, bias), (a, g, count) in zip(
+    for (layer, kernel, bias, axes), (a, g, count) in zip(
         step.kfac_blocks, totals["factors"]
     ):
         kernel, bias = kernel.path, bias.path if bias is not None else None
@@ -300,6 +300,7 @@ def estimate_fisher(
             _mean(a, count, kernel, "float64"),
             _mean(g, num_examples, kernel, "float64"),
             _kernel_mask(layer),
+            axes,
         )
     return fisher, num_examples, kronecker
 
@@ -489,7 +490,7 @@ class _BatchStep:
         self.kfac_blocks = self.taps.kfac_blocks if structure == "kfac" else []
         in_blocks = {
             position[id(v)]
-            for _, kernel, bias in self.kfac_blocks
+            for _, kernel, bias, _ in self.kfac_blocks
             for v in (kernel, bias)
             if v is not None
         }

@@ -8,10 +8,11 @@ from keras import ops
 from keras_memgeom.src.memory.fisher import estimate_fisher
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
 from keras_memgeom.src.memory.kronecker import block_diagonal
+from keras_memgeom.src.memory.kronecker import block_matrix_shape
+from keras_memgeom.src.memory.kronecker import check_kernel_axes
 from keras_memgeom.src.memory.kronecker import check_kronecker_factors
 from keras_memgeom.src.memory.kronecker import check_rank
-from keras_memgeom.src.memory.kronecker import factor_size
-from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.src.memory.kronecker import kernel_matrix
 from keras_memgeom.src.memory.kronecker import kronecker_effective_dimension
 from keras_memgeom.src.memory.kronecker import truncate_block
 from keras_memgeom.src.memory.lora_regularizer import current_value
@@ -138,8 +139,12 @@ class FisherMemory:
         self.estimator = estimator
 
     def _checked_block(self, path, block):
+        axes = check_kernel_axes(path, block.axes, self._anchor[path].ndim)
+        block = block._replace(axes=axes)
         shape = self._anchor[path].shape
-        fan_in, units = kernel_matrix_shape(shape, factor_size(block.g))
+        if axes is not None:
+            shape = tuple(shape[axis] for axis in axes)
+        fan_in, units = block_matrix_shape(block, self._anchor[path].shape)
         rows = fan_in + (block.bias is not None)
         a, g = check_kronecker_factors(path, block.a, block.g, rows, units)
         # The bias spans the kernel's output axes (one for a Dense), or
@@ -164,7 +169,7 @@ class FisherMemory:
                     f"{(fan_in, units)}."
                 )
             mask.flags.writeable = False
-        return KroneckerBlock(block.bias, a, g, mask)
+        return KroneckerBlock(block.bias, a, g, mask, axes)
 
     @classmethod
     def estimate(
@@ -493,11 +498,7 @@ class FisherMemory:
             anchor_bias = (
                 self._anchor[block.bias] if block.bias is not None else None
             )
-            anchor = self._anchor[path].reshape(
-                kernel_matrix_shape(
-                    self._anchor[path].shape, factor_size(block.g)
-                )
-            )
+            anchor = kernel_matrix(self._anchor[path], block)
             terms.append(
                 kronecker_penalty(
                     values[path],
@@ -508,6 +509,7 @@ class FisherMemory:
                     block.g,
                     scale,
                     block.mask,
+                    block.axes,
                 )
             )
         return ops.sum(ops.stack(terms))

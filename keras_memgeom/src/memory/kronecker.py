@@ -36,7 +36,7 @@ from keras_memgeom.src.utils.checks import check_positive
 from keras_memgeom.src.utils.checks import check_positive_int
 
 KroneckerBlock = collections.namedtuple(
-    "KroneckerBlock", ["bias", "a", "g", "mask"], defaults=[None]
+    "KroneckerBlock", ["bias", "a", "g", "mask", "axes"], defaults=[None, None]
 )
 KroneckerBlock.__doc__ = """The Kronecker factors of a layer's kernel and bias.
 
@@ -59,6 +59,11 @@ Args:
     mask: `None`, or the `(fan_in, units)` connectivity mask of a pre-pruned
         layer: masked entries carry no information, so the precision acts on
         `mask * (W - anchor)`.
+    axes: `None`, or the permutation of the kernel's axes that puts its
+        input axes first: `transpose(kernel, axes)` is what reshapes into
+        the `(fan_in, units)` matrix (`kernel_matrix`). An EinsumDense
+        kernel stored heads first, `(heads, hidden, head_dim)` for
+        `btd,ndh->btnh` (Gemma's query, key and value), has `(1, 0, 2)`.
 
 Example:
 
@@ -415,12 +420,65 @@ def kernel_matrix_shape(kernel_shape, units=None):
     )
 
 
+def kernel_matrix(kernel, block):
+    """A kernel as the `(fan_in, units)` matrix its block's factors act on.
+
+    Its axes are permuted by `block.axes` first, when there are any.
+
+    Raises:
+        ValueError: if no trailing axes of the (permuted) kernel make the
+            size of `block.g`.
+    """
+    kernel = np.asarray(kernel)
+    shape = block_matrix_shape(block, kernel.shape)
+    if block.axes is not None:
+        kernel = np.transpose(kernel, block.axes)
+    return kernel.reshape(shape)
+
+
+def check_kernel_axes(path, axes, ndim):
+    """A block's `axes` as a tuple, or `None` for the kernel's own order.
+
+    Raises:
+        ValueError: naming `path`, if `axes` is not a permutation of the
+            kernel's `ndim` axes.
+    """
+    if axes is None:
+        return None
+    checked = tuple(int(axis) for axis in np.ravel(axes))
+    if sorted(checked) != list(range(ndim)) or np.ndim(axes) != 1:
+        raise ValueError(
+            f"The kernel axes {axes!r} of {path} are not a permutation of "
+            f"its {ndim} axes."
+        )
+    return None if checked == tuple(range(ndim)) else checked
+
+
+def block_matrix_shape(block, kernel_shape):
+    """`(fan_in, units)`, the shape of a kernel's `kernel_matrix`.
+
+    Raises:
+        ValueError: as `kernel_matrix_shape`.
+    """
+    if block.axes is not None:
+        kernel_shape = [kernel_shape[axis] for axis in block.axes]
+    return kernel_matrix_shape(kernel_shape, factor_size(block.g))
+
+
+def matrix_kernel(matrix, block, kernel_shape):
+    """The kernel of shape `kernel_shape` whose `kernel_matrix` is `matrix`."""
+    if block.axes is None:
+        return np.reshape(matrix, kernel_shape)
+    permuted = [kernel_shape[axis] for axis in block.axes]
+    return np.transpose(np.reshape(matrix, permuted), np.argsort(block.axes))
+
+
 def block_diagonal(block, kernel_shape):
     """The diagonal of `a (x) g`: `(kernel_diagonal, bias_diagonal or None)`.
 
     The bias's diagonal is flat, `(units,)`.
     """
-    fan_in, _ = kernel_matrix_shape(kernel_shape, factor_size(block.g))
+    fan_in, _ = block_matrix_shape(block, kernel_shape)
     a_diagonal, g_diagonal = factor_diagonal(block.a), factor_diagonal(block.g)
     if is_grouped(block.g):
         kernel = ungrouped_columns(
@@ -433,7 +491,7 @@ def block_diagonal(block, kernel_shape):
     kernel = np.outer(a_diagonal[:fan_in], g_diagonal)
     if block.mask is not None:
         kernel = kernel * block.mask
-    kernel = kernel.reshape(kernel_shape)
+    kernel = matrix_kernel(kernel, block, kernel_shape)
     bias = a_diagonal[fan_in] * g_diagonal if block.bias is not None else None
     return kernel, bias
 

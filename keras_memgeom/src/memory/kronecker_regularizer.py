@@ -11,6 +11,7 @@ from keras.src.saving.keras_saveable import KerasSaveable
 from keras_memgeom.src.memory.fisher_regularizer import load_state
 from keras_memgeom.src.memory.fisher_regularizer import memory_state
 from keras_memgeom.src.memory.kronecker import EigenFactor
+from keras_memgeom.src.memory.kronecker import check_kernel_axes
 from keras_memgeom.src.memory.kronecker import check_kronecker_factors
 from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
 from keras_memgeom.src.memory.penalty import kronecker_penalty
@@ -47,6 +48,8 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
             whose eigenvectors, eigenvalues and remainder become three
             variables), and the term's share `w_k`.
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask.
+        axes: `None`, or the permutation of the kernel's axes that puts
+            its input axes first (`KroneckerBlock.axes`).
         bias: the layer's bias variable, or `None`.
         scale: a scalar `keras.Variable`, `strength / 2 * n /
             num_train_examples`.
@@ -98,13 +101,21 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
         like=None,
         paired=False,
         key=None,
+        axes=None,
     ):
         if paired and bias is not None:
             raise ValueError(
                 "A paired KroneckerRegularizer reads the bias from its "
                 "partner on the bias: pass `bias=None`."
             )
-        terms = _checked_terms(terms, bias, like, paired)
+        if axes is not None:
+            axes = check_kernel_axes(
+                repr(like.path) if like is not None else "the kernel",
+                axes,
+                len(like.shape) if like is not None else np.size(axes),
+            )
+        self.axes = axes
+        terms = _checked_terms(terms, bias, like, paired, axes)
         self.bias = bias
         self.paired = bool(paired)
         self.key = key or uuid.uuid4().hex
@@ -188,6 +199,7 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
                 g,
                 keras.ops.multiply(self.scale, w),
                 self.mask,
+                self.axes,
             )
             for anchor, bias_anchor, a, g, w in self.terms
         ]
@@ -235,6 +247,7 @@ class KroneckerRegularizer(KerasSaveable, keras.regularizers.Regularizer):
                 for kernel, bias, a, g, weight in self.terms
             ],
             "mask": list(self.mask.shape) if self.mask is not None else None,
+            "axes": list(self.axes) if self.axes is not None else None,
             "scale": float(keras.ops.convert_to_numpy(self.scale)),
             "base": keras.regularizers.serialize(self.base)
             if self.base is not None
@@ -372,23 +385,28 @@ def _pair(key, kernel=None, bias=None):
         waiting.kernel = kernel
 
 
-def _checked_terms(terms, bias, like, paired):
+def _checked_terms(terms, bias, like, paired, axes):
     """The terms as float arrays, each checked against the layer's shapes.
 
     A paired half reads the bias from its partner, so its terms carry bias
     anchors while `bias` is `None`.
     """
     owner = repr(like.path) if like is not None else "the kernel"
+    shape = None
+    if like is not None:
+        shape = tuple(like.shape)
+        if axes is not None:
+            shape = tuple(shape[axis] for axis in axes)
     checked = []
     for k, (kernel, bias_anchor, a, g, weight) in enumerate(terms):
         where = f"Term {k} of the memory of {owner}"
         kernel = np.asarray(kernel, "float32")
         expected = None
-        if like is not None and kernel.ndim:
+        if shape is not None and kernel.ndim:
             try:
-                expected = kernel_matrix_shape(like.shape, kernel.shape[-1])
+                expected = kernel_matrix_shape(shape, kernel.shape[-1])
             except ValueError:  # no output axes of that size: the default
-                expected = kernel_matrix_shape(like.shape)
+                expected = kernel_matrix_shape(shape)
         if kernel.ndim != 2 or kernel.shape != (expected or kernel.shape):
             raise ValueError(
                 f"{where}: the anchor kernel must be a "

@@ -135,13 +135,16 @@ class _Rule:
             out.append(layer.bias)
         return out
 
-    def kfac_blocks(self, layer):
-        """`[(kernel, bias or None), ...]`: what a K-FAC rule's factors cover.
+    def kfac_blocks(self, layer, input_shape):
+        """`[(kernel, bias or None, axes or None), ...]`: what a K-FAC rule's
+        factors cover.
 
-        One pair per Kronecker block, aligned with what `factors` returns;
-        together they cover every variable of `variables`.
+        One triple per Kronecker block, aligned with what `factors`
+        returns; together they cover every variable of `variables`. `axes`
+        permutes a kernel's axes into the `(fan_in, units)` matrix order
+        (`KroneckerBlock.axes`).
         """
-        return [(layer.kernel, getattr(layer, "bias", None))]
+        return [(layer.kernel, getattr(layer, "bias", None), None)]
 
     def taps(self, layer, input_shape, output_shape):
         return [output_shape]
@@ -253,34 +256,51 @@ class _Einsum(_Rule):
     def per_example_size(self, layer, input_shape, output_shape, cotangents):
         return cotangents * _size(layer.kernel.shape)
 
-    def matrix_split(self, layer, rank):
-        """The number of position axes (batch included) of a matmul, or None.
+    def matrix_layout(self, layer, rank):
+        """`(positions, axes)` of a matmul, or `None` for another einsum.
 
-        A matmul of the input's last axes `S` into the kernel's last axes
-        `U`, `P S, S U -> P U` (the kernel `S U`, a bias on all of `U` or
-        none), is a Dense applied at every position of `P`: K-FAC treats
-        its kernel as the `(fan_in, units)` matrix, `fan_in` the size of
-        `S` and `units` that of `U`. So are all four projections of
-        `MultiHeadAttention`: `abc,cde->abde` (query, key, value; `U` the
-        heads and their dimension) and `abcd,cde->abe` (output).
+        A matmul of the input's last axes `S` into the output's last axes
+        `U`, `P S, kernel -> P U`, the kernel holding the letters of `S`
+        and `U` in any order (a bias on all of `U` or none), is a Dense
+        applied at every position of `P`: K-FAC treats its kernel as the
+        `(fan_in, units)` matrix `transpose(kernel, axes)`, `fan_in` the
+        size of `S` and `units` that of `U`. So are all four projections
+        of `MultiHeadAttention`: `abc,cde->abde` (query, key, value; `U`
+        the heads and their dimension) and `abcd,cde->abe` (output); and
+        Gemma's `btd,ndh->btnh`, whose kernel is stored heads first
+        (`axes` `(1, 0, 2)`).
+
+        Returns:
+            `positions`, the number of position axes (batch included), and
+            `axes`, `None` where the kernel's own order is the matrix's.
         """
         if isinstance(layer, keras.layers.Dense):
-            return rank - 1
+            return rank - 1, None
         spec, kernel, out = self._equation(layer, rank)
-        contracted = kernel.rstrip("".join(set(kernel) - set(spec)))
-        produced = kernel[len(contracted) :]
-        if not contracted or not produced or not spec.endswith(contracted):
+        contracted = "".join(c for c in spec if c in kernel and c not in out)
+        produced = "".join(c for c in out if c in kernel and c not in spec)
+        if (
+            not contracted
+            or not produced
+            or len(contracted) + len(produced) != len(kernel)
+            or not spec.endswith(contracted)
+        ):
             return None
         prefix = spec[: len(spec) - len(contracted)]
-        if out != prefix + produced or set(prefix) & set(kernel):
+        if out != prefix + produced:
             return None
         bias = getattr(layer, "bias", None)
         if bias is not None and layer.bias_axes != produced:
             return None
-        return len(prefix)
+        axes = tuple(kernel.index(c) for c in contracted + produced)
+        return len(prefix), None if axes == tuple(range(len(kernel))) else axes
+
+    def kfac_blocks(self, layer, input_shape):
+        _, axes = self.matrix_layout(layer, len(input_shape))
+        return [(layer.kernel, getattr(layer, "bias", None), axes)]
 
     def factors(self, layer, x, grads, shapes, counted):
-        prefix = self.matrix_split(layer, len(x.shape))
+        prefix, _ = self.matrix_layout(layer, len(x.shape))
         positions = tuple(x.shape[1:prefix])
         x = ops.reshape(x, (-1, *positions, _size(x.shape[prefix:])))
         g = grads[0]  # `(K,) + output`, the output's first axes positions
@@ -509,10 +529,14 @@ class _Separable(_Rule):
         outputs = dense_taps.tapped_output(layer, z, taps[1])
         return outputs, (inputs, inner)
 
-    def kfac_blocks(self, layer):
+    def kfac_blocks(self, layer, input_shape):
         return [
-            (layer.depthwise_kernel, None),
-            (layer.pointwise_kernel, layer.bias if layer.use_bias else None),
+            (layer.depthwise_kernel, None, None),
+            (
+                layer.pointwise_kernel,
+                layer.bias if layer.use_bias else None,
+                None,
+            ),
         ]
 
     def squared(self, layer, saved, grads, shapes):
@@ -597,8 +621,8 @@ class _Embedding(_Rule):
     def variables(self, layer):
         return [layer.embeddings]
 
-    def kfac_blocks(self, layer):
-        return [(layer.embeddings, None)]
+    def kfac_blocks(self, layer, input_shape):
+        return [(layer.embeddings, None, None)]
 
     def factors(self, layer, tokens, grads, shapes, counted):
         g = grads[0]  # `(K, batch, *positions, dim)`
@@ -678,8 +702,8 @@ class _PositionEmbedding(_Rule):
     def variables(self, layer):
         return [layer.position_embeddings]
 
-    def kfac_blocks(self, layer):
-        return [(layer.position_embeddings, None)]
+    def kfac_blocks(self, layer, input_shape):
+        return [(layer.position_embeddings, None, None)]
 
     def call(self, layer, inputs, taps):
         # Nothing to keep: the rows depend on the output gradients alone.
@@ -1012,7 +1036,7 @@ class LayerTaps:
     def _kfac(self, layer, rule, shapes):
         if isinstance(rule, _Einsum):
             rank = len(self._io_shapes[self.layers.index(layer)][0])
-            return rule.matrix_split(layer, rank) is not None
+            return rule.matrix_layout(layer, rank) is not None
         return rule.kfac
 
     def per_example_elements(self, cotangents):
@@ -1072,18 +1096,19 @@ class LayerTaps:
 
     @property
     def kfac_blocks(self):
-        """`(layer, kernel, bias or None)` of every Kronecker block.
+        """`(layer, kernel, bias or None, axes or None)` of every block.
 
         In `kfac_layers` order, a layer's blocks as its rule lists them;
         aligned with what `kronecker_factors` returns.
         """
-        return [
-            (layer, kernel, bias)
-            for layer in self.kfac_layers
-            for kernel, bias in self._rules[
-                self.layers.index(layer)
-            ].kfac_blocks(layer)
-        ]
+        blocks = []
+        for layer in self.kfac_layers:
+            i = self.layers.index(layer)
+            for kernel, bias, axes in self._rules[i].kfac_blocks(
+                layer, self._io_shapes[i][0]
+            ):
+                blocks.append((layer, kernel, bias, axes))
+        return blocks
 
     def squared_gradients(self, saved, output_grads, kfac=()):
         """Per-variable batch sums of squared per-example gradients.

@@ -21,8 +21,9 @@ FORMAT = "keras_memgeom.FisherMemory"
 # 4 may hold a diagonal input factor (an Embedding's, `a_shape` of one
 # axis), which a version 3 reader would refuse as malformed; version 5 may
 # hold grouped factors (a DepthwiseConv2D's block per channel, `a_shape` and
-# `g_shape` of three axes). Versions 1 to 4 are still read.
-FORMAT_VERSION = 5
+# `g_shape` of three axes); version 6 may hold a block's kernel axes (a
+# kernel stored heads first, `axes`). Versions 1 to 5 are still read.
+FORMAT_VERSION = 6
 
 # Deflate never shrinks data more than about 1032:1; a member that claims
 # more is lying about its size (a zip bomb) and is refused before reading.
@@ -131,6 +132,7 @@ def _block_meta(kernel, block):
             ).dtype
         ),
         "mask_sha256": _digest(block.mask) if block.mask is not None else None,
+        "axes": list(block.axes) if block.axes is not None else None,
     }
     for kind in ("a", "g"):
         factor = getattr(block, kind)
@@ -229,6 +231,17 @@ def _check_meta(path, meta):
             ):
                 raise _invalid(path, f"a Kronecker block's {role} is {name!r}")
             covered.add(name)
+        axes = block.get("axes")
+        kernel = next(e for e in entries if e["path"] == block["kernel"])
+        if axes is not None and (
+            version < 6
+            or not isinstance(axes, list)
+            or not all(_is_count(axis) for axis in axes)
+            or sorted(axes) != list(range(len(kernel["shape"])))
+        ):
+            raise _invalid(
+                path, f"the kernel axes of {block['kernel']!r} are {axes!r}"
+            )
         grouped = [
             isinstance(block[f"{kind}_shape"], list)
             and len(block[f"{kind}_shape"]) == 3
@@ -408,8 +421,10 @@ def read_memory_file(path):
 
     Returns:
         `(anchor, fisher, num_examples, estimator, kronecker)`; `kronecker`
-        maps a kernel's path to `(bias_path, a, g, mask)` (empty for version
-        1), with `a` or `g` an `EigenFactor` where truncated (version 3).
+        maps a kernel's path to `(bias_path, a, g, mask, axes)` (empty for
+        version 1), with `a` or `g` an `EigenFactor` where truncated
+        (version 3) and `axes` a list where the kernel's axes are permuted
+        (version 6), else `None`.
 
     Raises:
         FileNotFoundError: if there is no such file.
@@ -452,7 +467,13 @@ def read_memory_file(path):
                     mask = _read_checked(
                         path, z, f"kronecker_mask/{j}.npy", mask_entry, "mask"
                     )
-                kronecker[block["kernel"]] = (block["bias"], a, g, mask)
+                kronecker[block["kernel"]] = (
+                    block["bias"],
+                    a,
+                    g,
+                    mask,
+                    block.get("axes"),
+                )
     except (
         zipfile.BadZipFile,
         zlib.error,

@@ -4,10 +4,11 @@ import numpy as np
 
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
+from keras_memgeom.src.memory.kronecker import block_matrix_shape
 from keras_memgeom.src.memory.kronecker import factor_rank
-from keras_memgeom.src.memory.kronecker import factor_size
-from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.src.memory.kronecker import kernel_matrix
 from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
+from keras_memgeom.src.memory.kronecker import matrix_kernel
 from keras_memgeom.src.memory.kronecker import merge_anchor
 from keras_memgeom.src.memory.kronecker import nearest_kronecker
 from keras_memgeom.src.memory.kronecker import truncate_factor
@@ -137,7 +138,7 @@ def common_blocks(memories):
     """The Kronecker blocks all `memories` share; errors name a difference."""
     layouts = [
         {
-            k: (b.bias, None if b.mask is None else b.mask.tobytes())
+            k: (b.bias, None if b.mask is None else b.mask.tobytes(), b.axes)
             for k, b in m.kronecker.items()
         }
         for m in memories
@@ -146,7 +147,8 @@ def common_blocks(memories):
         if layout != layouts[0]:
             raise ValueError(
                 "Memories of different structures cannot be combined: memory 0 "
-                "has Kronecker blocks (with their biases and masks) on "
+                "has Kronecker blocks (with their biases, masks and kernel "
+                "axes) on "
                 f"{sorted(layouts[0])} but memory {k} on {sorted(layout)}. "
                 "`memory.diagonal()` makes a diagonal memory of either."
             )
@@ -175,10 +177,9 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
     """
     shape = anchors[0][kernel].shape
     first = memories[0].kronecker[kernel]
-    matrix_shape = kernel_matrix_shape(shape, factor_size(first.g))
 
     def stacked(a):
-        matrix = a[kernel].reshape(matrix_shape).astype("float64")
+        matrix = kernel_matrix(a[kernel], first).astype("float64")
         return (
             np.concatenate([matrix, a[bias].reshape(1, -1)], axis=0)
             if bias is not None
@@ -211,12 +212,12 @@ def _merge_block(kernel, bias, memories, anchors, weights, num_examples):
         truncate_factor(factor, factor_rank(own))
         for factor, own in ((a, newest.a), (g, newest.g))
     )
-    fan_in = matrix_shape[0]
+    fan_in = block_matrix_shape(first, shape)[0]
     bias_anchor = None
     if bias is not None:
         bias_anchor = anchor[fan_in].reshape(anchors[0][bias].shape)
     return (
-        anchor[:fan_in].reshape(shape),
+        matrix_kernel(anchor[:fan_in], first, shape),
         bias_anchor,
-        KroneckerBlock(bias, a, g, first.mask),
+        KroneckerBlock(bias, a, g, first.mask, first.axes),
     )

@@ -39,7 +39,7 @@ def quadratic_penalty(value, anchor, fisher, scale, offset=0.0):
 
 
 def kronecker_penalty(
-    kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None
+    kernel, bias, anchor_kernel, anchor_bias, a, g, scale, mask=None, axes=None
 ):
     """`scale * vec(D)^T (a (x) g) vec(D)` for the weights `D = W~ - anchor`.
 
@@ -67,11 +67,15 @@ def kronecker_penalty(
             share of `n` for a sum of memories).
         mask: `None`, or a pre-pruned layer's `(fan_in, units)` mask: only
             live entries of the kernel are penalized.
+        axes: `None`, or the permutation of the kernel's axes that puts
+            its input axes first (`KroneckerBlock.axes`).
 
     Returns:
         A scalar tensor.
     """
     kernel = ops.convert_to_tensor(kernel)
+    if axes is not None:
+        kernel = ops.transpose(kernel, axes)
     dtype = kernel.dtype
     diff = ops.subtract(
         ops.reshape(kernel, ops.shape(anchor_kernel)),

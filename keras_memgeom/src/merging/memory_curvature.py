@@ -8,6 +8,7 @@ from keras import ops
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
 from keras_memgeom.src.memory.kronecker import factor_size
+from keras_memgeom.src.memory.kronecker import kernel_matrix
 from keras_memgeom.src.memory.kronecker import permuted_factors
 from keras_memgeom.src.memory.kronecker import untruncated
 from keras_memgeom.src.symmetry.align import permuted_copy
@@ -113,6 +114,7 @@ def memory_curvature(model, memory, structure):
             memory.num_examples * untruncated(block.a),
             untruncated(block.g),
             block.mask,
+            block.axes,
         )
         for kernel, block in memory.kronecker.items()
     }
@@ -147,8 +149,13 @@ def permuted_curvature(model, permutations, values, blocks=None):
     )
     permuted = {}
     for i, block in blocks.items():
+        # Entry numbers in the kernel-matrix layout the factors act on.
+        numbers = kernel_matrix(
+            np.arange(indices[i].size).reshape(indices[i].shape), block
+        )
+        order = np.argsort(numbers.reshape(-1))
+        moved = order[kernel_matrix(np.rint(indices[i]).astype("int64"), block)]
         units = factor_size(block.g)
-        moved = np.rint(indices[i]).astype("int64").reshape(-1, units)
         rows, columns = moved[:, 0] // units, moved[0] % units
         a_rows = np.append(rows, len(rows)) if block.bias is not None else rows
         mask = (
@@ -160,6 +167,7 @@ def permuted_curvature(model, permutations, values, blocks=None):
             block.bias,
             *permuted_factors(block.a, block.g, a_rows, columns),
             mask,
+            block.axes,
         )
     return values, permuted
 

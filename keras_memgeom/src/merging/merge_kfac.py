@@ -3,9 +3,9 @@
 import numpy as np
 from keras import ops
 
-from keras_memgeom.src.memory.kronecker import factor_size
-from keras_memgeom.src.memory.kronecker import kernel_matrix_shape
+from keras_memgeom.src.memory.kronecker import kernel_matrix
 from keras_memgeom.src.memory.kronecker import kronecker_sum_minimizer
+from keras_memgeom.src.memory.kronecker import matrix_kernel
 from keras_memgeom.src.memory.kronecker import merge_anchor
 from keras_memgeom.src.merging.merge_fisher import merge_fisher
 
@@ -30,8 +30,8 @@ def merge_kfac(models, curvatures, weights, prior_precision):
         A new Keras model (uncompiled).
 
     Raises:
-        ValueError: when the models' blocks (with their biases and masks)
-            are not on the same layers.
+        ValueError: when the models' blocks (with their biases, masks and
+            kernel axes) are not on the same layers.
     """
     blocks = [b for _, b in curvatures]
     layouts = [
@@ -39,6 +39,7 @@ def merge_kfac(models, curvatures, weights, prior_precision):
             i: (
                 b.bias,
                 None if b.mask is None else np.asarray(b.mask).tobytes(),
+                b.axes,
             )
             for i, b in k.items()
         }
@@ -47,7 +48,8 @@ def merge_kfac(models, curvatures, weights, prior_precision):
     if any(layout != layouts[0] for layout in layouts[1:]):
         raise ValueError(
             "method='kfac' needs the memories' Kronecker blocks (with their "
-            "biases and masks) on the same layers of every model."
+            "biases, masks and kernel axes) on the same layers of every "
+            "model."
         )
     merged = merge_fisher(
         models, [d for d, _ in curvatures], weights, prior_precision
@@ -55,16 +57,11 @@ def merge_kfac(models, curvatures, weights, prior_precision):
     variables = merged.trainable_variables
     for i, block in blocks[0].items():
         bias = block.bias
-        shape = kernel_matrix_shape(
-            tuple(variables[i].shape), factor_size(block.g)
-        )
 
         def stacked(model):
-            kernel = (
-                ops.convert_to_numpy(model.trainable_variables[i])
-                .reshape(shape)
-                .astype("float64")
-            )
+            kernel = kernel_matrix(
+                ops.convert_to_numpy(model.trainable_variables[i]), block
+            ).astype("float64")
             if bias is None:
                 return kernel
             return np.concatenate(
@@ -99,6 +96,8 @@ def merge_kfac(models, curvatures, weights, prior_precision):
             )
             solution = solution[:-1]
         variables[i].assign(
-            solution.reshape(variables[i].shape).astype(variables[i].dtype)
+            matrix_kernel(solution, block, variables[i].shape).astype(
+                variables[i].dtype
+            )
         )
     return merged
