@@ -618,7 +618,7 @@ def test_embedding_kfac_is_the_dense_kfac_of_its_one_hot_inputs(rng):
         twin, (one_hot, y, weights), structure="kfac"
     )
     _, a, g, *_ = kronecker[embedding.embeddings.path]
-    _, dense_a, dense_g, _ = expected[dense.kernel.path]
+    _, dense_a, dense_g, *_ = expected[dense.kernel.path]
     # The counted tokens' frequencies, from the data alone.
     counts = np.bincount(tokens[weights > 0], minlength=9)
     np.testing.assert_allclose(a, counts / counts.sum(), rtol=1e-6)
@@ -713,7 +713,7 @@ def test_position_embedding_kfac_is_the_embedding_kfac_of_positions(rng):
         twin, ([x, positions], y, weights), structure="kfac"
     )
     bias, a, g, *_ = kronecker[position.position_embeddings.path]
-    _, twin_a, twin_g, _ = expected[embedding.embeddings.path]
+    _, twin_a, twin_g, *_ = expected[embedding.embeddings.path]
     assert bias is None
     counts = np.bincount(positions[weights > 0], minlength=7)
     np.testing.assert_allclose(a, counts / counts.sum(), rtol=1e-6)
