@@ -162,17 +162,7 @@ def test_penalty_gradient_matches_finite_differences(rng):
 def test_merge_of_two_kfac_memories(rng):
     x, y = classification_data(rng, num_examples=50, num_features=4)
     model = _softmax_regression(bias=True)
-    memories = []
-    for shift in (0.0, 1.0):
-        model.set_weights(
-            [
-                w + rng.normal(size=w.shape).astype("float32")
-                for w in model.get_weights()
-            ]
-        )
-        memories.append(
-            FisherMemory.estimate(model, (x + shift, y), structure="kfac")
-        )
+    memories = _kfac_memories(model, [(x, y), (x + 1.0, y)], rng, step=1.0)
     merged = merge(memories)
     kernel = model.layers[0].kernel.path
     _assert_the_merged_anchor_solves_the_sum(memories, merged, kernel)
@@ -413,6 +403,20 @@ def _attention_classifier(model_class):
     return model
 
 
+def _kfac_memories(model, datasets, rng, step=0.2, **kwargs):
+    """A K-FAC memory of `model` on each data set, its weights moved by
+    `step` times a normal draw before each."""
+    memories = []
+    for data in datasets:
+        model.set_weights(
+            [w + step * rng.normal(size=w.shape) for w in model.get_weights()]
+        )
+        memories.append(
+            FisherMemory.estimate(model, data, structure="kfac", **kwargs)
+        )
+    return memories
+
+
 def _block_precision(block):
     """The dense precision `A (x) G` a block stands for (a grouped block's
     block-diagonal one), over the row-major `vec` of `_block_vector`."""
@@ -535,14 +539,7 @@ def test_two_attention_memories_merge_to_the_exact_anchor(rng):
     x = rng.normal(size=(24, 5, 4)).astype("float32")
     y = rng.integers(0, 3, 24)
     model = _attention_classifier(keras.Model)
-    memories = []
-    for shift in (0.0, 1.0):
-        model.set_weights(
-            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
-        )
-        memories.append(
-            FisherMemory.estimate(model, (x + shift, y), structure="kfac")
-        )
+    memories = _kfac_memories(model, [(x, y), (x + 1.0, y)], rng)
     merged = merge(memories)
     value = model.get_layer("attention")._value_dense
     assert merged.anchor[value.bias.path].shape == (2, 3)
@@ -722,16 +719,7 @@ def test_an_embedding_memory_has_a_diagonal_input_factor(tmp_path, rng):
     y = rng.integers(0, 3, 20)
     model = _token_classifier()
     embeddings = model.get_layer("embedding").embeddings.path
-    memories = []
-    for shift in (0, 1):
-        model.set_weights(
-            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
-        )
-        memories.append(
-            FisherMemory.estimate(
-                model, ((tokens + shift) % 9, y), structure="kfac"
-            )
-        )
+    memories = _kfac_memories(model, [(tokens, y), ((tokens + 1) % 9, y)], rng)
     memory = memories[0]
     assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
     block = memory.kronecker[embeddings]
@@ -770,16 +758,7 @@ def test_a_depthwise_memory_has_a_block_per_channel(tmp_path, rng):
     )
     depthwise = model.get_layer("depthwise")
     kernel, bias = depthwise.kernel.path, depthwise.bias.path
-    memories = []
-    for shift in (0.0, 1.0):
-        model.set_weights(
-            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
-        )
-        memories.append(
-            FisherMemory.estimate(
-                model, (x + shift, y), structure="kfac", rank=None
-            )
-        )
+    memories = _kfac_memories(model, [(x, y), (x + 1.0, y)], rng, rank=None)
     memory = memories[0]
     assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
     block = memory.kronecker[kernel]
@@ -816,14 +795,7 @@ def test_a_heads_first_projection_memory_is_kronecker_factored(tmp_path, rng):
     )
     x = rng.normal(size=(16, 5, 4)).astype("float32")
     y = rng.integers(0, 3, 16)
-    memories = []
-    for shift in (0.0, 1.0):
-        model.set_weights(
-            [w + 0.2 * rng.normal(size=w.shape) for w in model.get_weights()]
-        )
-        memories.append(
-            FisherMemory.estimate(model, (x + shift, y), structure="kfac")
-        )
+    memories = _kfac_memories(model, [(x, y), (x + 1.0, y)], rng)
     memory = memories[0]
     assert {memory.structure_of(p) for p in memory.paths} == {"kfac"}
     block = memory.kronecker[query.kernel.path]
