@@ -216,6 +216,67 @@ def test_kfac_merge_is_the_closed_form_minimizer_in_either_order(rng):
             )
 
 
+def _heads_first(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((5, 4)),
+            # Gemma's query: the kernel `(heads, dim, head_dim)`.
+            keras.layers.EinsumDense("btd,ndh->btnh", (5, 2, 3)),
+            keras.layers.Reshape((5, 6)),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def test_kfac_merge_of_heads_first_kernels_is_the_closed_form(rng):
+    # The factors act on `transpose(kernel, (1, 0, 2))` as a (4, 6) matrix.
+    a, b = _heads_first(0), _heads_first(1)
+    memories = []
+    for model, n in ((a, 30), (b, 50)):
+        query, out = model.layers[0], model.layers[-1]
+        kronecker = {
+            query.kernel.path: (
+                None,
+                _psd(rng, 4),
+                _psd(rng, 6),
+                None,
+                [1, 0, 2],
+            ),
+            out.kernel.path: (out.bias.path, _psd(rng, 7), _psd(rng, 3)),
+        }
+        anchor = {
+            v.path: keras.ops.convert_to_numpy(v)
+            for v in model.trainable_variables
+        }
+        memories.append(FisherMemory(anchor, {}, n, kronecker=kronecker))
+    merged = merge_models(
+        [a, b],
+        method="kfac",
+        memories=memories,
+        weights=[1.0, 3.0],
+        align=False,
+    )
+    blocks = [
+        m.kronecker[model.layers[0].kernel.path]
+        for m, model in zip(memories, (a, b))
+    ]
+    precisions = [
+        w * m.num_examples * np.kron(block.a, block.g)
+        for w, m, block in zip([0.25, 0.75], memories, blocks)
+    ]
+
+    def matrix(model):
+        kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
+        return kernel.transpose(1, 0, 2).reshape(-1).astype("float64")
+
+    exact = np.linalg.solve(
+        sum(precisions), sum(p @ matrix(m) for p, m in zip(precisions, (a, b)))
+    )
+    np.testing.assert_allclose(matrix(merged), exact, rtol=1e-4, atol=1e-5)
+
+
 def test_memories_in_another_order_than_the_models_are_refused(rng):
     a, b = _mlp(0), _mlp(1)
     memories = [_kfac_memory(a, rng, 30), _kfac_memory(b, rng, 50)]

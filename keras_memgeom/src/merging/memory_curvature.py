@@ -8,7 +8,6 @@ from keras import ops
 from keras_memgeom.src.memory.fisher_memory import FisherMemory
 from keras_memgeom.src.memory.kronecker import KroneckerBlock
 from keras_memgeom.src.memory.kronecker import factor_size
-from keras_memgeom.src.memory.kronecker import kernel_matrix
 from keras_memgeom.src.memory.kronecker import permuted_factors
 from keras_memgeom.src.memory.kronecker import untruncated
 from keras_memgeom.src.symmetry.align import permuted_copy
@@ -149,13 +148,10 @@ def permuted_curvature(model, permutations, values, blocks=None):
     )
     permuted = {}
     for i, block in blocks.items():
-        # Entry numbers in the kernel-matrix layout the factors act on.
-        numbers = kernel_matrix(
-            np.arange(indices[i].size).reshape(indices[i].shape), block
-        )
-        order = np.argsort(numbers.reshape(-1))
-        moved = order[kernel_matrix(np.rint(indices[i]).astype("int64"), block)]
+        # `unit_chain` refuses an EinsumDense that is not a Dense's, so no
+        # block here has kernel axes: its kernel is its matrix, reshaped.
         units = factor_size(block.g)
+        moved = np.rint(indices[i]).astype("int64").reshape(-1, units)
         rows, columns = moved[:, 0] // units, moved[0] % units
         a_rows = np.append(rows, len(rows)) if block.bias is not None else rows
         mask = (
@@ -167,7 +163,6 @@ def permuted_curvature(model, permutations, values, blocks=None):
             block.bias,
             *permuted_factors(block.a, block.g, a_rows, columns),
             mask,
-            block.axes,
         )
     return values, permuted
 
